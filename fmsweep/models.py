@@ -1,0 +1,117 @@
+"""The four architectures of the practical, the input wrapper and the L2 penalty."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+NUM_CLASSES = 10
+IMAGE_SIZE = 28
+
+
+class Linear(nn.Module):
+    """Logistic regression on the 784 pixels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(IMAGE_SIZE * IMAGE_SIZE, NUM_CLASSES))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(x)
+
+
+class FullyConnected(nn.Module):
+    """Multilayer perceptron with ReLU and optional input / hidden dropout."""
+
+    def __init__(self, hidden: Sequence[int] = (256, 256), input_dropout: float = 0.0, dropout: float = 0.0) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        if input_dropout:
+            layers.append(nn.Dropout(input_dropout))
+        width = IMAGE_SIZE * IMAGE_SIZE
+        for units in hidden:
+            layers += [nn.Linear(width, units), nn.ReLU()]
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            width = units
+        layers.append(nn.Linear(width, NUM_CLASSES))
+        self.classifier = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(x)
+
+
+class VanillaCNN(nn.Module):
+    """LeNet-like: [conv5x5-ReLU-maxpool] stages, then dropout-linear-ReLU blocks, then linear."""
+
+    def __init__(self, channels: Sequence[int] = (16, 32, 64), hidden: Sequence[int] = (128, 64), dropout: float = 0.0) -> None:
+        super().__init__()
+        features: list[nn.Module] = []
+        in_ch, size = 1, IMAGE_SIZE
+        for out_ch in channels:
+            features += [nn.Conv2d(in_ch, out_ch, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2)]
+            in_ch, size = out_ch, size // 2
+        self.features = nn.Sequential(*features)
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_ch * size * size
+        for units in hidden:
+            layers += [nn.Dropout(dropout), nn.Linear(width, units), nn.ReLU()]
+            width = units
+        layers.append(nn.Linear(width, NUM_CLASSES))
+        self.classifier = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class FancyCNN(nn.Module):
+    """VGG-like: 2 x [conv3x3-BN-ReLU] per stage, maxpool between stages, global average pool, linear."""
+
+    def __init__(self, channels: Sequence[int] = (64, 128, 256), dropout: float = 0.0) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_ch = 1
+        for i, out_ch in enumerate(channels):
+            if i:
+                layers.append(nn.MaxPool2d(2))
+            for _ in range(2):
+                layers += [nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU()]
+                in_ch = out_ch
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(in_ch, NUM_CLASSES)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class Classifier(nn.Module):
+    """A network together with its input normalization.
+
+    Accepts raw images: uint8 in [0, 255] or float in [0, 1], shaped (28, 28),
+    (N, 28, 28) or (N, 1, 28, 28); returns logits (N, 10).
+    """
+
+    def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", mean.reshape(-1, 1, IMAGE_SIZE, IMAGE_SIZE) if mean.numel() > 1 else mean.reshape(()))
+        self.register_buffer("std", std.reshape(-1, 1, IMAGE_SIZE, IMAGE_SIZE) if std.numel() > 1 else std.reshape(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255)
+        x = x.reshape(-1, 1, IMAGE_SIZE, IMAGE_SIZE).to(self.mean.dtype)
+        return self.net((x - self.mean) / self.std)
+
+
+def l2_penalty(model: nn.Module) -> torch.Tensor:
+    """Sum of squared weights of matrices and kernels; biases and BatchNorm parameters (1-D) are excluded."""
+    return sum((p.pow(2).sum() for p in model.parameters() if p.ndim >= 2), torch.zeros(()))
+
+
+def num_parameters(model: nn.Module) -> int:
+    """Trainable parameter count."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny Fashion-MNIST-format IDX files with learnable class structure, and config composition."""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array in the IDX format torchvision reads (magic 0x08 type, ndim, big-endian dims)."""
+    header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def make_fashion_root(root: Path, n_train: int = 500, n_test: int = 200, seed: int = 0) -> Path:
+    """Create root/FashionMNIST/raw with four IDX files: one smooth prototype per class, plus noise and shifts."""
+    rng = np.random.default_rng(seed)
+    base = rng.random((7, 7))
+    prototypes = np.kron(0.6 * base + 0.4 * rng.random((10, 7, 7)), np.ones((4, 4))) * 200
+
+    def images(n: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.arange(n) % 10
+        rng.shuffle(labels)
+        x = prototypes[labels] + rng.normal(0, 90, (n, 28, 28))
+        shifts = rng.integers(-1, 2, size=n)
+        x = np.stack([np.roll(img, s, axis=1) for img, s in zip(x, shifts)])
+        return np.clip(x, 0, 255).astype(np.uint8), labels.astype(np.uint8)
+
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        x, y = images(n)
+        write_idx(raw / f"{split}-images-idx3-ubyte", x)
+        write_idx(raw / f"{split}-labels-idx1-ubyte", y)
+    return root
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_fashion_root(tmp_path_factory.mktemp("fashion"))
+
+
+def fast_overrides(data_root: Path) -> list[str]:
+    """Overrides that make a run take about a second on CPU on the tiny data."""
+    return [f"data.root={data_root}", "data.download=false", "epochs=1", "batch_size=32", "device=cpu"]
+
+
+@pytest.fixture
+def make_cfg(data_root: Path):
+    """Compose the app config the way `python -m fmsweep <overrides>` does."""
+
+    def _compose(*overrides: str) -> DictConfig:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose("config", overrides=[*fast_overrides(data_root), *overrides])
+
+    return _compose

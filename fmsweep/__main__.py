@@ -1,30 +1,56 @@
 """`python -m fmsweep [overrides]`: the Hydra entry point of one training run (or of each job of a sweep)."""
 from __future__ import annotations
 
+import shlex
+import signal
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.plugins import Plugins
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from fmsweep import train
-from fmsweep.errors import UserError
+from fmsweep import tracking, train
+from fmsweep.errors import Interrupted, UserError, exit_with
+
+
+def register_sweeper() -> None:
+    """Register fmsweep's sweeper with Hydra: its plugin scan does not see hydra_plugins/ through the
+    import hook of an editable install. The scan re-imports Hydra's own plugin modules, so it runs first."""
+    plugins = Plugins.instance()
+    from hydra_plugins.fmsweep_sweeper.reporting_sweeper import ReportingSweeper
+
+    plugins.register(ReportingSweeper)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     """Train one configuration in Hydra's output directory; return its best valid loss."""
     hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        return train.run(cfg, Path(hydra_cfg.runtime.output_dir))
-    except UserError as exc:
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            raise  # the launcher reports the failed job and the sweep goes on
-        print(f"fmsweep: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        return train.run(cfg, run_dir)
+    except Interrupted as exc:
+        print(f"fmsweep: stopped by {signal.Signals(exc.signum).name}, {run_dir / 'last.pt'} saved; "
+              f"resume with: {resume_command(multirun, hydra_cfg)}", file=sys.stderr)
+        sys.exit(128 + exc.signum)  # also ends a sweep of the basic launcher, which goes on past exceptions
+    except Exception as exc:
+        tracking.record_failure(run_dir, exc)
+        if multirun or not isinstance(exc, UserError):
+            raise  # in a sweep: the job fails, the others go on and the sweeper reports it
+        exit_with(exc)
 
+
+def resume_command(multirun: bool, hydra_cfg: DictConfig) -> str:
+    """The command line that continues this run (or sweep) in the same directory."""
+    key, directory = ("hydra.sweep.dir", hydra_cfg.sweep.dir) if multirun else ("hydra.run.dir", hydra_cfg.runtime.output_dir)
+    args = [arg for arg in sys.argv[1:] if not arg.startswith(f"{key}=")]
+    return shlex.join(["python", "-m", "fmsweep", *args, f"{key}={directory}"])
+
+register_sweeper()
 
 if __name__ == "__main__":
     main()

@@ -1,5 +1,23 @@
 """The one exception type for mistakes of the user (bad config, wrong folder, bad file)."""
+from __future__ import annotations
+
+import sys
+from typing import NoReturn
 
 
 class UserError(Exception):
     """Something the user gave is wrong; entry points print it as one line and exit with code 2."""
+
+
+def exit_with(error: UserError) -> NoReturn:
+    """Print `error` as the one line `fmsweep: error: <message>` on stderr and exit with code 2."""
+    print("fmsweep: error: " + " ".join(str(error).splitlines()), file=sys.stderr)
+    sys.exit(2)
+
+
+class Interrupted(Exception):
+    """A stop signal arrived; the run saved its last.pt and can be resumed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

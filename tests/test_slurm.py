@@ -1,0 +1,130 @@
+"""Sweeps through the submitit launchers: on a live SLURM cluster (marker `slurm`) and as local processes."""
+import csv
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+from conftest import ROOT, fast_overrides
+
+
+def cluster_answers() -> bool:
+    if not (shutil.which("sbatch") and shutil.which("sinfo")):
+        return False
+    try:
+        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+needs_cluster = pytest.mark.skipif(not cluster_answers(), reason="no SLURM cluster answers (sbatch/sinfo); start one with tests/slurm/start.sh")
+
+# The GPU preset on a CPU-only test node: no GPU, one core and little memory per job.
+CPU_SLURM = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1",
+             "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10"]
+
+
+def sweep(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fmsweep", "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    return sorted((p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()), key=lambda p: int(p.name.split("_")[0]))
+
+
+def metrics(job: Path) -> dict:
+    return json.loads((job / "metrics.json").read_text())
+
+
+def assert_complete(jobs: list[Path], epochs: int) -> None:
+    for job in jobs:
+        assert metrics(job)["status"] == "completed" and metrics(job)["epochs_run"] == epochs
+        assert (job / "best_model.pt").is_file() and list(job.glob("events.out.tfevents.*"))
+
+
+@pytest.mark.slurm
+@needs_cluster
+def test_two_by_two_sweep_on_slurm(data_root: Path, tmp_path: Path) -> None:
+    t0 = time.perf_counter()
+    proc = sweep(*CPU_SLURM, *fast_overrides(data_root), "epochs=2", "model=linear,fc", "seed=0,1", f"hydra.sweep.dir={tmp_path}")
+    wall = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = job_dirs(tmp_path)
+    assert len(jobs) == 4
+    assert_complete(jobs, epochs=2)
+    assert len(list((tmp_path / ".submitit").glob("*/*_log.out"))) == 4
+    print(f"\n2x2 SLURM sweep wall time: {wall:.1f} s")
+
+
+@pytest.mark.slurm
+@needs_cluster
+def test_usr2_requeues_and_resumes_where_it_stopped(data_root: Path, tmp_path: Path) -> None:
+    epochs = 12
+    args = [*CPU_SLURM, *fast_overrides(data_root), f"epochs={epochs}", "model=vanilla_cnn", "batch_size=8", f"hydra.sweep.dir={tmp_path}"]
+    proc = subprocess.Popen([sys.executable, "-m", "fmsweep", "-m", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    job_id = None
+    try:
+        deadline = time.time() + 300
+        while not any(len(h.read_text().splitlines()) >= 3 for h in tmp_path.glob("*/history.csv")):  # 2 epochs done
+            assert proc.poll() is None and time.time() < deadline, "the job did not reach epoch 2"
+            time.sleep(0.2)
+        [job] = job_dirs(tmp_path)
+        job_id = str(OmegaConf.load(job / ".hydra" / "hydra.yaml").hydra.job.id)
+        signalled = datetime.now()
+        subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+        if job_id is not None:
+            subprocess.run(["scancel", job_id])  # no-op once the job ended
+    assert proc.returncode == 0, out[-3000:]
+    assert_complete([job], epochs=epochs)
+    with open(job / "history.csv") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == list(range(1, epochs + 1))
+    log = (job / "__main__.log").read_text()
+    resumed = re.search(r"\[(.{19}),\d+\]\[fmsweep.train\]\[INFO\] - Resuming from .* at epoch (\d+)", log)
+    assert resumed, log
+    epoch = int(resumed.group(2))
+    assert 2 <= epoch < epochs
+    assert "Signal 12: saved" in log
+    delay = (datetime.strptime(resumed.group(1), "%Y-%m-%d %H:%M:%S") - signalled.replace(microsecond=0)).total_seconds()
+    print(f"\nUSR2 job resumed at epoch {epoch} (completed epochs), {delay:.0f} s after the signal")
+
+
+@pytest.mark.slurm
+@needs_cluster
+def test_failed_job_is_reported_and_the_others_complete(data_root: Path, tmp_path: Path) -> None:
+    proc = sweep(*CPU_SLURM, *fast_overrides(data_root), "model=fc", "optimizer=sgd", "optimizer.lr=1e-3,1e30,1e-2", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 1
+    jobs = job_dirs(tmp_path)
+    assert [metrics(j)["status"] for j in jobs] == ["completed", "failed", "completed"]
+    assert "diverged" in metrics(jobs[1])["error"]
+    assert "1 job(s)" in proc.stderr and f"{jobs[1].name}: failed" in proc.stderr
+    assert re.search(r"log: .*\.submitit/.*_log\.err", proc.stderr)
+
+
+@pytest.mark.slow
+def test_two_by_two_sweep_with_submitit_local(data_root: Path, tmp_path: Path) -> None:
+    proc = sweep("hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", *fast_overrides(data_root),
+                 "model=linear,fc", "seed=0,1", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = job_dirs(tmp_path)
+    assert len(jobs) == 4
+    assert_complete(jobs, epochs=1)
+
+
+@pytest.mark.slow
+def test_rerunning_a_finished_sweep_skips_its_jobs(data_root: Path, tmp_path: Path) -> None:
+    args = [*fast_overrides(data_root), "model=linear", "seed=0,1", f"hydra.sweep.dir={tmp_path}"]
+    assert sweep(*args).returncode == 0
+    before = {j: (j / "metrics.json").read_bytes() for j in job_dirs(tmp_path)}
+    again = sweep(*args)
+    assert again.returncode == 0
+    assert again.stdout.count("nothing to do") == 2
+    assert {j: (j / "metrics.json").read_bytes() for j in job_dirs(tmp_path)} == before

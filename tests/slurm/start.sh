@@ -45,6 +45,7 @@ StorageLoc=slurm_acct_db
 CONF
 chmod 600 /etc/slurm/slurmdbd.conf
 if ! pgrep -x slurmdbd >/dev/null; then
+  rm -f /run/slurmdbd.pid
   /usr/sbin/slurmdbd
   wait_for 60 slurmdbd bash -c 'exec 3<>/dev/tcp/127.0.0.1/6819'
   cp /run/slurmdbd.pid "$state/slurmdbd.pid"
@@ -88,11 +89,13 @@ $node State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 CONF
 if ! pgrep -x slurmctld >/dev/null; then
+  rm -f /run/slurmctld.pid
   /usr/sbin/slurmctld
   wait_for 60 slurmctld bash -c 'scontrol ping | grep -q UP'
   cp /run/slurmctld.pid "$state/slurmctld.pid"
 fi
 if ! pgrep -x slurmd >/dev/null; then
+  rm -f /run/slurmd.pid
   /usr/sbin/slurmd
   wait_for 30 slurmd test -s /run/slurmd.pid
   cp /run/slurmd.pid "$state/slurmd.pid"

@@ -9,10 +9,10 @@ class UserError(Exception):
     """Something the user gave is wrong; entry points print it as one line and exit with code 2."""
 
 
-def exit_with(error: UserError) -> NoReturn:
-    """Print `error` as the one line `fmsweep: error: <message>` on stderr and exit with code 2."""
+def exit_with(error: Exception, code: int = 2) -> NoReturn:
+    """Print `error` as the one line `fmsweep: error: <message>` on stderr and exit with `code`."""
     print("fmsweep: error: " + " ".join(str(error).splitlines()), file=sys.stderr)
-    sys.exit(2)
+    sys.exit(code)
 
 
 class Interrupted(Exception):
@@ -21,3 +21,7 @@ class Interrupted(Exception):
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
+
+
+class TrainingDiverged(Exception):
+    """The training loss became NaN or infinite; the checkpoints of the last good epoch are kept."""

@@ -4,9 +4,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from fmsweep.errors import UserError
+
 
 def atomic_write(path: str | Path, data: bytes | str) -> None:
-    """Write to a temporary file beside `path`, flush it to disk, then rename it over `path`."""
+    """Write to a temporary file beside `path`, flush it to disk, then rename it over `path`.
+
+    A failed write (disk full, read-only folder) is a UserError that leaves the previous `path` intact."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -15,5 +19,8 @@ def atomic_write(path: str | Path, data: bytes | str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        kept = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}; {kept}") from None
     finally:
         tmp.unlink(missing_ok=True)

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 
 from fmsweep import models
 from fmsweep.errors import UserError
@@ -37,13 +36,25 @@ def load(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def build_network(model_config: dict[str, Any]) -> torch.nn.Module:
-    """Instantiate a network of fmsweep.models from its (resolved) config."""
-    target = str(model_config.get("_target_", ""))
-    module, _, name = target.rpartition(".")
-    if module != models.__name__ or not isinstance(getattr(models, name, None), type):
+def network_class(target: Any) -> type:
+    """The class of fmsweep.models that a model config's `_target_` names."""
+    module, _, name = str(target).rpartition(".")
+    cls = getattr(models, name, None)
+    if module != models.__name__ or not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
         raise UserError(f"model target {target!r} is not one of fmsweep.models")
-    return instantiate(model_config)
+    return cls
+
+
+def build_network(model_config: dict[str, Any]) -> torch.nn.Module:
+    """Construct a network of fmsweep.models from its (resolved) config.
+
+    The class is called directly, not through Hydra's instantiate: a config read from a checkpoint could
+    otherwise name any callable in a nested `_target_`."""
+    cls = network_class(model_config.get("_target_"))
+    try:
+        return cls(**{key: value for key, value in model_config.items() if key != "_target_"})
+    except Exception as exc:  # the constructor's own complaint about its arguments
+        raise UserError(f"model config {model_config} does not build a network ({type(exc).__name__}: {exc})") from None
 
 
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> models.Classifier:
@@ -56,9 +67,13 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> model
     if not path.is_file():
         raise UserError(f"{run_dir} holds no {BEST}: not a (finished) fmsweep run directory")
     state = load(path)
-    norm = state["normalization"]
-    model = models.Classifier(build_network(state["model_config"]), norm["mean"], norm["std"])
+    norm, model_config = state.get("normalization"), state.get("model_config")
+    if not (isinstance(norm, dict) and isinstance(model_config, dict) and isinstance(state.get("state_dict"), dict)
+            and all(isinstance(norm.get(key), torch.Tensor) for key in ("mean", "std"))):
+        raise UserError(f"{path} is not a best-model checkpoint (no model config, weights and normalization)")
+    network = build_network(model_config)
     try:
+        model = models.Classifier(network, norm["mean"], norm["std"])
         model.net.load_state_dict(state["state_dict"])
     except RuntimeError as exc:
         raise UserError(f"{path}: weights do not fit its model config ({str(exc).splitlines()[0]})") from None

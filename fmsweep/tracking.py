@@ -1,17 +1,26 @@
 """What a run records: TensorBoard events, summary.txt, history.csv and metrics.json."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 from pathlib import Path
 from typing import Any
 
+import torch
+from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
+from fmsweep import figures
+from fmsweep.errors import UserError
 from fmsweep.files import atomic_write
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "epoch_seconds")
+# Scalars of the best model, logged at its epoch: the final metrics next to the hparams in TensorBoard.
+METRIC_TAGS = {"valid/best_loss": "valid_loss", "valid/best_acc": "valid_acc", "test/loss": "test_loss",
+               "test/acc": "test_acc"}
 
 
 class Tracker:
@@ -40,9 +49,75 @@ class Tracker:
         writer.writerows(history)
         atomic_write(self.run_dir / "history.csv", out.getvalue())
 
-    def final(self, metrics: dict[str, Any]) -> None:
-        """Log the test scalars and write metrics.json."""
-        self.writer.add_scalar("test/loss", metrics["test_loss"], metrics["best_epoch"])
-        self.writer.add_scalar("test/acc", metrics["test_acc"], metrics["best_epoch"])
+    def predictions(self, images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor, step: int) -> None:
+        """Log a grid of test images with predicted/true labels and the test confusion matrix as images."""
+        grid = figures.samples(images, labels, predicted)
+        self.writer.add_image("test/samples", figures.to_rgb(grid), step, dataformats="HWC")
+        n = len(figures.CLASSES)
+        matrix = torch.bincount(labels.cpu() * n + predicted.cpu(), minlength=n * n).reshape(n, n)
+        accuracy = matrix.trace().item() / len(labels)
+        title = f"confusion matrix, test set ({len(labels)} images, accuracy {100 * accuracy:.2f} %)"
+        self.writer.add_image("test/confusion_matrix", figures.to_rgb(figures.confusion(matrix, title)), step,
+                              dataformats="HWC")
+
+    def final(self, metrics: dict[str, Any], hparams: dict[str, str | float]) -> None:
+        """Log the best model's valid and test scalars and the run's hparams; write metrics.json."""
+        step = metrics["best_epoch"]
+        for tag, key in METRIC_TAGS.items():
+            self.writer.add_scalar(tag, metrics[key], step)
+        # The run's hparams go into its own event file (add_hparams would open a second run). No experiment
+        # summary: TensorBoard then builds the HPARAMS table from all runs' hparams and lists first those
+        # that differ between them (with one, it would show the first run's keys, none marked as differing).
+        _, session_start, session_end = hparams_summaries(hparams, {})
+        for summary in (session_start, session_end):
+            self.writer.file_writer.add_summary(summary, step)
         self.writer.close()
         atomic_write(self.run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+
+
+def hparams(cfg: DictConfig, overrides: list[str]) -> dict[str, str | float]:
+    """What TensorBoard's HPARAMS tab compares: the job's overrides and a fixed list of config values.
+
+    Every run logs exactly these keys with these types, whatever its overrides, so that the runs of a sweep
+    (and of several sweeps) fill the same columns of one table.
+    """
+    return {
+        "overrides": ",".join(overrides),
+        "model": str(cfg.model._target_).rpartition(".")[2],
+        "optimizer": str(cfg.optimizer._target_).rpartition(".")[2],
+        "optimizer.lr": float(cfg.optimizer.lr),
+        "optimizer.weight_decay": float(cfg.optimizer.weight_decay),
+        "reg.l2": float(cfg.reg.l2),
+        "reg.input_dropout": float(cfg.reg.input_dropout),
+        "reg.dropout": float(cfg.reg.dropout),
+        "aug.hflip": float(cfg.aug.hflip),
+        "aug.degrees": float(cfg.aug.degrees),
+        "aug.translate": float(cfg.aug.translate),
+        "batch_size": float(cfg.batch_size),
+        "epochs": float(cfg.epochs),
+        "seed": float(cfg.seed),
+        "data.normalize": str(cfg.data.normalize),
+        "data.valid_ratio": float(cfg.data.valid_ratio),
+        "data.subset": str(cfg.data.subset),  # "None" or a number: one type for every run
+    }
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any] | None:
+    """metrics.json of a run, or None when it has none (yet)."""
+    try:
+        return json.loads((run_dir / "metrics.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def completed(run_dir: Path) -> bool:
+    """Whether the run finished and wrote its final metrics."""
+    return (read_metrics(run_dir) or {}).get("status") == "completed"
+
+
+def record_failure(run_dir: Path, exc: BaseException) -> None:
+    """Mark a run as failed in metrics.json, unless it already holds a completed result."""
+    if run_dir.is_dir() and not completed(run_dir):
+        failure = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        with contextlib.suppress(UserError):  # the disk may be what failed; the error is reported anyway
+            atomic_write(run_dir / "metrics.json", json.dumps(failure, indent=2) + "\n")

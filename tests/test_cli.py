@@ -28,7 +28,9 @@ def test_multirun_makes_one_complete_job_dir_per_combination(data_root: Path, tm
     proc = fmsweep("-m", *fast_overrides(data_root), "model=linear,fc", "seed=0,1", f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr
     jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert [p.name for p in jobs] == ["0", "1", "2", "3"]
+    # <job number>_<overrides>; data.root, data.download and device are left out of the names
+    assert [p.name for p in jobs] == [f"{i}_batch_size=32,epochs=1,model={m},seed={s}"
+                                      for i, (m, s) in enumerate([("linear", 0), ("linear", 1), ("fc", 0), ("fc", 1)])]
     for job in jobs:
         for name in ("best_model.pt", "last.pt", "metrics.json", "history.csv", "summary.txt"):
             assert (job / name).is_file(), f"{job / name} missing"

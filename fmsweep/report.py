@@ -1,0 +1,159 @@
+"""`python -m fmsweep.report <sweep dir>`: every job of a sweep in one table, then one row per setting with
+the seeds aggregated; writes report.md, report.csv (one row per job) and report.png into the sweep dir."""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from fmsweep import figures
+from fmsweep.errors import UserError
+from fmsweep.files import atomic_write
+from fmsweep.runs import ArgumentParser, Run, find_runs, markdown_table
+
+METRICS = ("valid_loss", "valid_acc", "test_loss", "test_acc")
+CSV_FIELDS = ("job", "overrides", "setting", "status", "best_epoch", *METRICS, "num_params", "train_seconds",
+              "epochs_run", "path")
+MISSING = "–"
+
+
+def job_id(run: Run) -> str:
+    """Hydra's job number, prefixed by its sweep's folder when the report spans several sweeps."""
+    parent = os.path.dirname(run.name)
+    num = str(run.num) if run.num is not None else os.path.basename(run.name)
+    return os.path.join(parent, num) if parent else num
+
+
+def metric_text(key: str, value: float) -> str:
+    """Losses with 4 decimals, accuracies in percent with 2."""
+    return f"{100 * value:.2f}" if key.endswith("acc") else f"{value:.4f}"
+
+
+def job_rows(runs: list[Run]) -> list[dict[str, Any]]:
+    """One CSV row per job: its settings, status and final metrics ('' where it has none)."""
+    rows = []
+    for run in runs:
+        m = run.metrics
+        row = {"job": job_id(run), "overrides": ",".join(run.overrides), "setting": run.setting,
+               "status": run.status, "path": str(run.path)}
+        row.update({k: m.get(k, "") for k in ("best_epoch", *METRICS, "num_params", "train_seconds", "epochs_run")})
+        rows.append(row)
+    return rows
+
+
+def job_table(rows: list[dict[str, Any]]) -> str:
+    header = ["job", "overrides", "status", "best epoch", "valid loss", "valid acc (%)", "test loss", "test acc (%)",
+              "params", "train s"]
+    lines = []
+    for r in rows:
+        metrics = [metric_text(k, r[k]) if r[k] != "" else MISSING for k in METRICS]
+        lines.append([r["job"], r["overrides"] or "(defaults)", r["status"], str(r["best_epoch"]) or MISSING, *metrics,
+                      str(r["num_params"]) or MISSING,
+                      f"{r['train_seconds']:.1f}" if r["train_seconds"] != "" else MISSING])
+    return markdown_table(header, lines, right={3, 4, 5, 6, 7, 8, 9})
+
+
+def setting_stats(runs: list[Run]) -> dict[str, dict[str, Any]]:
+    """Per setting (overrides without the seed), in job order: job count, completed count n, and per metric
+    the (mean, sample std) over its completed jobs (std 0 when n is 1)."""
+    groups: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[run.setting].append(run)
+    stats = {}
+    for setting, group in groups.items():
+        done = [r for r in group if r.completed]
+        entry: dict[str, Any] = {"jobs": len(group), "n": len(done)}
+        for key in METRICS:
+            values = [float(r.metrics[key]) for r in done]
+            entry[key] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0) if values else None
+        stats[setting] = entry
+    return stats
+
+
+def setting_table(stats: dict[str, dict[str, Any]]) -> str:
+    header = ["setting", "n", "valid loss", "valid acc (%)", "test loss", "test acc (%)"]
+    lines = []
+    for setting, s in stats.items():
+        n = str(s["n"]) if s["n"] == s["jobs"] else f"{s['n']} of {s['jobs']}"
+        cells = []
+        for key in METRICS:
+            if s[key] is None:
+                cells.append(MISSING)
+            elif s["n"] == 1:
+                cells.append(metric_text(key, s[key][0]))
+            else:
+                cells.append(f"{metric_text(key, s[key][0])} ± {metric_text(key, s[key][1])}")
+        lines.append([setting, n, *cells])
+    return markdown_table(header, lines, right={1, 2, 3, 4, 5})
+
+
+def plot(runs: list[Run], stats: dict[str, dict[str, Any]]) -> bytes:
+    """report.png: valid accuracy per epoch of every job by setting, test accuracy mean ± std per setting."""
+    curves: dict[str, list[tuple[list[float], list[float]]]] = defaultdict(list)
+    for run in runs:
+        history = run.history()
+        if history:
+            curves[run.setting].append(([h["epoch"] for h in history], [h["valid_acc"] for h in history]))
+    bars = {k: (*s["test_acc"], s["n"]) for k, s in stats.items() if s["test_acc"] is not None}
+    return figures.to_png(figures.sweep(dict(curves), bars))
+
+
+def write_report(sweep_dir: Path) -> str:
+    """Write report.md, report.csv and report.png into `sweep_dir`; return the markdown."""
+    runs = find_runs(sweep_dir)
+    rows = job_rows(runs)
+    stats = setting_stats(runs)
+    statuses = defaultdict(int)
+    for row in rows:
+        statuses[row["status"]] += 1
+    markdown = "\n".join([
+        f"# Sweep report: {sweep_dir}",
+        "",
+        f"{len(runs)} jobs: " + ", ".join(f"{n} {status}" for status, n in statuses.items()),
+        "",
+        "## Jobs",
+        "",
+        job_table(rows),
+        "",
+        "## Settings",
+        "",
+        "Jobs that differ only by seed form one setting: mean ± sample std over its completed jobs (n of them).",
+        "",
+        setting_table(stats),
+        "",
+        "![valid accuracy per epoch of every job; test accuracy per setting](report.png)",
+        "",
+    ])
+    out = io.StringIO()
+    writer = csv.DictWriter(out, CSV_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(sweep_dir / "report.csv", out.getvalue())
+    atomic_write(sweep_dir / "report.png", plot(runs, stats))
+    atomic_write(sweep_dir / "report.md", markdown)
+    return markdown
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = ArgumentParser(prog="python -m fmsweep.report", description=__doc__)
+    parser.add_argument("sweep_dir", type=Path, help="a sweep dir (or a folder of sweeps, or a run dir)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line entry point; a user error is one line on stderr and exit code 2."""
+    try:
+        print(write_report(parse_args(argv).sweep_dir), end="")
+    except UserError as exc:
+        print(f"fmsweep: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

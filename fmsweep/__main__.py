@@ -13,7 +13,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from fmsweep import tracking, train
-from fmsweep.errors import Interrupted, UserError, exit_with
+from fmsweep.errors import Interrupted, TrainingDiverged, UserError, exit_with
 
 
 def register_sweeper() -> None:
@@ -39,9 +39,9 @@ def main(cfg: DictConfig) -> float:
         sys.exit(128 + exc.signum)  # also ends a sweep of the basic launcher, which goes on past exceptions
     except Exception as exc:
         tracking.record_failure(run_dir, exc)
-        if multirun or not isinstance(exc, UserError):
+        if multirun or not isinstance(exc, (UserError, TrainingDiverged)):
             raise  # in a sweep: the job fails, the others go on and the sweeper reports it
-        exit_with(exc)
+        exit_with(exc, 2 if isinstance(exc, UserError) else 1)
 
 
 def resume_command(multirun: bool, hydra_cfg: DictConfig) -> str:
@@ -49,6 +49,7 @@ def resume_command(multirun: bool, hydra_cfg: DictConfig) -> str:
     key, directory = ("hydra.sweep.dir", hydra_cfg.sweep.dir) if multirun else ("hydra.run.dir", hydra_cfg.runtime.output_dir)
     args = [arg for arg in sys.argv[1:] if not arg.startswith(f"{key}=")]
     return shlex.join(["python", "-m", "fmsweep", *args, f"{key}={directory}"])
+
 
 register_sweeper()
 

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from torchvision.datasets import FashionMNIST
 
 from fmsweep.errors import UserError
+from fmsweep.models import IMAGE_SIZE, NUM_CLASSES
 
 RAW_FILES = (
     "train-images-idx3-ubyte",
@@ -34,24 +35,56 @@ class Splits:
     std: torch.Tensor
 
 
+def not_loadable(raw: Path, problem: str) -> UserError:
+    """The error for a data folder that does not hold a readable Fashion-MNIST."""
+    return UserError(
+        f"Fashion-MNIST not loadable from {raw}: {problem}; expected the four files "
+        f"{', '.join(RAW_FILES)} (set data.root to the folder that holds FashionMNIST/raw)"
+    )
+
+
+def missing_files(root: str | Path) -> tuple[Path, list[str]]:
+    """The raw folder under `root` and the names of RAW_FILES missing there."""
+    raw = Path(root).expanduser() / "FashionMNIST" / "raw"
+    return raw, [name for name in RAW_FILES if not (raw / name).is_file()]
+
+
+def check_present(root: str | Path, download: bool) -> None:
+    """Before a run: unless it may download them, the four raw files must be there."""
+    raw, missing = missing_files(root)
+    if missing and not download:
+        raise not_loadable(raw, f"missing {', '.join(missing)} (data.download=false)")
+
+
 def load_fashion_mnist(root: str | Path, download: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Read the 60k train and 10k test images and labels through torchvision's loader."""
-    root = Path(root).expanduser()
-    raw = root / "FashionMNIST" / "raw"
+    check_present(root, download)
     try:
-        train = FashionMNIST(str(root), train=True, download=download)
-        test = FashionMNIST(str(root), train=False, download=download)
-    except (RuntimeError, ValueError, AssertionError, OSError) as exc:
-        missing = [name for name in RAW_FILES if not (raw / name).is_file()]
+        train = FashionMNIST(str(Path(root).expanduser()), train=True, download=download)
+        test = FashionMNIST(str(Path(root).expanduser()), train=False, download=download)
+    except Exception as exc:  # torchvision's reader fails on bad files with asserts, KeyError, TypeError, ...
+        raw, missing = missing_files(root)
         if missing:
-            problem = f"missing {', '.join(missing)}" + ("" if download else " (data.download=false)")
-        else:
-            problem = f"unreadable IDX files ({exc})"
-        raise UserError(
-            f"Fashion-MNIST not loadable from {raw}: {problem}; expected the four files "
-            f"{', '.join(RAW_FILES)} (set data.root to the folder that holds FashionMNIST/raw)"
-        ) from None
+            raise not_loadable(raw, f"missing {', '.join(missing)} (download failed: {type(exc).__name__})") from None
+        detail = " ".join(str(exc).split()) or "bad header"
+        raise not_loadable(raw, f"unreadable IDX files ({type(exc).__name__}: {detail})") from None
+    raw, _ = missing_files(root)
+    for split, dataset in (("train", train), ("t10k", test)):
+        check_split(raw, split, dataset.data, dataset.targets)
     return train.data, train.targets, test.data, test.targets
+
+
+def check_split(raw: Path, split: str, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """The IDX files of a split must hold N images of 28x28 and N labels in 0-9."""
+    problem = None
+    if tuple(images.shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE):
+        problem = f"{split}-images-idx3-ubyte holds images of shape {tuple(images.shape)}, expected (N, 28, 28)"
+    elif len(labels) != len(images):
+        problem = f"{split}-labels-idx1-ubyte holds {len(labels)} labels for {len(images)} images"
+    elif labels.min() < 0 or labels.max() >= NUM_CLASSES:
+        problem = f"{split}-labels-idx1-ubyte holds labels outside 0-{NUM_CLASSES - 1}"
+    if problem:
+        raise UserError(f"Fashion-MNIST in {raw} is not usable: {problem}")
 
 
 def split_indices(n: int, valid_ratio: float, subset: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,6 +93,11 @@ def split_indices(n: int, valid_ratio: float, subset: int | None, seed: int) -> 
     if subset is not None:
         perm = perm[:subset]
     n_valid = round(valid_ratio * len(perm))
+    if not 0 < n_valid < len(perm):
+        raise UserError(
+            f"data.valid_ratio={valid_ratio} splits {len(perm)} images into {len(perm) - n_valid} train and "
+            f"{n_valid} valid images; both need at least one (change data.valid_ratio or data.subset)"
+        )
     return perm[n_valid:], perm[:n_valid]
 
 

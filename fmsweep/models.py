@@ -100,11 +100,15 @@ class Classifier(nn.Module):
         self.register_buffer("mean", mean.reshape(-1, 1, IMAGE_SIZE, IMAGE_SIZE) if mean.numel() > 1 else mean.reshape(()))
         self.register_buffer("std", std.reshape(-1, 1, IMAGE_SIZE, IMAGE_SIZE) if std.numel() > 1 else std.reshape(()))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw images (as `forward` takes them) as the normalized (N, 1, 28, 28) float input of `net`."""
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
         x = x.reshape(-1, 1, IMAGE_SIZE, IMAGE_SIZE).to(self.mean.dtype)
-        return self.net((x - self.mean) / self.std)
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(x))
 
 
 def l2_penalty(model: nn.Module) -> torch.Tensor:

@@ -101,27 +101,25 @@ def test_sigterm_saves_last_and_prints_how_to_resume(data_root: Path, tmp_path: 
 def test_sigkill_at_random_moments_leaves_only_complete_files(data_root: Path, tmp_path: Path) -> None:
     """Kill a training process (SIGKILL) at random moments, restart it each time in the same dir: every file
     is complete at every kill, and the final result equals that of an uninterrupted run."""
-    args = [*fast_overrides(data_root), "model=vanilla_cnn", "epochs=12", "batch_size=16"]
+    args = [*fast_overrides(data_root), "model=vanilla_cnn", "epochs=16", "batch_size=16"]
     command = [sys.executable, "-m", "fmsweep", *args]
-
-    def timed_run(run_dir: Path) -> float:
-        t0 = time.perf_counter()
-        subprocess.run([*command, f"hydra.run.dir={run_dir}"], cwd=ROOT, check=True, capture_output=True)
-        return time.perf_counter() - t0
-
-    duration = timed_run(tmp_path / "straight")
-    startup = timed_run(tmp_path / "straight")  # a finished run only starts up and loads the data
+    subprocess.run([*command, f"hydra.run.dir={tmp_path / 'straight'}"], cwd=ROOT, check=True, capture_output=True)
+    with open(tmp_path / "straight" / "history.csv") as f:
+        epoch_seconds = max(float(r["epoch_seconds"]) for r in csv.DictReader(f))
+    last = tmp_path / "killed" / checkpoint.LAST
     rng = random.Random(1)
     kills = 0
     for _ in range(12):
+        before = last.stat().st_mtime_ns if last.exists() else 0
         proc = subprocess.Popen([*command, f"hydra.run.dir={tmp_path / 'killed'}"], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:  # a random moment within the first sixth of the remaining training
-            proc.wait(timeout=startup + rng.uniform(0.0, 0.15) * (duration - startup))
-        except subprocess.TimeoutExpired:
+        while proc.poll() is None and (last.stat().st_mtime_ns if last.exists() else 0) == before:
+            time.sleep(0.01)  # until this attempt has finished an epoch (or the whole run)
+        time.sleep(rng.uniform(0, 1.5 * epoch_seconds))  # then a random moment of the next epoch or its checkpoint
+        if proc.poll() is None:
             proc.kill()
-            proc.wait()
             kills += 1
+        proc.wait()
         assert_files_complete(tmp_path / "killed")
     done = subprocess.run([*command, f"hydra.run.dir={tmp_path / 'killed'}"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

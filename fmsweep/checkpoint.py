@@ -36,6 +36,14 @@ def load(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def saved_epoch(path: str | Path) -> int | None:
+    """The epoch that the checkpoint at `path` holds, or None when there is no readable one."""
+    try:
+        return load(path).get("epoch")
+    except UserError:
+        return None
+
+
 def network_class(target: Any) -> type:
     """The class of fmsweep.models that a model config's `_target_` names."""
     module, _, name = str(target).rpartition(".")

@@ -24,30 +24,44 @@ METRIC_TAGS = {"valid/best_loss": "valid_loss", "valid/best_acc": "valid_acc", "
 
 
 class Tracker:
-    """Writes a run's records into its directory; every file is replaced atomically."""
+    """Writes a run's records into its directory; every file is replaced atomically.
 
-    def __init__(self, run_dir: Path, resumed_epoch: int) -> None:
+    The records are derived from what last.pt holds: each attempt of a run (first start or resume) deletes the
+    event files of earlier attempts, then writes summary.txt, history.csv and one fresh event file holding the
+    summary and every epoch of `history`. Whatever an interrupted attempt logged after its last checkpoint is
+    thus dropped, and no scalar appears twice, whichever TensorBoard reader looks.
+    """
+
+    def __init__(self, run_dir: Path, summary: str, history: list[dict[str, float]]) -> None:
         self.run_dir = run_dir
-        # On resume, drop events a killed process logged after its last checkpoint.
-        self.writer = SummaryWriter(str(run_dir), purge_step=resumed_epoch + 1 if resumed_epoch else None)
+        for path in run_dir.glob("events.out.tfevents.*"):
+            path.unlink()
+        self.writer = SummaryWriter(str(run_dir))
+        atomic_write(run_dir / "summary.txt", summary)
+        self.writer.add_text("summary", "```\n" + summary + "\n```")
+        for row in history:
+            self._scalars(row)
+        self.writer.flush()
+        self._history(history)
 
-    def summary(self, text: str) -> None:
-        atomic_write(self.run_dir / "summary.txt", text)
-        self.writer.add_text("summary", "```\n" + text + "\n```")
-
-    def epoch(self, history: list[dict[str, float]]) -> None:
-        """Log the newest history row as scalars and rewrite history.csv."""
-        row = history[-1]
+    def _scalars(self, row: dict[str, float]) -> None:
         for split in ("train", "valid"):
             self.writer.add_scalar(f"{split}/loss", row[f"{split}_loss"], row["epoch"])
             self.writer.add_scalar(f"{split}/acc", row[f"{split}_acc"], row["epoch"])
         self.writer.add_scalar("lr", row["lr"], row["epoch"])
-        self.writer.flush()
+
+    def _history(self, history: list[dict[str, float]]) -> None:
         out = io.StringIO()
         writer = csv.DictWriter(out, HISTORY_FIELDS)
         writer.writeheader()
         writer.writerows(history)
         atomic_write(self.run_dir / "history.csv", out.getvalue())
+
+    def epoch(self, history: list[dict[str, float]]) -> None:
+        """Log the newest history row as scalars and rewrite history.csv (after last.pt holds that epoch)."""
+        self._scalars(history[-1])
+        self.writer.flush()
+        self._history(history)
 
     def predictions(self, images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor, step: int) -> None:
         """Log a grid of test images with predicted/true labels and the test confusion matrix as images."""

@@ -180,14 +180,20 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     model_config = OmegaConf.to_container(cfg.model, resolve=True)
     model, optimizer, step = setup(cfg, model_config, data)
 
-    start, best_loss, best_epoch, history, train_seconds, partial = 0, math.inf, 0, [], 0.0, None
+    start, best_loss, best_epoch, best_state, history, train_seconds, partial = 0, math.inf, 0, None, [], 0.0, None
+    normalization = {"kind": cfg.data.normalize, "mean": data.mean.cpu(), "std": data.std.cpu()}
+
+    def save_best() -> None:
+        checkpoint.save({"model_config": model_config, "state_dict": best_state, "normalization": normalization,
+                         "epoch": best_epoch, "metrics": history[best_epoch - 1]}, run_dir / checkpoint.BEST)
+
     if (run_dir / checkpoint.LAST).is_file():
         last = checkpoint.load(run_dir / checkpoint.LAST)
         if last["model_config"] != model_config:
             raise UserError(f"{run_dir} holds a run of another model ({last['model_config']}); use a new run dir")
         model.net.load_state_dict(last["state_dict"])
         load_optimizer_state(optimizer, last["optimizer"])
-        start, best_loss, best_epoch = last["epoch"], last["best_loss"], last["best_epoch"]
+        start, best_loss, best_epoch, best_state = last["epoch"], last["best_loss"], last["best_epoch"], last["best_state"]
         history, train_seconds, partial = last["history"], last["train_seconds"], last["partial"]
         torch.set_rng_state(last["rng_cpu"])
         if device.type == "cuda" and last["rng_cuda"] is not None:
@@ -197,20 +203,20 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
             return tracking.read_metrics(run_dir)["valid_loss"]
         log.info("Resuming from %s at epoch %d%s", run_dir / checkpoint.LAST, start,
                  f", batch {partial['next'] // cfg.batch_size}" if partial else "")
+        if best_state is not None and checkpoint.saved_epoch(run_dir / checkpoint.BEST) != best_epoch:
+            save_best()  # the last attempt stopped between writing last.pt and best_model.pt
 
     def save_last(epoch_done: int, partial: dict | None = None) -> None:
         """Everything needed to resume exactly; `partial` holds the state of an unfinished epoch."""
         checkpoint.save(
             {"model_config": model_config, "state_dict": model.net.state_dict(), "optimizer": optimizer.state_dict(),
              "epoch": epoch_done, "partial": partial, "best_loss": best_loss, "best_epoch": best_epoch,
-             "history": history, "train_seconds": train_seconds, "rng_cpu": torch.get_rng_state(),
+             "best_state": best_state, "history": history, "train_seconds": train_seconds, "rng_cpu": torch.get_rng_state(),
              "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
             run_dir / checkpoint.LAST,
         )
 
-    tracker = Tracker(run_dir, start)
-    tracker.summary(summary_text(cfg, data, model, optimizer))
-    normalization = {"kind": cfg.data.normalize, "mean": data.mean.cpu(), "std": data.std.cpu()}
+    tracker = Tracker(run_dir, summary_text(cfg, data, model, optimizer), history)
     n_train, show_bar = len(data.train_y), sys.stdout.isatty()
 
     with StopRequest() as stop:
@@ -258,15 +264,15 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
                 "epoch %d/%d  train loss %.4f acc %.4f | valid loss %.4f acc %.4f | %.2fs",
                 epoch, cfg.epochs, train_loss, train_acc, valid_loss, valid_acc, seconds,
             )
-            if valid_loss < best_loss:
+            improved = valid_loss < best_loss
+            if improved:
                 best_loss, best_epoch = valid_loss, epoch
-                checkpoint.save(
-                    {"model_config": model_config, "state_dict": model.net.state_dict(), "normalization": normalization,
-                     "epoch": epoch, "metrics": history[-1]},
-                    run_dir / checkpoint.BEST,
-                )
-            tracker.epoch(history)
+                best_state = {key: value.detach().clone() for key, value in model.net.state_dict().items()}
+            # last.pt commits the epoch; every other file follows from it, so none is ever ahead of it
             save_last(epoch)
+            if improved:
+                save_best()
+            tracker.epoch(history)
 
     best = checkpoint.load_model(run_dir, device)
     valid_loss, valid_acc = evaluate(best, data.valid_x, data.valid_y)

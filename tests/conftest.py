@@ -1,6 +1,10 @@
-"""Shared fixtures: tiny Fashion-MNIST-format IDX files with learnable class structure, and config composition."""
+"""Shared fixtures: tiny Fashion-MNIST-format IDX files with learnable class structure, and config composition;
+the suite's guards: no network, `--fail-on-skip`, the `ci` Hypothesis profile."""
 from __future__ import annotations
 
+import ipaddress
+import os
+import socket
 import struct
 import subprocess
 import sys
@@ -9,10 +13,69 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from hypothesis import settings
 from omegaconf import DictConfig
+from torchvision.datasets import FashionMNIST
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+
+
+def closed_port() -> int:
+    """A loopback port that nothing listens on: connecting to it is refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# No test downloads, on a machine with internet or without. torchvision's mirrors point at a closed port, so a
+# download that a test provokes fails by construction; subprocesses (the CLI, sweep jobs) get a proxy there.
+NOWHERE = f"http://127.0.0.1:{closed_port()}/"
+FashionMNIST.mirrors = [NOWHERE]
+os.environ.update(http_proxy=NOWHERE, https_proxy=NOWHERE, HTTP_PROXY=NOWHERE, HTTPS_PROXY=NOWHERE,
+                  no_proxy="127.0.0.1,localhost", NO_PROXY="127.0.0.1,localhost")
+
+settings.register_profile("ci", derandomize=True)  # CI: the same examples on every run
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:  # a host name
+        return False
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In this process, a connection to anything but loopback is an error."""
+    connect = socket.socket.connect
+
+    def loopback_only(sock: socket.socket, address: object) -> None:
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and not is_loopback(str(address[0])):
+            raise OSError(f"tests must not use the network (connect to {address})")
+        connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", loopback_only)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--fail-on-skip", default="", metavar="MARKERS",
+                     help="comma-separated markers (e.g. slurm,browser) whose tests fail instead of skipping: "
+                          "where the services are known to be there, a skip means something broke")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
+    outcome = yield
+    report = outcome.get_result()
+    required = {m for m in item.config.getoption("--fail-on-skip").split(",") if m}
+    marked = sorted(m for m in required if item.get_closest_marker(m))
+    if report.skipped and marked:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"--fail-on-skip={','.join(marked)}: this test skipped ({reason})"
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

@@ -1,5 +1,6 @@
 """Nothing lost, nothing half-written: stop signals, SIGKILL at random moments, NaN losses, full disks."""
 import csv
+import errno
 import json
 import os
 import random
@@ -7,13 +8,13 @@ import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import ROOT, fast_overrides
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fmsweep import checkpoint, train
 from fmsweep.errors import Interrupted, TrainingDiverged, UserError
@@ -25,87 +26,158 @@ def final_state(run_dir: Path) -> tuple[dict, dict]:
     return metrics, checkpoint.load(run_dir / checkpoint.LAST)["state_dict"]
 
 
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    with open(run_dir / "history.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def scalar_steps(run_dir: Path, tag: str) -> list[int]:
+    events = EventAccumulator(str(run_dir)).Reload()
+    return [e.step for e in events.Scalars(tag)] if tag in events.Tags()["scalars"] else []
+
+
 def assert_same_result(a: Path, b: Path) -> None:
+    """Two finished run dirs hold the same results (bitwise weights, equal metrics), each written once."""
     (metrics_a, weights_a), (metrics_b, weights_b) = final_state(a), final_state(b)
     assert metrics_a == metrics_b
-    assert weights_a.keys() == weights_b.keys() and all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    assert_same_weights(weights_a, weights_b)
+    assert_same_weights(checkpoint.load(a / checkpoint.BEST)["state_dict"], checkpoint.load(b / checkpoint.BEST)["state_dict"])
+    drop_seconds = lambda rows: [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in rows]  # noqa: E731
+    assert drop_seconds(read_history(a)) == drop_seconds(read_history(b))
+    epochs = list(range(1, metrics_b["epochs_run"] + 1))
+    assert scalar_steps(b, "valid/loss") == scalar_steps(b, "train/acc") == epochs  # every epoch exactly once
+    assert scalar_steps(b, "test/acc") == [metrics_b["best_epoch"]]
+    assert len(list(b.glob("events.out.tfevents.*"))) == 1
 
 
-def assert_files_complete(run_dir: Path) -> None:
-    """Every result file present parses completely (hidden .*.tmp files are unfinished writes, never results)."""
-    for name in (checkpoint.BEST, checkpoint.LAST):
-        if (run_dir / name).exists():
-            checkpoint.load(run_dir / name)
-    if (run_dir / "metrics.json").exists():
-        json.loads((run_dir / "metrics.json").read_text())
+def assert_consistent(run_dir: Path) -> None:
+    """Every file of the run dir is complete and none claims more than last.pt holds: history.csv, best_model.pt,
+    metrics.json and TensorBoard hold at most the epochs last.pt holds, with its values, each epoch once."""
+    last = checkpoint.load(run_dir / checkpoint.LAST) if (run_dir / checkpoint.LAST).exists() else None
+    history = last["history"] if last else []
+    assert [row["epoch"] for row in history] == list(range(1, (last["epoch"] if last else 0) + 1))
     if (run_dir / "history.csv").exists():
-        with open(run_dir / "history.csv") as f:
-            rows = list(csv.DictReader(f))
-        assert [int(r["epoch"]) for r in rows] == list(range(1, len(rows) + 1))
-        assert all(r["epoch_seconds"] for r in rows)
+        rows = read_history(run_dir)
+        assert len(rows) <= len(history)
+        assert [{k: float(v) for k, v in row.items()} for row in rows] == history[: len(rows)]
+    if (run_dir / checkpoint.BEST).exists():
+        best = checkpoint.load(run_dir / checkpoint.BEST)
+        assert last is not None and 1 <= best["epoch"] <= last["best_epoch"]
+        assert best["metrics"] == history[best["epoch"] - 1]
+        if best["epoch"] == last["best_epoch"]:
+            assert_same_weights(best["state_dict"], last["best_state"])
+    if (run_dir / "metrics.json").exists():
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert metrics["status"] == "failed" or metrics["epochs_run"] <= len(history)
+    events = EventAccumulator(str(run_dir)).Reload()
+    for tag in ("train/loss", "valid/loss", "valid/acc", "lr"):
+        if tag in events.Tags()["scalars"]:
+            points = events.Scalars(tag)
+            assert [p.step for p in points] == list(range(1, len(points) + 1)) and len(points) <= len(history)
+            key = tag.replace("/", "_")
+            assert [p.value for p in points] == pytest.approx([row[key] for row in history[: len(points)]], rel=1e-6)
 
 
-def test_stop_signals_at_random_batches_resume_bitwise(make_cfg, tmp_path: Path) -> None:
-    """Interrupt a run several times mid-epoch (SIGINT/SIGTERM); the resumed run ends bitwise equal."""
-    cfg = make_cfg("model=fc", "reg=dropout", "aug=flip_affine", "epochs=6", "batch_size=16")
-    t0 = time.perf_counter()
+def test_stop_signals_at_chosen_batches_resume_bitwise(make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Interrupt a run with SIGINT/SIGTERM at chosen batches (the first of the run, the last and first of an
+    epoch, mid-epoch, the last of the run); each attempt saves where it stopped, the resumed run ends bitwise
+    equal to an uninterrupted one. The signal is raised inside the train step, while the handler is installed."""
+    cfg = make_cfg("model=fc", "reg=dropout", "aug=flip_affine", "epochs=4", "batch_size=16")
     train.run(cfg, tmp_path / "straight")
-    duration = time.perf_counter() - t0
-    rng = random.Random(0)
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}  # late ones: ignored
-    interruptions = 0
-    try:
-        while True:
-            sig = rng.choice([signal.SIGINT, signal.SIGTERM])
-            timer = threading.Timer(rng.uniform(0.1, 0.25) * duration, os.kill, (os.getpid(), sig))
-            timer.start()
-            try:
-                train.run(cfg, tmp_path / "resumed")
-                break
-            except Interrupted as exc:
-                assert exc.signum == sig
-                interruptions += 1
-                assert_files_complete(tmp_path / "resumed")
-            finally:
-                timer.cancel()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    assert interruptions >= 3
+    per_epoch = 400 // 16  # 500 images, 20 % of them held out for validation
+    plan = {1: signal.SIGINT, 25: signal.SIGTERM, 26: signal.SIGINT, 60: signal.SIGTERM, 100: signal.SIGINT}
+    step, done = train.TrainStep.__call__, 0
+
+    def signalling_step(self: train.TrainStep, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal done
+        out = step(self, idx)
+        done += 1
+        if done in plan:
+            signal.raise_signal(plan[done])  # delivered to this thread before raise_signal returns
+        return out
+
+    monkeypatch.setattr(train.TrainStep, "__call__", signalling_step)
+    stops = []
+    while True:
+        try:
+            train.run(cfg, tmp_path / "resumed")
+            break
+        except Interrupted as exc:
+            last = checkpoint.load(tmp_path / "resumed" / checkpoint.LAST)
+            stops.append((exc.signum, last["epoch"], last["partial"]["next"] // 16))
+            assert_consistent(tmp_path / "resumed")
+    assert done == 4 * per_epoch  # no batch trained twice
+    assert stops == [(sig, (n - 1) // per_epoch, n - (n - 1) // per_epoch * per_epoch) for n, sig in plan.items()]
     assert_same_result(tmp_path / "straight", tmp_path / "resumed")
 
 
-def test_sigterm_saves_last_and_prints_how_to_resume(data_root: Path, tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    args = [*fast_overrides(data_root), "model=fc", "epochs=15", "batch_size=8", f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen([sys.executable, "-m", "fmsweep", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def interrupt_after_first_epoch(command: list[str], last: Path, sig: signal.Signals) -> str:
+    """Start `command`, send `sig` once it has saved `last` (its handler is installed by then); its stderr."""
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while not (run_dir / checkpoint.LAST).exists():
+    while not last.exists():
         assert proc.poll() is None and time.time() < deadline
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM
-    [line] = err.strip().splitlines()
-    assert line.startswith("fmsweep: stopped by SIGTERM") and "resume with: " in line
-    last = checkpoint.load(run_dir / checkpoint.LAST)
-    assert last["epoch"] < 15
+    assert proc.returncode == 128 + sig, err
+    return err
+
+
+def resume_command(err: str) -> list[str]:
+    [line] = [line for line in err.splitlines() if line.startswith("fmsweep: stopped by")]
     resume = shlex.split(line.split("resume with: ")[1])
     assert resume[:3] == ["python", "-m", "fmsweep"]
-    done = subprocess.run([sys.executable, *resume[1:]], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return [sys.executable, *resume[1:]]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_signal_saves_last_exits_128_plus_signum_and_prints_how_to_resume(data_root: Path, tmp_path: Path,
+                                                                                  sig: signal.Signals) -> None:
+    run_dir = tmp_path / "run"
+    args = [*fast_overrides(data_root), "model=fc", "epochs=15", "batch_size=8", f"hydra.run.dir={run_dir}"]
+    err = interrupt_after_first_epoch([sys.executable, "-m", "fmsweep", *args], run_dir / checkpoint.LAST, sig)
+    [line] = err.strip().splitlines()
+    assert line.startswith(f"fmsweep: stopped by {sig.name}, {run_dir / checkpoint.LAST} saved; resume with: ")
+    assert checkpoint.load(run_dir / checkpoint.LAST)["epoch"] < 15
+    assert_consistent(run_dir)
+    done = subprocess.run(resume_command(err), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == 15
+    assert scalar_steps(run_dir, "valid/loss") == list(range(1, 16))
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_moments_leaves_only_complete_files(data_root: Path, tmp_path: Path) -> None:
-    """Kill a training process (SIGKILL) at random moments, restart it each time in the same dir: every file
-    is complete at every kill, and the final result equals that of an uninterrupted run."""
+def test_an_interrupted_sweep_prints_the_command_that_finishes_it(data_root: Path, tmp_path: Path) -> None:
+    args = [*fast_overrides(data_root), "model=fc", "epochs=15", "batch_size=8", "seed=0,1"]
+    first_job = tmp_path / "0_batch_size=8,epochs=15,model=fc,seed=0"
+    err = interrupt_after_first_epoch([sys.executable, "-m", "fmsweep", "-m", *args, f"hydra.sweep.dir={tmp_path}"],
+                                      first_job / checkpoint.LAST, signal.SIGINT)
+    resume = resume_command(err)
+    assert resume[-1] == f"hydra.sweep.dir={tmp_path}" and "-m" in resume
+    assert not (tmp_path / "1_batch_size=8,epochs=15,model=fc,seed=1").exists()  # the sweep stopped there
+    done = subprocess.run(resume, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    jobs = sorted(p for p in tmp_path.iterdir() if (p / ".hydra").is_dir())
+    assert [p.name for p in jobs] == [first_job.name, "1_batch_size=8,epochs=15,model=fc,seed=1"]
+    for job in jobs:
+        assert json.loads((job / "metrics.json").read_text())["epochs_run"] == 15
+        assert scalar_steps(job, "valid/loss") == list(range(1, 16))
+    assert "Resuming from" in (first_job / "__main__.log").read_text()
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_leaves_only_consistent_files(data_root: Path, tmp_path: Path) -> None:
+    """Kill a training process (SIGKILL) at random moments, restart it each time in the same dir: at every kill
+    the run dir is consistent with its last.pt, and the final result equals that of an uninterrupted run."""
     args = [*fast_overrides(data_root), "model=vanilla_cnn", "epochs=16", "batch_size=16"]
     command = [sys.executable, "-m", "fmsweep", *args]
     subprocess.run([*command, f"hydra.run.dir={tmp_path / 'straight'}"], cwd=ROOT, check=True, capture_output=True)
-    with open(tmp_path / "straight" / "history.csv") as f:
-        epoch_seconds = max(float(r["epoch_seconds"]) for r in csv.DictReader(f))
+    epoch_seconds = max(float(r["epoch_seconds"]) for r in read_history(tmp_path / "straight"))
     last = tmp_path / "killed" / checkpoint.LAST
     rng = random.Random(1)
     kills = 0
@@ -120,12 +192,12 @@ def test_sigkill_at_random_moments_leaves_only_complete_files(data_root: Path, t
             proc.kill()
             kills += 1
         proc.wait()
-        assert_files_complete(tmp_path / "killed")
+        assert_consistent(tmp_path / "killed")
     done = subprocess.run([*command, f"hydra.run.dir={tmp_path / 'killed'}"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert kills >= 6
     assert_same_result(tmp_path / "straight", tmp_path / "killed")
-    print(f"\n{kills} SIGKILLs survived, nothing corrupted, final result bitwise equal")
+    print(f"\n{kills} SIGKILLs survived, nothing inconsistent, final result bitwise equal")
 
 
 def test_nan_loss_stops_with_epoch_and_batch_and_keeps_the_best(make_cfg, tmp_path: Path) -> None:
@@ -135,24 +207,77 @@ def test_nan_loss_stops_with_epoch_and_batch_and_keeps_the_best(make_cfg, tmp_pa
         train.run(make_cfg("model=fc", "optimizer=sgd", "epochs=3", "reg.l2=1e38"), tmp_path)
     assert (tmp_path / checkpoint.BEST).read_bytes() == best_before
     assert checkpoint.load(tmp_path / checkpoint.LAST)["epoch"] == 2
+    assert_consistent(tmp_path)
 
 
 def test_nan_loss_on_the_command_line_is_one_line_and_a_failed_status(data_root: Path, tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "fmsweep", *fast_overrides(data_root), "model=fc", "optimizer=sgd",
                            "optimizer.lr=1e30", f"hydra.run.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 1
-    [line] = proc.stderr.strip().splitlines()
-    assert line.startswith("fmsweep: error: training diverged") and "epoch 1, batch" in line
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("fmsweep: error: training diverged") and "epoch 1, batch" in lines[0]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "failed" and "diverged" in metrics["error"]
 
 
-def test_full_disk_is_a_clear_error_and_keeps_the_previous_files(make_cfg, tmp_path: Path) -> None:
+def test_full_disk_is_a_clear_error_and_no_file_runs_ahead_of_last(make_cfg, tmp_path: Path) -> None:
     train.run(make_cfg("model=linear", "epochs=1"), tmp_path)
-    before = {name: (tmp_path / name).read_bytes() for name in (checkpoint.LAST, "history.csv")}
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.name != "metrics.json"}
     (tmp_path / f".{checkpoint.LAST}.tmp").symlink_to("/dev/full")  # every write there fails with ENOSPC
     with pytest.raises(UserError, match=r"cannot write .*last\.pt: No space left on device; the previous last\.pt is intact"):
         train.run(make_cfg("model=linear", "epochs=2"), tmp_path)
-    assert (tmp_path / checkpoint.LAST).read_bytes() == before[checkpoint.LAST]
+    # epoch 2 trained, but last.pt could not take it: every file still says epoch 1
     assert checkpoint.load(tmp_path / checkpoint.LAST)["epoch"] == 1
-    assert_files_complete(tmp_path)
+    for name in (checkpoint.LAST, checkpoint.BEST, "history.csv", "summary.txt"):
+        assert (tmp_path / name).read_bytes() == before[name], name
+    assert [int(row["epoch"]) for row in read_history(tmp_path)] == [1]
+    assert checkpoint.load(tmp_path / checkpoint.BEST)["epoch"] == 1
+    assert scalar_steps(tmp_path, "valid/loss") == [1] and scalar_steps(tmp_path, "test/acc") == []
+    assert_consistent(tmp_path)
+    assert not (tmp_path / f".{checkpoint.LAST}.tmp").exists()  # the failed write removed it: space again
+    train.run(make_cfg("model=linear", "epochs=2"), tmp_path)
+    train.run(make_cfg("model=linear", "epochs=2"), tmp_path / "straight")
+    assert_same_result(tmp_path / "straight", tmp_path)
+
+
+def count_writes(make_cfg, run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> int:
+    """How many files a 3-epoch run writes (atomic writes end in os.replace)."""
+    replace, writes = os.replace, 0
+
+    def counting(src: str, dst: str) -> None:
+        nonlocal writes
+        writes += 1
+        replace(src, dst)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "replace", counting)
+        train.run(make_cfg("model=fc", "aug=flip_affine", "epochs=3"), run_dir)
+    return writes
+
+
+def test_a_failure_at_any_write_leaves_a_consistent_dir_and_the_resume_writes_everything_once(
+        make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail each file write of a run in turn (as a full disk would); the run dir stays consistent with last.pt,
+    and resuming ends with the files of an uninterrupted run, each epoch in them once."""
+    writes = count_writes(make_cfg, tmp_path / "straight", monkeypatch)
+    assert writes >= 10  # summary, history, and per epoch last.pt, history (best_model.pt when better), metrics
+    cfg = make_cfg("model=fc", "aug=flip_affine", "epochs=3")
+    for failing in range(1, writes + 1):
+        run_dir, seen = tmp_path / f"fail-{failing}", 0
+
+        def full_disk(src: str, dst: str) -> None:
+            nonlocal seen
+            seen += 1
+            if seen == failing:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            os.rename(src, dst)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "replace", full_disk)
+            with pytest.raises(UserError, match="No space left on device"):
+                train.run(cfg, run_dir)
+        assert_consistent(run_dir)
+        assert not list(run_dir.glob(".*.tmp"))
+        train.run(cfg, run_dir)
+        assert_same_result(tmp_path / "straight", run_dir)

@@ -1,23 +1,41 @@
 """`python -m fmsweep.bench` as a smoke test on the tiny data set: both pipelines train, both files appear.
 No timing is asserted (other processes share the machine)."""
 import json
+import statistics
 from pathlib import Path
 
-from fmsweep import bench
+import pytest
+import torch
+
+from fmsweep import bench, train
 
 
-def test_bench_times_both_pipelines_and_writes_json_and_markdown(data_root: Path, tmp_path: Path) -> None:
-    bench.main(["--cases", "linear,fancy_cnn+flip_affine", "--epochs", "1", "--warmup", "0", "--cpu-cnn-batches", "1",
+def test_bench_drives_the_real_train_step_in_both_pipelines_and_reports_what_it_timed(
+        data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    steps = 0
+    step = train.TrainStep.__call__
+
+    def counting(self: train.TrainStep, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal steps
+        steps += 1
+        return step(self, idx)
+
+    monkeypatch.setattr(train.TrainStep, "__call__", counting)
+    bench.main(["--cases", "linear,fancy_cnn+flip_affine", "--epochs", "2", "--warmup", "1", "--cpu-cnn-batches", "1",
                 "--workers", "1", "--out", str(tmp_path),
                 f"data.root={data_root}", "data.download=false", "device=cpu", "batch_size=32"])
+    # fmsweep's epochs go through train.TrainStep: 13 batches of linear (400 images), 1 of the CNN, 3 epochs each
+    assert steps == 3 * 13 + 3 * 1
     report = json.loads((tmp_path / "bench.json").read_text())
     linear, fancy = report["results"]
     assert (linear["case"], linear["images_per_epoch"], linear["limited_batches"]) == ("linear", 400, False)
     assert (fancy["case"], fancy["images_per_epoch"], fancy["limited_batches"]) == ("fancy_cnn+flip_affine", 32, True)
     for result in report["results"]:
-        assert set(result["epoch_seconds"]) == {"practical", "fmsweep"}
-        assert all(len(s) == 1 and s[0] > 0 for s in result["epoch_seconds"].values())
-        assert result["speedup"] > 0
+        median = {name: statistics.median(seconds) for name, seconds in result["epoch_seconds"].items()}
+        assert median == result["median_seconds"] and all(len(s) == 2 for s in result["epoch_seconds"].values())
+        assert result["speedup"] == pytest.approx(median["practical"] / median["fmsweep"])
+        assert result["images_per_second"]["fmsweep"] == pytest.approx(result["images_per_epoch"] / median["fmsweep"])
     table = (tmp_path / "bench.md").read_text()
-    assert "| linear | 400 |" in table and "| fancy_cnn+flip_affine | 32 * |" in table
+    assert f"| linear | 400 | {linear['median_seconds']['practical']:.3f} |" in table
+    assert f"| {linear['speedup']:.2f}× |" in table and "| fancy_cnn+flip_affine | 32 * |" in table
     assert "train on 1 batches per epoch" in table

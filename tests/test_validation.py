@@ -258,8 +258,8 @@ DATA_CORRUPTIONS = {
 def test_bad_data_files_are_a_user_error(tmp_path: Path, corrupt: Callable[[Path], None], message: str) -> None:
     root = make_fashion_root(tmp_path, n_train=50, n_test=20)
     corrupt(root / "FashionMNIST" / "raw")
-    for download in (False, True):  # present files are never downloaded again, even when broken
-        with pytest.raises(UserError) as err:
+    for download in (False, True):  # present files are never downloaded again, even when broken; missing ones
+        with pytest.raises(UserError) as err:  # are, but every download fails here (conftest: mirrors unreachable)
             data.load_fashion_mnist(root, download=download)
         assert message in str(err.value) and "\n" not in str(err.value)
 
@@ -470,6 +470,5 @@ def test_random_overrides_give_a_clean_error_or_a_working_config(data_root: Path
             instantiate(cfg.optimizer)(net.parameters())
             images = data.augment(torch.rand(4, 1, 28, 28), cfg.aug)
             assert images.shape == (4, 1, 28, 28) and torch.isfinite(images).all()
-            assert config.resolve_device(cfg.device).type == "cpu" or torch.cuda.is_available()
 
         check()

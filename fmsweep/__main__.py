@@ -1,6 +1,9 @@
-"""`python -m fmsweep [overrides]`: the Hydra entry point of one training run (or of each job of a sweep)."""
+"""`fmsweep [overrides]` or `python -m fmsweep [overrides]`: the Hydra entry point of one training run (or of each
+job of a sweep). Only Hydra is imported up front: torch and TensorBoard load when a run starts, so that --help,
+shell completion and a mistyped command line answer at once."""
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 import sys
@@ -12,7 +15,7 @@ from hydra.core.plugins import Plugins
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from fmsweep import tracking, train
+from fmsweep import command_line
 from fmsweep.errors import Interrupted, TrainingDiverged, UserError, exit_with
 
 
@@ -25,9 +28,10 @@ def register_sweeper() -> None:
     plugins.register(ReportingSweeper)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> float:
+def task(cfg: DictConfig) -> float:
     """Train one configuration in Hydra's output directory; return its best valid loss."""
+    from fmsweep import tracking, train
+
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -42,6 +46,26 @@ def main(cfg: DictConfig) -> float:
         if multirun or not isinstance(exc, (UserError, TrainingDiverged)):
             raise  # in a sweep: the job fails, the others go on and the sweeper reports it
         exit_with(exc, 2 if isinstance(exc, UserError) else 1)
+
+
+run_app = hydra.main(version_base="1.3", config_path="conf", config_name="config")(task)
+
+
+def main() -> None:
+    """The console entry: Hydra's errors about the command line become one line and exit code 2.
+
+    HYDRA_FULL_ERROR makes Hydra raise them to us instead of printing them (set it yourself for full traces)."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        run_app()
+        return
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        run_app()
+    except Exception as exc:
+        message = command_line.one_line(exc, sys.argv[1:])
+        if message is None:
+            raise
+        exit_with(UserError(message))
 
 
 def resume_command(multirun: bool, hydra_cfg: DictConfig) -> str:

@@ -40,11 +40,11 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms
 
 from fmsweep import checkpoint, train
-from fmsweep.config import resolve_device, validate
+from fmsweep.config import device_name, resolve_device, validate
 from fmsweep.data import Splits, prepare, split_indices
 from fmsweep.errors import UserError
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parent / "conf"
 CASES = ("linear", "fc", "fancy_cnn+flip_affine")
 CNN_NETWORKS = ("VanillaCNN", "FancyCNN")
 # The speed-ups (practical / fmsweep epoch time) the project aims for, by device type and case.
@@ -184,20 +184,10 @@ def bench_case(case: str, cfg: DictConfig, args: argparse.Namespace) -> dict[str
     }
 
 
-def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else the architecture."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        lines = []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.machine()
-
-
 def machine(device: torch.device, workers: int) -> dict[str, Any]:
     """What the numbers were measured on."""
     return {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "device": device_name(device),
         "device_type": device.type, "cpu_count": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads(),
         "workers": workers, "torch": torch.__version__, "torchvision": torchvision.__version__,
         "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),

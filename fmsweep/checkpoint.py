@@ -65,15 +65,31 @@ def build_network(model_config: dict[str, Any]) -> torch.nn.Module:
         raise UserError(f"model config {model_config} does not build a network ({type(exc).__name__}: {exc})") from None
 
 
+def best_model_path(path: str | Path) -> Path:
+    """The best_model.pt that `path` (a run dir, or that file itself) stands for; else a UserError saying what
+    `path` is instead."""
+    path = Path(path)
+    if path.is_file():
+        if path.name != BEST:
+            raise UserError(f"{path} is a file, not a run directory (pass the run directory or its {BEST})")
+        return path
+    if not path.is_dir():
+        raise UserError(f"{path}: no such file or directory")
+    if (path / BEST).is_file():
+        return path / BEST
+    if not (path / ".hydra").is_dir():
+        raise UserError(f"{path} is not an fmsweep run directory (no {BEST}, no .hydra/)")
+    raise UserError(f"{path} holds no {BEST} yet: the run has not finished an epoch")
+
+
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> models.Classifier:
-    """The best model of a run, with its input normalization, in eval mode.
+    """The best model of a run (its run dir, or its best_model.pt), with its input normalization, in eval mode
+    and with frozen parameters: it predicts without building an autograd graph, no torch.no_grad() needed.
 
     Feed it raw images (uint8 0-255 or float 0-1, shaped (28, 28), (N, 28, 28) or (N, 1, 28, 28));
     it returns logits over the 10 classes.
     """
-    path = Path(run_dir) / BEST
-    if not path.is_file():
-        raise UserError(f"{run_dir} holds no {BEST}: not a (finished) fmsweep run directory")
+    path = best_model_path(run_dir)
     state = load(path)
     norm, model_config = state.get("normalization"), state.get("model_config")
     if not (isinstance(norm, dict) and isinstance(model_config, dict) and isinstance(state.get("state_dict"), dict)
@@ -85,4 +101,4 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> model
         model.net.load_state_dict(state["state_dict"])
     except RuntimeError as exc:
         raise UserError(f"{path}: weights do not fit its model config ({str(exc).splitlines()[0]})") from None
-    return model.to(device).eval()
+    return model.to(device).eval().requires_grad_(False)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import platform
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -140,6 +142,18 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model name from /proc/cpuinfo (Linux; else the architecture)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.machine()
+
+
 def _leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Dotted key -> value of every non-dict value in a nested dict."""
     out: dict[str, Any] = {}
@@ -181,7 +195,9 @@ def _check_model(settings: dict[str, Any]) -> None:
     target = settings.get("_target_")
     _check_arguments("model", settings, checkpoint.network_class(target), set())
     try:
-        with torch.device("meta"), warnings.catch_warnings():  # shapes only: no memory, no time, no noise
+        # one image through the real network on the CPU: milliseconds, where shape inference on the meta device
+        # would first import torch's compiler stack (about a second); the global RNG is left as it was
+        with torch.random.fork_rng(devices=[]), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             network = checkpoint.build_network(settings)
             network.eval()(torch.zeros(1, 1, models.IMAGE_SIZE, models.IMAGE_SIZE))
@@ -242,11 +258,14 @@ def validate(cfg: DictConfig) -> None:
 
 
 class ValidateBeforeRun(Callback):
-    """Hydra callback: a bad single run ends as `fmsweep: error: <message>`, exit 2, before Hydra
-    creates its output directory (on_run_start runs before run_job; sweep jobs are checked by train.run)."""
+    """Hydra callback: a bad single run ends as `fmsweep: error: <message>`, exit 2, before Hydra creates its
+    output directory (on_run_start runs before run_job); the data set is downloaded here too, so that a failed
+    download leaves no run dir. A sweep is checked as a whole by its sweeper (fmsweep.prelaunch)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             validate(config)
+            if config.data.download:
+                data.fetch(config.data.root)
         except UserError as exc:
             exit_with(exc)

@@ -1,14 +1,16 @@
 """Fashion-MNIST as tensors on the training device: load, split, normalization statistics, augmentation."""
 from __future__ import annotations
 
+import contextlib
 import math
+import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
-from torchvision.datasets import FashionMNIST
 
 from fmsweep.errors import UserError
 from fmsweep.models import IMAGE_SIZE, NUM_CLASSES
@@ -19,6 +21,8 @@ RAW_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
+CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+UBYTE = 0x08  # the IDX type code of unsigned bytes
 
 
 @dataclass
@@ -35,6 +39,11 @@ class Splits:
     std: torch.Tensor
 
 
+def raw_folder(root: str | Path) -> Path:
+    """Where the four files lie under `root` (torchvision's layout)."""
+    return Path(root).expanduser() / "FashionMNIST" / "raw"
+
+
 def not_loadable(raw: Path, problem: str) -> UserError:
     """The error for a data folder that does not hold a readable Fashion-MNIST."""
     return UserError(
@@ -45,7 +54,7 @@ def not_loadable(raw: Path, problem: str) -> UserError:
 
 def missing_files(root: str | Path) -> tuple[Path, list[str]]:
     """The raw folder under `root` and the names of RAW_FILES missing there."""
-    raw = Path(root).expanduser() / "FashionMNIST" / "raw"
+    raw = raw_folder(root)
     return raw, [name for name in RAW_FILES if not (raw / name).is_file()]
 
 
@@ -56,32 +65,76 @@ def check_present(root: str | Path, download: bool) -> None:
         raise not_loadable(raw, f"missing {', '.join(missing)} (data.download=false)")
 
 
-def load_fashion_mnist(root: str | Path, download: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Read the 60k train and 10k test images and labels through torchvision's loader."""
-    check_present(root, download)
+def fetch(root: str | Path) -> None:
+    """Download the missing raw files through torchvision (its mirrors, md5 checks and unpacking).
+
+    A failed download is one UserError naming its cause and what to do without internet, and leaves no
+    folder behind that it created."""
+    raw, missing = missing_files(root)
+    if not missing:
+        return
+    from torchvision.datasets import FashionMNIST  # slow to import (its model zoo): only when downloading
+
+    created = [folder for folder in (raw.parent.parent, raw.parent, raw) if not folder.exists()]
+    print(f"fmsweep: downloading Fashion-MNIST to {raw}", file=sys.stderr)
     try:
-        train = FashionMNIST(str(Path(root).expanduser()), train=True, download=download)
-        test = FashionMNIST(str(Path(root).expanduser()), train=False, download=download)
-    except Exception as exc:  # torchvision's reader fails on bad files with asserts, KeyError, TypeError, ...
-        raw, missing = missing_files(root)
-        if missing:
-            raise not_loadable(raw, f"missing {', '.join(missing)} (download failed: {type(exc).__name__})") from None
-        detail = " ".join(str(exc).split()) or "bad header"
-        raise not_loadable(raw, f"unreadable IDX files ({type(exc).__name__}: {detail})") from None
-    raw, _ = missing_files(root)
-    for split, dataset in (("train", train), ("t10k", test)):
-        check_split(raw, split, dataset.data, dataset.targets)
-    return train.data, train.targets, test.data, test.targets
+        FashionMNIST(str(raw.parent.parent), train=True, download=True)
+    except Exception as exc:  # torchvision: RuntimeError listing every mirror tried, each with its error
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only while empty
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        cause = lines[-1] if lines else type(exc).__name__
+        raise UserError(
+            f"cannot download Fashion-MNIST: missing {', '.join(missing)} in {raw}, and the download failed "
+            f"({cause}); without internet, copy the raw files there, or into <dir>/FashionMNIST/raw and run with "
+            f"data.root=<dir>, and add data.download=false"
+        ) from None
+
+
+def read_idx(path: Path, ndim: int) -> torch.Tensor:
+    """An IDX file of unsigned bytes with `ndim` dimensions (the format of the MNIST files), checked against its
+    header: magic number, type code, dimension count, and a size that matches the announced shape."""
+    content = path.read_bytes()
+    header = 4 + 4 * ndim
+    if len(content) < header or content[:2] != b"\0\0" or content[2] != UBYTE or content[3] != ndim:
+        raise ValueError(f"{path.name} is not an IDX file of unsigned bytes with {ndim} dimension(s)")
+    shape = struct.unpack(f">{ndim}I", content[4:header])
+    if len(content) - header != math.prod(shape):
+        raise ValueError(f"{path.name} holds {len(content) - header} bytes of data, its header announces {shape}")
+    if not math.prod(shape):
+        return torch.empty(shape, dtype=torch.uint8)  # frombuffer refuses an empty buffer
+    return torch.frombuffer(bytearray(content[header:]), dtype=torch.uint8).reshape(shape)
+
+
+def load_fashion_mnist(root: str | Path, download: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The 60k train and 10k test images (uint8) and labels (int64) from the raw IDX files under `root`."""
+    check_present(root, download)
+    if download:
+        fetch(root)
+    raw = raw_folder(root)
+    tensors = {}
+    try:
+        for name in RAW_FILES:
+            tensors[name] = read_idx(raw / name, 3 if "images" in name else 1)
+    except (OSError, ValueError) as exc:
+        raise not_loadable(raw, f"unreadable IDX files ({exc})") from None
+    for split in ("train", "t10k"):
+        check_split(raw, split, tensors[f"{split}-images-idx3-ubyte"], tensors[f"{split}-labels-idx1-ubyte"])
+    train_x, train_y, test_x, test_y = tensors.values()
+    return train_x, train_y.long(), test_x, test_y.long()
 
 
 def check_split(raw: Path, split: str, images: torch.Tensor, labels: torch.Tensor) -> None:
-    """The IDX files of a split must hold N images of 28x28 and N labels in 0-9."""
+    """The IDX files of a split must hold N >= 1 images of 28x28 and N labels in 0-9."""
     problem = None
     if tuple(images.shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE):
         problem = f"{split}-images-idx3-ubyte holds images of shape {tuple(images.shape)}, expected (N, 28, 28)"
+    elif len(images) == 0:
+        problem = f"{split}-images-idx3-ubyte holds no images"
     elif len(labels) != len(images):
         problem = f"{split}-labels-idx1-ubyte holds {len(labels)} labels for {len(images)} images"
-    elif labels.min() < 0 or labels.max() >= NUM_CLASSES:
+    elif labels.max() >= NUM_CLASSES:
         problem = f"{split}-labels-idx1-ubyte holds labels outside 0-{NUM_CLASSES - 1}"
     if problem:
         raise UserError(f"Fashion-MNIST in {raw} is not usable: {problem}")

@@ -1,5 +1,5 @@
 """Matplotlib figures, drawn with the Agg backend (no display, no pyplot state): a run's test samples and
-confusion matrix for TensorBoard, and the curves and bars of a sweep report."""
+confusion matrix for TensorBoard, and the curves and test-accuracy points of a sweep report."""
 from __future__ import annotations
 
 import io
@@ -10,9 +10,8 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from torchvision.datasets import FashionMNIST
 
-CLASSES: list[str] = FashionMNIST.classes
+from fmsweep.data import CLASSES
 SIZE = 28
 
 
@@ -72,38 +71,48 @@ def confusion(matrix: torch.Tensor, title: str) -> Figure:
     return fig
 
 
-def sweep(curves: dict[str, list[tuple[list[float], list[float]]]], bars: dict[str, tuple[float, float, int]]) -> Figure:
-    """Left: valid accuracy per epoch of every job, one colour per setting. Right: test accuracy
-    mean ± std per setting (`bars`: setting -> (mean, std, count) over its completed jobs)."""
-    settings = list(dict.fromkeys([*curves, *bars]))
+def epoch_ticks(last: int) -> list[int]:
+    """Integer epochs from 1 to `last` for the x axis: every one for short runs, MaxNLocator's steps for long
+    ones (on its own, MaxNLocator(integer=True) draws fractions for 1 epoch and epoch 0 for long runs)."""
+    return sorted({int(t) for t in MaxNLocator(integer=True).tick_values(1, last) if 1 <= t <= last})
+
+
+def sweep(curves: dict[str, list[tuple[list[float], list[float]]]], points: dict[str, tuple[float, float, int]],
+          shared: list[str]) -> Figure:
+    """Left: valid accuracy per epoch of every job, one colour per setting. Right: test accuracy per setting
+    (`points`: setting -> (mean, std, count) over its completed jobs) as its mean with a ± std error bar, none
+    for a single job: points, not bars, so the axis can zoom in on them without exaggerating differences.
+    Settings are labelled without the overrides `shared` by every job; the title states those once."""
+    settings = list(dict.fromkeys([*curves, *points]))
     color = {s: colormaps["tab10"](i % 10) for i, s in enumerate(settings)}
     fig = Figure(figsize=(13, max(4.5, 0.45 * len(settings) + 2)), layout="constrained")
+    if shared:
+        fig.suptitle(f"every job: {','.join(shared)}")
     left, right = fig.subplots(1, 2, width_ratios=(3, 2))
     for setting, jobs in curves.items():
         for k, (epochs, accs) in enumerate(jobs):
             left.plot(epochs, [100 * a for a in accs], marker="o", markersize=3, color=color[setting],
                       label=setting if k == 0 else None)
-    left.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if curves:
+        left.set_xticks(epoch_ticks(int(max(max(epochs) for jobs in curves.values() for epochs, _ in jobs))))
+        left.legend(fontsize=8)
     left.set_xlabel("epoch")
     left.set_ylabel("valid accuracy (%)")
     left.set_title("valid accuracy per epoch, every job")
     left.grid(alpha=0.3)
-    if curves:
-        left.legend(fontsize=8)
-    names = [s for s in settings if s in bars]
-    means = [100 * bars[s][0] for s in names]
-    stds = [100 * bars[s][1] for s in names]
-    y = np.arange(len(names))
-    right.barh(y, means, xerr=stds, capsize=4, color=[color[s] for s in names])
-    for k, (m, sd) in enumerate(zip(means, stds)):
-        right.annotate(f"{m:.2f} ± {sd:.2f}", (m + sd, k), xytext=(4, 0), textcoords="offset points", va="center",
-                       fontsize=8)
-    right.set_yticks(y, [f"{s}  (n={bars[s][2]})" for s in names], fontsize=8)
-    right.invert_yaxis()
-    if means:
-        low = min(m - s for m, s in zip(means, stds))
-        high = max(m + s for m, s in zip(means, stds))
-        right.set_xlim(max(0.0, low - 2), high + 0.3 * (high - max(0.0, low - 2)))  # room for the labels
+    names = [s for s in settings if s in points]
+    for k, setting in enumerate(names):
+        mean, std, n = 100 * points[setting][0], 100 * points[setting][1], points[setting][2]
+        right.errorbar(mean, k, xerr=std if n > 1 else None, fmt="o", capsize=4, color=color[setting])
+        right.annotate(f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}", (mean, k), xytext=(0, 6),
+                       textcoords="offset points", ha="center", va="bottom", fontsize=8)
+    right.set_yticks(range(len(names)), [f"{s}  (n={points[s][2]})" for s in names], fontsize=8)
+    if names:
+        right.set_ylim(len(names) - 0.5, -0.5)  # first setting on top
+        low = min(100 * (points[s][0] - points[s][1]) for s in names)
+        high = max(100 * (points[s][0] + points[s][1]) for s in names)
+        pad = max(0.1 * (high - low), 0.5)
+        right.set_xlim(low - pad, high + pad)
     right.set_xlabel("test accuracy (%), mean ± std over seeds")
     right.set_title("test accuracy per setting")
     right.grid(axis="x", alpha=0.3)

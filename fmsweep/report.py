@@ -1,5 +1,6 @@
 """`python -m fmsweep.report <sweep dir>`: every job of a sweep in one table, then one row per setting with
-the seeds aggregated; writes report.md, report.csv (one row per job) and report.png into the sweep dir."""
+the seeds aggregated; writes report.md, report.csv (one row per job) and report.png into the sweep dir, and
+prints the markdown and the paths of the files written."""
 from __future__ import annotations
 
 import argparse
@@ -12,10 +13,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure
+
 from fmsweep import figures
 from fmsweep.errors import UserError
 from fmsweep.files import atomic_write
-from fmsweep.runs import ArgumentParser, Run, find_runs, markdown_table
+from fmsweep.runs import SEED_KEY, ArgumentParser, Run, find_runs, markdown_table, override_key
 
 METRICS = ("valid_loss", "valid_acc", "test_loss", "test_acc")
 CSV_FIELDS = ("job", "overrides", "setting", "status", "best_epoch", *METRICS, "num_params", "train_seconds",
@@ -93,19 +96,33 @@ def setting_table(stats: dict[str, dict[str, Any]]) -> str:
     return markdown_table(header, lines, right={1, 2, 3, 4, 5})
 
 
-def plot(runs: list[Run], stats: dict[str, dict[str, Any]]) -> bytes:
+def shared_overrides(runs: list[Run]) -> list[str]:
+    """The overrides that every job has: the figure states them once, in its title, instead of in every label."""
+    common = set.intersection(*(set(run.overrides) for run in runs))
+    return [o for o in runs[0].overrides if o in common]
+
+
+def label(run: Run, shared: list[str]) -> str:
+    """The job's setting as the figure labels it: its overrides without the seed and the shared ones."""
+    own = ",".join(o for o in run.overrides if override_key(o) != SEED_KEY and o not in shared)
+    return own or ("(shared overrides only)" if shared else "(defaults)")
+
+
+def figure(runs: list[Run], stats: dict[str, dict[str, Any]]) -> Figure:
     """report.png: valid accuracy per epoch of every job by setting, test accuracy mean ± std per setting."""
+    shared = shared_overrides(runs)
+    labels = {run.setting: label(run, shared) for run in runs}
     curves: dict[str, list[tuple[list[float], list[float]]]] = defaultdict(list)
     for run in runs:
         history = run.history()
         if history:
-            curves[run.setting].append(([h["epoch"] for h in history], [h["valid_acc"] for h in history]))
-    bars = {k: (*s["test_acc"], s["n"]) for k, s in stats.items() if s["test_acc"] is not None}
-    return figures.to_png(figures.sweep(dict(curves), bars))
+            curves[labels[run.setting]].append(([h["epoch"] for h in history], [h["valid_acc"] for h in history]))
+    points = {labels[k]: (*s["test_acc"], s["n"]) for k, s in stats.items() if s["test_acc"] is not None}
+    return figures.sweep(dict(curves), points, shared)
 
 
-def write_report(sweep_dir: Path) -> str:
-    """Write report.md, report.csv and report.png into `sweep_dir`; return the markdown."""
+def write_report(sweep_dir: Path) -> tuple[str, list[Path]]:
+    """Write report.md, report.csv and report.png into `sweep_dir`; return the markdown and the files written."""
     runs = find_runs(sweep_dir)
     rows = job_rows(runs)
     stats = setting_stats(runs)
@@ -134,10 +151,11 @@ def write_report(sweep_dir: Path) -> str:
     writer = csv.DictWriter(out, CSV_FIELDS)
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write(sweep_dir / "report.csv", out.getvalue())
-    atomic_write(sweep_dir / "report.png", plot(runs, stats))
-    atomic_write(sweep_dir / "report.md", markdown)
-    return markdown
+    md_path, csv_path, png_path = (sweep_dir / name for name in ("report.md", "report.csv", "report.png"))
+    atomic_write(csv_path, out.getvalue())
+    atomic_write(png_path, figures.to_png(figure(runs, stats)))
+    atomic_write(md_path, markdown)
+    return markdown, [md_path, csv_path, png_path]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -149,10 +167,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     """Command line entry point; a user error is one line on stderr and exit code 2."""
     try:
-        print(write_report(parse_args(argv).sweep_dir), end="")
+        markdown, written = write_report(parse_args(argv).sweep_dir)
     except UserError as exc:
         print(f"fmsweep: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    print(markdown)
+    print("\n".join(f"Wrote {path}" for path in written))
 
 
 if __name__ == "__main__":

@@ -26,12 +26,15 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def override_key(override: str) -> str:
-    """The key of a Hydra override: `+reg.l2=1` -> `reg.l2`."""
-    return override.partition("=")[0].lstrip("+~")
+    """The key (or config group) of a Hydra override, as Hydra's `key_or_group`: `+reg.l2=1` -> `reg.l2`,
+    `model@net=fc` -> `model`."""
+    return override.partition("=")[0].lstrip("+~").partition("@")[0]
 
 
 def read_overrides(run_dir: Path) -> list[str]:
-    """The job's overrides as Hydra recorded them, minus the keys left out of job dir names (data.root, ...)."""
+    """The job's overrides as its job dir name has them: Hydra's recorded overrides minus the keys left out of
+    the name (data.root, ...), sorted as Hydra sorts `hydra.job.override_dirname`, whatever the command line's
+    order; so the report, the ensemble and TensorBoard list them in one order."""
     hydra_dir = run_dir / HYDRA_DIR
     if not (hydra_dir / "overrides.yaml").is_file():
         return []
@@ -40,7 +43,7 @@ def read_overrides(run_dir: Path) -> list[str]:
     if (hydra_dir / "hydra.yaml").is_file():
         hydra_cfg = OmegaConf.load(hydra_dir / "hydra.yaml")
         excluded = set(OmegaConf.select(hydra_cfg, "hydra.job.config.override_dirname.exclude_keys", default=[]))
-    return [o for o in overrides if override_key(o) not in excluded]
+    return sorted(o for o in overrides if override_key(o) not in excluded)
 
 
 @dataclass

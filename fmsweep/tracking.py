@@ -6,16 +6,15 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import DictConfig
-from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams as hparams_summaries
-
-from fmsweep import figures
 from fmsweep.errors import UserError
 from fmsweep.files import atomic_write
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "epoch_seconds")
 # Scalars of the best model, logged at its epoch: the final metrics next to the hparams in TensorBoard.
@@ -26,23 +25,33 @@ METRIC_TAGS = {"valid/best_loss": "valid_loss", "valid/best_acc": "valid_acc", "
 class Tracker:
     """Writes a run's records into its directory; every file is replaced atomically.
 
-    The records are derived from what last.pt holds: each attempt of a run (first start or resume) deletes the
-    event files of earlier attempts, then writes summary.txt, history.csv and one fresh event file holding the
-    summary and every epoch of `history`. Whatever an interrupted attempt logged after its last checkpoint is
-    thus dropped, and no scalar appears twice, whichever TensorBoard reader looks.
+    The records are derived from what last.pt holds: each attempt of a run (first start or resume) writes
+    summary.txt and history.csv from it, and on its first TensorBoard write deletes the event files of earlier
+    attempts and opens one fresh event file holding the summary and every epoch of `history`. Whatever an
+    interrupted attempt logged after its last checkpoint is thus dropped, and no scalar appears twice, whichever
+    TensorBoard reader looks.
     """
 
     def __init__(self, run_dir: Path, summary: str, history: list[dict[str, float]]) -> None:
-        self.run_dir = run_dir
-        for path in run_dir.glob("events.out.tfevents.*"):
-            path.unlink()
-        self.writer = SummaryWriter(str(run_dir))
+        self.run_dir, self.summary, self.resumed = run_dir, summary, list(history)
+        self._writer: SummaryWriter | None = None
+        run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(run_dir / "summary.txt", summary)
-        self.writer.add_text("summary", "```\n" + summary + "\n```")
-        for row in history:
-            self._scalars(row)
-        self.writer.flush()
         self._history(history)
+
+    @property
+    def writer(self) -> SummaryWriter:
+        """The attempt's event file, opened at its first use: importing TensorBoard would delay the first batch."""
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            for path in self.run_dir.glob("events.out.tfevents.*"):
+                path.unlink()
+            self._writer = SummaryWriter(str(self.run_dir))
+            self._writer.add_text("summary", "```\n" + self.summary + "\n```")
+            for row in self.resumed:
+                self._scalars(row)
+        return self._writer
 
     def _scalars(self, row: dict[str, float]) -> None:
         for split in ("train", "valid"):
@@ -65,6 +74,8 @@ class Tracker:
 
     def predictions(self, images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor, step: int) -> None:
         """Log a grid of test images with predicted/true labels and the test confusion matrix as images."""
+        from fmsweep import figures  # matplotlib: only once a run has finished training
+
         grid = figures.samples(images, labels, predicted)
         self.writer.add_image("test/samples", figures.to_rgb(grid), step, dataformats="HWC")
         n = len(figures.CLASSES)
@@ -82,6 +93,8 @@ class Tracker:
         # The run's hparams go into its own event file (add_hparams would open a second run). No experiment
         # summary: TensorBoard then builds the HPARAMS table from all runs' hparams and lists first those
         # that differ between them (with one, it would show the first run's keys, none marked as differing).
+        from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
         _, session_start, session_end = hparams_summaries(hparams, {})
         for summary in (session_start, session_end):
             self.writer.file_writer.add_summary(summary, step)

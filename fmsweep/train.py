@@ -16,8 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from fmsweep import checkpoint, tracking
-from fmsweep.config import resolve_device, validate
-from fmsweep.data import Splits, augment, prepare
+from fmsweep.config import device_name, resolve_device, validate
+from fmsweep.data import Splits, augment, prepare, raw_folder
 from fmsweep.errors import TrainingDiverged, UserError
 from fmsweep.models import Classifier, l2_penalty, num_parameters
 from fmsweep.runs import read_overrides
@@ -218,6 +218,8 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
 
     tracker = Tracker(run_dir, summary_text(cfg, data, model, optimizer), history)
     n_train, show_bar = len(data.train_y), sys.stdout.isatty()
+    log.info("run dir %s | device %s (%s) | data %s: train %d, valid %d, test %d", run_dir, device,
+             device_name(device), raw_folder(cfg.data.root), n_train, len(data.valid_y), len(data.test_y))
 
     with StopRequest() as stop:
         for epoch in range(start + 1, cfg.epochs + 1):
@@ -285,4 +287,6 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     tracker.final(metrics, tracking.hparams(cfg, read_overrides(run_dir)))
     log.info("best epoch %d: valid loss %.4f acc %.4f | test loss %.4f acc %.4f",
              best_epoch, valid_loss, valid_acc, test_loss, test_acc)
+    log.info("done: best epoch %d of %d, test accuracy %.2f %% | results in %s", best_epoch, len(history),
+             100 * test_acc, run_dir)
     return valid_loss

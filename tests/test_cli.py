@@ -1,5 +1,6 @@
 """The real command line, end to end, in subprocesses."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ import torch
 from conftest import ROOT, fast_overrides
 
 from fmsweep import checkpoint, train
+from fmsweep.config import device_name
 
 
 def fmsweep(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -59,3 +61,52 @@ def test_missing_dataset_is_one_clear_line_and_exit_2(tmp_path: Path) -> None:
     assert len(lines) == 1 and lines[0].startswith("fmsweep: error: ")
     assert "train-images-idx3-ubyte" in lines[0] and "t10k-labels-idx1-ubyte" in lines[0]
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_a_run_says_where_it_writes_on_which_device_and_where_its_results_are(data_root: Path, tmp_path: Path) -> None:
+    proc = fmsweep(*fast_overrides(data_root), f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    [start] = [line for line in proc.stdout.splitlines() if "[INFO] - run dir " in line]
+    assert start.endswith(f"run dir {tmp_path} | device cpu ({device_name(torch.device('cpu'))}) | "
+                          f"data {data_root / 'FashionMNIST' / 'raw'}: train 400, valid 100, test 200")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    [end] = [line for line in proc.stdout.splitlines() if "[INFO] - done: " in line]
+    assert end.endswith(f"done: best epoch {metrics['best_epoch']} of 1, test accuracy {100 * metrics['test_acc']:.2f} % | "
+                        f"results in {tmp_path}")
+
+
+def console_script() -> str:
+    script = Path(sys.executable).parent / "fmsweep"
+    assert script.is_file(), "pip install -e . (or the wheel) installs the fmsweep command beside python"
+    return str(script)
+
+
+def test_the_fmsweep_command_works_from_any_folder_and_its_help_says_what_it_is(data_root: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    help_text = subprocess.run([console_script(), "--help"], cwd=elsewhere, capture_output=True, text=True, timeout=60)
+    assert help_text.returncode == 0, help_text.stderr
+    assert help_text.stdout.startswith("fmsweep: the Fashion-MNIST practical")
+    assert "model: fancy_cnn, fc, linear, vanilla_cnn" in help_text.stdout  # the config groups and their options
+    assert "epochs (10), batch_size (128)" in help_text.stdout  # main keys with their values from conf/
+    run = subprocess.run([console_script(), *fast_overrides(data_root), "model=fc", "hydra.run.dir=run"], cwd=elsewhere,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert json.loads((elsewhere / "run" / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_shell_completion_of_the_fmsweep_command(tmp_path: Path) -> None:
+    """What bash asks once `eval "$(fmsweep -sc install=bash)"` has registered the completion (README)."""
+    install = subprocess.run([console_script(), "-sc", "install=bash"], capture_output=True, text=True, timeout=60)
+    assert install.returncode == 0 and "complete -o nospace -o default -F hydra_bash_completion fmsweep" in install.stdout
+
+    def complete(line: str) -> list[str]:
+        env = {**os.environ, "COMP_LINE": line, "COMP_POINT": str(len(line))}
+        proc = subprocess.run([console_script(), "-sc", "query=bash"], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.split()
+
+    assert "model=" in complete("fmsweep mod")
+    assert {"model=fancy_cnn", "model=fc"} <= set(complete("fmsweep model=f"))
+    assert "data.valid_ratio=" in complete("fmsweep data.va")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 import fmsweep
 from conftest import ROOT
@@ -121,6 +122,18 @@ def test_incomplete_and_unreadable_runs_are_listed_and_skipped(sweep_copy: Path,
     assert "no best_model.pt (unfinished (2/2 epochs))" == skipped[runs[1].name]
     assert "not a readable fmsweep checkpoint" in skipped[runs[3].name]
     assert f"Skipped {runs[1].name}: no best_model.pt" in text and "average of 2" in text
+
+
+def test_members_list_their_overrides_in_job_dir_order(sweep_copy: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    """Overrides recorded in another order than the dir name's (a command line out of order) are listed as the
+    dir name has them."""
+    runs = jobs(sweep_copy)
+    for run in runs:  # as Hydra records `... seed=0 model=linear epochs=2 batch_size=64 device=cpu ...`
+        recorded = OmegaConf.load(run / ".hydra" / "overrides.yaml")
+        OmegaConf.save(OmegaConf.create(list(reversed(list(recorded)))), run / ".hydra" / "overrides.yaml")
+    _, result = run_ensemble(capsys, str(sweep_copy), "--out", str(tmp_path / "e.json"))
+    assert [",".join(m["overrides"]) for m in result["members"]] == [r.name.partition("_")[2] for r in runs]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

@@ -42,6 +42,19 @@ def metrics(job: Path) -> dict:
     return json.loads((job / "metrics.json").read_text())
 
 
+def assert_live_status_lines(stdout: str, jobs: list[Path]) -> list[str]:
+    """Off a terminal the sweep's live status is one line per change of a job's state: each job starts and ends
+    once (a job may start and end between two polls), never a line per epoch; the last line counts them all."""
+    lines = [line for line in stdout.splitlines() if line.startswith("fmsweep: ") and line.endswith(" failed)")]
+    for job in jobs:
+        mine = [line for line in lines if line.startswith(f"fmsweep: {job.name} ")]
+        assert len([line for line in mine if " completed: test acc " in line]) == 1, lines
+        assert len([line for line in mine if " running (" in line]) <= 1, lines
+    assert len(lines) <= 2 * len(jobs)
+    assert lines[-1].endswith(f"(0 pending, 0 running, {len(jobs)} completed, 0 failed)")
+    return lines
+
+
 def assert_complete(jobs: list[Path], epochs: int) -> None:
     for job in jobs:
         assert metrics(job)["status"] == "completed" and metrics(job)["epochs_run"] == epochs
@@ -59,7 +72,8 @@ def test_two_by_two_sweep_on_slurm(data_root: Path, tmp_path: Path) -> None:
     assert len(jobs) == 4
     assert_complete(jobs, epochs=2)
     assert len(list((tmp_path / ".submitit").glob("*/*_log.out"))) == 4
-    print(f"\n2x2 SLURM sweep wall time: {wall:.1f} s")
+    lines = assert_live_status_lines(proc.stdout, jobs)
+    print(f"\n2x2 SLURM sweep wall time: {wall:.1f} s; its live status:\n" + "\n".join(lines))
 
 
 @pytest.mark.slurm
@@ -109,6 +123,24 @@ def test_failed_job_is_reported_and_the_others_complete(data_root: Path, tmp_pat
     assert re.search(r"log: .*\.submitit/.*_log\.err", proc.stderr)
 
 
+@pytest.mark.slurm
+@needs_cluster
+@pytest.mark.parametrize(("request_", "answer"), [
+    ("hydra.launcher.cpus_per_task=64", "Requested node configuration is not available"),
+    ("hydra.launcher.partition=nowhere", "Invalid partition name specified"),
+], ids=["64 CPUs on a 2-CPU node", "no such partition"])
+def test_an_impossible_slurm_request_is_refused_before_anything_is_submitted(data_root: Path, tmp_path: Path,
+                                                                               request_: str, answer: str) -> None:
+    before = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True).stdout
+    proc = sweep(*CPU_SLURM, request_, *fast_overrides(data_root), "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert proc.returncode == 2
+    [line] = proc.stderr.splitlines()
+    assert line.startswith("fmsweep: error: SLURM cannot run this sweep's jobs (") and answer in line
+    assert request_.split(".")[-1] in line and line.endswith("nothing was submitted")
+    assert not (tmp_path / "sweep").exists()
+    assert subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True).stdout == before
+
+
 @pytest.mark.slow
 def test_two_by_two_sweep_with_submitit_local(data_root: Path, tmp_path: Path) -> None:
     proc = sweep("hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", *fast_overrides(data_root),
@@ -117,6 +149,7 @@ def test_two_by_two_sweep_with_submitit_local(data_root: Path, tmp_path: Path) -
     jobs = job_dirs(tmp_path)
     assert len(jobs) == 4
     assert_complete(jobs, epochs=1)
+    assert_live_status_lines(proc.stdout, jobs)
 
 
 @pytest.mark.slow

@@ -171,30 +171,61 @@ def test_rejected_run_is_one_line_exit_2_and_leaves_no_run_dir(data_root: Path, 
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "line"),
     [
-        (["model=resnet9000"], "Could not find 'model/resnet9000'"),
-        (["foo=1"], "Could not override 'foo'"),
-        (["epochs=[1,"], "no viable alternative at input"),
+        (["model=resnet9000"], "model=resnet9000: no such option of model (its options: fancy_cnn, fc, linear, vanilla_cnn)"),
+        (["model=fcc"], "model=fcc: no such option of model (its options: fancy_cnn, fc, linear, vanilla_cnn); did you mean fc?"),
+        (["optimizer=adan"], "optimizer=adan: no such option of optimizer (its options: adam, adamw, sgd); did you mean adam?"),
+        (["model=null"], "model=null: model takes one of its options (fancy_cnn, fc, linear, vanilla_cnn), not null"),
+        (["foo=1"], "foo=1: unknown config key foo (known keys there: aug, batch_size, cuda, data, device, epochs, model, "
+                    "optimizer, reg, seed)"),
+        (["epoch=3"], "epoch=3: unknown config key epoch; did you mean epochs?"),
+        (["data.rot=/tmp"], "data.rot=/tmp: unknown config key data.rot; did you mean data.root?"),
+        (["lrr=0.1"], "lrr=0.1: unknown config key lrr; did you mean optimizer.lr?"),
+        (["reg.l3=1"], "reg.l3=1: unknown config key reg.l3 (known keys there: dropout, input_dropout, l2)"),
+        (["epochs=[1,"], "cannot parse the override 'epochs=[1,': no viable alternative at input '[1,'"),
     ],
 )
-def test_hydra_rejects_unknown_options_and_keys_without_a_traceback(tmp_path: Path, args: list[str], message: str) -> None:
+def test_hydra_errors_are_one_line_exit_2_with_a_suggestion(tmp_path: Path, args: list[str], line: str) -> None:
     run_dir = tmp_path / "run"
     proc = cli(*args, f"hydra.run.dir={run_dir}")
-    assert proc.returncode == 1
-    assert message in proc.stderr
-    assert "Traceback" not in proc.stdout + proc.stderr
+    assert proc.returncode == 2
+    assert proc.stderr == f"fmsweep: error: {line}\n"
     assert not run_dir.exists()
 
 
-def test_a_bad_sweep_job_fails_and_the_others_complete(data_root: Path, tmp_path: Path) -> None:
-    proc = cli("-m", *fast_overrides(data_root)[:-2], "epochs=0,1", f"hydra.sweep.dir={tmp_path}")
-    assert proc.returncode != 0
-    assert "epochs must be an integer >= 1, got 0" in proc.stderr
-    (bad,) = [job for job in tmp_path.iterdir() if "epochs=0" in job.name]
-    (good,) = [job for job in tmp_path.iterdir() if "epochs=1" in job.name]
-    assert not (bad / checkpoint.LAST).exists() and not (bad / checkpoint.BEST).exists()
-    assert (good / checkpoint.BEST).is_file() and (good / "metrics.json").is_file()
+def test_hydra_full_error_set_by_the_user_keeps_hydras_own_report(tmp_path: Path) -> None:
+    proc = cli("model=resnet9000", f"hydra.run.dir={tmp_path / 'run'}", env={"HYDRA_FULL_ERROR": "1"})
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "MissingConfigException" in proc.stderr
+
+
+def test_a_bad_job_in_the_middle_of_a_sweep_stops_it_before_anything_is_launched(data_root: Path, tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    proc = cli("-m", *fast_overrides(data_root), "reg.l2=0,-1,0.1", f"hydra.sweep.dir={sweep_dir}")
+    assert proc.returncode == 2
+    assert proc.stderr == ("fmsweep: error: job 1_batch_size=32,epochs=1,reg.l2=-1: reg.l2 must be a number >= 0, "
+                           "got -1; nothing was launched\n")  # the job as its dir would be named
+    assert not sweep_dir.exists()  # no job dir, not even the sweep dir
+
+
+def test_an_unknown_key_in_a_sweep_value_is_one_line_too(data_root: Path, tmp_path: Path) -> None:
+    proc = cli("-m", *fast_overrides(data_root), "model=fc,fcc", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("fmsweep: error: model=fcc: no such option of model") and proc.stderr.count("\n") == 1
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_the_first_run_without_internet_says_why_and_what_to_do_and_leaves_nothing(tmp_path: Path) -> None:
+    """data.download=true (the default) on a machine whose download fails (here: every download, by construction)."""
+    root, run_dir = tmp_path / "Datasets", tmp_path / "run"
+    proc = cli(f"data.root={root}", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 2
+    [line] = [line for line in proc.stderr.splitlines() if line.startswith("fmsweep: error: ")]
+    assert f"missing {', '.join(data.RAW_FILES)} in {root / 'FashionMNIST' / 'raw'}" in line
+    assert "Connection refused" in line  # the real cause, as urllib tells it
+    assert "data.download=false" in line and "data.root=" in line
+    assert all(line.count(name) == 1 for name in data.RAW_FILES)
+    assert not root.exists() and not run_dir.exists()
 
 
 # ---------------------------------------------------------------- data files
@@ -248,7 +279,7 @@ DATA_CORRUPTIONS = {
     "float IDX": (overwrite("train-images-idx3-ubyte", idx_header(0x0D, 1, 28, 28) + bytes(4 * 784)), "unreadable IDX files"),
     "images where labels belong": (rewrite("train-labels-idx1-ubyte", np.zeros((50, 28, 28))), "unreadable IDX files"),
     "images of 32x32": (rewrite("t10k-images-idx3-ubyte", np.zeros((20, 32, 32))), "holds images of shape (20, 32, 32)"),
-    "no images": (rewrite("train-images-idx3-ubyte", np.zeros((0, 28, 28))), "unreadable IDX files"),
+    "no images": (rewrite("train-images-idx3-ubyte", np.zeros((0, 28, 28))), "holds no images"),
     "fewer labels than images": (rewrite("train-labels-idx1-ubyte", np.zeros(49)), "holds 49 labels for 50 images"),
     "label out of range": (rewrite("t10k-labels-idx1-ubyte", np.full(20, 12)), "labels outside 0-9"),
 }
@@ -288,9 +319,13 @@ def copy_run(run: Path, tmp_path: Path) -> Path:
 
 
 def test_a_folder_that_is_not_a_run_is_refused(runs: dict[str, Path], tmp_path: Path) -> None:
-    for folder in (tmp_path, tmp_path / "nowhere", runs["linear"] / "metrics.json", runs["linear"] / ".hydra"):
-        with pytest.raises(UserError, match="not a \\(finished\\) fmsweep run directory"):
-            checkpoint.load_model(folder)
+    for path, message in [(tmp_path, "is not an fmsweep run directory"),
+                          (tmp_path / "nowhere", "no such file or directory"),
+                          (runs["linear"] / "metrics.json", "is a file, not a run directory"),
+                          (runs["linear"].parent, "is not an fmsweep run directory")]:  # the folder of runs
+        with pytest.raises(UserError, match=message) as error:
+            checkpoint.load_model(path)
+        assert str(error.value).startswith(str(path)) and "\n" not in str(error.value)
 
 
 @pytest.mark.parametrize(

@@ -193,7 +193,8 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
             raise UserError(f"{run_dir} holds a run of another model ({last['model_config']}); use a new run dir")
         model.net.load_state_dict(last["state_dict"])
         load_optimizer_state(optimizer, last["optimizer"])
-        start, best_loss, best_epoch, best_state = last["epoch"], last["best_loss"], last["best_epoch"], last["best_state"]
+        start, best_loss, best_epoch = last["epoch"], last["best_loss"], last["best_epoch"]
+        best_state = last.get("best_state")  # None in a last.pt written before it held the best weights
         history, train_seconds, partial = last["history"], last["train_seconds"], last["partial"]
         torch.set_rng_state(last["rng_cpu"])
         if device.type == "cuda" and last["rng_cuda"] is not None:

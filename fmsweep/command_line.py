@@ -21,7 +21,7 @@ def groups() -> dict[str, list[str]]:
 
 
 def known_keys() -> list[str]:
-    """Every dotted key of the default config, and the keys each option of the model and optimizer groups adds."""
+    """Every dotted key of the default config, and the keys each option of each config group adds."""
     keys: set[str] = set()
 
     def collect(node: object, prefix: str) -> None:

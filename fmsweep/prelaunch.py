@@ -21,7 +21,8 @@ from fmsweep.live_status import Job
 
 def check_jobs(loader: ConfigLoader, config: DictConfig, job_overrides: Sequence[Sequence[str]]) -> list[Job]:
     """Compose and validate the config of every job (numbered from 0, as the launchers number them); the first
-    bad one is a UserError naming its overrides. Then fetch the data set once for all jobs that may download it."""
+    bad one is a UserError naming the job as its dir is named. Then fetch the data set once for all jobs that may
+    download it."""
     jobs, roots = [], set()
     for num, overrides in enumerate(job_overrides):
         cfg = loader.load_sweep_config(config, list(overrides))

@@ -29,13 +29,16 @@ def register_sweeper() -> None:
 
 
 def task(cfg: DictConfig) -> float:
-    """Train one configuration in Hydra's output directory; return its best valid loss."""
-    from fmsweep import tracking, train
+    """Train one configuration in Hydra's output directory (or, in a sweep with pack=K, a pack of its jobs that
+    the sweeper put there); return its best valid loss."""
+    from fmsweep import packing, tracking, train
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
+        if multirun and (run_dir / packing.MANIFEST).is_file():
+            return packing.run(run_dir, hydra_cfg)
         return train.run(cfg, run_dir)
     except Interrupted as exc:
         print(f"fmsweep: stopped by {signal.Signals(exc.signum).name}, {run_dir / 'last.pt'} saved; "

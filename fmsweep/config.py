@@ -24,7 +24,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from fmsweep import checkpoint, data, models
+from fmsweep import augment, checkpoint, data, models
 from fmsweep.errors import UserError, exit_with
 
 
@@ -87,6 +87,8 @@ RUN_KEYS: dict[str, Check] = {
     "device": DEVICE,
     "cuda.bf16": BOOLEAN,
     "cuda.graph": BOOLEAN,
+    "cuda.stack": BOOLEAN,
+    "pack": integer(1),
     "data.root": PATH,
     "data.download": BOOLEAN,
     "data.valid_ratio": number(0, 1, "()"),
@@ -95,11 +97,8 @@ RUN_KEYS: dict[str, Check] = {
     "reg.l2": number(0),
     "reg.input_dropout": PROBABILITY,
     "reg.dropout": PROBABILITY,
-    "aug.hflip": number(0, 1),
-    "aug.degrees": number(0, 180),
-    "aug.translate": number(0, 1),
 }
-# Constructor arguments of models and optimizers, checked where the chosen class takes them; the others
+# Constructor arguments of models, optimizers and augmentations, checked where the chosen class takes them; the others
 # a class takes (betas, eps, ...) are left to the class itself in a trial construction.
 ARGUMENTS: dict[str, Check] = {
     "model.hidden": SIZES,
@@ -110,6 +109,9 @@ ARGUMENTS: dict[str, Check] = {
     "optimizer.weight_decay": number(0),
     "optimizer.momentum": PROBABILITY,
     "optimizer.nesterov": BOOLEAN,
+    "aug.hflip": number(0, 1),
+    "aug.degrees": number(0, 180),
+    "aug.translate": number(0, 1),
 }
 
 
@@ -169,7 +171,7 @@ def _known_beside(key: str) -> list[str]:
     """The names a user may have meant for `key`: those of its section, else the top-level keys and groups."""
     section = key.rpartition(".")[0]
     inside = [k.removeprefix(f"{section}.") for k in RUN_KEYS if section and k.startswith(f"{section}.")]
-    names = inside or [*RUN_KEYS, "model", "optimizer"]
+    names = inside or [*RUN_KEYS, "model", "optimizer", "aug"]
     return list(dict.fromkeys(name.split(".")[0] for name in names))
 
 
@@ -226,6 +228,16 @@ def _check_optimizer(settings: dict[str, Any]) -> None:
         raise UserError(f"optimizer {target} rejects {show(settings)} ({first_line(exc.__cause__ or exc)})") from None
 
 
+def _check_aug(settings: dict[str, Any]) -> None:
+    """An aug config must build one of fmsweep.augment's augmentations from its settings."""
+    target = settings.get("_target_")
+    module, _, name = str(target).rpartition(".")
+    cls = getattr(augment, name, None)
+    if module != augment.__name__ or not isinstance(cls, type):
+        raise UserError(f"aug._target_ must name an augmentation of {augment.__name__}, got {show(target)}")
+    _check_arguments("aug", settings, cls, set())
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise a one-line UserError for the first bad key or value of a composed run config, or for a
     data.root without the data set when data.download is false.
@@ -238,7 +250,7 @@ def validate(cfg: DictConfig) -> None:
     except OmegaConfBaseException as exc:
         raise UserError(f"config does not resolve: {first_line(exc)}") from None
     assert isinstance(tree, dict)
-    groups = {group: tree.pop(group, None) for group in ("model", "optimizer")}
+    groups = {group: tree.pop(group, None) for group in ("model", "optimizer", "aug")}
     for group, settings in groups.items():
         if not isinstance(settings, dict):
             raise UserError(f"{group} must be a config group (e.g. {group}=<option>), got {show(settings)}")
@@ -254,6 +266,7 @@ def validate(cfg: DictConfig) -> None:
     resolve_device(leaves["device"])
     _check_model(groups["model"])
     _check_optimizer(groups["optimizer"])
+    _check_aug(groups["aug"])
     data.check_present(leaves["data.root"], leaves["data.download"])
 
 

@@ -34,10 +34,12 @@ SUBMITIT_FOLDER = re.compile(r"(\d+)(?:_(\d+))?")
 
 @dataclass(frozen=True)
 class Job:
-    """A job of the sweep: its dir name below the sweep dir (absent until the job starts) and its epochs."""
+    """A job of the sweep: its dir name below the sweep dir (absent until the job starts), its epochs, and the
+    index of the launcher job that runs it (when packing puts several jobs in one; else its own index)."""
 
     name: str
     epochs: int
+    task: int | None = None
 
 
 @dataclass(frozen=True)
@@ -172,14 +174,16 @@ class LiveStatus:
         return Status("pending", state)
 
     def _slurm_view(self) -> dict[str, tuple[str, str]]:
-        """SLURM's (state, reason) by job name, from one squeue call; task index i of an array is jobs[i]."""
+        """SLURM's (state, reason) by job name, from one squeue call; task index i of an array runs the jobs whose
+        `task` is i."""
         folders = self.sweep_dir / ".submitit"
         ids: dict[str, str] = {}
         matches = [m for m in map(SUBMITIT_FOLDER.fullmatch, os.listdir(folders) if folders.is_dir() else []) if m]
         for match in sorted(matches, key=lambda m: int(m[1])):  # the newest launch of the sweep dir last: it wins
             task = int(match[2] or 0)
-            if task < len(self.jobs):
-                ids[self.jobs[task].name] = match[0]
+            for index, job in enumerate(self.jobs):
+                if (index if job.task is None else job.task) == task:
+                    ids[job.name] = match[0]
         view = squeue(sorted(set(ids.values()))) if ids else {}
         return {name: view[job_id] for name, job_id in ids.items() if job_id in view}
 

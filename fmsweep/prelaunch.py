@@ -16,14 +16,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from fmsweep import data
 from fmsweep.config import validate
 from fmsweep.errors import UserError
-from fmsweep.live_status import Job
 
 
-def check_jobs(loader: ConfigLoader, config: DictConfig, job_overrides: Sequence[Sequence[str]]) -> list[Job]:
+def check_jobs(loader: ConfigLoader, config: DictConfig, job_overrides: Sequence[Sequence[str]]) -> list[DictConfig]:
     """Compose and validate the config of every job (numbered from 0, as the launchers number them); the first
     bad one is a UserError naming the job as its dir is named. Then fetch the data set once for all jobs that may
-    download it."""
-    jobs, roots = [], set()
+    download it. Returns the composed configs."""
+    configs, roots = [], set()
     for num, overrides in enumerate(job_overrides):
         cfg = loader.load_sweep_config(config, list(overrides))
         with open_dict(cfg):
@@ -33,12 +32,12 @@ def check_jobs(loader: ConfigLoader, config: DictConfig, job_overrides: Sequence
             validate(cfg)
         except UserError as exc:
             raise UserError(f"job {name}: {exc}; nothing was launched") from None
-        jobs.append(Job(name=name, epochs=int(cfg.epochs)))
+        configs.append(cfg)
         if cfg.data.download:
             roots.add(str(cfg.data.root))
     for root in sorted(roots):
         data.fetch(root)
-    return jobs
+    return configs
 
 
 def check_slurm_request(params: dict[str, Any]) -> None:

@@ -16,7 +16,11 @@ from fmsweep.files import atomic_write
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
-HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "epoch_seconds")
+# What each epoch records: its history.csv column -> the tag of its TensorBoard scalar. The log line, history.csv
+# and TensorBoard all follow this table.
+EPOCH_METRICS = {"train_loss": "train/loss", "train_acc": "train/acc", "valid_loss": "valid/loss",
+                 "valid_acc": "valid/acc", "lr": "lr"}
+HISTORY_FIELDS = ("epoch", *EPOCH_METRICS, "epoch_seconds")
 # Scalars of the best model, logged at its epoch: the final metrics next to the hparams in TensorBoard.
 METRIC_TAGS = {"valid/best_loss": "valid_loss", "valid/best_acc": "valid_acc", "test/loss": "test_loss",
                "test/acc": "test_acc"}
@@ -54,10 +58,8 @@ class Tracker:
         return self._writer
 
     def _scalars(self, row: dict[str, float]) -> None:
-        for split in ("train", "valid"):
-            self.writer.add_scalar(f"{split}/loss", row[f"{split}_loss"], row["epoch"])
-            self.writer.add_scalar(f"{split}/acc", row[f"{split}_acc"], row["epoch"])
-        self.writer.add_scalar("lr", row["lr"], row["epoch"])
+        for key, tag in EPOCH_METRICS.items():
+            self.writer.add_scalar(tag, row[key], row["epoch"])
 
     def _history(self, history: list[dict[str, float]]) -> None:
         out = io.StringIO()
@@ -100,6 +102,11 @@ class Tracker:
             self.writer.file_writer.add_summary(summary, step)
         self.writer.close()
         atomic_write(self.run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+
+
+def epoch_line(row: dict[str, float]) -> str:
+    """An epoch's metrics for the log: `train_loss 0.4696  train_acc 0.8326  ...  1.15s`."""
+    return "  ".join([*(f"{key} {row[key]:.4g}" for key in EPOCH_METRICS), f"{row['epoch_seconds']:.2f}s"])
 
 
 def hparams(cfg: DictConfig, overrides: list[str]) -> dict[str, str | float]:

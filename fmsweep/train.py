@@ -1,6 +1,13 @@
-"""One training run: data, model, epochs with checkpointing and resume, final evaluation."""
+"""Training: one run, or a pack of runs trained together in one process, each into its own run dir.
+
+A run is a pack of one. `run_pack` builds each run's state (resumed from its last.pt if any), trains the pack
+epoch by epoch (`train`), and ends each run with its final evaluation. Runs of a pack share the step: on CUDA
+(cuda.stack) their networks run as one vmapped computation; on the CPU one after another, which measured faster
+there and keeps each run bitwise what it would be alone.
+"""
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 import math
@@ -8,6 +15,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,9 +24,11 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from fmsweep import checkpoint, tracking
+from fmsweep.augment import FlipAffine
 from fmsweep.config import device_name, resolve_device, validate
-from fmsweep.data import Splits, augment, prepare, raw_folder
+from fmsweep.data import Raw, Splits, load_fashion_mnist, prepare, raw_folder
 from fmsweep.errors import TrainingDiverged, UserError
+from fmsweep.loader import Source, TrainLoader
 from fmsweep.models import Classifier, l2_penalty, num_parameters
 from fmsweep.runs import read_overrides
 from fmsweep.signals import StopRequest
@@ -45,123 +55,21 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[
     return scores(predict(model, x), y)
 
 
-def summary_text(cfg: DictConfig, data: Splits, model: Classifier, optimizer: torch.optim.Optimizer) -> str:
-    """The practical's run summary: command, data, transforms, normalization, model, optimizer."""
-    aug = cfg.aug
-    transforms = (
-        f"RandomHorizontalFlip(p={aug.hflip}), RandomAffine(degrees={aug.degrees}, translate=({aug.translate}, {aug.translate}))"
-        if aug.hflip or aug.degrees or aug.translate
-        else "none"
-    )
-    return "\n".join(
-        [
-            "## Command",
-            "python -m fmsweep " + shlex.join(sys.argv[1:]),
-            "",
-            "## Dataset",
-            f"FashionMNIST from {Path(cfg.data.root).expanduser()}: train {len(data.train_y)}, "
-            f"valid {len(data.valid_y)}, test {len(data.test_y)} (split seed {cfg.seed}, valid_ratio {cfg.data.valid_ratio})",
-            f"Training augmentation: {transforms}",
-            f"Normalization: {cfg.data.normalize} (statistics of the train split)",
-            "",
-            "## Model",
-            str(model.net),
-            f"Trainable parameters: {num_parameters(model)}",
-            f"L2 penalty: {cfg.reg.l2}",
-            "",
-            "## Optimizer",
-            str(optimizer),
-            "",
-        ]
-    )
-
-
-class TrainStep:
-    """One optimization step on the training images at `idx`: gather them on the device, augment and normalize,
-    forward, cross-entropy (plus the L2 penalty), backward, optimizer step. Returns the batch's mean loss and its
-    number of correct predictions, as device tensors (no host sync).
-
-    Without augmentation the training images are normalized once, here, and each step only gathers its batch.
-    On CUDA the forward runs under bf16 autocast (cfg.cuda.bf16), and with cfg.cuda.graph the step is captured
-    once as a CUDA graph after GRAPH_WARMUP eager steps; every later full batch replays it (a smaller last batch
-    runs eagerly).
-    """
-
-    GRAPH_WARMUP = 3
-
-    def __init__(self, model: Classifier, optimizer: torch.optim.Optimizer, data: Splits, cfg: DictConfig) -> None:
-        self.model, self.optimizer, self.labels = model, optimizer, data.train_y
-        self.aug = cfg.aug if cfg.aug.hflip or cfg.aug.degrees or cfg.aug.translate else None
-        with torch.no_grad():
-            self.images = data.train_x if self.aug else model.normalize(data.train_x)
-        self.l2, self.batch_size = cfg.reg.l2, cfg.batch_size
-        cuda = data.train_x.device.type == "cuda"
-        self.autocast = torch.autocast("cuda", torch.bfloat16, enabled=cuda and cfg.cuda.bf16, cache_enabled=False)
-        self.warmup = self.GRAPH_WARMUP if cuda and cfg.cuda.graph else None
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.static_idx: torch.Tensor | None = None  # the graph's input and outputs
-        self.static_out: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def inputs(self, idx: torch.Tensor) -> torch.Tensor:
-        """The normalized (augmented) network input of the training images at `idx`."""
-        x = self.images.index_select(0, idx)  # on CPU several times faster than images[idx]
-        if self.aug is None:
-            return x
-        return self.model.normalize(augment(x.unsqueeze(1).float().div_(255), self.aug))
-
-    def eager(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The step, op by op."""
-        y = self.labels.index_select(0, idx)
-        with self.autocast:
-            logits = self.model.net(self.inputs(idx))
-            loss = F.cross_entropy(logits, y)
-        objective = loss + self.l2 * l2_penalty(self.model.net) if self.l2 else loss
-        # Once captured, the graph's gradient buffers must stay the parameters' .grad: zero them in place.
-        self.optimizer.zero_grad(set_to_none=self.graph is None)
-        objective.backward()
-        self.optimizer.step()
-        return loss.detach(), (logits.argmax(1) == y).sum()
-
-    def __call__(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.warmup is None or len(idx) != self.batch_size:
-            return self.eager(idx)
-        if self.warmup:  # as torch.cuda.graphs asks: warm up on a side stream (cuDNN autotuning, optimizer state)
-            self.warmup -= 1
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                out = self.eager(idx)
-            torch.cuda.current_stream().wait_stream(stream)
-            return out
-        if self.graph is None:
-            self.static_idx = idx.clone()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):  # records the step without running it; the replay below runs it
-                self.static_out = self.eager(self.static_idx)
-            self.graph = graph
-        self.static_idx.copy_(idx)
-        self.graph.replay()
-        return self.static_out
-
-
-def setup(cfg: DictConfig, model_config: dict, data: Splits) -> tuple[Classifier, torch.optim.Optimizer, TrainStep]:
-    """The model on the data's device (channels_last on CUDA), its optimizer and the train step of a run.
-
-    The optimizer gets its fused single-kernel implementation where it has one, and on CUDA with graphs
-    capturable=True (its step count on the device, as capture requires).
-    """
+def build(cfg: DictConfig, data: Splits) -> tuple[Classifier, torch.optim.Optimizer]:
+    """The run's model on the data's device (channels_last on CUDA), initialized from the run's seed, and its
+    optimizer: the fused single-kernel implementation where there is one, on CUDA with graphs capturable=True
+    (its step count on the device, as capture requires)."""
     device = data.train_x.device
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
     layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    model = Classifier(checkpoint.build_network(model_config), data.mean, data.std).to(device, memory_format=layout)
+    torch.manual_seed(cfg.seed)
+    network = checkpoint.build_network(OmegaConf.to_container(cfg.model, resolve=True))
+    model = Classifier(network, data.mean, data.std).to(device, memory_format=layout)
     factory = instantiate(cfg.optimizer)
     accepted = inspect.signature(factory.func).parameters
     options = {"fused": True} if "fused" in accepted else {}
     if device.type == "cuda" and cfg.cuda.graph and "capturable" in accepted:
         options["capturable"] = True
-    optimizer = factory(model.parameters(), **options)
-    return model, optimizer, TrainStep(model, optimizer, data, cfg)
+    return model, factory(model.parameters(), **options)
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
@@ -171,123 +79,307 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
     optimizer.load_state_dict({**state, "param_groups": [{**saved, **own} for saved, own in zip(state["param_groups"], flags)]})
 
 
+class RunState:
+    """Everything one run needs to continue exactly where it stopped, saved as its last.pt: model, optimizer, the
+    generator of its data order and augmentation, the global RNG (dropout), how far it got (`epoch` finished, and
+    within the next one `partial`), the best epoch so far with its weights, the history and the training time.
+    It also writes the run's other records, each after last.pt holds what it shows."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, device: torch.device, raw: Raw, label: str) -> None:
+        self.cfg, self.run_dir, self.label = cfg, run_dir, label
+        self.data = prepare(cfg.data, cfg.seed, device, raw)
+        self.model, self.optimizer = build(cfg, self.data)
+        self.model_config = OmegaConf.to_container(cfg.model, resolve=True)
+        self.aug: FlipAffine = instantiate(cfg.aug)
+        self.generator = torch.Generator(device).manual_seed(cfg.seed)
+        self.rng_cpu = torch.get_rng_state()  # the global RNG as this run's initialization left it
+        self.rng_cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+        self.epoch, self.partial, self.best_loss, self.best_epoch = 0, None, math.inf, 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.history: list[dict[str, float]] = []
+        self.train_seconds = 0.0
+        self.failed = False
+        if (run_dir / checkpoint.LAST).is_file():
+            self.load(checkpoint.load(run_dir / checkpoint.LAST))
+        self.tracker = Tracker(run_dir, self.summary(), self.history)
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """(finished epochs, batches done of the next one)."""
+        return self.epoch, self.partial["next"] if self.partial else 0
+
+    @property
+    def finished(self) -> bool:
+        return self.epoch >= self.cfg.epochs and self.partial is None and tracking.completed(self.run_dir)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model_config": self.model_config, "state_dict": self.model.net.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
+                "epoch": self.epoch, "partial": self.partial, "best_loss": self.best_loss,
+                "best_epoch": self.best_epoch, "best_state": self.best_state, "history": self.history,
+                "train_seconds": self.train_seconds, "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state(self.generator.device) if self.rng_cuda is not None else None}
+
+    def load(self, last: dict[str, Any]) -> None:
+        """Continue from a last.pt; a best_model.pt that lags behind it (the last attempt stopped in between) is
+        written again."""
+        if last["model_config"] != self.model_config:
+            raise UserError(f"{self.run_dir} holds a run of another model ({last['model_config']}); use a new run dir")
+        if "generator" not in last:
+            raise UserError(f"{self.run_dir / checkpoint.LAST} was written by an older fmsweep; use a new run dir")
+        self.model.net.load_state_dict(last["state_dict"])
+        load_optimizer_state(self.optimizer, last["optimizer"])
+        self.generator.set_state(last["generator"])
+        self.epoch, self.partial, self.best_loss, self.best_epoch = (last[k] for k in ("epoch", "partial", "best_loss", "best_epoch"))
+        self.best_state, self.history, self.train_seconds = last["best_state"], last["history"], last["train_seconds"]
+        self.rng_cpu, self.rng_cuda = last["rng_cpu"], last["rng_cuda"] if self.rng_cuda is not None else None
+        if self.best_state is not None and checkpoint.saved_epoch(self.run_dir / checkpoint.BEST) != self.best_epoch:
+            self.save_best()
+
+    def save(self) -> None:
+        checkpoint.save(self.state_dict(), self.run_dir / checkpoint.LAST)
+
+    def save_best(self) -> None:
+        normalization = {"kind": self.cfg.data.normalize, "mean": self.data.mean.cpu(), "std": self.data.std.cpu()}
+        checkpoint.save({"model_config": self.model_config, "state_dict": self.best_state, "normalization": normalization,
+                         "epoch": self.best_epoch, "metrics": self.history[self.best_epoch - 1]},
+                        self.run_dir / checkpoint.BEST)
+
+    def summary(self) -> str:
+        """The practical's run summary: command, data, transforms, normalization, model, optimizer."""
+        cfg, data = self.cfg, self.data
+        return "\n".join([
+            "## Command", "python -m fmsweep " + shlex.join(sys.argv[1:]), "",
+            "## Dataset",
+            f"FashionMNIST from {Path(cfg.data.root).expanduser()}: train {len(data.train_y)}, valid {len(data.valid_y)}, "
+            f"test {len(data.test_y)} (split seed {cfg.seed}, valid_ratio {cfg.data.valid_ratio})",
+            f"Training augmentation: {self.aug}",
+            f"Normalization: {cfg.data.normalize} (statistics of the train split)", "",
+            "## Model", str(self.model.net), f"Trainable parameters: {num_parameters(self.model)}",
+            f"L2 penalty: {cfg.reg.l2}", "",
+            "## Optimizer", str(self.optimizer), "",
+        ])
+
+    def source(self) -> Source:
+        return Source(self.data.train_x, self.data.train_y, self.model.normalize, self.aug, self.generator)
+
+    def end_epoch(self, losses: torch.Tensor, correct: float, seconds: float) -> None:
+        """Evaluate on the valid split and commit the epoch: last.pt first, then best_model.pt if it improved,
+        then history.csv and TensorBoard. A non-finite training loss fails the run instead."""
+        epoch, n = self.epoch + 1, len(self.data.train_y)
+        train_loss = losses.sum().item() / n
+        if not math.isfinite(train_loss):
+            bad = int(torch.nonzero(~torch.isfinite(losses))[0])
+            kept = f"checkpoints of epoch {epoch - 1} kept in {self.run_dir}" if epoch > 1 else "no checkpoint yet"
+            raise TrainingDiverged(f"training diverged: loss {losses[bad].item()} in epoch {epoch}, batch "
+                                   f"{bad + 1}/{len(losses)}; {kept}")
+        valid_loss, valid_acc = evaluate(self.model, self.data.valid_x, self.data.valid_y)
+        row = {"epoch": epoch, "train_loss": train_loss, "train_acc": correct / n, "valid_loss": valid_loss,
+               "valid_acc": valid_acc, "lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": seconds}
+        self.epoch, self.partial, self.train_seconds = epoch, None, self.train_seconds + seconds
+        self.history.append(row)
+        log.info("%sepoch %d/%d  %s", self.label, epoch, self.cfg.epochs, tracking.epoch_line(row))
+        improved = valid_loss < self.best_loss
+        if improved:
+            self.best_loss, self.best_epoch = valid_loss, epoch
+            self.best_state = {key: value.detach().clone() for key, value in self.model.net.state_dict().items()}
+        self.save()  # last.pt commits the epoch; every other file follows from it, so none is ever ahead of it
+        if improved:
+            self.save_best()
+        self.tracker.epoch(self.history)
+
+    def finish(self) -> float:
+        """Evaluate the best model on the valid and test splits, write metrics.json; return the best valid loss."""
+        best = checkpoint.load_model(self.run_dir, self.data.test_x.device)
+        valid_loss, valid_acc = evaluate(best, self.data.valid_x, self.data.valid_y)
+        test_logits = predict(best, self.data.test_x)
+        test_loss, test_acc = scores(test_logits, self.data.test_y)
+        metrics = {"status": "completed", "best_epoch": self.best_epoch, "valid_loss": valid_loss, "valid_acc": valid_acc,
+                   "test_loss": test_loss, "test_acc": test_acc, "num_params": num_parameters(self.model),
+                   "train_seconds": self.train_seconds, "epochs_run": len(self.history)}
+        self.tracker.predictions(self.data.test_x, self.data.test_y, test_logits.argmax(1), self.best_epoch)
+        self.tracker.final(metrics, tracking.hparams(self.cfg, read_overrides(self.run_dir)))
+        log.info("%sdone: best epoch %d of %d, test accuracy %.2f %% | results in %s", self.label, self.best_epoch,
+                 len(self.history), 100 * test_acc, self.run_dir)
+        return valid_loss
+
+
+class PackStep:
+    """One optimization step of every run of a pack on its own batch: x (K, B, 1, 28, 28), y (K, B) in; each run's
+    mean loss and number of correct predictions (K,) out, as device tensors (no host sync). Each run's objective
+    is its cross-entropy plus its L2 penalty, and its own optimizer steps, as it would alone.
+
+    With `stacked` the K networks run as one computation: torch.func's vmap over their parameters stacked along a
+    new first dimension (linear layers become batched matmuls, convolutions grouped ones); the BatchNorm running
+    statistics it updates are copied back to each network. Otherwise they run one after another.
+    On CUDA the forward runs under bf16 autocast (cuda.bf16), and with cuda.graph the step is captured once as a
+    CUDA graph after GRAPH_WARMUP eager steps; every later full batch replays it (a smaller last batch runs eagerly).
+    """
+
+    GRAPH_WARMUP = 3
+
+    def __init__(self, pack: list[RunState], stacked: bool) -> None:
+        cfg, device = pack[0].cfg, pack[0].generator.device
+        self.nets = [run.model.net for run in pack]
+        self.optimizers = [run.optimizer for run in pack]
+        self.l2 = [run.cfg.reg.l2 for run in pack]
+        self.batch_size = cfg.batch_size
+        cuda = device.type == "cuda"
+        self.autocast = torch.autocast("cuda", torch.bfloat16, enabled=cuda and cfg.cuda.bf16, cache_enabled=False)
+        self.warmup = self.GRAPH_WARMUP if cuda and cfg.cuda.graph else None
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static: tuple[torch.Tensor, ...] = ()  # the graph's inputs and outputs
+        self.params = [dict(net.named_parameters()) for net in self.nets]
+        self.buffers = [dict(net.named_buffers()) for net in self.nets]
+        self.vmapped = None
+        if stacked:
+            template = copy.deepcopy(self.nets[0]).to("meta")
+            self.vmapped = torch.func.vmap(
+                lambda params, buffers, x: torch.func.functional_call(template, (params, buffers), (x,)),
+                randomness="different")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (K, B, 10) of each network on its batch."""
+        if self.vmapped is None:
+            return torch.stack([net(xk) for net, xk in zip(self.nets, x)])
+        params = {name: torch.stack([p[name] for p in self.params]) for name in self.params[0]}
+        buffers = {name: torch.stack([b[name] for b in self.buffers]) for name in self.buffers[0]}
+        logits = self.vmapped(params, buffers, x)
+        with torch.no_grad():  # the running statistics were updated in the stacked copies
+            for name, stacked in buffers.items():
+                torch._foreach_copy_([b[name] for b in self.buffers], list(stacked.unbind()))
+        return logits
+
+    def eager(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step, op by op."""
+        with self.autocast:
+            logits = self.forward(x)
+            losses = [F.cross_entropy(logits_k, y_k) for logits_k, y_k in zip(logits, y)]
+        objective = sum(loss + l2 * l2_penalty(net) if l2 else loss for loss, l2, net in zip(losses, self.l2, self.nets))
+        for optimizer in self.optimizers:
+            # Once captured, the graph's gradient buffers must stay the parameters' .grad: zero them in place.
+            optimizer.zero_grad(set_to_none=self.graph is None)
+        objective.backward()
+        for optimizer in self.optimizers:
+            optimizer.step()
+        return torch.stack(losses).detach(), (logits.argmax(-1) == y).sum(-1)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.warmup is None or y.shape[1] != self.batch_size:
+            return self.eager(x, y)
+        if self.warmup:  # as torch.cuda.graphs asks: warm up on a side stream (cuDNN autotuning, optimizer state)
+            self.warmup -= 1
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                out = self.eager(x, y)
+            torch.cuda.current_stream().wait_stream(stream)
+            return out
+        if self.graph is None:
+            graph, static_x, static_y = torch.cuda.CUDAGraph(), x.clone(), y.clone()
+            with torch.cuda.graph(graph):  # records the step without running it; the replay below runs it
+                out = self.eager(static_x, static_y)
+            self.graph, self.static = graph, (static_x, static_y, *out)
+        static_x, static_y, *out = self.static
+        static_x.copy_(x)
+        static_y.copy_(y)
+        self.graph.replay()
+        return tuple(out)
+
+
+def train(pack: list[RunState], until: tuple[int, int] | None = None) -> list[RunState]:
+    """Train the runs of `pack`, which stand at one position, to their last epoch, or only up to position `until`
+    (where other runs of the pack stand); return those that diverged, each marked failed in its run dir.
+
+    A stop signal saves every run's last.pt within the epoch, then stops (or lets submitit requeue the job)."""
+    cfg, device, K = pack[0].cfg, pack[0].generator.device, len(pack)
+    torch.set_rng_state(pack[0].rng_cpu)
+    if pack[0].rng_cuda is not None:
+        torch.cuda.set_rng_state(pack[0].rng_cuda, device)
+    step = PackStep(pack, stacked=device.type == "cuda" and cfg.cuda.stack)
+    loader = TrainLoader([run.source() for run in pack], cfg.batch_size)
+    show_bar = sys.stdout.isatty()
+    with StopRequest() as stop:
+        for epoch in range(pack[0].epoch + 1, cfg.epochs + 1):
+            for run in pack:
+                run.model.train()
+            if pack[0].partial:  # resume inside the epoch, where a stop saved it
+                rng = loader.plan([run.partial["rng"] for run in pack])
+                first, elapsed = pack[0].partial["next"], pack[0].partial["seconds"]
+                losses = torch.stack([run.partial["losses"] for run in pack]).to(device)
+                correct = torch.stack([run.partial["correct"] for run in pack]).to(device)
+            else:
+                rng, first, elapsed = loader.plan(), 0, 0.0
+                losses = torch.zeros(K, loader.num_batches, device=device)  # summed loss of each batch
+                correct = torch.zeros(K, device=device)
+            t0 = time.perf_counter() - elapsed
+            batches = tqdm(loader.batches(first), desc=f"epoch {epoch}", total=loader.num_batches, initial=first,
+                           leave=False, disable=not show_bar)
+            for b, x, y in batches:
+                loss, n_correct = step(x, y)
+                losses[:, b] = loss * y.shape[1]
+                correct += n_correct
+                if show_bar and b % 20 == 0:  # a host sync: only for the bar
+                    seen = min((b + 1) * cfg.batch_size, loader.n)
+                    batches.set_postfix(loss=f"{losses.sum().item() / seen / K:.4f}", acc=f"{correct.sum().item() / seen / K:.4f}")
+                if stop.signum is not None or until == (epoch - 1, b + 1):
+                    for k, run in enumerate(pack):
+                        run.partial = {"next": b + 1, "rng": rng[k], "losses": losses[k].cpu(),
+                                       "correct": correct[k].cpu(), "seconds": time.perf_counter() - t0}
+                        run.save()
+                    if stop.signum is None:
+                        return []
+                    log.warning("Signal %d: saved %s in epoch %d after batch %d", stop.signum,
+                                ", ".join(str(run.run_dir / checkpoint.LAST) for run in pack), epoch, b + 1)
+                    stop.handle()
+            seconds, failed = time.perf_counter() - t0, []
+            for k, run in enumerate(pack):
+                try:
+                    run.end_epoch(losses[k], correct[k].item(), seconds)
+                except TrainingDiverged as exc:
+                    if K == 1:
+                        raise
+                    log.error("%s%s", run.label, exc)
+                    tracking.record_failure(run.run_dir, exc)
+                    failed.append(run)
+            if failed or until == (epoch, 0):
+                return failed
+    return []
+
+
+def run_pack(cfgs: list[DictConfig], run_dirs: list[Path]) -> list[float | None]:
+    """Train each config in its run dir (resuming from its last.pt), all together as one pack; return each run's
+    best valid loss, None for a run that diverged. The configs differ only where shapes and steps do not (see
+    fmsweep.packing); a lone run is a pack of one."""
+    for cfg in cfgs:
+        validate(cfg)
+    device = resolve_device(cfgs[0].device)
+    raw = load_fashion_mnist(cfgs[0].data.root, cfgs[0].data.download)
+    runs = [RunState(cfg, run_dir, device, raw, f"{run_dir.name}: " if len(cfgs) > 1 else "")
+            for cfg, run_dir in zip(cfgs, run_dirs)]
+    for run in runs:
+        log.info("%srun dir %s | device %s (%s) | data %s: train %d, valid %d, test %d", run.label, run.run_dir, device,
+                 device_name(device), raw_folder(run.cfg.data.root), len(run.data.train_y), len(run.data.valid_y),
+                 len(run.data.test_y))
+        if run.finished:
+            log.info("%s%s already finished its %d epochs: nothing to do", run.label, run.run_dir, run.cfg.epochs)
+        elif run.position != (0, 0):
+            log.info("%sResuming from %s at epoch %d%s", run.label, run.run_dir / checkpoint.LAST, run.epoch,
+                     f", batch {run.partial['next']}" if run.partial else "")
+    failed: list[RunState] = []
+    pending = [run for run in runs if not run.finished]
+    # Runs of a pack stand at one position, unless an attempt stopped while saving them: those behind catch up first.
+    while pending:
+        lead = min(run.position for run in pending)
+        ahead = [run.position for run in pending if run.position > lead]
+        failed += train([run for run in pending if run.position == lead], min(ahead, default=None))
+        pending = [run for run in pending if run.position < (run.cfg.epochs, 0) and run not in failed]
+    return [None if run in failed else tracking.read_metrics(run.run_dir)["valid_loss"] if run.finished
+            else run.finish() for run in runs]
+
+
 def run(cfg: DictConfig, run_dir: Path) -> float:
     """Train as configured in `run_dir` (resuming from its last.pt if any); return the best valid loss."""
-    validate(cfg)
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    data = prepare(cfg.data, cfg.seed, device)
-    model_config = OmegaConf.to_container(cfg.model, resolve=True)
-    model, optimizer, step = setup(cfg, model_config, data)
-
-    start, best_loss, best_epoch, best_state, history, train_seconds, partial = 0, math.inf, 0, None, [], 0.0, None
-    normalization = {"kind": cfg.data.normalize, "mean": data.mean.cpu(), "std": data.std.cpu()}
-
-    def save_best() -> None:
-        checkpoint.save({"model_config": model_config, "state_dict": best_state, "normalization": normalization,
-                         "epoch": best_epoch, "metrics": history[best_epoch - 1]}, run_dir / checkpoint.BEST)
-
-    if (run_dir / checkpoint.LAST).is_file():
-        last = checkpoint.load(run_dir / checkpoint.LAST)
-        if last["model_config"] != model_config:
-            raise UserError(f"{run_dir} holds a run of another model ({last['model_config']}); use a new run dir")
-        model.net.load_state_dict(last["state_dict"])
-        load_optimizer_state(optimizer, last["optimizer"])
-        start, best_loss, best_epoch = last["epoch"], last["best_loss"], last["best_epoch"]
-        best_state = last.get("best_state")  # None in a last.pt written before it held the best weights
-        history, train_seconds, partial = last["history"], last["train_seconds"], last["partial"]
-        torch.set_rng_state(last["rng_cpu"])
-        if device.type == "cuda" and last["rng_cuda"] is not None:
-            torch.cuda.set_rng_state(last["rng_cuda"], device)
-        if start >= cfg.epochs and partial is None and tracking.completed(run_dir):
-            log.info("%s already finished its %d epochs: nothing to do", run_dir, cfg.epochs)
-            return tracking.read_metrics(run_dir)["valid_loss"]
-        log.info("Resuming from %s at epoch %d%s", run_dir / checkpoint.LAST, start,
-                 f", batch {partial['next'] // cfg.batch_size}" if partial else "")
-        if best_state is not None and checkpoint.saved_epoch(run_dir / checkpoint.BEST) != best_epoch:
-            save_best()  # the last attempt stopped between writing last.pt and best_model.pt
-
-    def save_last(epoch_done: int, partial: dict | None = None) -> None:
-        """Everything needed to resume exactly; `partial` holds the state of an unfinished epoch."""
-        checkpoint.save(
-            {"model_config": model_config, "state_dict": model.net.state_dict(), "optimizer": optimizer.state_dict(),
-             "epoch": epoch_done, "partial": partial, "best_loss": best_loss, "best_epoch": best_epoch,
-             "best_state": best_state, "history": history, "train_seconds": train_seconds, "rng_cpu": torch.get_rng_state(),
-             "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
-            run_dir / checkpoint.LAST,
-        )
-
-    tracker = Tracker(run_dir, summary_text(cfg, data, model, optimizer), history)
-    n_train, show_bar = len(data.train_y), sys.stdout.isatty()
-    log.info("run dir %s | device %s (%s) | data %s: train %d, valid %d, test %d", run_dir, device,
-             device_name(device), raw_folder(cfg.data.root), n_train, len(data.valid_y), len(data.test_y))
-
-    with StopRequest() as stop:
-        for epoch in range(start + 1, cfg.epochs + 1):
-            t0 = time.perf_counter()
-            model.train()
-            if partial:  # resume inside the epoch where a stop signal saved it
-                perm, first, losses, correct = partial["perm"], partial["next"], partial["losses"], partial["correct"]
-                t0 -= partial["seconds"]
-                perm, losses, correct, partial = perm.to(device), losses.to(device), correct.to(device), None
-            else:
-                perm, first = torch.randperm(n_train, device=device), 0
-                losses = torch.zeros(math.ceil(n_train / cfg.batch_size), device=device)  # summed loss of each batch
-                correct = torch.zeros((), device=device)
-            batches = tqdm(range(first, n_train, cfg.batch_size), desc=f"epoch {epoch}", leave=False, disable=not show_bar)
-            for i in batches:
-                idx = perm[i : i + cfg.batch_size]
-                loss, n_correct = step(idx)
-                losses[i // cfg.batch_size] = loss * len(idx)
-                correct += n_correct
-                if show_bar and batches.n % 20 == 0:
-                    seen = min(i + cfg.batch_size, n_train)
-                    batches.set_postfix(loss=f"{losses.sum().item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
-                if stop.signum is not None:
-                    save_last(epoch - 1, {"perm": perm.cpu(), "next": i + cfg.batch_size, "losses": losses.cpu(),
-                                          "correct": correct.cpu(), "seconds": time.perf_counter() - t0})
-                    log.warning("Signal %d: saved %s in epoch %d after batch %d",
-                                stop.signum, run_dir / checkpoint.LAST, epoch, i // cfg.batch_size + 1)
-                    stop.handle()
-            train_loss, train_acc = losses.sum().item() / n_train, correct.item() / n_train
-            if not math.isfinite(train_loss):
-                bad = int(torch.nonzero(~torch.isfinite(losses))[0])
-                kept = f"checkpoints of epoch {epoch - 1} kept in {run_dir}" if epoch > 1 else "no checkpoint yet"
-                raise TrainingDiverged(
-                    f"training diverged: loss {losses[bad].item()} in epoch {epoch}, batch {bad + 1}/{len(losses)}; {kept}"
-                )
-            valid_loss, valid_acc = evaluate(model, data.valid_x, data.valid_y)
-            seconds = time.perf_counter() - t0
-            train_seconds += seconds
-            history.append(
-                {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "valid_loss": valid_loss,
-                 "valid_acc": valid_acc, "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": seconds}
-            )
-            log.info(
-                "epoch %d/%d  train loss %.4f acc %.4f | valid loss %.4f acc %.4f | %.2fs",
-                epoch, cfg.epochs, train_loss, train_acc, valid_loss, valid_acc, seconds,
-            )
-            improved = valid_loss < best_loss
-            if improved:
-                best_loss, best_epoch = valid_loss, epoch
-                best_state = {key: value.detach().clone() for key, value in model.net.state_dict().items()}
-            # last.pt commits the epoch; every other file follows from it, so none is ever ahead of it
-            save_last(epoch)
-            if improved:
-                save_best()
-            tracker.epoch(history)
-
-    best = checkpoint.load_model(run_dir, device)
-    valid_loss, valid_acc = evaluate(best, data.valid_x, data.valid_y)
-    test_logits = predict(best, data.test_x)
-    test_loss, test_acc = scores(test_logits, data.test_y)
-    metrics = {"status": "completed", "best_epoch": best_epoch, "valid_loss": valid_loss, "valid_acc": valid_acc,
-               "test_loss": test_loss, "test_acc": test_acc, "num_params": num_parameters(model),
-               "train_seconds": train_seconds, "epochs_run": len(history)}
-    tracker.predictions(data.test_x, data.test_y, test_logits.argmax(1), best_epoch)
-    tracker.final(metrics, tracking.hparams(cfg, read_overrides(run_dir)))
-    log.info("best epoch %d: valid loss %.4f acc %.4f | test loss %.4f acc %.4f",
-             best_epoch, valid_loss, valid_acc, test_loss, test_acc)
-    log.info("done: best epoch %d of %d, test accuracy %.2f %% | results in %s", best_epoch, len(history),
-             100 * test_acc, run_dir)
+    [valid_loss] = run_pack([cfg], [run_dir])
+    assert valid_loss is not None  # a lone run that diverges raises TrainingDiverged
     return valid_loss

@@ -1,5 +1,6 @@
-"""Hydra's basic sweeper, made to check the whole sweep before launching it, show its jobs' status while they
-run, and end with the jobs that failed (fmsweep.prelaunch, fmsweep.live_status, fmsweep.sweep_status).
+"""Hydra's basic sweeper, made to check the whole sweep before launching it, pack jobs that can train together
+(pack=K), show the jobs' status while they run, and end with the jobs that failed (fmsweep.prelaunch,
+fmsweep.packing, fmsweep.live_status, fmsweep.sweep_status).
 
 Hydra accepts sweepers only from the hydra_plugins package, hence this module."""
 from __future__ import annotations
@@ -13,35 +14,52 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 
 class ReportingSweeper(BasicSweeper):
-    """BasicSweeper that validates every job first (a bad one: one line, exit 2, nothing launched), shows a live
-    status while the jobs run, and ends with a summary of the jobs that did not complete (exit code 1 if any)."""
+    """BasicSweeper that validates every job first (a bad one: one line, exit 2, nothing launched), launches packs of
+    jobs as one job each, shows a live status of the jobs while they run, and ends with a summary of the jobs that
+    did not complete (exit code 1 if any)."""
 
     def sweep(self, arguments: list[str]) -> Any:
         # imported late: Hydra imports every plugin module at start-up
-        from fmsweep import prelaunch
+        from omegaconf import OmegaConf
+
+        from fmsweep import packing, prelaunch
         from fmsweep.errors import UserError, exit_with
-        from fmsweep.live_status import LiveStatus
+        from fmsweep.live_status import Job, LiveStatus
         from fmsweep.sweep_status import report
 
         assert self.config is not None and self.hydra_context is not None and self.launcher is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        batches = self.split_arguments(parser.parse_overrides([*self._parse_config(), *arguments]), self.max_batch_size)
+        batches = self.split_arguments(parser.parse_overrides([*self._parse_config(), *arguments]), None)
+        job_overrides = [list(job) for batch in batches for job in batch]
         slurm = type(self.launcher).__name__ == "SlurmLauncher"
         try:
-            jobs = prelaunch.check_jobs(self.hydra_context.config_loader, self.config,
-                                        [job for batch in batches for job in batch])
+            configs = prelaunch.check_jobs(self.hydra_context.config_loader, self.config, job_overrides)
             if slurm:
                 prelaunch.check_slurm_request(self.launcher.params)
         except UserError as exc:
             exit_with(exc)
         sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        packs = packing.plan(configs)
+        launched = packing.launch_overrides(sweep_dir, job_overrides, configs, packs)
+        jobs = [Job(str(configs[i].hydra.sweep.subdir), int(configs[i].epochs), task)
+                for task, members in enumerate(packs) for i in members]
+        if len(packs) < len(configs):
+            print(f"fmsweep: {len(configs)} jobs in {len(packs)} launcher jobs (pack={max(c.pack for c in configs)})")
         # jobs of the basic launcher print their own progress here: their status comes one line per change
         stream = sys.stdout if type(self.launcher).__name__ != "BasicLauncher" else _Lines(sys.stdout)
+        returns, error = [], None
+        size = self.max_batch_size or len(launched)
         with LiveStatus(sweep_dir, jobs, stream=stream, slurm=slurm):
             try:
-                returns, error = super().sweep(arguments), None
-            except Exception as exc:  # the first failed job's error, raised once all jobs of the batch ended
-                returns, error = None, exc
+                for first in range(0, len(launched), size):
+                    results = self.launcher.launch(launched[first : first + size], initial_job_idx=first)
+                    for result in results:
+                        _ = result.return_value  # raises the error of a failed job, once all jobs of the batch ended
+                    returns.append(results)
+            except Exception as exc:
+                error = exc
         report(sweep_dir, error)
         return returns
 

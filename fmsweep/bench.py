@@ -18,10 +18,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from functools import partial
@@ -40,15 +42,18 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms
 
 from fmsweep import checkpoint, train
+from fmsweep.loader import TrainLoader
 from fmsweep.config import device_name, resolve_device, validate
-from fmsweep.data import Splits, prepare, split_indices
+from fmsweep.data import Splits, load_fashion_mnist, split_indices
 from fmsweep.errors import UserError
 
 CONF = Path(__file__).resolve().parent / "conf"
 CASES = ("linear", "fc", "fancy_cnn+flip_affine")
 CNN_NETWORKS = ("VanillaCNN", "FancyCNN")
 # The speed-ups (practical / fmsweep epoch time) the project aims for, by device type and case.
-TARGETS = {"cpu": {"linear": 10.0, "fc": 6.0, "fancy_cnn+flip_affine": 1.5}, "cuda": {"fancy_cnn+flip_affine": 3.5}}
+TARGETS = {"cpu": {"linear": 10.0, "fc": 6.0, "fancy_cnn+flip_affine": 1.5}, "cuda": {"fancy_cnn+flip_affine": 10.0}}
+# With --pack K: the aggregate images/s of one packed job of K against K unpacked jobs in sequence.
+PACK_TARGETS = {"cpu": {"linear": 3.0, "fc": 2.5, "fancy_cnn+flip_affine": 1.0}}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,11 +65,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="on CPU, batches per epoch of convolutional models; 0: whole epochs (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
                         help="DataLoader workers of the practical (default: the CPU count, %(default)s)")
+    parser.add_argument("--pack", type=int, default=1, metavar="K",
+                        help="K >= 2: instead, time K unpacked jobs in sequence (seeds 0 to K-1) against one packed job of "
+                             "K, whole jobs (set-up, epochs, final evaluation, files), --warmup untimed and --epochs "
+                             "timed rounds of both (default: %(default)s)")
+    parser.add_argument("--job-epochs", type=int, default=3, help="with --pack: epochs of each job (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("."), help="folder for bench.json and bench.md (default: .)")
     parser.add_argument("overrides", nargs="*", help="config overrides as for python -m fmsweep, e.g. data.root=DIR")
     args = parser.parse_args(argv)
-    if args.epochs < 1 or args.warmup < 0 or args.cpu_cnn_batches < 0 or args.workers < 0:
-        parser.error("--epochs must be >= 1; --warmup, --cpu-cnn-batches and --workers >= 0")
+    if args.epochs < 1 or args.pack < 1 or args.job_epochs < 1:
+        parser.error("--epochs, --pack and --job-epochs must be >= 1")
+    if args.warmup < 0 or args.cpu_cnn_batches < 0 or args.workers < 0:
+        parser.error("--warmup, --cpu-cnn-batches and --workers must be >= 0")
     return args
 
 
@@ -89,22 +101,19 @@ def timed(epoch: Callable[[], Any], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def fmsweep_epoch(cfg: DictConfig, data: Splits) -> Callable[[], float]:
-    """One training epoch as `python -m fmsweep` runs it (train.setup, train.TrainStep, the same accounting)."""
-    model, _, step = train.setup(cfg, OmegaConf.to_container(cfg.model, resolve=True), data)
-    n, batch_size, device = len(data.train_y), cfg.batch_size, data.train_x.device
+def fmsweep_epoch(run: train.RunState) -> Callable[[], float]:
+    """One training epoch of `run` as `python -m fmsweep` trains it: its TrainLoader and PackStep."""
+    step = train.PackStep([run], stacked=False)
+    loader = TrainLoader([run.source()], run.cfg.batch_size)
 
     def epoch() -> float:
-        model.train()
-        perm = torch.randperm(n, device=device)
-        losses = torch.zeros(-(-n // batch_size), device=device)
-        correct = torch.zeros((), device=device)
-        for i in range(0, n, batch_size):
-            idx = perm[i : i + batch_size]
-            loss, n_correct = step(idx)
-            losses[i // batch_size] = loss * len(idx)
-            correct += n_correct
-        return losses.sum().item() / n
+        run.model.train()
+        loader.plan()
+        losses = torch.zeros(loader.num_batches, device=run.data.train_x.device)
+        for b, x, y in loader.batches():
+            loss, _ = step(x, y)
+            losses[b] = loss[0] * y.shape[1]
+        return losses.sum().item() / loader.n
 
     return epoch
 
@@ -134,10 +143,7 @@ def practical_epoch(cfg: DictConfig, data: Splits, workers: int) -> Callable[[],
     base = torchvision.datasets.FashionMNIST(str(Path(cfg.data.root).expanduser()), train=True, download=False)
     train_idx, _ = split_indices(len(base), cfg.data.valid_ratio, cfg.data.subset, cfg.seed)
     steps: list[Callable] = [transforms.ToTensor(), transforms.Lambda(partial(normalize, mean=data.mean.cpu(), std=data.std.cpu()))]
-    aug = cfg.aug
-    if aug.hflip or aug.degrees or aug.translate:
-        steps[:0] = [transforms.RandomHorizontalFlip(aug.hflip),
-                     transforms.RandomAffine(degrees=aug.degrees, translate=(aug.translate, aug.translate))]
+    steps[:0] = instantiate(cfg.aug).torchvision()
     dataset = DatasetTransformer(Subset(base, train_idx[:n_train].tolist()), transforms.Compose(steps))
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, num_workers=workers)
     model = checkpoint.build_network(OmegaConf.to_container(cfg.model, resolve=True)).to(device)
@@ -159,28 +165,64 @@ def practical_epoch(cfg: DictConfig, data: Splits, workers: int) -> Callable[[],
 def bench_case(case: str, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     """Time both pipelines on one case; epochs alternate between them."""
     device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    data = prepare(cfg.data, cfg.seed, device)
-    n_train = len(data.train_y)
-    limited = device.type == "cpu" and cfg.model._target_.split(".")[-1] in CNN_NETWORKS and args.cpu_cnn_batches > 0
-    if limited:
-        n_train = min(n_train, args.cpu_cnn_batches * cfg.batch_size)
-        data = dataclasses.replace(data, train_x=data.train_x[:n_train], train_y=data.train_y[:n_train])
-    pipelines = {"practical": practical_epoch(cfg, data, args.workers), "fmsweep": fmsweep_epoch(cfg, data)}
-    seconds: dict[str, list[float]] = {name: [] for name in pipelines}
-    for round_ in range(args.warmup + args.epochs):
-        times = {name: timed(epoch, device) for name, epoch in pipelines.items()}
-        print(f"{case}: {'warm-up' if round_ < args.warmup else 'timed'} epoch "
-              + ", ".join(f"{name} {t:.3f}s" for name, t in times.items()), file=sys.stderr)
-        if round_ >= args.warmup:
-            for name, t in times.items():
-                seconds[name].append(t)
+    with tempfile.TemporaryDirectory() as run_dir:
+        run = train.RunState(cfg, Path(run_dir), device, load_fashion_mnist(cfg.data.root, cfg.data.download), "")
+        n_train = len(run.data.train_y)
+        limited = device.type == "cpu" and cfg.model._target_.split(".")[-1] in CNN_NETWORKS and args.cpu_cnn_batches > 0
+        if limited:
+            n_train = min(n_train, args.cpu_cnn_batches * cfg.batch_size)
+            run.data = dataclasses.replace(run.data, train_x=run.data.train_x[:n_train], train_y=run.data.train_y[:n_train])
+        pipelines = {"practical": practical_epoch(cfg, run.data, args.workers), "fmsweep": fmsweep_epoch(run)}
+        seconds: dict[str, list[float]] = {name: [] for name in pipelines}
+        for round_ in range(args.warmup + args.epochs):
+            times = {name: timed(epoch, device) for name, epoch in pipelines.items()}
+            print(f"{case}: {'warm-up' if round_ < args.warmup else 'timed'} epoch "
+                  + ", ".join(f"{name} {t:.3f}s" for name, t in times.items()), file=sys.stderr)
+            if round_ >= args.warmup:
+                for name, t in times.items():
+                    seconds[name].append(t)
     median = {name: statistics.median(s) for name, s in seconds.items()}
     return {
         "case": case, "images_per_epoch": n_train, "batches_per_epoch": -(-n_train // cfg.batch_size),
         "limited_batches": limited, "batch_size": cfg.batch_size, "epoch_seconds": seconds,
         "median_seconds": median, "images_per_second": {name: n_train / s for name, s in median.items()},
         "speedup": median["practical"] / median["fmsweep"], "target": TARGETS.get(device.type, {}).get(case),
+    }
+
+
+def bench_pack(case: str, overrides: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """Time K unpacked jobs in sequence against one packed job of the same K configs (seeds 0 to K-1), whole jobs
+    as train.run_pack runs them in a sweep job; rounds alternate between the two."""
+    configs = [case_config(case, [*overrides, f"seed={k}", f"epochs={args.job_epochs}"]) for k in range(args.pack)]
+    cfg, device = configs[0], resolve_device(configs[0].device)
+    limited = device.type == "cpu" and cfg.model._target_.split(".")[-1] in CNN_NETWORKS and args.cpu_cnn_batches > 0
+    if limited:  # data.subset such that the train split holds cpu_cnn_batches batches
+        subset = math.ceil(args.cpu_cnn_batches * cfg.batch_size / (1 - cfg.data.valid_ratio))
+        configs = [case_config(case, [*overrides, f"seed={k}", f"epochs={args.job_epochs}", f"data.subset={subset}"])
+                   for k in range(args.pack)]
+    seconds: dict[str, list[float]] = {"unpacked": [], "packed": []}
+    jobs = {"unpacked": lambda out: [train.run_pack([c], [out / f"{k}"]) for k, c in enumerate(configs)],
+            "packed": lambda out: train.run_pack(configs, [out / f"{k}" for k in range(len(configs))])}
+    for round_ in range(args.warmup + args.epochs):
+        times = {}
+        for name, job in jobs.items():
+            with tempfile.TemporaryDirectory() as out:
+                times[name] = timed(partial(job, Path(out)), device)
+        print(f"{case} pack={args.pack}: {'warm-up' if round_ < args.warmup else 'timed'} round "
+              + ", ".join(f"{name} {t:.2f}s" for name, t in times.items()), file=sys.stderr)
+        if round_ >= args.warmup:
+            for name, t in times.items():
+                seconds[name].append(t)
+    median = {name: statistics.median(s) for name, s in seconds.items()}
+    cfg = configs[0]
+    n_images = len(load_fashion_mnist(cfg.data.root, cfg.data.download)[1])
+    n_train = len(split_indices(n_images, cfg.data.valid_ratio, cfg.data.subset, cfg.seed)[0])
+    images = args.pack * args.job_epochs * n_train
+    return {
+        "case": case, "pack": args.pack, "job_epochs": args.job_epochs, "train_images": n_train,
+        "limited_batches": limited, "batch_size": cfg.batch_size, "seconds": seconds, "median_seconds": median,
+        "images_per_second": {name: images / s for name, s in median.items()},
+        "ratio": median["unpacked"] / median["packed"], "target": PACK_TARGETS.get(device.type, {}).get(case),
     }
 
 
@@ -218,12 +260,38 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pack_markdown(report: dict[str, Any]) -> str:
+    """The --pack results as a markdown table with a header line on the machine."""
+    m, first = report["machine"], report["results"][0]
+    lines = [
+        f"{first['pack']} jobs of {first['job_epochs']} epochs (batch {first['batch_size']}): unpacked in sequence "
+        f"against one packed job, whole jobs in one process, median of {report['epochs']} rounds after "
+        f"{report['warmup']} warm-up; {m['device_type']}: {m['device']}, {m['cpu_count']} CPUs, torch {m['torch']}, "
+        f"{m['torch_threads']} threads.",
+        "",
+        "| case | train images | unpacked s | unpacked img/s | packed s | packed img/s | ratio | target |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in report["results"]:
+        s, ips = r["median_seconds"], r["images_per_second"]
+        target = f"≥ {r['target']:g}× {'met' if r['ratio'] >= r['target'] else 'missed'}" if r["target"] else ""
+        lines.append(f"| {r['case']} | {r['train_images']}{' *' if r['limited_batches'] else ''} | {s['unpacked']:.2f} | "
+                     f"{ips['unpacked']:,.0f} | {s['packed']:.2f} | {ips['packed']:,.0f} | {r['ratio']:.2f}× | {target} |")
+    if any(r["limited_batches"] for r in report["results"]):
+        lines += ["", f"\\* on CPU, convolutional models train on data.subset such that the train split holds "
+                      f"{report['cpu_cnn_batches']} batches: set --cpu-cnn-batches 0 for the whole split."]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         configs = {case: case_config(case, args.overrides) for case in args.cases.split(",")}
         device = resolve_device(next(iter(configs.values())).device)
-        results = [bench_case(case, cfg, args) for case, cfg in configs.items()]
+        if args.pack > 1:
+            results = [bench_pack(case, args.overrides, args) for case in configs]
+        else:
+            results = [bench_case(case, cfg, args) for case, cfg in configs.items()]
     except UserError as exc:
         print(f"fmsweep.bench: error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -231,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
               "cpu_cnn_batches": args.cpu_cnn_batches, "results": results}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = markdown(report)
+    table = pack_markdown(report) if args.pack > 1 else markdown(report)
     (args.out / "bench.md").write_text(table)
     print(table)
 

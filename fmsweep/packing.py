@@ -3,8 +3,9 @@
 In a sweep with pack=K, jobs that differ only in their seed, optimizer settings (not its class), regularization
 (reg.l2; dropout rates where the model has no dropout) and augmentation settings (not its kind) have the same tensor
 shapes and step count: the sweeper groups them, in job order, into packs of at most K. A pack of two or more is
-launched as one job of the launcher, with the overrides of its first member, in its own folder below the sweep dir
-(`packs/<first>-<last>`, no .hydra/ there); `pack.yaml` there holds every member's config as the launcher would
+launched as one job of the launcher (and once any jobs pack, so is every lone job, as a pack of one), with the
+overrides of its first member, in its own folder below the sweep dir (`packs/<first>-<last>`, no .hydra/ there);
+`pack.yaml` there holds every member's config as the launcher would
 have composed it. The pack job writes each member's .hydra/ as Hydra would have, and trains the members together
 (train.run_pack), each into the job dir it would have had alone.
 """
@@ -55,19 +56,20 @@ def plan(configs: list[DictConfig]) -> list[list[int]]:
 
 
 def pack_dir_name(members: list[DictConfig]) -> str:
-    """`packs/<first job number>-<last job number>`."""
-    return f"{PACKS}/{members[0].hydra.job.num}-{members[-1].hydra.job.num}"
+    """`packs/<first job number>-<last job number>`, `packs/<job number>` for a pack of one."""
+    first, last = members[0].hydra.job.num, members[-1].hydra.job.num
+    return f"{PACKS}/{first}" if first == last else f"{PACKS}/{first}-{last}"
 
 
 def launch_overrides(sweep_dir: Path, job_overrides: list[list[str]], configs: list[DictConfig],
                      packs: list[list[int]]) -> list[list[str]]:
-    """The overrides of each job to launch, one per pack: a lone job's own; for a pack, its first member's, in the
-    pack's folder, whose pack.yaml (written here) names every member."""
+    """The overrides of each job to launch, one per pack: without packing, each job's own; else, for each pack
+    (a lone job too: the launcher would number it by its place among the packs), its first member's, in the pack's
+    folder, whose pack.yaml (written here) names every member."""
+    if len(packs) == len(job_overrides):
+        return [list(job) for job in job_overrides]
     launched = []
     for members in packs:
-        if len(members) == 1:
-            launched.append(list(job_overrides[members[0]]))
-            continue
         name = pack_dir_name([configs[i] for i in members])
         folder = sweep_dir / name
         folder.mkdir(parents=True, exist_ok=True)

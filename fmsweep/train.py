@@ -366,15 +366,16 @@ def run_pack(cfgs: list[DictConfig], run_dirs: list[Path]) -> list[float | None]
         elif run.position != (0, 0):
             log.info("%sResuming from %s at epoch %d%s", run.label, run.run_dir / checkpoint.LAST, run.epoch,
                      f", batch {run.partial['next']}" if run.partial else "")
+    finished = [run for run in runs if run.finished]
     failed: list[RunState] = []
-    pending = [run for run in runs if not run.finished]
+    pending = [run for run in runs if run not in finished]
     # Runs of a pack stand at one position, unless an attempt stopped while saving them: those behind catch up first.
     while pending:
         lead = min(run.position for run in pending)
         ahead = [run.position for run in pending if run.position > lead]
         failed += train([run for run in pending if run.position == lead], min(ahead, default=None))
         pending = [run for run in pending if run.position < (run.cfg.epochs, 0) and run not in failed]
-    return [None if run in failed else tracking.read_metrics(run.run_dir)["valid_loss"] if run.finished
+    return [None if run in failed else tracking.read_metrics(run.run_dir)["valid_loss"] if run in finished
             else run.finish() for run in runs]
 
 

@@ -3,9 +3,8 @@ import pytest
 import torch
 import torchvision.transforms.v2 as T
 import torchvision.transforms.v2.functional as TF
-from omegaconf import OmegaConf
 
-from fmsweep import data
+from fmsweep.augment import FlipAffine, affine
 
 
 def images(n: int, seed: int = 0) -> torch.Tensor:
@@ -16,15 +15,15 @@ def images(n: int, seed: int = 0) -> torch.Tensor:
 @pytest.mark.parametrize("angle,shift", [(0.0, (0, 0)), (10.0, (0, 0)), (-7.3, (2, -3)), (0.0, (-2, 1)), (45.0, (3, 3))])
 def test_affine_matches_torchvision_for_fixed_parameters(angle: float, shift: tuple[int, int]) -> None:
     x = images(4)
-    ours = data.affine(x, torch.full((4,), angle), torch.tensor([shift] * 4, dtype=torch.float))
+    ours = affine(x, torch.full((4,), angle), torch.tensor([shift] * 4, dtype=torch.float))
     ref = TF.affine(x, angle=angle, translate=list(shift), scale=1.0, shear=[0.0, 0.0])
     mismatch = (ours != ref).float().mean().item()
     assert mismatch < 0.005, f"{mismatch:.2%} of pixels differ"
 
 
 def test_each_image_gets_its_own_parameters() -> None:
-    torch.manual_seed(0)
-    angle, shift = data.random_affine_params(10_000, 10.0, 0.1, torch.device("cpu"))
+    params = FlipAffine(0.5, 10.0, 0.1).draw(10_000, torch.Generator().manual_seed(0))
+    angle, shift = params[:, 1], params[:, 2:]
     assert angle.abs().max() <= 10.0 and angle.std() > 5
     assert set(shift.unique().tolist()) <= set(range(-3, 4)) and shift.abs().max() == 3
     assert shift.float().mean().abs() < 0.1
@@ -32,12 +31,12 @@ def test_each_image_gets_its_own_parameters() -> None:
 
 def test_augmented_distribution_matches_torchvision() -> None:
     """Mean and spread of many augmentations of one image agree with torchvision's flip + affine."""
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # torchvision's draws
     n = 4000
     x = torch.zeros(1, 1, 28, 28)
     x[..., 6:14, 4:20] = 1.0
-    cfg = OmegaConf.create({"hflip": 0.5, "degrees": 10.0, "translate": 0.1})
-    ours = data.augment(x.expand(n, -1, -1, -1).clone(), cfg)
+    aug = FlipAffine(0.5, 10.0, 0.1)
+    ours = aug.apply(x.expand(n, -1, -1, -1).clone(), aug.draw(n, torch.Generator().manual_seed(0)))
     reference = T.Compose([T.RandomHorizontalFlip(0.5), T.RandomAffine(degrees=10, translate=(0.1, 0.1))])
     ref = torch.stack([reference(x[0]) for _ in range(n)])
     assert (ours.mean(0) - ref.mean(0)).abs().max() < 0.06
@@ -46,9 +45,9 @@ def test_augmented_distribution_matches_torchvision() -> None:
 
 
 def test_flip_only_flips_about_half() -> None:
-    torch.manual_seed(0)
     x = images(2000)
-    out = data.augment(x, OmegaConf.create({"hflip": 0.5, "degrees": 0.0, "translate": 0.0}))
+    aug = FlipAffine(0.5, 0.0, 0.0)
+    out = aug.apply(x, aug.draw(2000, torch.Generator().manual_seed(0)))
     flipped = (out == x.flip(-1)).flatten(1).all(1)
     kept = (out == x).flatten(1).all(1)
     assert torch.all(flipped ^ kept)

@@ -13,18 +13,18 @@ from fmsweep import bench, train
 def test_bench_drives_the_real_train_step_in_both_pipelines_and_reports_what_it_timed(
         data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     steps = 0
-    step = train.TrainStep.__call__
+    step = train.PackStep.__call__
 
-    def counting(self: train.TrainStep, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def counting(self: train.PackStep, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         nonlocal steps
         steps += 1
-        return step(self, idx)
+        return step(self, x, y)
 
-    monkeypatch.setattr(train.TrainStep, "__call__", counting)
+    monkeypatch.setattr(train.PackStep, "__call__", counting)
     bench.main(["--cases", "linear,fancy_cnn+flip_affine", "--epochs", "2", "--warmup", "1", "--cpu-cnn-batches", "1",
                 "--workers", "1", "--out", str(tmp_path),
                 f"data.root={data_root}", "data.download=false", "device=cpu", "batch_size=32"])
-    # fmsweep's epochs go through train.TrainStep: 13 batches of linear (400 images), 1 of the CNN, 3 epochs each
+    # fmsweep's epochs go through train.PackStep: 13 batches of linear (400 images), 1 of the CNN, 3 epochs each
     assert steps == 3 * 13 + 3 * 1
     report = json.loads((tmp_path / "bench.json").read_text())
     linear, fancy = report["results"]

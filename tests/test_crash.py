@@ -90,17 +90,17 @@ def test_stop_signals_at_chosen_batches_resume_bitwise(make_cfg, tmp_path: Path,
     train.run(cfg, tmp_path / "straight")
     per_epoch = 400 // 16  # 500 images, 20 % of them held out for validation
     plan = {1: signal.SIGINT, 25: signal.SIGTERM, 26: signal.SIGINT, 60: signal.SIGTERM, 100: signal.SIGINT}
-    step, done = train.TrainStep.__call__, 0
+    step, done = train.PackStep.__call__, 0
 
-    def signalling_step(self: train.TrainStep, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def signalling_step(self: train.PackStep, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         nonlocal done
-        out = step(self, idx)
+        out = step(self, x, y)
         done += 1
         if done in plan:
             signal.raise_signal(plan[done])  # delivered to this thread before raise_signal returns
         return out
 
-    monkeypatch.setattr(train.TrainStep, "__call__", signalling_step)
+    monkeypatch.setattr(train.PackStep, "__call__", signalling_step)
     stops = []
     while True:
         try:
@@ -108,7 +108,7 @@ def test_stop_signals_at_chosen_batches_resume_bitwise(make_cfg, tmp_path: Path,
             break
         except Interrupted as exc:
             last = checkpoint.load(tmp_path / "resumed" / checkpoint.LAST)
-            stops.append((exc.signum, last["epoch"], last["partial"]["next"] // 16))
+            stops.append((exc.signum, last["epoch"], last["partial"]["next"]))
             assert_consistent(tmp_path / "resumed")
     assert done == 4 * per_epoch  # no batch trained twice
     assert stops == [(sig, (n - 1) // per_epoch, n - (n - 1) // per_epoch * per_epoch) for n, sig in plan.items()]

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import fmsweep
 from conftest import CONF, ROOT, fast_overrides
 from fmsweep import checkpoint, train
+from fmsweep.augment import FlipAffine
 from fmsweep.data import prepare
 
 SCALARS = {"train/loss", "train/acc", "valid/loss", "valid/acc", "lr", "test/loss", "test/acc"}
@@ -107,10 +109,11 @@ def one_sgd_step(make_cfg, *overrides: str) -> tuple[dict[str, torch.Tensor], di
     cfg = make_cfg("model=fancy_cnn", "model.channels=[4,8,8]", "optimizer=sgd", "optimizer.momentum=0",
                    "optimizer.nesterov=false", "optimizer.lr=0.1", *overrides)
     data = prepare(cfg.data, cfg.seed, CPU)
-    torch.manual_seed(0)
-    model, _, step = train.setup(cfg, dict(cfg.model), data)
+    model, optimizer = train.build(cfg, data)
     before = {name: p.detach().clone() for name, p in model.net.named_parameters()}
-    step(torch.arange(32))
+    run = SimpleNamespace(cfg=cfg, model=model, optimizer=optimizer, generator=torch.Generator())
+    x = model.normalize(data.train_x[:32])
+    train.PackStep([run], stacked=False)(x[None], data.train_y[None, :32])
     return before, {name: p.detach().clone() for name, p in model.net.named_parameters()}
 
 
@@ -145,13 +148,13 @@ def test_augmentation_touches_every_training_image_and_nothing_else(make_cfg, tm
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Each epoch augments each training image once, in training batches; validation and test images never."""
     augmented: list[int] = []
-    augment = train.augment
+    apply = FlipAffine.apply
 
-    def spy(x: torch.Tensor, cfg) -> torch.Tensor:
+    def spy(self: FlipAffine, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         augmented.append(len(x))
-        return augment(x, cfg)
+        return apply(self, x, params)
 
-    monkeypatch.setattr(train, "augment", spy)
+    monkeypatch.setattr(FlipAffine, "apply", spy)
     train.run(make_cfg("model=fc", "aug=flip_affine", "epochs=2"), tmp_path / "aug")
     assert sum(augmented) == 2 * 400 and set(augmented) == {32, 400 % 32}  # 400 training images, batches of 32
     augmented.clear()

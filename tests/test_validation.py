@@ -178,7 +178,7 @@ def test_rejected_run_is_one_line_exit_2_and_leaves_no_run_dir(data_root: Path, 
         (["optimizer=adan"], "optimizer=adan: no such option of optimizer (its options: adam, adamw, sgd); did you mean adam?"),
         (["model=null"], "model=null: model takes one of its options (fancy_cnn, fc, linear, vanilla_cnn), not null"),
         (["foo=1"], "foo=1: unknown config key foo (known keys there: aug, batch_size, cuda, data, device, epochs, model, "
-                    "optimizer, reg, seed)"),
+                    "optimizer, pack, reg, seed)"),
         (["epoch=3"], "epoch=3: unknown config key epoch; did you mean epochs?"),
         (["data.rot=/tmp"], "data.rot=/tmp: unknown config key data.rot; did you mean data.root?"),
         (["lrr=0.1"], "lrr=0.1: unknown config key lrr; did you mean optimizer.lr?"),
@@ -503,7 +503,8 @@ def test_random_overrides_give_a_clean_error_or_a_working_config(data_root: Path
             net = checkpoint.build_network(run["model"])
             assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
             instantiate(cfg.optimizer)(net.parameters())
-            images = data.augment(torch.rand(4, 1, 28, 28), cfg.aug)
+            aug = instantiate(cfg.aug)
+            images = aug.apply(torch.rand(4, 1, 28, 28), aug.draw(4, torch.Generator()))
             assert images.shape == (4, 1, 28, 28) and torch.isfinite(images).all()
 
         check()

@@ -1,0 +1,167 @@
+"""Packed training: which jobs pack together, packed runs against their unpacked twins, a pack that stops, falls
+behind in part or loses a member, and packed sweeps through the real command line."""
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT
+from test_crash import assert_consistent, assert_same_result, assert_same_weights
+
+from fmsweep import checkpoint, packing, train
+from fmsweep.data import load_fashion_mnist
+from fmsweep.errors import Interrupted
+from fmsweep.runs import find_runs, read_overrides
+
+CNN = ("model=fancy_cnn", "model.channels=[4,8,8]")  # BatchNorm, small enough for CPU
+
+
+def test_jobs_that_differ_only_in_free_settings_pack_together(make_cfg) -> None:
+    configs = [make_cfg(*o, "pack=3") for o in (
+        ["model=fc", "seed=0"], ["model=fc", "seed=1", "optimizer.lr=0.01", "reg.l2=1e-4"], ["model=linear"],
+        ["model=fc", "seed=2", "aug=flip_affine"], ["model=fc", "seed=3", "aug=flip_affine", "aug.degrees=5"],
+        ["model=fc", "seed=4"], ["model=fc", "seed=5"], ["model=fc", "epochs=2"], ["model=fc", "optimizer=sgd"],
+        ["model=fc", "reg=dropout"],
+    )]
+    # seeds, lr, l2 and augmentation settings (aug=none is flip_affine at zero) are the members' own; the model,
+    # epochs, optimizer class and dropout (it is part of the model) are not; a pack holds at most `pack` jobs
+    assert packing.plan(configs) == [[0, 1, 3], [2], [4, 5, 6], [7], [8], [9]]
+    assert packing.plan([make_cfg("seed=0"), make_cfg("seed=1")]) == [[0], [1]]  # pack=1: every job alone
+
+
+@pytest.mark.parametrize("model", [("model=fc",), CNN], ids=["fc", "cnn_with_batchnorm"])
+def test_a_packed_run_equals_its_unpacked_twin(make_cfg, tmp_path: Path, model: tuple[str, ...]) -> None:
+    """Each member of a pack (own seed, lr, l2) ends bitwise where the same config ends alone: weights after
+    every epoch, optimizer state, best model, metrics and history."""
+    settings = [("seed=0",), ("seed=1", "optimizer.lr=0.003"), ("seed=2", "reg.l2=1e-3")]
+    configs = [make_cfg(*model, "aug=flip_affine", "epochs=2", *s) for s in settings]
+    dirs = [tmp_path / f"packed{i}" for i in range(3)]
+    train.run_pack(configs[:1], dirs[:1])  # a pack of one is a lone run
+    for i, cfg in enumerate(configs):
+        train.run(cfg, tmp_path / f"alone{i}")
+    train.run_pack(configs, dirs)
+    for i in range(3):
+        assert_same_result(tmp_path / f"alone{i}", dirs[i])
+        packed, alone = (checkpoint.load(d / checkpoint.LAST) for d in (dirs[i], tmp_path / f"alone{i}"))
+        assert packed["optimizer"]["state"].keys() == alone["optimizer"]["state"].keys()
+        for key, state in alone["optimizer"]["state"].items():
+            assert all(torch.equal(state[k], packed["optimizer"]["state"][key][k]) for k in state)
+
+
+def test_the_stacked_step_computes_what_the_members_compute_one_by_one(make_cfg, tmp_path: Path) -> None:
+    """The vmapped step (CUDA's, here on the CPU) against the one-by-one step: same losses, same weights and
+    BatchNorm statistics after a few SGD steps, within float32 rounding (grouped convolutions sum in another order)."""
+    configs = [make_cfg(*CNN, "optimizer=sgd", f"seed={s}", f"optimizer.lr={lr}") for s, lr in ((0, 0.05), (1, 0.02))]
+    raw = load_fashion_mnist(configs[0].data.root, False)
+    results = []
+    for stacked in (False, True):
+        pack = [train.RunState(cfg, tmp_path / f"{stacked}{i}", torch.device("cpu"), raw, "") for i, cfg in enumerate(configs)]
+        for run in pack:
+            run.model.train()
+        step = train.PackStep(pack, stacked=stacked)
+        loader = train.TrainLoader([run.source() for run in pack], 32)
+        loader.plan()
+        losses = [step(x, y)[0] for _, (_, x, y) in zip(range(4), loader.batches())]
+        results.append((torch.stack(losses), [run.model.net.state_dict() for run in pack]))
+    (losses_a, states_a), (losses_b, states_b) = results
+    torch.testing.assert_close(losses_b, losses_a, rtol=1e-5, atol=1e-6)
+    for a, b in zip(states_a, states_b):
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
+    assert not torch.equal(states_a[0]["features.1.running_mean"], states_a[1]["features.1.running_mean"])
+
+
+def test_a_stopped_pack_resumes_every_member_bitwise(make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    configs = [make_cfg("model=fc", "reg=dropout", "aug=flip_affine", "epochs=3", f"seed={s}") for s in (0, 1)]
+    straight = [tmp_path / f"straight{i}" for i in range(2)]
+    resumed = [tmp_path / f"resumed{i}" for i in range(2)]
+    train.run_pack(configs, straight)
+    step, done = train.PackStep.__call__, 0
+
+    def signalling_step(self: train.PackStep, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal done
+        out = step(self, x, y)
+        done += 1
+        if done in (5, 13, 20):  # mid-epoch, the last batch of epoch 1, mid-epoch 2
+            signal.raise_signal(signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(train.PackStep, "__call__", signalling_step)
+    stops = 0
+    while True:
+        try:
+            train.run_pack(configs, resumed)
+            break
+        except Interrupted:
+            stops += 1
+            positions = {(last["epoch"], last["partial"]["next"]) for last in
+                         (checkpoint.load(d / checkpoint.LAST) for d in resumed)}
+            assert len(positions) == 1  # every member saved at the same batch
+            for d in resumed:
+                assert_consistent(d)
+    assert stops == 3 and done == 3 * 13  # 400 images in batches of 32: 13 a epoch, none trained twice
+    for a, b in zip(straight, resumed):
+        assert_same_result(a, b)
+
+
+def test_members_left_behind_by_a_stop_while_saving_catch_up(make_cfg, tmp_path: Path) -> None:
+    """An attempt killed between two members' last.pt leaves them an epoch apart: the next attempt trains the one
+    behind alone up to the other, then both together; each ends as it would have uninterrupted."""
+    configs = [make_cfg("model=fc", "epochs=3", f"seed={s}") for s in (0, 1)]
+    straight = [tmp_path / f"straight{i}" for i in range(2)]
+    dirs = [tmp_path / f"run{i}" for i in range(2)]
+    train.run_pack(configs, straight)
+    train.run_pack([make_cfg("model=fc", "epochs=1", f"seed={s}") for s in (0, 1)], dirs)
+    behind = checkpoint.load(dirs[1] / checkpoint.LAST)
+    train.run_pack([make_cfg("model=fc", "epochs=2", "seed=0"), make_cfg("model=fc", "epochs=2", "seed=1")], dirs)
+    checkpoint.save(behind, dirs[1] / checkpoint.LAST)  # as if the attempt died after saving member 0's epoch 2
+    (dirs[0] / "metrics.json").unlink()
+    (dirs[1] / "metrics.json").unlink()
+    train.run_pack(configs, dirs)
+    for a, b in zip(straight, dirs):
+        assert_same_weights(checkpoint.load(a / checkpoint.LAST)["state_dict"], checkpoint.load(b / checkpoint.LAST)["state_dict"])
+        assert json.loads((a / "metrics.json").read_text())["test_acc"] == json.loads((b / "metrics.json").read_text())["test_acc"]
+
+
+def test_a_member_that_diverges_stops_alone(make_cfg, tmp_path: Path) -> None:
+    configs = [make_cfg("model=fc", "optimizer=sgd", "epochs=2", "seed=0"),
+               make_cfg("model=fc", "optimizer=sgd", "epochs=2", "seed=1", "reg.l2=1e38")]
+    dirs = [tmp_path / "ok", tmp_path / "diverged"]
+    losses = train.run_pack(configs, dirs)
+    assert losses[0] is not None and losses[1] is None
+    assert json.loads((dirs[0] / "metrics.json").read_text())["status"] == "completed"
+    failed = json.loads((dirs[1] / "metrics.json").read_text())
+    assert failed["status"] == "failed" and "training diverged" in failed["error"]
+    train.run(make_cfg("model=fc", "optimizer=sgd", "epochs=2", "seed=0"), tmp_path / "alone")
+    assert_same_result(tmp_path / "alone", dirs[0])
+
+
+def sweep(data_root: Path, sweep_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "fmsweep", "-m", f"data.root={data_root}", "data.download=false", "device=cpu",
+               "batch_size=64", "epochs=2", *args, f"hydra.sweep.dir={sweep_dir}"]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["basic", "submitit_local"])
+def test_a_packed_sweep_writes_the_job_dirs_of_an_unpacked_one(data_root: Path, tmp_path: Path, launcher: str) -> None:
+    jobs = ["model=linear,fc", "seed=0,1,2"]
+    extra = [] if launcher == "basic" else ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"]
+    unpacked = sweep(data_root, tmp_path / "unpacked", *jobs)
+    packed = sweep(data_root, tmp_path / "packed", *jobs, "pack=2", *extra)
+    assert unpacked.returncode == 0 and packed.returncode == 0, packed.stderr
+    assert "6 jobs in 4 launcher jobs (pack=2)" in packed.stdout
+    names = [run.name for run in find_runs(tmp_path / "unpacked")]
+    assert [run.name for run in find_runs(tmp_path / "packed")] == names  # same dirs, no pack among them
+    assert sorted(p.name for p in (tmp_path / "packed" / "packs").iterdir()) == ["0-1", "2", "3-4", "5"]
+    for name in names:
+        assert_same_result(tmp_path / "unpacked" / name, tmp_path / "packed" / name)
+        assert read_overrides(tmp_path / "unpacked" / name) == read_overrides(tmp_path / "packed" / name)
+    assert packed.stdout.count("completed: test acc") == 6
+    ensemble = subprocess.run([sys.executable, "-m", "fmsweep.ensemble", str(tmp_path / "packed")], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+    assert ensemble.returncode == 0, ensemble.stderr

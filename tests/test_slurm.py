@@ -113,6 +113,50 @@ def test_usr2_requeues_and_resumes_where_it_stopped(data_root: Path, tmp_path: P
 
 @pytest.mark.slurm
 @needs_cluster
+def test_usr2_requeues_a_packed_job_and_every_member_resumes(data_root: Path, tmp_path: Path) -> None:
+    """Two jobs packed into one SLURM job: USR2 saves both, SLURM requeues the one job, both resume and finish
+    each epoch once, in the job dirs they would have had unpacked; the live status lists the members."""
+    epochs = 12
+    args = [*CPU_SLURM, *fast_overrides(data_root), f"epochs={epochs}", "model=vanilla_cnn", "batch_size=8", "seed=0,1",
+            "pack=2", f"hydra.sweep.dir={tmp_path}"]
+    proc = subprocess.Popen([sys.executable, "-m", "fmsweep", "-m", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    job_id = None
+    try:
+        deadline = time.time() + 300
+        while sum(len(h.read_text().splitlines()) >= 3 for h in tmp_path.glob("*/history.csv")) < 2:  # 2 epochs done
+            assert proc.poll() is None and time.time() < deadline, "the pack did not reach epoch 2"
+            time.sleep(0.2)
+        jobs = job_dirs(tmp_path)
+        [job_id] = {str(OmegaConf.load(job / ".hydra" / "hydra.yaml").hydra.job.id) for job in jobs}  # one SLURM job
+        subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+        if job_id is not None:
+            subprocess.run(["scancel", job_id])  # no-op once the job ended
+    assert proc.returncode == 0, out[-3000:]
+    assert [job.name for job in jobs] == [f"{i}_batch_size=8,epochs={epochs},model=vanilla_cnn,seed={i}" for i in (0, 1)]
+    assert_complete(jobs, epochs=epochs)
+    for job in jobs:
+        with open(job / "history.csv") as f:
+            assert [int(r["epoch"]) for r in csv.DictReader(f)] == list(range(1, epochs + 1))
+    assert len(list((tmp_path / ".submitit").glob("*/*_log.out"))) == 1
+    log = (tmp_path / "packs" / "0-1" / "__main__.log").read_text()
+    assert "Signal 12: saved" in log
+    for job in jobs:
+        resumed = re.search(rf"{re.escape(job.name)}: Resuming from .* at epoch (\d+)", log)
+        assert resumed and 2 <= int(resumed.group(1)) < epochs, log
+    # the live status lists the members, each one line per change: running, pending while requeued, running again
+    lines = [line for line in out.splitlines() if line.startswith("fmsweep: ") and line.endswith(" failed)")]
+    for job in jobs:
+        states = [line.split()[2].rstrip(":") for line in lines if line.startswith(f"fmsweep: {job.name} ")]
+        assert states[-1] == "completed" and states.count("completed") == 1, lines
+    assert lines[-1].endswith("(0 pending, 0 running, 2 completed, 0 failed)")
+    print("\npacked job requeued by USR2; its live status:\n" + "\n".join(lines))
+
+
+@pytest.mark.slurm
+@needs_cluster
 def test_failed_job_is_reported_and_the_others_complete(data_root: Path, tmp_path: Path) -> None:
     proc = sweep(*CPU_SLURM, *fast_overrides(data_root), "model=fc", "optimizer=sgd", "optimizer.lr=1e-3,1e30,1e-2", f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode == 1

@@ -6,14 +6,18 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from fmsweep import packing
 from fmsweep.errors import UserError
 from fmsweep.runs import find_runs
 
 
 def job_logs(sweep_dir: Path, job_dir: Path) -> list[Path]:
-    """The logs of a job: its run log and, under a submitit launcher, the job's stdout/stderr files."""
+    """The logs of a job: its run log (its pack's, when it trained in one) and, under a submitit launcher, the
+    stdout/stderr files of the launcher job that ran it."""
     job_id = OmegaConf.load(job_dir / ".hydra" / "hydra.yaml").hydra.job.id
-    return sorted(job_dir.glob("*.log")) + sorted((sweep_dir / ".submitit" / str(job_id)).glob("*_log.*"))
+    pack_dir = packing.pack_of(sweep_dir, job_dir)
+    logs = sorted((pack_dir or job_dir).glob("*.log"))
+    return logs + sorted((sweep_dir / ".submitit" / str(job_id)).glob("*_log.*"))
 
 
 def report(sweep_dir: Path, error: Exception | None) -> None:

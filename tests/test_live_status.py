@@ -151,6 +151,18 @@ def test_a_lone_slurm_job_is_the_first_job(tmp_path: Path, monkeypatch: pytest.M
     assert blocks(out.getvalue(), 2)[-1][0] == "0_  pending (Resources)"
 
 
+def test_members_of_a_pack_show_the_slurm_state_of_the_task_that_runs_them(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    for task in (0, 1):
+        (tmp_path / ".submitit" / f"50_{task}").mkdir(parents=True)
+    monkeypatch.setattr(live_status, "squeue", lambda job_ids: {"50_0": ("PENDING", "Priority"), "50_1": ("PENDING", "Resources")})
+    out = Terminal()
+    jobs = [Job("0_seed=0", 5, task=0), Job("1_seed=1", 5, task=0), Job("2_seed=2", 5, task=1)]
+    LiveStatus(tmp_path, jobs, stream=out, slurm=True).update()
+    assert blocks(out.getvalue(), 4)[-1][:3] == ["0_seed=0  pending (Priority)", "1_seed=1  pending (Priority)",
+                                                 "2_seed=2  pending (Resources)"]
+
+
 def test_squeue_command_and_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
     commands = []
 

@@ -165,3 +165,15 @@ def test_a_packed_sweep_writes_the_job_dirs_of_an_unpacked_one(data_root: Path, 
     ensemble = subprocess.run([sys.executable, "-m", "fmsweep.ensemble", str(tmp_path / "packed")], cwd=ROOT,
                               capture_output=True, text=True, timeout=300)
     assert ensemble.returncode == 0, ensemble.stderr
+
+
+@pytest.mark.slow
+def test_a_member_that_diverges_in_a_packed_sweep_is_reported_alone(data_root: Path, tmp_path: Path) -> None:
+    proc = sweep(data_root, tmp_path, "model=fc", "optimizer=sgd", "reg.l2=0,1e38", "pack=2")
+    assert proc.returncode == 1
+    ok, diverged = (tmp_path / f"{i}_batch_size=64,epochs=2,model=fc,optimizer=sgd,reg.l2={v}" for i, v in ((0, 0), (1, 1e38)))
+    assert json.loads((ok / "metrics.json").read_text())["status"] == "completed"
+    assert "1 completed, 1 failed)" in proc.stdout
+    assert f"  {diverged.name}: failed: TrainingDiverged: training diverged" in proc.stderr
+    assert f"log: {tmp_path / 'packs' / '0-1' / '__main__.log'}" in proc.stderr
+    assert ok.name + ":" not in proc.stderr

@@ -236,51 +236,46 @@ def machine(device: torch.device, workers: int) -> dict[str, Any]:
     }
 
 
+def table(title: str, columns: list[str], rows: list[list[str]], footnote: str | None) -> str:
+    """A markdown table under a title line, the first column left-aligned, with an optional footnote."""
+    lines = [title, "", "| " + " | ".join(columns) + " |", "| --- |" + " ---: |" * (len(columns) - 1)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join([*lines, *(["", footnote] if footnote else [])]) + "\n"
+
+
+def verdict(value: float, target: float | None) -> str:
+    return f"≥ {target:g}× {'met' if value >= target else 'missed'}" if target else ""
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The results as a markdown table with a header line on the machine."""
-    m = report["machine"]
-    lines = [
-        f"Training epoch (batch {report['results'][0]['batch_size']}), median of {report['epochs']} epochs after "
-        f"{report['warmup']} warm-up; {m['device_type']}: {m['device']}, {m['cpu_count']} CPUs, torch {m['torch']}, "
-        f"{m['torch_threads']} threads; the practical's DataLoader with {m['workers']} workers.",
-        "",
-        "| case | images/epoch | practical s/epoch | practical img/s | fmsweep s/epoch | fmsweep img/s | speed-up | target |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in report["results"]:
-        s, ips = r["median_seconds"], r["images_per_second"]
-        target = f"≥ {r['target']:g}× {'met' if r['speedup'] >= r['target'] else 'missed'}" if r["target"] else ""
-        lines.append(
-            f"| {r['case']} | {r['images_per_epoch']}{' *' if r['limited_batches'] else ''} | {s['practical']:.3f} | "
-            f"{ips['practical']:,.0f} | {s['fmsweep']:.3f} | {ips['fmsweep']:,.0f} | {r['speedup']:.2f}× | {target} |"
-        )
-    if any(r["limited_batches"] for r in report["results"]):
-        lines += ["", f"\\* on CPU, convolutional models train on {report['cpu_cnn_batches']} batches per epoch (the images "
-                      "counted), not on the whole training split: set --cpu-cnn-batches 0 for whole epochs."]
-    return "\n".join(lines) + "\n"
-
-
-def pack_markdown(report: dict[str, Any]) -> str:
-    """The --pack results as a markdown table with a header line on the machine."""
-    m, first = report["machine"], report["results"][0]
-    lines = [
-        f"{first['pack']} jobs of {first['job_epochs']} epochs (batch {first['batch_size']}): unpacked in sequence "
-        f"against one packed job, whole jobs in one process, median of {report['epochs']} rounds after "
-        f"{report['warmup']} warm-up; {m['device_type']}: {m['device']}, {m['cpu_count']} CPUs, torch {m['torch']}, "
-        f"{m['torch_threads']} threads.",
-        "",
-        "| case | train images | unpacked s | unpacked img/s | packed s | packed img/s | ratio | target |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in report["results"]:
-        s, ips = r["median_seconds"], r["images_per_second"]
-        target = f"≥ {r['target']:g}× {'met' if r['ratio'] >= r['target'] else 'missed'}" if r["target"] else ""
-        lines.append(f"| {r['case']} | {r['train_images']}{' *' if r['limited_batches'] else ''} | {s['unpacked']:.2f} | "
-                     f"{ips['unpacked']:,.0f} | {s['packed']:.2f} | {ips['packed']:,.0f} | {r['ratio']:.2f}× | {target} |")
-    if any(r["limited_batches"] for r in report["results"]):
-        lines += ["", f"\\* on CPU, convolutional models train on data.subset such that the train split holds "
-                      f"{report['cpu_cnn_batches']} batches: set --cpu-cnn-batches 0 for the whole split."]
-    return "\n".join(lines) + "\n"
+    m, results = report["machine"], report["results"]
+    machine_text = (f"{m['device_type']}: {m['device']}, {m['cpu_count']} CPUs, torch {m['torch']}, "
+                    f"{m['torch_threads']} threads")
+    limited = any(r["limited_batches"] for r in results)
+    if "pack" not in results[0]:
+        title = (f"Training epoch (batch {results[0]['batch_size']}), median of {report['epochs']} epochs after "
+                 f"{report['warmup']} warm-up; {machine_text}; the practical's DataLoader with {m['workers']} workers.")
+        columns = ["case", "images/epoch", "practical s/epoch", "practical img/s", "fmsweep s/epoch", "fmsweep img/s",
+                   "speed-up", "target"]
+        rows = [[r["case"], f"{r['images_per_epoch']}{' *' if r['limited_batches'] else ''}",
+                 f"{r['median_seconds']['practical']:.3f}", f"{r['images_per_second']['practical']:,.0f}",
+                 f"{r['median_seconds']['fmsweep']:.3f}", f"{r['images_per_second']['fmsweep']:,.0f}",
+                 f"{r['speedup']:.2f}×", verdict(r["speedup"], r["target"])] for r in results]
+        footnote = (f"\\* on CPU, convolutional models train on {report['cpu_cnn_batches']} batches per epoch (the images "
+                    "counted), not on the whole training split: set --cpu-cnn-batches 0 for whole epochs.")
+    else:
+        title = (f"{results[0]['pack']} jobs of {results[0]['job_epochs']} epochs (batch {results[0]['batch_size']}): "
+                 f"unpacked in sequence against one packed job, whole jobs in one process, median of {report['epochs']} "
+                 f"rounds after {report['warmup']} warm-up; {machine_text}.")
+        columns = ["case", "train images", "unpacked s", "unpacked img/s", "packed s", "packed img/s", "ratio", "target"]
+        rows = [[r["case"], f"{r['train_images']}{' *' if r['limited_batches'] else ''}",
+                 f"{r['median_seconds']['unpacked']:.2f}", f"{r['images_per_second']['unpacked']:,.0f}",
+                 f"{r['median_seconds']['packed']:.2f}", f"{r['images_per_second']['packed']:,.0f}",
+                 f"{r['ratio']:.2f}×", verdict(r["ratio"], r["target"])] for r in results]
+        footnote = (f"\\* on CPU, convolutional models train on data.subset such that the train split holds "
+                    f"{report['cpu_cnn_batches']} batches: set --cpu-cnn-batches 0 for the whole split.")
+    return table(title, columns, rows, footnote if limited else None)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -299,9 +294,9 @@ def main(argv: list[str] | None = None) -> None:
               "cpu_cnn_batches": args.cpu_cnn_batches, "results": results}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = pack_markdown(report) if args.pack > 1 else markdown(report)
-    (args.out / "bench.md").write_text(table)
-    print(table)
+    text = markdown(report)
+    (args.out / "bench.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

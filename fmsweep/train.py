@@ -1,9 +1,9 @@
 """Training: one run, or a pack of runs trained together in one process, each into its own run dir.
 
-A run is a pack of one. `run_pack` builds each run's state (resumed from its last.pt if any), trains the pack
-epoch by epoch (`train`), and ends each run with its final evaluation. Runs of a pack share the step: on CUDA
-(cuda.stack) their networks run as one vmapped computation; on the CPU one after another, which measured faster
-there and keeps each run bitwise what it would be alone.
+A run is a pack of one. `run_pack` builds each run's state (resumed from its last.pt if any) from one reading of
+the data set, trains them (`train`), and ends each run with its final evaluation. On CUDA (cuda.stack) the runs of
+a pack train together, their networks one vmapped computation in one step; on the CPU they train one after
+another, which measured fastest there (a run's weights stay in the caches), each bitwise what it would be alone.
 """
 from __future__ import annotations
 
@@ -287,16 +287,23 @@ class PackStep:
         return tuple(out)
 
 
-def train(pack: list[RunState], until: tuple[int, int] | None = None) -> list[RunState]:
+def stacked(device: torch.device, cfg: DictConfig) -> bool:
+    """Whether the runs of a pack train together as one vmapped computation: on CUDA, with cuda.stack. On the CPU
+    they train one after another: measured faster there than both the vmapped step and the runs' steps in turn."""
+    return device.type == "cuda" and cfg.cuda.stack
+
+
+def train(pack: list[RunState], until: tuple[int, int] | None = None) -> dict[RunState, TrainingDiverged]:
     """Train the runs of `pack`, which stand at one position, to their last epoch, or only up to position `until`
-    (where other runs of the pack stand); return those that diverged, each marked failed in its run dir.
+    (where other runs of the pack stand); return those that diverged, each marked failed in its run dir, with
+    their error.
 
     A stop signal saves every run's last.pt within the epoch, then stops (or lets submitit requeue the job)."""
     cfg, device, K = pack[0].cfg, pack[0].generator.device, len(pack)
     torch.set_rng_state(pack[0].rng_cpu)
     if pack[0].rng_cuda is not None:
         torch.cuda.set_rng_state(pack[0].rng_cuda, device)
-    step = PackStep(pack, stacked=device.type == "cuda" and cfg.cuda.stack)
+    step = PackStep(pack, stacked=stacked(device, cfg))
     loader = TrainLoader([run.source() for run in pack], cfg.batch_size)
     show_bar = sys.stdout.isatty()
     with StopRequest() as stop:
@@ -328,29 +335,29 @@ def train(pack: list[RunState], until: tuple[int, int] | None = None) -> list[Ru
                                        "correct": correct[k].cpu(), "seconds": time.perf_counter() - t0}
                         run.save()
                     if stop.signum is None:
-                        return []
+                        return {}
                     log.warning("Signal %d: saved %s in epoch %d after batch %d", stop.signum,
                                 ", ".join(str(run.run_dir / checkpoint.LAST) for run in pack), epoch, b + 1)
                     stop.handle()
-            seconds, failed = time.perf_counter() - t0, []
+            seconds, failed = time.perf_counter() - t0, {}
             for k, run in enumerate(pack):
                 try:
                     run.end_epoch(losses[k], correct[k].item(), seconds)
                 except TrainingDiverged as exc:
-                    if K == 1:
-                        raise
-                    log.error("%s%s", run.label, exc)
+                    if run.label:  # a lone run's error is the command's error
+                        log.error("%s%s", run.label, exc)
                     tracking.record_failure(run.run_dir, exc)
-                    failed.append(run)
+                    failed[run] = exc
             if failed or until == (epoch, 0):
                 return failed
-    return []
+    return {}
 
 
 def run_pack(cfgs: list[DictConfig], run_dirs: list[Path]) -> list[float | None]:
     """Train each config in its run dir (resuming from its last.pt), all together as one pack; return each run's
-    best valid loss, None for a run that diverged. The configs differ only where shapes and steps do not (see
-    fmsweep.packing); a lone run is a pack of one."""
+    best valid loss, None for a run that diverged (a lone run raises its TrainingDiverged). The configs differ
+    only where shapes and steps do not (see fmsweep.packing); a lone run is a pack of one. Each run ends with its final evaluation as soon as it trained
+    its last epoch."""
     for cfg in cfgs:
         validate(cfg)
     device = resolve_device(cfgs[0].device)
@@ -366,17 +373,26 @@ def run_pack(cfgs: list[DictConfig], run_dirs: list[Path]) -> list[float | None]
         elif run.position != (0, 0):
             log.info("%sResuming from %s at epoch %d%s", run.label, run.run_dir / checkpoint.LAST, run.epoch,
                      f", batch {run.partial['next']}" if run.partial else "")
-    finished = [run for run in runs if run.finished]
-    failed: list[RunState] = []
-    pending = [run for run in runs if run not in finished]
-    # Runs of a pack stand at one position, unless an attempt stopped while saving them: those behind catch up first.
+    together = stacked(device, cfgs[0])
+    results: dict[Path, float | None] = {run.run_dir: tracking.read_metrics(run.run_dir)["valid_loss"]
+                                         for run in runs if run.finished}
+    pending = [run for run in runs if run.run_dir not in results]
     while pending:
+        # Stacked, the runs train together, from one position: if an attempt stopped while saving them one by one,
+        # those behind catch up first. Otherwise each trains alone, which keeps its weights in the CPU's caches.
         lead = min(run.position for run in pending)
+        group = [run for run in pending if run.position == lead][: None if together else 1]
         ahead = [run.position for run in pending if run.position > lead]
-        failed += train([run for run in pending if run.position == lead], min(ahead, default=None))
-        pending = [run for run in pending if run.position < (run.cfg.epochs, 0) and run not in failed]
-    return [None if run in failed else tracking.read_metrics(run.run_dir)["valid_loss"] if run in finished
-            else run.finish() for run in runs]
+        failed = train(group, min(ahead, default=None) if together else None)
+        if failed and len(runs) == 1:
+            raise failed[runs[0]]
+        for run in group:
+            if run in failed:
+                results[run.run_dir] = None
+            elif run.position == (run.cfg.epochs, 0):
+                results[run.run_dir] = run.finish()
+        pending = [run for run in pending if run.run_dir not in results]
+    return [results[run.run_dir] for run in runs]
 
 
 def run(cfg: DictConfig, run_dir: Path) -> float:

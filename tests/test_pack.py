@@ -75,40 +75,54 @@ def test_the_stacked_step_computes_what_the_members_compute_one_by_one(make_cfg,
     assert not torch.equal(states_a[0]["features.1.running_mean"], states_a[1]["features.1.running_mean"])
 
 
-def test_a_stopped_pack_resumes_every_member_bitwise(make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def stack_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runs of a pack train together, as on CUDA: the vmapped step and its scheduling, here on the CPU."""
+    monkeypatch.setattr(train, "stacked", lambda device, cfg: True)
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["one_after_another", "stacked"])
+def test_a_stopped_pack_resumes_every_member_bitwise(make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     together: bool) -> None:
+    if together:
+        monkeypatch.setattr(train, "stacked", lambda device, cfg: True)
     configs = [make_cfg("model=fc", "reg=dropout", "aug=flip_affine", "epochs=3", f"seed={s}") for s in (0, 1)]
     straight = [tmp_path / f"straight{i}" for i in range(2)]
     resumed = [tmp_path / f"resumed{i}" for i in range(2)]
     train.run_pack(configs, straight)
     step, done = train.PackStep.__call__, 0
+    # 400 images in batches of 32: 13 steps an epoch. Together: mid-epoch 1, its last batch, mid-epoch 2;
+    # one after another: the same for the first run, then mid-epoch 1 and the last batch of the second
+    stops = (5, 13, 20) if together else (5, 13, 20, 45, 78)
 
     def signalling_step(self: train.PackStep, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         nonlocal done
         out = step(self, x, y)
         done += 1
-        if done in (5, 13, 20):  # mid-epoch, the last batch of epoch 1, mid-epoch 2
+        if done in stops:
             signal.raise_signal(signal.SIGTERM)
         return out
 
     monkeypatch.setattr(train.PackStep, "__call__", signalling_step)
-    stops = 0
+    attempts = 0
     while True:
         try:
             train.run_pack(configs, resumed)
             break
         except Interrupted:
-            stops += 1
-            positions = {(last["epoch"], last["partial"]["next"]) for last in
-                         (checkpoint.load(d / checkpoint.LAST) for d in resumed)}
-            assert len(positions) == 1  # every member saved at the same batch
+            attempts += 1
+            positions = {(last["epoch"], (last["partial"] or {}).get("next")) for last in
+                         (checkpoint.load(d / checkpoint.LAST) for d in resumed if (d / checkpoint.LAST).exists())}
+            if together:
+                assert len(positions) == 1  # every member saved at the same batch
             for d in resumed:
                 assert_consistent(d)
-    assert stops == 3 and done == 3 * 13  # 400 images in batches of 32: 13 a epoch, none trained twice
+    assert attempts == len(stops) and done == 3 * 13 * (1 if together else 2)  # no step twice
     for a, b in zip(straight, resumed):
         assert_same_result(a, b)
 
 
-def test_members_left_behind_by_a_stop_while_saving_catch_up(make_cfg, tmp_path: Path) -> None:
+def test_members_left_behind_by_a_stop_while_saving_catch_up(make_cfg, tmp_path: Path, stack_on_cpu: None) -> None:
     """An attempt killed between two members' last.pt leaves them an epoch apart: the next attempt trains the one
     behind alone up to the other, then both together; each ends as it would have uninterrupted."""
     configs = [make_cfg("model=fc", "epochs=3", f"seed={s}") for s in (0, 1)]
@@ -117,11 +131,19 @@ def test_members_left_behind_by_a_stop_while_saving_catch_up(make_cfg, tmp_path:
     train.run_pack(configs, straight)
     train.run_pack([make_cfg("model=fc", "epochs=1", f"seed={s}") for s in (0, 1)], dirs)
     behind = checkpoint.load(dirs[1] / checkpoint.LAST)
-    train.run_pack([make_cfg("model=fc", "epochs=2", "seed=0"), make_cfg("model=fc", "epochs=2", "seed=1")], dirs)
+    train.run_pack([make_cfg("model=fc", "epochs=2", f"seed={s}") for s in (0, 1)], dirs)
     checkpoint.save(behind, dirs[1] / checkpoint.LAST)  # as if the attempt died after saving member 0's epoch 2
-    (dirs[0] / "metrics.json").unlink()
-    (dirs[1] / "metrics.json").unlink()
-    train.run_pack(configs, dirs)
+    for d in dirs:
+        (d / "metrics.json").unlink()
+    steps = []
+    step = train.PackStep.__call__
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(train.PackStep, "__call__", lambda self, x, y: steps.append(len(x)) or step(self, x, y))
+    try:
+        train.run_pack(configs, dirs)
+    finally:
+        monkeypatch.undo()
+    assert steps == [1] * 13 + [2] * 13  # epoch 2 of the one behind alone, then epoch 3 of both together
     for a, b in zip(straight, dirs):
         assert_same_weights(checkpoint.load(a / checkpoint.LAST)["state_dict"], checkpoint.load(b / checkpoint.LAST)["state_dict"])
         assert json.loads((a / "metrics.json").read_text())["test_acc"] == json.loads((b / "metrics.json").read_text())["test_acc"]

@@ -76,20 +76,19 @@ def test_two_by_two_sweep_on_slurm(data_root: Path, tmp_path: Path) -> None:
     print(f"\n2x2 SLURM sweep wall time: {wall:.1f} s; its live status:\n" + "\n".join(lines))
 
 
-@pytest.mark.slurm
-@needs_cluster
-def test_usr2_requeues_and_resumes_where_it_stopped(data_root: Path, tmp_path: Path) -> None:
-    epochs = 12
-    args = [*CPU_SLURM, *fast_overrides(data_root), f"epochs={epochs}", "model=vanilla_cnn", "batch_size=8", f"hydra.sweep.dir={tmp_path}"]
-    proc = subprocess.Popen([sys.executable, "-m", "fmsweep", "-m", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def usr2_after_two_epochs(args: list[str], sweep_dir: Path, jobs: int) -> tuple[subprocess.Popen, str, list[Path], datetime]:
+    """Launch a SLURM sweep of `jobs` jobs, send USR2 to the SLURM job that runs them once each finished 2 epochs,
+    and wait for the sweep: the process, its output, the job dirs and when the signal went."""
+    proc = subprocess.Popen([sys.executable, "-m", "fmsweep", "-m", *args, f"hydra.sweep.dir={sweep_dir}"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     job_id = None
     try:
         deadline = time.time() + 300
-        while not any(len(h.read_text().splitlines()) >= 3 for h in tmp_path.glob("*/history.csv")):  # 2 epochs done
-            assert proc.poll() is None and time.time() < deadline, "the job did not reach epoch 2"
+        while sum(len(h.read_text().splitlines()) >= 3 for h in sweep_dir.glob("*/history.csv")) < jobs:
+            assert proc.poll() is None and time.time() < deadline, "the jobs did not reach epoch 2"
             time.sleep(0.2)
-        [job] = job_dirs(tmp_path)
-        job_id = str(OmegaConf.load(job / ".hydra" / "hydra.yaml").hydra.job.id)
+        found = job_dirs(sweep_dir)
+        [job_id] = {str(OmegaConf.load(job / ".hydra" / "hydra.yaml").hydra.job.id) for job in found}
         signalled = datetime.now()
         subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
         out, _ = proc.communicate(timeout=300)
@@ -97,6 +96,15 @@ def test_usr2_requeues_and_resumes_where_it_stopped(data_root: Path, tmp_path: P
         proc.kill()
         if job_id is not None:
             subprocess.run(["scancel", job_id])  # no-op once the job ended
+    return proc, out, found, signalled
+
+
+@pytest.mark.slurm
+@needs_cluster
+def test_usr2_requeues_and_resumes_where_it_stopped(data_root: Path, tmp_path: Path) -> None:
+    epochs = 12
+    args = [*CPU_SLURM, *fast_overrides(data_root), f"epochs={epochs}", "model=vanilla_cnn", "batch_size=8"]
+    proc, out, [job], signalled = usr2_after_two_epochs(args, tmp_path, jobs=1)
     assert proc.returncode == 0, out[-3000:]
     assert_complete([job], epochs=epochs)
     with open(job / "history.csv") as f:
@@ -118,22 +126,8 @@ def test_usr2_requeues_a_packed_job_and_every_member_resumes(data_root: Path, tm
     each epoch once, in the job dirs they would have had unpacked; the live status lists the members."""
     epochs = 12
     args = [*CPU_SLURM, *fast_overrides(data_root), f"epochs={epochs}", "model=vanilla_cnn", "batch_size=8", "seed=0,1",
-            "pack=2", f"hydra.sweep.dir={tmp_path}"]
-    proc = subprocess.Popen([sys.executable, "-m", "fmsweep", "-m", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    job_id = None
-    try:
-        deadline = time.time() + 300
-        while sum(len(h.read_text().splitlines()) >= 3 for h in tmp_path.glob("*/history.csv")) < 2:  # 2 epochs done
-            assert proc.poll() is None and time.time() < deadline, "the pack did not reach epoch 2"
-            time.sleep(0.2)
-        jobs = job_dirs(tmp_path)
-        [job_id] = {str(OmegaConf.load(job / ".hydra" / "hydra.yaml").hydra.job.id) for job in jobs}  # one SLURM job
-        subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
-        out, _ = proc.communicate(timeout=300)
-    finally:
-        proc.kill()
-        if job_id is not None:
-            subprocess.run(["scancel", job_id])  # no-op once the job ended
+            "pack=2"]
+    proc, out, jobs, _ = usr2_after_two_epochs(args, tmp_path, jobs=2)  # one SLURM job runs both
     assert proc.returncode == 0, out[-3000:]
     assert [job.name for job in jobs] == [f"{i}_batch_size=8,epochs={epochs},model=vanilla_cnn,seed={i}" for i in (0, 1)]
     assert_complete(jobs, epochs=epochs)

@@ -103,8 +103,8 @@ def timed(epoch: Callable[[], Any], device: torch.device) -> float:
 
 def fmsweep_epoch(run: train.RunState) -> Callable[[], float]:
     """One training epoch of `run` as `python -m fmsweep` trains it: its TrainLoader and PackStep."""
-    step = train.PackStep([run], stacked=False)
     loader = TrainLoader([run.source()], run.cfg.batch_size)
+    step = train.PackStep([run], False, loader.num_batches)
 
     def epoch() -> float:
         run.model.train()

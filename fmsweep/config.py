@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -24,7 +25,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from fmsweep import augment, checkpoint, data, models
+from fmsweep import augment, checkpoint, data, models, schedule
 from fmsweep.errors import UserError, exit_with
 
 
@@ -89,6 +90,8 @@ RUN_KEYS: dict[str, Check] = {
     "cuda.graph": BOOLEAN,
     "cuda.stack": BOOLEAN,
     "pack": integer(1),
+    "early_stop.patience": optional(integer(1)),
+    "early_stop.min_delta": number(0),
     "data.root": PATH,
     "data.download": BOOLEAN,
     "data.valid_ratio": number(0, 1, "()"),
@@ -98,7 +101,7 @@ RUN_KEYS: dict[str, Check] = {
     "reg.input_dropout": PROBABILITY,
     "reg.dropout": PROBABILITY,
 }
-# Constructor arguments of models, optimizers and augmentations, checked where the chosen class takes them; the others
+# Constructor arguments of models, optimizers, augmentations and schedules, checked where the chosen class takes them; the others
 # a class takes (betas, eps, ...) are left to the class itself in a trial construction.
 ARGUMENTS: dict[str, Check] = {
     "model.hidden": SIZES,
@@ -112,6 +115,13 @@ ARGUMENTS: dict[str, Check] = {
     "aug.hflip": number(0, 1),
     "aug.degrees": number(0, 180),
     "aug.translate": number(0, 1),
+    "scheduler.warmup_epochs": number(0),
+    "scheduler.final": number(0, 1),
+    "scheduler.pct_start": number(0, 1, "()"),
+    "scheduler.div_factor": number(1),
+    "scheduler.final_div_factor": number(1),
+    "scheduler.milestones": SIZES,
+    "scheduler.gamma": number(0, 1, "(]"),
 }
 
 
@@ -171,7 +181,7 @@ def _known_beside(key: str) -> list[str]:
     """The names a user may have meant for `key`: those of its section, else the top-level keys and groups."""
     section = key.rpartition(".")[0]
     inside = [k.removeprefix(f"{section}.") for k in RUN_KEYS if section and k.startswith(f"{section}.")]
-    names = inside or [*RUN_KEYS, "model", "optimizer", "aug"]
+    names = inside or [*RUN_KEYS, "model", "optimizer", "aug", "scheduler"]
     return list(dict.fromkeys(name.split(".")[0] for name in names))
 
 
@@ -228,14 +238,14 @@ def _check_optimizer(settings: dict[str, Any]) -> None:
         raise UserError(f"optimizer {target} rejects {show(settings)} ({first_line(exc.__cause__ or exc)})") from None
 
 
-def _check_aug(settings: dict[str, Any]) -> None:
-    """An aug config must build one of fmsweep.augment's augmentations from its settings."""
+def _check_component(group: str, settings: dict[str, Any], module: ModuleType, kind: str) -> None:
+    """A config of `group` must build one of `module`'s classes (an augmentation, a schedule) from its settings."""
     target = settings.get("_target_")
-    module, _, name = str(target).rpartition(".")
-    cls = getattr(augment, name, None)
-    if module != augment.__name__ or not isinstance(cls, type):
-        raise UserError(f"aug._target_ must name an augmentation of {augment.__name__}, got {show(target)}")
-    _check_arguments("aug", settings, cls, set())
+    module_name, _, name = str(target).rpartition(".")
+    cls = getattr(module, name, None)
+    if module_name != module.__name__ or not isinstance(cls, type):
+        raise UserError(f"{group}._target_ must name {kind} of {module.__name__}, got {show(target)}")
+    _check_arguments(group, settings, cls, set())
 
 
 def validate(cfg: DictConfig) -> None:
@@ -250,7 +260,7 @@ def validate(cfg: DictConfig) -> None:
     except OmegaConfBaseException as exc:
         raise UserError(f"config does not resolve: {first_line(exc)}") from None
     assert isinstance(tree, dict)
-    groups = {group: tree.pop(group, None) for group in ("model", "optimizer", "aug")}
+    groups = {group: tree.pop(group, None) for group in ("model", "optimizer", "aug", "scheduler")}
     for group, settings in groups.items():
         if not isinstance(settings, dict):
             raise UserError(f"{group} must be a config group (e.g. {group}=<option>), got {show(settings)}")
@@ -266,7 +276,8 @@ def validate(cfg: DictConfig) -> None:
     resolve_device(leaves["device"])
     _check_model(groups["model"])
     _check_optimizer(groups["optimizer"])
-    _check_aug(groups["aug"])
+    _check_component("aug", groups["aug"], augment, "an augmentation")
+    _check_component("scheduler", groups["scheduler"], schedule, "a schedule")
     data.check_present(leaves["data.root"], leaves["data.download"])
 
 

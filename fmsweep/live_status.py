@@ -159,7 +159,8 @@ class LiveStatus:
         config_before, metrics_before = self._before[job.name]
         metrics_changed = _mtime(self._metrics(job)) != metrics_before  # before reading it: a newer file is read again
         metrics = read_metrics(self.sweep_dir / job.name) or {}
-        if metrics.get("status") == "completed" and (metrics_changed or metrics.get("epochs_run", 0) >= job.epochs):
+        ended = metrics.get("epochs_run", 0) >= job.epochs or metrics.get("stopped_early") is not None
+        if metrics.get("status") == "completed" and (metrics_changed or ended):
             return Status("completed", f"test acc {100 * metrics['test_acc']:.2f} %")
         if metrics.get("status") == "failed" and metrics_changed:
             return Status("failed", " ".join(str(metrics.get("error", "")).split())[:ERROR_CHARS])

@@ -1,8 +1,8 @@
 """Packing a sweep: the jobs that can train together, and a pack of them run as one job of the launcher.
 
 In a sweep with pack=K, jobs that differ only in their seed, optimizer settings (not its class), regularization
-(reg.l2; dropout rates where the model has no dropout) and augmentation settings (not its kind) have the same tensor
-shapes and step count: the sweeper groups them, in job order, into packs of at most K. A pack of two or more is
+(reg.l2; dropout rates where the model has no dropout), lr schedule, early stopping and augmentation settings (not
+its kind) have the same tensor shapes and step count: the sweeper groups them, in job order, into packs of at most K. A pack of two or more is
 launched as one job of the launcher (and once any jobs pack, so is every lone job, as a pack of one), with the
 overrides of its first member, in its own folder below the sweep dir (`packs/<first>-<last>`, no .hydra/ there);
 `pack.yaml` there holds every member's config as the launcher would
@@ -27,11 +27,12 @@ PACKS = "packs"
 
 
 def pack_key(cfg: DictConfig) -> str:
-    """What jobs of one pack must share: the whole run config but for the seed, the regularization, the optimizer's
-    and the augmentation's settings (each member has its own; dropout rates reach the model config, which is kept)."""
+    """What jobs of one pack must share: the whole run config but for the seed, the regularization, the schedule,
+    early stopping, the optimizer's and the augmentation's settings (each member has its own; dropout rates reach
+    the model config, which is kept)."""
     tree = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
     assert isinstance(tree, dict)
-    for key in ("seed", "reg"):
+    for key in ("seed", "reg", "scheduler", "early_stop"):
         tree.pop(key)
     for group in ("optimizer", "aug"):
         tree[group] = {k: v for k, v in tree[group].items() if k.startswith("_")}

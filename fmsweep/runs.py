@@ -78,6 +78,8 @@ class Run:
     @property
     def status(self) -> str:
         """metrics.json's status (completed, failed, ...); else how far the run got."""
+        if self.metrics.get("stopped_early") is not None:
+            return f"{self.metrics['status']} (early stop at epoch {self.metrics['stopped_early']})"
         if "status" in self.metrics:
             return str(self.metrics["status"])
         done = len(self.history())

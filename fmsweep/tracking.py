@@ -92,6 +92,8 @@ class Tracker:
         step = metrics["best_epoch"]
         for tag, key in METRIC_TAGS.items():
             self.writer.add_scalar(tag, metrics[key], step)
+        if metrics["stopped_early"] is not None:
+            self.writer.add_scalar("early_stop/epoch", metrics["stopped_early"], metrics["stopped_early"])
         # The run's hparams go into its own event file (add_hparams would open a second run). No experiment
         # summary: TensorBoard then builds the HPARAMS table from all runs' hparams and lists first those
         # that differ between them (with one, it would show the first run's keys, none marked as differing).
@@ -121,6 +123,8 @@ def hparams(cfg: DictConfig, overrides: list[str]) -> dict[str, str | float]:
         "optimizer": str(cfg.optimizer._target_).rpartition(".")[2],
         "optimizer.lr": float(cfg.optimizer.lr),
         "optimizer.weight_decay": float(cfg.optimizer.weight_decay),
+        "scheduler": str(cfg.scheduler._target_).rpartition(".")[2],
+        "early_stop.patience": str(cfg.early_stop.patience),  # "None" or a number: one type for every run
         "reg.l2": float(cfg.reg.l2),
         "reg.input_dropout": float(cfg.reg.input_dropout),
         "reg.dropout": float(cfg.reg.dropout),

@@ -31,6 +31,7 @@ from fmsweep.errors import TrainingDiverged, UserError
 from fmsweep.loader import Source, TrainLoader
 from fmsweep.models import Classifier, l2_penalty, num_parameters
 from fmsweep.runs import read_overrides
+from fmsweep.schedule import Constant
 from fmsweep.signals import StopRequest
 from fmsweep.tracking import Tracker
 
@@ -55,10 +56,11 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[
     return scores(predict(model, x), y)
 
 
-def build(cfg: DictConfig, data: Splits) -> tuple[Classifier, torch.optim.Optimizer]:
+def build(cfg: DictConfig, data: Splits, scheduled: bool = False) -> tuple[Classifier, torch.optim.Optimizer]:
     """The run's model on the data's device (channels_last on CUDA), initialized from the run's seed, and its
     optimizer: the fused single-kernel implementation where there is one, on CUDA with graphs capturable=True
-    (its step count on the device, as capture requires)."""
+    (its step count on the device, as capture requires); `scheduled`: its lr a device tensor that the schedule
+    sets in place every step."""
     device = data.train_x.device
     layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     torch.manual_seed(cfg.seed)
@@ -69,6 +71,8 @@ def build(cfg: DictConfig, data: Splits) -> tuple[Classifier, torch.optim.Optimi
     options = {"fused": True} if "fused" in accepted else {}
     if device.type == "cuda" and cfg.cuda.graph and "capturable" in accepted:
         options["capturable"] = True
+    if scheduled:
+        options["lr"] = torch.tensor(float(cfg.optimizer.lr), device=device)
     return model, factory(model.parameters(), **options)
 
 
@@ -88,7 +92,8 @@ class RunState:
     def __init__(self, cfg: DictConfig, run_dir: Path, device: torch.device, raw: Raw, label: str) -> None:
         self.cfg, self.run_dir, self.label = cfg, run_dir, label
         self.data = prepare(cfg.data, cfg.seed, device, raw)
-        self.model, self.optimizer = build(cfg, self.data)
+        self.schedule = instantiate(cfg.scheduler)
+        self.model, self.optimizer = build(cfg, self.data, scheduled=not isinstance(self.schedule, Constant))
         self.model_config = OmegaConf.to_container(cfg.model, resolve=True)
         self.aug: FlipAffine = instantiate(cfg.aug)
         self.generator = torch.Generator(device).manual_seed(cfg.seed)
@@ -98,7 +103,8 @@ class RunState:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[dict[str, float]] = []
         self.train_seconds = 0.0
-        self.failed = False
+        self.stale = 0  # epochs since the valid loss last improved by more than early_stop.min_delta
+        self.stopped_early: int | None = None  # the epoch at which early stopping ended the run
         if (run_dir / checkpoint.LAST).is_file():
             self.load(checkpoint.load(run_dir / checkpoint.LAST))
         self.tracker = Tracker(run_dir, self.summary(), self.history)
@@ -109,15 +115,21 @@ class RunState:
         return self.epoch, self.partial["next"] if self.partial else 0
 
     @property
+    def done(self) -> bool:
+        """Whether the run trained all it will: its epochs, or until early stopping."""
+        return (self.epoch >= self.cfg.epochs or self.stopped_early is not None) and self.partial is None
+
+    @property
     def finished(self) -> bool:
-        return self.epoch >= self.cfg.epochs and self.partial is None and tracking.completed(self.run_dir)
+        return self.done and tracking.completed(self.run_dir)
 
     def state_dict(self) -> dict[str, Any]:
         return {"model_config": self.model_config, "state_dict": self.model.net.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
                 "epoch": self.epoch, "partial": self.partial, "best_loss": self.best_loss,
                 "best_epoch": self.best_epoch, "best_state": self.best_state, "history": self.history,
-                "train_seconds": self.train_seconds, "rng_cpu": torch.get_rng_state(),
+                "train_seconds": self.train_seconds, "stale": self.stale, "stopped_early": self.stopped_early,
+                "rng_cpu": torch.get_rng_state(),
                 "rng_cuda": torch.cuda.get_rng_state(self.generator.device) if self.rng_cuda is not None else None}
 
     def load(self, last: dict[str, Any]) -> None:
@@ -132,6 +144,7 @@ class RunState:
         self.generator.set_state(last["generator"])
         self.epoch, self.partial, self.best_loss, self.best_epoch = (last[k] for k in ("epoch", "partial", "best_loss", "best_epoch"))
         self.best_state, self.history, self.train_seconds = last["best_state"], last["history"], last["train_seconds"]
+        self.stale, self.stopped_early = last["stale"], last["stopped_early"]
         self.rng_cpu, self.rng_cuda = last["rng_cpu"], last["rng_cuda"] if self.rng_cuda is not None else None
         if self.best_state is not None and checkpoint.saved_epoch(self.run_dir / checkpoint.BEST) != self.best_epoch:
             self.save_best()
@@ -175,11 +188,16 @@ class RunState:
                                    f"{bad + 1}/{len(losses)}; {kept}")
         valid_loss, valid_acc = evaluate(self.model, self.data.valid_x, self.data.valid_y)
         row = {"epoch": epoch, "train_loss": train_loss, "train_acc": correct / n, "valid_loss": valid_loss,
-               "valid_acc": valid_acc, "lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": seconds}
+               "valid_acc": valid_acc, "lr": float(self.optimizer.param_groups[0]["lr"]), "epoch_seconds": seconds}
         self.epoch, self.partial, self.train_seconds = epoch, None, self.train_seconds + seconds
         self.history.append(row)
         log.info("%sepoch %d/%d  %s", self.label, epoch, self.cfg.epochs, tracking.epoch_line(row))
         improved = valid_loss < self.best_loss
+        self.stale = 0 if valid_loss < self.best_loss - self.cfg.early_stop.min_delta else self.stale + 1
+        if self.cfg.early_stop.patience and self.stale >= self.cfg.early_stop.patience and epoch < self.cfg.epochs:
+            self.stopped_early = epoch
+            log.info("%searly stop after epoch %d: valid loss not %s for %d epochs", self.label, epoch,
+                     f"better by more than {self.cfg.early_stop.min_delta:g}", self.stale)
         if improved:
             self.best_loss, self.best_epoch = valid_loss, epoch
             self.best_state = {key: value.detach().clone() for key, value in self.model.net.state_dict().items()}
@@ -196,7 +214,8 @@ class RunState:
         test_loss, test_acc = scores(test_logits, self.data.test_y)
         metrics = {"status": "completed", "best_epoch": self.best_epoch, "valid_loss": valid_loss, "valid_acc": valid_acc,
                    "test_loss": test_loss, "test_acc": test_acc, "num_params": num_parameters(self.model),
-                   "train_seconds": self.train_seconds, "epochs_run": len(self.history)}
+                   "train_seconds": self.train_seconds, "epochs_run": len(self.history),
+                   "stopped_early": self.stopped_early}
         self.tracker.predictions(self.data.test_x, self.data.test_y, test_logits.argmax(1), self.best_epoch)
         self.tracker.final(metrics, tracking.hparams(self.cfg, read_overrides(self.run_dir)))
         log.info("%sdone: best epoch %d of %d, test accuracy %.2f %% | results in %s", self.label, self.best_epoch,
@@ -212,18 +231,24 @@ class PackStep:
     With `stacked` the K networks run as one computation: torch.func's vmap over their parameters stacked along a
     new first dimension (linear layers become batched matmuls, convolutions grouped ones); the BatchNorm running
     statistics it updates are copied back to each network. Otherwise they run one after another.
+    A run's lr schedule (fmsweep.schedule) sets its lr before each optimizer step, from the batches trained so far
+    (`batches_done`, a device tensor that the loop sets at each epoch's start and the step advances).
     On CUDA the forward runs under bf16 autocast (cuda.bf16), and with cuda.graph the step is captured once as a
     CUDA graph after GRAPH_WARMUP eager steps; every later full batch replays it (a smaller last batch runs eagerly).
     """
 
     GRAPH_WARMUP = 3
 
-    def __init__(self, pack: list[RunState], stacked: bool) -> None:
+    def __init__(self, pack: list[RunState], stacked: bool, steps_per_epoch: int) -> None:
         cfg, device = pack[0].cfg, pack[0].generator.device
         self.nets = [run.model.net for run in pack]
         self.optimizers = [run.optimizer for run in pack]
         self.l2 = [run.cfg.reg.l2 for run in pack]
-        self.batch_size = cfg.batch_size
+        self.batch_size, self.steps_per_epoch, self.epochs = cfg.batch_size, steps_per_epoch, cfg.epochs
+        # the runs with a schedule: it sets their lr tensor from the batches trained, counted on the device
+        self.schedules = [(run.schedule, float(run.cfg.optimizer.lr), run.optimizer.param_groups)
+                          for run in pack if not isinstance(run.schedule, Constant)]
+        self.batches_done = torch.zeros((), device=device)
         cuda = device.type == "cuda"
         self.autocast = torch.autocast("cuda", torch.bfloat16, enabled=cuda and cfg.cuda.bf16, cache_enabled=False)
         self.warmup = self.GRAPH_WARMUP if cuda and cfg.cuda.graph else None
@@ -246,8 +271,9 @@ class PackStep:
         buffers = {name: torch.stack([b[name] for b in self.buffers]) for name in self.buffers[0]}
         logits = self.vmapped(params, buffers, x)
         with torch.no_grad():  # the running statistics were updated in the stacked copies
-            for name, stacked in buffers.items():
-                torch._foreach_copy_([b[name] for b in self.buffers], list(stacked.unbind()))
+            for name, copies in buffers.items():
+                for own, copy_k in zip(self.buffers, copies.unbind()):
+                    own[name].copy_(copy_k)
         return logits
 
     def eager(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -260,8 +286,13 @@ class PackStep:
             # Once captured, the graph's gradient buffers must stay the parameters' .grad: zero them in place.
             optimizer.zero_grad(set_to_none=self.graph is None)
         objective.backward()
+        for schedule, lr, groups in self.schedules:
+            factor = schedule.factor(self.batches_done, self.steps_per_epoch, self.epochs)
+            for group in groups:
+                group["lr"].copy_(lr * factor)
         for optimizer in self.optimizers:
             optimizer.step()
+        self.batches_done += 1
         return torch.stack(losses).detach(), (logits.argmax(-1) == y).sum(-1)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -303,8 +334,8 @@ def train(pack: list[RunState], until: tuple[int, int] | None = None) -> dict[Ru
     torch.set_rng_state(pack[0].rng_cpu)
     if pack[0].rng_cuda is not None:
         torch.cuda.set_rng_state(pack[0].rng_cuda, device)
-    step = PackStep(pack, stacked=stacked(device, cfg))
     loader = TrainLoader([run.source() for run in pack], cfg.batch_size)
+    step = PackStep(pack, stacked(device, cfg), loader.num_batches)
     show_bar = sys.stdout.isatty()
     with StopRequest() as stop:
         for epoch in range(pack[0].epoch + 1, cfg.epochs + 1):
@@ -320,6 +351,7 @@ def train(pack: list[RunState], until: tuple[int, int] | None = None) -> dict[Ru
                 losses = torch.zeros(K, loader.num_batches, device=device)  # summed loss of each batch
                 correct = torch.zeros(K, device=device)
             t0 = time.perf_counter() - elapsed
+            step.batches_done.fill_((epoch - 1) * loader.num_batches + first)  # where the schedules stand
             batches = tqdm(loader.batches(first), desc=f"epoch {epoch}", total=loader.num_batches, initial=first,
                            leave=False, disable=not show_bar)
             for b, x, y in batches:
@@ -348,7 +380,7 @@ def train(pack: list[RunState], until: tuple[int, int] | None = None) -> dict[Ru
                         log.error("%s%s", run.label, exc)
                     tracking.record_failure(run.run_dir, exc)
                     failed[run] = exc
-            if failed or until == (epoch, 0):
+            if failed or until == (epoch, 0) or any(run.done for run in pack):
                 return failed
     return {}
 
@@ -389,7 +421,7 @@ def run_pack(cfgs: list[DictConfig], run_dirs: list[Path]) -> list[float | None]
         for run in group:
             if run in failed:
                 results[run.run_dir] = None
-            elif run.position == (run.cfg.epochs, 0):
+            elif run.done:
                 results[run.run_dir] = run.finish()
         pending = [run for run in pending if run.run_dir not in results]
     return [results[run.run_dir] for run in runs]

@@ -28,7 +28,7 @@ def cuda_setup(make_cfg, run_dir: Path, *overrides: str) -> tuple[torch.nn.Modul
     loader.plan()
     _, x, y = next(loader.batches())
     run.model.train()
-    return run.model, run.optimizer, train.PackStep([run], stacked=False), (x, y)
+    return run.model, run.optimizer, train.PackStep([run], False, loader.num_batches), (x, y)
 
 
 def run_steps(step: train.PackStep, batch: tuple, count: int) -> list[float]:

@@ -21,12 +21,14 @@ CNN = ("model=fancy_cnn", "model.channels=[4,8,8]")  # BatchNorm, small enough f
 
 def test_jobs_that_differ_only_in_free_settings_pack_together(make_cfg) -> None:
     configs = [make_cfg(*o, "pack=3") for o in (
-        ["model=fc", "seed=0"], ["model=fc", "seed=1", "optimizer.lr=0.01", "reg.l2=1e-4"], ["model=linear"],
+        ["model=fc", "seed=0"], ["model=fc", "seed=1", "optimizer.lr=0.01", "reg.l2=1e-4", "scheduler=cosine",
+                                  "early_stop.patience=2"], ["model=linear"],
         ["model=fc", "seed=2", "aug=flip_affine"], ["model=fc", "seed=3", "aug=flip_affine", "aug.degrees=5"],
         ["model=fc", "seed=4"], ["model=fc", "seed=5"], ["model=fc", "epochs=2"], ["model=fc", "optimizer=sgd"],
         ["model=fc", "reg=dropout"],
     )]
-    # seeds, lr, l2 and augmentation settings (aug=none is flip_affine at zero) are the members' own; the model,
+    # seeds, lr, l2, schedules, early stopping and augmentation settings (aug=none is flip_affine at zero) are the
+    # members' own; the model,
     # epochs, optimizer class and dropout (it is part of the model) are not; a pack holds at most `pack` jobs
     assert packing.plan(configs) == [[0, 1, 3], [2], [4, 5, 6], [7], [8], [9]]
     assert packing.plan([make_cfg("seed=0"), make_cfg("seed=1")]) == [[0], [1]]  # pack=1: every job alone
@@ -61,8 +63,8 @@ def test_the_stacked_step_computes_what_the_members_compute_one_by_one(make_cfg,
         pack = [train.RunState(cfg, tmp_path / f"{stacked}{i}", torch.device("cpu"), raw, "") for i, cfg in enumerate(configs)]
         for run in pack:
             run.model.train()
-        step = train.PackStep(pack, stacked=stacked)
         loader = train.TrainLoader([run.source() for run in pack], 32)
+        step = train.PackStep(pack, stacked, loader.num_batches)
         loader.plan()
         losses = [step(x, y)[0] for _, (_, x, y) in zip(range(4), loader.batches())]
         results.append((torch.stack(losses), [run.model.net.state_dict() for run in pack]))

@@ -16,6 +16,7 @@ from conftest import CONF, ROOT, fast_overrides
 from fmsweep import checkpoint, train
 from fmsweep.augment import FlipAffine
 from fmsweep.data import prepare
+from fmsweep.schedule import Constant
 
 SCALARS = {"train/loss", "train/acc", "valid/loss", "valid/acc", "lr", "test/loss", "test/acc"}
 CPU = torch.device("cpu")
@@ -111,9 +112,9 @@ def one_sgd_step(make_cfg, *overrides: str) -> tuple[dict[str, torch.Tensor], di
     data = prepare(cfg.data, cfg.seed, CPU)
     model, optimizer = train.build(cfg, data)
     before = {name: p.detach().clone() for name, p in model.net.named_parameters()}
-    run = SimpleNamespace(cfg=cfg, model=model, optimizer=optimizer, generator=torch.Generator())
+    run = SimpleNamespace(cfg=cfg, model=model, optimizer=optimizer, generator=torch.Generator(), schedule=Constant())
     x = model.normalize(data.train_x[:32])
-    train.PackStep([run], stacked=False)(x[None], data.train_y[None, :32])
+    train.PackStep([run], False, 1)(x[None], data.train_y[None, :32])
     return before, {name: p.detach().clone() for name, p in model.net.named_parameters()}
 
 

@@ -20,12 +20,14 @@ from fmsweep.errors import Interrupted, TrainingDiverged, UserError, exit_with
 
 
 def register_sweeper() -> None:
-    """Register fmsweep's sweeper with Hydra: its plugin scan does not see hydra_plugins/ through the
+    """Register fmsweep's sweepers with Hydra: its plugin scan does not see hydra_plugins/ through the
     import hook of an editable install. The scan re-imports Hydra's own plugin modules, so it runs first."""
     plugins = Plugins.instance()
     from hydra_plugins.fmsweep_sweeper.reporting_sweeper import ReportingSweeper
+    from hydra_plugins.fmsweep_sweeper.search_sweeper import SearchSweeper
 
     plugins.register(ReportingSweeper)
+    plugins.register(SearchSweeper)
 
 
 def task(cfg: DictConfig) -> float:

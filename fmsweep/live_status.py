@@ -1,5 +1,6 @@
 """The live status of a running sweep, shown by the launching command while its jobs run: each job pending,
-running (its epoch and best valid accuracy), completed (its test accuracy) or failed (its error), and the counts.
+running (its epoch and best valid accuracy), completed (its test accuracy), pruned by a search (its epoch) or failed
+(its error), and the counts.
 
 On a terminal the block of lines is redrawn in place. Elsewhere (a file, a pipe, a SLURM log) a line is written
 per change of a job's state, never one per epoch, so that a log of a long sweep stays readable."""
@@ -24,7 +25,7 @@ from fmsweep.tracking import read_metrics
 
 log = logging.getLogger(__name__)
 
-STATES = ("pending", "running", "completed", "failed")
+STATES = ("pending", "running", "completed", "pruned", "failed")
 ERROR_CHARS = 80
 SQUEUE_TIMEOUT_S = 10
 # submitit's folder of a SLURM job below sweep_dir/.submitit: `<job id>` for a lone job, `<array id>_<task index>`
@@ -70,9 +71,9 @@ def squeue(job_ids: list[str]) -> dict[str, tuple[str, str]]:
 
 
 def counts(states: Iterable[str]) -> str:
-    """`3 pending, 2 running, 1 completed, 0 failed`."""
+    """`3 pending, 2 running, 1 completed, 0 failed`; pruned (by a search) only when there are any."""
     n = Counter(states)
-    return ", ".join(f"{n[state]} {state}" for state in STATES)
+    return ", ".join(f"{n[state]} {state}" for state in STATES if state != "pruned" or n[state])
 
 
 def _mtime(path: Path) -> int | None:
@@ -159,9 +160,11 @@ class LiveStatus:
         config_before, metrics_before = self._before[job.name]
         metrics_changed = _mtime(self._metrics(job)) != metrics_before  # before reading it: a newer file is read again
         metrics = read_metrics(self.sweep_dir / job.name) or {}
-        ended = metrics.get("epochs_run", 0) >= job.epochs or metrics.get("stopped_early") is not None
+        ended = metrics.get("epochs_run", 0) >= job.epochs or metrics.get("stopped_early") or metrics.get("pruned")
         if metrics.get("status") == "completed" and (metrics_changed or ended):
             return Status("completed", f"test acc {100 * metrics['test_acc']:.2f} %")
+        if metrics.get("status") == "pruned" and (metrics_changed or ended):
+            return Status("pruned", f"at epoch {metrics['pruned']}")
         if metrics.get("status") == "failed" and metrics_changed:
             return Status("failed", " ".join(str(metrics.get("error", "")).split())[:ERROR_CHARS])
         state, reason = slurm or ("", "")

@@ -18,12 +18,13 @@ from fmsweep.config import validate
 from fmsweep.errors import UserError
 
 
-def check_jobs(loader: ConfigLoader, config: DictConfig, job_overrides: Sequence[Sequence[str]]) -> list[DictConfig]:
-    """Compose and validate the config of every job (numbered from 0, as the launchers number them); the first
-    bad one is a UserError naming the job as its dir is named. Then fetch the data set once for all jobs that may
-    download it. Returns the composed configs."""
+def check_jobs(loader: ConfigLoader, config: DictConfig, job_overrides: Sequence[Sequence[str]],
+               first_num: int = 0) -> list[DictConfig]:
+    """Compose and validate the config of every job (numbered from `first_num`, as the launchers number them); the
+    first bad one is a UserError naming the job as its dir is named. Then fetch the data set once for all jobs that
+    may download it. Returns the composed configs."""
     configs, roots = [], set()
-    for num, overrides in enumerate(job_overrides):
+    for num, overrides in enumerate(job_overrides, first_num):
         cfg = loader.load_sweep_config(config, list(overrides))
         with open_dict(cfg):
             cfg.hydra.job.num = num

@@ -80,6 +80,8 @@ class Run:
         """metrics.json's status (completed, failed, ...); else how far the run got."""
         if self.metrics.get("stopped_early") is not None:
             return f"{self.metrics['status']} (early stop at epoch {self.metrics['stopped_early']})"
+        if self.metrics.get("pruned") is not None:
+            return f"pruned at epoch {self.metrics['pruned']}"
         if "status" in self.metrics:
             return str(self.metrics["status"])
         done = len(self.history())

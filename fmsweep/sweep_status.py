@@ -1,4 +1,5 @@
-"""The closing summary of a sweep: which jobs failed or did not finish, and where their logs are."""
+"""The closing summary of a sweep: which jobs failed or did not finish (a job a search pruned did finish), and where
+their logs are."""
 from __future__ import annotations
 
 import sys
@@ -23,7 +24,7 @@ def job_logs(sweep_dir: Path, job_dir: Path) -> list[Path]:
 def report(sweep_dir: Path, error: Exception | None) -> None:
     """Print which jobs of the sweep did not complete, with their error and log paths; exit 1 if any."""
     try:
-        problems = [run for run in find_runs(sweep_dir) if not run.completed]
+        problems = [run for run in find_runs(sweep_dir) if not run.completed and run.metrics.get("status") != "pruned"]
     except UserError:  # not one job got as far as its directory
         problems = []
     if not problems and error is None:

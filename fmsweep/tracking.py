@@ -149,8 +149,8 @@ def read_metrics(run_dir: Path) -> dict[str, Any] | None:
 
 
 def completed(run_dir: Path) -> bool:
-    """Whether the run finished and wrote its final metrics."""
-    return (read_metrics(run_dir) or {}).get("status") == "completed"
+    """Whether the run finished and wrote its final metrics: completed, or pruned by a search."""
+    return (read_metrics(run_dir) or {}).get("status") in ("completed", "pruned")
 
 
 def record_failure(run_dir: Path, exc: BaseException) -> None:

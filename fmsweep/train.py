@@ -32,6 +32,7 @@ from fmsweep.loader import Source, TrainLoader
 from fmsweep.models import Classifier, l2_penalty, num_parameters
 from fmsweep.runs import read_overrides
 from fmsweep.schedule import Constant
+from fmsweep.search import Trial
 from fmsweep.signals import StopRequest
 from fmsweep.tracking import Tracker
 
@@ -105,9 +106,11 @@ class RunState:
         self.train_seconds = 0.0
         self.stale = 0  # epochs since the valid loss last improved by more than early_stop.min_delta
         self.stopped_early: int | None = None  # the epoch at which early stopping ended the run
+        self.pruned: int | None = None  # the epoch at which a search's pruner stopped the run
         if (run_dir / checkpoint.LAST).is_file():
             self.load(checkpoint.load(run_dir / checkpoint.LAST))
         self.tracker = Tracker(run_dir, self.summary(), self.history)
+        self.trial = Trial.of(run_dir)  # the search trial this run is, if any
 
     @property
     def position(self) -> tuple[int, int]:
@@ -117,7 +120,8 @@ class RunState:
     @property
     def done(self) -> bool:
         """Whether the run trained all it will: its epochs, or until early stopping."""
-        return (self.epoch >= self.cfg.epochs or self.stopped_early is not None) and self.partial is None
+        stopped = self.stopped_early is not None or self.pruned is not None
+        return (self.epoch >= self.cfg.epochs or stopped) and self.partial is None
 
     @property
     def finished(self) -> bool:
@@ -129,6 +133,7 @@ class RunState:
                 "epoch": self.epoch, "partial": self.partial, "best_loss": self.best_loss,
                 "best_epoch": self.best_epoch, "best_state": self.best_state, "history": self.history,
                 "train_seconds": self.train_seconds, "stale": self.stale, "stopped_early": self.stopped_early,
+                "pruned": self.pruned,
                 "rng_cpu": torch.get_rng_state(),
                 "rng_cuda": torch.cuda.get_rng_state(self.generator.device) if self.rng_cuda is not None else None}
 
@@ -144,7 +149,7 @@ class RunState:
         self.generator.set_state(last["generator"])
         self.epoch, self.partial, self.best_loss, self.best_epoch = (last[k] for k in ("epoch", "partial", "best_loss", "best_epoch"))
         self.best_state, self.history, self.train_seconds = last["best_state"], last["history"], last["train_seconds"]
-        self.stale, self.stopped_early = last["stale"], last["stopped_early"]
+        self.stale, self.stopped_early, self.pruned = last["stale"], last["stopped_early"], last["pruned"]
         self.rng_cpu, self.rng_cuda = last["rng_cpu"], last["rng_cuda"] if self.rng_cuda is not None else None
         if self.best_state is not None and checkpoint.saved_epoch(self.run_dir / checkpoint.BEST) != self.best_epoch:
             self.save_best()
@@ -198,6 +203,9 @@ class RunState:
             self.stopped_early = epoch
             log.info("%searly stop after epoch %d: valid loss not %s for %d epochs", self.label, epoch,
                      f"better by more than {self.cfg.early_stop.min_delta:g}", self.stale)
+        if self.trial is not None and epoch < self.cfg.epochs and self.trial.prune(epoch, row):
+            self.pruned = epoch
+            log.info("%spruned after epoch %d by the search's pruner", self.label, epoch)
         if improved:
             self.best_loss, self.best_epoch = valid_loss, epoch
             self.best_state = {key: value.detach().clone() for key, value in self.model.net.state_dict().items()}
@@ -212,10 +220,10 @@ class RunState:
         valid_loss, valid_acc = evaluate(best, self.data.valid_x, self.data.valid_y)
         test_logits = predict(best, self.data.test_x)
         test_loss, test_acc = scores(test_logits, self.data.test_y)
-        metrics = {"status": "completed", "best_epoch": self.best_epoch, "valid_loss": valid_loss, "valid_acc": valid_acc,
+        metrics = {"status": "pruned" if self.pruned else "completed", "best_epoch": self.best_epoch, "valid_loss": valid_loss, "valid_acc": valid_acc,
                    "test_loss": test_loss, "test_acc": test_acc, "num_params": num_parameters(self.model),
                    "train_seconds": self.train_seconds, "epochs_run": len(self.history),
-                   "stopped_early": self.stopped_early}
+                   "stopped_early": self.stopped_early, "pruned": self.pruned}
         self.tracker.predictions(self.data.test_x, self.data.test_y, test_logits.argmax(1), self.best_epoch)
         self.tracker.final(metrics, tracking.hparams(self.cfg, read_overrides(self.run_dir)))
         log.info("%sdone: best epoch %d of %d, test accuracy %.2f %% | results in %s", self.label, self.best_epoch,

@@ -1,0 +1,120 @@
+"""Optuna search (hydra/sweeper=optuna) through the real command line: trials as job dirs, pruning, a killed search
+continued, a bad search space refused before any trial, and the other launchers."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import ROOT
+from optuna.trial import TrialState
+from test_slurm import CPU_SLURM, needs_cluster
+
+from fmsweep import search
+from fmsweep.runs import find_runs
+
+SPACE = ["model=fc", "optimizer.lr=tag(log,interval(1e-5,1))"]
+
+
+def command(data_root: Path, sweep_dir: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "fmsweep", "-m", "hydra/sweeper=optuna", f"data.root={data_root}", "data.download=false",
+            "device=cpu", "batch_size=64", *args, f"hydra.sweep.dir={sweep_dir}"]
+
+
+def run(data_root: Path, sweep_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(command(data_root, sweep_dir, *args), cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def study(sweep_dir: Path) -> optuna.Study:
+    return optuna.load_study(study_name=search.STUDY, storage=search.storage(sweep_dir))
+
+
+def test_a_search_runs_its_trials_as_job_dirs_and_tells_the_study(data_root: Path, tmp_path: Path) -> None:
+    proc = run(data_root, tmp_path, *SPACE, "reg.l2=tag(log,interval(1e-6,1e-2))", "epochs=2",
+               "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2")
+    assert proc.returncode == 0, proc.stderr
+    trials = study(tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    runs = find_runs(tmp_path)
+    assert [r.num for r in runs] == [0, 1, 2, 3]
+    for trial, r in zip(trials, runs):
+        assert r.overrides == sorted(["batch_size=64", "epochs=2", "model=fc", f"optimizer.lr={trial.params['optimizer.lr']!r}",
+                                      f"reg.l2={trial.params['reg.l2']!r}"])
+        assert trial.value == r.metrics["valid_loss"] and 1e-5 <= r.config.optimizer.lr <= 1
+    best = min(trials, key=lambda t: t.value)
+    assert f"fmsweep: best trial {best.number}: valid_loss {best.value:.4f}" in proc.stdout
+    assert "fmsweep: search of 4 trials: 4 complete, 0 pruned, 0 fail" in proc.stdout
+
+
+def test_the_pruner_stops_hopeless_trials_which_keep_their_checkpoints(data_root: Path, tmp_path: Path) -> None:
+    proc = run(data_root, tmp_path, *SPACE, "epochs=4", "hydra.sweeper.n_trials=8", "hydra.sweeper.n_jobs=2",
+               "hydra.sweeper.pruner=median", "hydra.sweeper.objective=valid_acc")
+    assert proc.returncode == 0, proc.stderr
+    states = [t.state for t in study(tmp_path).trials]
+    assert len(states) == 8 and TrialState.PRUNED in states
+    for r in find_runs(tmp_path):
+        if r.metrics["status"] == "pruned":
+            assert 1 <= r.metrics["pruned"] < 4 and r.metrics["epochs_run"] == r.metrics["pruned"]
+            assert (r.path / "last.pt").is_file() and (r.path / "best_model.pt").is_file()
+            assert f"{r.name} pruned: at epoch {r.metrics['pruned']}" in proc.stdout
+            assert r.status == f"pruned at epoch {r.metrics['pruned']}"
+    assert "did not complete" not in proc.stderr  # pruned is not failed
+
+
+def test_a_killed_search_continues_in_its_sweep_dir(data_root: Path, tmp_path: Path) -> None:
+    args = [*SPACE, "epochs=40", "batch_size=8", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=1"]
+    proc = subprocess.Popen(command(data_root, tmp_path, *args), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not any(len(h.read_text().splitlines()) >= 3 for h in tmp_path.glob("1_*/history.csv")):
+        assert proc.poll() is None and time.time() < deadline, "trial 1 did not reach epoch 2"
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = (next(tmp_path.glob("0_*")) / "metrics.json").stat().st_mtime_ns
+    assert [t.state for t in study(tmp_path).trials] == [TrialState.COMPLETE, TrialState.RUNNING]
+    again = run(data_root, tmp_path, *args)
+    assert again.returncode == 0, again.stderr
+    assert [t.state for t in study(tmp_path).trials] == [TrialState.COMPLETE] * 3  # exactly n_trials
+    assert (next(tmp_path.glob("0_*")) / "metrics.json").stat().st_mtime_ns == first  # not redone
+    log = (next(tmp_path.glob("1_*")) / "__main__.log").read_text()
+    assert "Resuming from" in log
+    assert [r.num for r in find_runs(tmp_path)] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("space,words", [
+    ("optimizer.lr=tag(log,interval(0,1))", "optimizer.lr=tag(log,interval(0,1)): not a search space"),
+    ("optimizer.lrr=interval(0.1,1)", "optimizer.lrr"),
+    ("optimizer.lr=interval(2,1)", "optimizer.lr=interval(2,1): not a search space"),
+])
+def test_a_bad_search_space_is_one_line_before_any_trial(data_root: Path, tmp_path: Path, space: str, words: str) -> None:
+    proc = run(data_root, tmp_path / "sweep", "model=fc", space, "hydra.sweeper.n_trials=2")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("fmsweep: error: ") and proc.stderr.count("\n") == 1 and words in proc.stderr
+    assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.slow
+def test_a_search_packs_its_trials_through_submitit_local(data_root: Path, tmp_path: Path) -> None:
+    proc = run(data_root, tmp_path, *SPACE, "epochs=2", "pack=2", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=4",
+               "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10")
+    assert proc.returncode == 0, proc.stderr
+    assert "4 jobs in 2 launcher jobs (pack=2)" in proc.stdout
+    assert [t.state for t in study(tmp_path).trials] == [TrialState.COMPLETE] * 4
+    assert sorted(p.name for p in (tmp_path / "packs").iterdir()) == ["0-1", "2-3"]
+    assert all(json.loads((r.path / "metrics.json").read_text())["status"] == "completed" for r in find_runs(tmp_path))
+
+
+@pytest.mark.slurm
+@needs_cluster
+def test_a_search_on_slurm(data_root: Path, tmp_path: Path) -> None:
+    proc = run(data_root, tmp_path, *CPU_SLURM, *SPACE, "epochs=2", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2",
+               "hydra.sweeper.pruner=halving")
+    assert proc.returncode == 0, proc.stderr
+    trials = study(tmp_path).trials
+    assert len(trials) == 3 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    assert len(list((tmp_path / ".submitit").glob("*/*_log.out"))) == 3

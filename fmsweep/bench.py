@@ -101,6 +101,21 @@ def timed(epoch: Callable[[], Any], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def rounds(what: str, pipelines: dict[str, Callable[[], Any]], device: torch.device,
+           args: argparse.Namespace) -> dict[str, list[float]]:
+    """`--warmup` untimed, then `--epochs` timed rounds that each run every pipeline once, alternating so that load
+    from other processes hits them alike; the seconds of each pipeline's timed runs."""
+    seconds: dict[str, list[float]] = {name: [] for name in pipelines}
+    for round_ in range(args.warmup + args.epochs):
+        times = {name: timed(pipeline, device) for name, pipeline in pipelines.items()}
+        print(f"{what} {'warm-up' if round_ < args.warmup else 'timed'}: "
+              + ", ".join(f"{name} {t:.3f}s" for name, t in times.items()), file=sys.stderr)
+        if round_ >= args.warmup:
+            for name, t in times.items():
+                seconds[name].append(t)
+    return seconds
+
+
 def fmsweep_epoch(run: train.RunState) -> Callable[[], float]:
     """One training epoch of `run` as `python -m fmsweep` trains it: its TrainLoader and PackStep."""
     loader = TrainLoader([run.source()], run.cfg.batch_size)
@@ -173,14 +188,7 @@ def bench_case(case: str, cfg: DictConfig, args: argparse.Namespace) -> dict[str
             n_train = min(n_train, args.cpu_cnn_batches * cfg.batch_size)
             run.data = dataclasses.replace(run.data, train_x=run.data.train_x[:n_train], train_y=run.data.train_y[:n_train])
         pipelines = {"practical": practical_epoch(cfg, run.data, args.workers), "fmsweep": fmsweep_epoch(run)}
-        seconds: dict[str, list[float]] = {name: [] for name in pipelines}
-        for round_ in range(args.warmup + args.epochs):
-            times = {name: timed(epoch, device) for name, epoch in pipelines.items()}
-            print(f"{case}: {'warm-up' if round_ < args.warmup else 'timed'} epoch "
-                  + ", ".join(f"{name} {t:.3f}s" for name, t in times.items()), file=sys.stderr)
-            if round_ >= args.warmup:
-                for name, t in times.items():
-                    seconds[name].append(t)
+        seconds = rounds(f"{case}: epoch", pipelines, device, args)
     median = {name: statistics.median(s) for name, s in seconds.items()}
     return {
         "case": case, "images_per_epoch": n_train, "batches_per_epoch": -(-n_train // cfg.batch_size),
@@ -200,19 +208,16 @@ def bench_pack(case: str, overrides: list[str], args: argparse.Namespace) -> dic
         subset = math.ceil(args.cpu_cnn_batches * cfg.batch_size / (1 - cfg.data.valid_ratio))
         configs = [case_config(case, [*overrides, f"seed={k}", f"epochs={args.job_epochs}", f"data.subset={subset}"])
                    for k in range(args.pack)]
-    seconds: dict[str, list[float]] = {"unpacked": [], "packed": []}
-    jobs = {"unpacked": lambda out: [train.run_pack([c], [out / f"{k}"]) for k, c in enumerate(configs)],
-            "packed": lambda out: train.run_pack(configs, [out / f"{k}" for k in range(len(configs))])}
-    for round_ in range(args.warmup + args.epochs):
-        times = {}
-        for name, job in jobs.items():
-            with tempfile.TemporaryDirectory() as out:
-                times[name] = timed(partial(job, Path(out)), device)
-        print(f"{case} pack={args.pack}: {'warm-up' if round_ < args.warmup else 'timed'} round "
-              + ", ".join(f"{name} {t:.2f}s" for name, t in times.items()), file=sys.stderr)
-        if round_ >= args.warmup:
-            for name, t in times.items():
-                seconds[name].append(t)
+    def unpacked() -> None:
+        with tempfile.TemporaryDirectory() as out:
+            for k, c in enumerate(configs):
+                train.run_pack([c], [Path(out) / str(k)])
+
+    def packed() -> None:
+        with tempfile.TemporaryDirectory() as out:
+            train.run_pack(configs, [Path(out) / str(k) for k in range(len(configs))])
+
+    seconds = rounds(f"{case} pack={args.pack}: round", {"unpacked": unpacked, "packed": packed}, device, args)
     median = {name: statistics.median(s) for name, s in seconds.items()}
     cfg = configs[0]
     n_images = len(load_fashion_mnist(cfg.data.root, cfg.data.download)[1])

@@ -117,3 +117,38 @@ def sweep(curves: dict[str, list[tuple[list[float], list[float]]]], points: dict
     right.set_title("test accuracy per setting")
     right.grid(axis="x", alpha=0.3)
     return fig
+
+
+def search(objective: str, trials: list[tuple[int, str, float | None, dict[str, float]]], log_scale: set[str],
+           minimize: bool) -> Figure:
+    """A search's trials (number, state, objective value or None, searched values): the objective against each
+    searched parameter (completed trials as dots, pruned ones as crosses at their last reported value), and the
+    best value so far against the trial number. A loss (minimized) is drawn on a log scale: a diverging trial's
+    loss would squash the others."""
+    names = list(dict.fromkeys(name for *_, params in trials for name in params))
+    fig = Figure(figsize=(4.5 * (len(names) + 1), 4), layout="constrained")
+    axes = fig.subplots(1, len(names) + 1, squeeze=False)[0]
+    for ax, name in zip(axes, names):
+        for state, marker in (("complete", "o"), ("pruned", "x")):
+            points = [(params[name], value) for _, s, value, params in trials if s == state and value is not None]
+            if points:
+                ax.scatter(*zip(*points), marker=marker, label=state, alpha=0.8)
+        ax.set_xscale("log" if name in log_scale else "linear")
+        ax.set_yscale("log" if minimize else "linear")
+        ax.set_xlabel(name)
+        ax.set_ylabel(objective)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    best, numbers, values = None, [], []
+    for number, state, value, _ in sorted(trials):
+        if state == "complete" and value is not None and (best is None or (value < best if minimize else value > best)):
+            best = value
+        if best is not None:
+            numbers.append(number)
+            values.append(best)
+    axes[-1].step(numbers, values, where="post")
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[-1].set_xlabel("trial")
+    axes[-1].set_ylabel(f"best {objective} so far")
+    axes[-1].grid(alpha=0.3)
+    return fig

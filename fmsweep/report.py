@@ -1,12 +1,15 @@
 """`python -m fmsweep.report <sweep dir>`: every job of a sweep in one table, then one row per setting with
-the seeds aggregated; writes report.md, report.csv (one row per job) and report.png into the sweep dir, and
-prints the markdown and the paths of the files written."""
+the seeds aggregated, and for a search (hydra/sweeper=optuna) its trials by objective and the best one; writes
+report.md, report.csv (one row per job), report.png (and search.png) into the sweep dir, and prints the markdown and
+the paths of the files written."""
 from __future__ import annotations
 
 import argparse
 import csv
 import io
+import math
 import os
+import shlex
 import statistics
 import sys
 from collections import defaultdict
@@ -14,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
+from omegaconf import OmegaConf
 
-from fmsweep import figures
+from fmsweep import figures, search
 from fmsweep.errors import UserError
 from fmsweep.files import atomic_write
 from fmsweep.runs import SEED_KEY, ArgumentParser, Run, find_runs, markdown_table, override_key
@@ -121,6 +125,48 @@ def figure(runs: list[Run], stats: dict[str, dict[str, Any]]) -> Figure:
     return figures.sweep(dict(curves), points, shared)
 
 
+def search_section(sweep_dir: Path, runs: list[Run]) -> tuple[str, Figure] | None:
+    """For a search's sweep dir: its trials sorted by objective (pruned and failed ones after), with their searched
+    values and status, the best trial and the command that trains it again, and search.png."""
+    if not (sweep_dir / search.JOURNAL).is_file():
+        return None
+    import optuna
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    study = optuna.load_study(study_name=search.STUDY, storage=search.storage(sweep_dir))
+    objective, minimize = study.user_attrs["objective"], study.direction == optuna.study.StudyDirection.MINIMIZE
+    by_num = {run.num: run for run in runs if run.path.parent == sweep_dir}
+    trials = study.trials
+    names = list(dict.fromkeys(name for t in trials for name in t.distributions))
+    log_scale = {name for t in trials for name, d in t.distributions.items()
+                 if isinstance(d, (FloatDistribution, IntDistribution)) and d.log}
+
+    def value(t: optuna.trial.FrozenTrial) -> float | None:
+        if t.value is not None:
+            return t.value
+        return t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
+
+    def order(t: optuna.trial.FrozenTrial) -> tuple[int, float]:
+        v = t.value if t.value is not None else math.inf
+        return (0, v if minimize else -v) if t.state.name == "COMPLETE" else (1, t.number)
+
+    rows = [[str(t.number), by_num[t.number].status if t.number in by_num else t.state.name.lower(),
+             f"{t.value:.4f}" if t.value is not None else MISSING, *(str(t.params.get(n, MISSING)) for n in names)]
+            for t in sorted(trials, key=order)]
+    lines = ["## Search", "", f"{len(trials)} trials, objective {objective} ({'minimized' if minimize else 'maximized'}), "
+             "best first; a pruned trial stopped at the epoch its status names, with its last reported value.", "",
+             markdown_table(["trial", "status", objective, *names], rows, right={0, 2}), ""]
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    if complete:
+        best = study.best_trial
+        overrides = OmegaConf.load(by_num[best.number].path / ".hydra" / "overrides.yaml") if best.number in by_num else []
+        lines += [f"Best: trial {best.number}, {objective} {best.value:.4f}. To train it again:", "", "```bash",
+                  "python -m fmsweep " + shlex.join(str(o) for o in overrides), "```", ""]
+    lines += ["![objective against each searched value; best so far against trial number](search.png)", ""]
+    points = [(t.number, t.state.name.lower(), value(t), dict(t.params)) for t in trials]
+    return "\n".join(lines), figures.search(objective, points, log_scale, minimize)
+
+
 def write_report(sweep_dir: Path) -> tuple[str, list[Path]]:
     """Write report.md, report.csv and report.png into `sweep_dir`; return the markdown and the files written."""
     runs = find_runs(sweep_dir)
@@ -154,8 +200,14 @@ def write_report(sweep_dir: Path) -> tuple[str, list[Path]]:
     md_path, csv_path, png_path = (sweep_dir / name for name in ("report.md", "report.csv", "report.png"))
     atomic_write(csv_path, out.getvalue())
     atomic_write(png_path, figures.to_png(figure(runs, stats)))
+    written = [md_path, csv_path, png_path]
+    searched = search_section(sweep_dir, runs)
+    if searched is not None:
+        markdown += "\n" + searched[0]
+        atomic_write(sweep_dir / "search.png", figures.to_png(searched[1]))
+        written.append(sweep_dir / "search.png")
     atomic_write(md_path, markdown)
-    return markdown, [md_path, csv_path, png_path]
+    return markdown, written
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

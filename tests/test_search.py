@@ -14,7 +14,7 @@ from conftest import ROOT
 from optuna.trial import TrialState
 from test_slurm import CPU_SLURM, needs_cluster
 
-from fmsweep import search
+from fmsweep import report, search
 from fmsweep.runs import find_runs
 
 SPACE = ["model=fc", "optimizer.lr=tag(log,interval(1e-5,1))"]
@@ -63,6 +63,17 @@ def test_the_pruner_stops_hopeless_trials_which_keep_their_checkpoints(data_root
             assert f"{r.name} pruned: at epoch {r.metrics['pruned']}" in proc.stdout
             assert r.status == f"pruned at epoch {r.metrics['pruned']}"
     assert "did not complete" not in proc.stderr  # pruned is not failed
+    # the report lists the trials best first (valid_acc, maximized), pruned ones after, and the best trial's command
+    markdown, written = report.write_report(tmp_path)
+    section = markdown.split("## Search")[1]
+    rows = [line.split("|")[1:-1] for line in section.splitlines() if line.startswith("|")][2:]
+    done = [float(r[2]) for r in rows if r[1].strip() == "completed"]
+    assert len(rows) == 8 and done == sorted(done, reverse=True)
+    assert [r[1].strip().startswith("pruned") for r in rows] == sorted(r[1].strip().startswith("pruned") for r in rows)
+    best = study(tmp_path).best_trial
+    assert f"Best: trial {best.number}, valid_acc {best.value:.4f}" in section
+    assert f"optimizer.lr={best.params['optimizer.lr']!r}" in section.split("```bash")[1]
+    assert tmp_path / "search.png" in written and (tmp_path / "search.png").stat().st_size > 0
 
 
 def test_a_killed_search_continues_in_its_sweep_dir(data_root: Path, tmp_path: Path) -> None:
@@ -90,6 +101,8 @@ def test_a_killed_search_continues_in_its_sweep_dir(data_root: Path, tmp_path: P
     ("optimizer.lr=tag(log,interval(0,1))", "optimizer.lr=tag(log,interval(0,1)): not a search space"),
     ("optimizer.lrr=interval(0.1,1)", "optimizer.lrr"),
     ("optimizer.lr=interval(2,1)", "optimizer.lr=interval(2,1): not a search space"),
+    ("reg.dropout=interval(0.5,1.5)", "reg.dropout must be a number in [0, 1), got 1.5"),
+    ("model=fc,fcc", "model=fcc"),
 ])
 def test_a_bad_search_space_is_one_line_before_any_trial(data_root: Path, tmp_path: Path, space: str, words: str) -> None:
     proc = run(data_root, tmp_path / "sweep", "model=fc", space, "hydra.sweeper.n_trials=2")

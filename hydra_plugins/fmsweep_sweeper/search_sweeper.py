@@ -56,10 +56,8 @@ class SearchSweeper(Sweeper):
         try:
             self.check_settings()
             fixed, space = search.split(arguments)
-            # a first trial's config, checked before the study exists: a bad key or value of the space is one line
-            example = [*fixed, *(f"{key}={search.override_value(dist.to_external_repr(dist.to_internal_repr(_low(dist))))}"
-                                 for key, dist in space.items())]
-            prelaunch.check_jobs(loader, self.config, [example])
+            # the space's corners, checked before the study exists: a bad key or value of the space is one line
+            prelaunch.check_jobs(loader, self.config, _corners(fixed, space))
             if is_slurm(self.launcher):
                 prelaunch.check_slurm_request(self.launcher.params)
         except UserError as exc:
@@ -105,9 +103,17 @@ class SearchSweeper(Sweeper):
         return returns
 
 
-def _low(distribution: Any) -> Any:
-    """A value of the distribution to check the config with: its low end, or its first choice."""
-    return distribution.choices[0] if hasattr(distribution, "choices") else distribution.low
+def _corners(fixed: list[str], space: dict[str, Any]) -> list[list[str]]:
+    """Trial overrides to check a search space with: every key at its low end, then at its high end, then each
+    choice of each category (the other keys low)."""
+    from fmsweep.search import override_value
+
+    def ends(pick: int) -> dict[str, Any]:
+        return {k: d.choices[pick] if hasattr(d, "choices") else (d.low, d.high)[pick] for k, d in space.items()}
+
+    trials = [ends(0), ends(-1)]
+    trials += [{**ends(0), key: choice} for key, d in space.items() for choice in getattr(d, "choices", ())]
+    return [[*fixed, *(f"{k}={override_value(v)}" for k, v in trial.items())] for trial in trials]
 
 
 def _consecutive(numbers: list[int]) -> list[list[int]]:

@@ -101,6 +101,18 @@ def test_early_stopping_ends_a_run_that_stopped_improving(make_cfg, tmp_path: Pa
     assert json.loads((tmp_path / "improving" / "metrics.json").read_text())["stopped_early"] is None
 
 
+def test_early_stopping_counts_on_across_a_resume(make_cfg, tmp_path: Path) -> None:
+    """The epochs without improvement are part of last.pt: a run continued after 2 epochs stops where the same run
+    uninterrupted stops, with the same result."""
+    settings = ("model=fc", "early_stop.patience=2", "early_stop.min_delta=0.05")
+    train.run(make_cfg(*settings, "epochs=8"), tmp_path / "straight")
+    stopped = json.loads((tmp_path / "straight" / "metrics.json").read_text())["stopped_early"]
+    assert stopped is not None and stopped > 2
+    train.run(make_cfg(*settings, "epochs=2"), tmp_path / "resumed")
+    train.run(make_cfg(*settings, "epochs=8"), tmp_path / "resumed")
+    assert_same_result(tmp_path / "straight", tmp_path / "resumed")
+
+
 def test_a_member_that_stops_early_leaves_its_pack_training(make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(train, "stacked", lambda device, cfg: True)
     configs = [make_cfg("model=fc", "epochs=4", "early_stop.patience=1", "early_stop.min_delta=10"),

@@ -101,8 +101,8 @@ RUN_KEYS: dict[str, Check] = {
     "reg.input_dropout": PROBABILITY,
     "reg.dropout": PROBABILITY,
 }
-# Constructor arguments of models, optimizers, augmentations and schedules, checked where the chosen class takes them; the others
-# a class takes (betas, eps, ...) are left to the class itself in a trial construction.
+# Constructor arguments of models, optimizers, augmentations and schedules, checked where the chosen class takes
+# them; the others a class takes (betas, eps, ...) are left to the class itself in a trial construction.
 ARGUMENTS: dict[str, Check] = {
     "model.hidden": SIZES,
     "model.channels": SIZES,

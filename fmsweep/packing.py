@@ -2,12 +2,12 @@
 
 In a sweep with pack=K, jobs that differ only in their seed, optimizer settings (not its class), regularization
 (reg.l2; dropout rates where the model has no dropout), lr schedule, early stopping and augmentation settings (not
-its kind) have the same tensor shapes and step count: the sweeper groups them, in job order, into packs of at most K. A pack of two or more is
-launched as one job of the launcher (and once any jobs pack, so is every lone job, as a pack of one), with the
-overrides of its first member, in its own folder below the sweep dir (`packs/<first>-<last>`, no .hydra/ there);
-`pack.yaml` there holds every member's config as the launcher would
-have composed it. The pack job writes each member's .hydra/ as Hydra would have, and trains the members together
-(train.run_pack), each into the job dir it would have had alone.
+its kind) have the same tensor shapes: the sweeper groups them, in job order, into packs of at most K. A pack of two
+or more is launched as one job of the launcher (and once any jobs pack, so is every lone job, as a pack of one),
+with the overrides of its first member, in its own folder below the sweep dir (`packs/<first>-<last>`, no .hydra/
+there); `pack.yaml` there holds every member's config as the launcher would have composed it. The pack job writes
+each member's .hydra/ as Hydra would have, and trains the members together (train.run_pack), each into the job dir
+it would have had alone.
 """
 from __future__ import annotations
 

@@ -147,7 +147,8 @@ class RunState:
         self.model.net.load_state_dict(last["state_dict"])
         load_optimizer_state(self.optimizer, last["optimizer"])
         self.generator.set_state(last["generator"])
-        self.epoch, self.partial, self.best_loss, self.best_epoch = (last[k] for k in ("epoch", "partial", "best_loss", "best_epoch"))
+        self.epoch, self.partial = last["epoch"], last["partial"]
+        self.best_loss, self.best_epoch = last["best_loss"], last["best_epoch"]
         self.best_state, self.history, self.train_seconds = last["best_state"], last["history"], last["train_seconds"]
         self.stale, self.stopped_early, self.pruned = last["stale"], last["stopped_early"], last["pruned"]
         self.rng_cpu, self.rng_cuda = last["rng_cpu"], last["rng_cuda"] if self.rng_cuda is not None else None
@@ -220,8 +221,9 @@ class RunState:
         valid_loss, valid_acc = evaluate(best, self.data.valid_x, self.data.valid_y)
         test_logits = predict(best, self.data.test_x)
         test_loss, test_acc = scores(test_logits, self.data.test_y)
-        metrics = {"status": "pruned" if self.pruned else "completed", "best_epoch": self.best_epoch, "valid_loss": valid_loss, "valid_acc": valid_acc,
-                   "test_loss": test_loss, "test_acc": test_acc, "num_params": num_parameters(self.model),
+        metrics = {"status": "pruned" if self.pruned else "completed", "best_epoch": self.best_epoch,
+                   "valid_loss": valid_loss, "valid_acc": valid_acc, "test_loss": test_loss, "test_acc": test_acc,
+                   "num_params": num_parameters(self.model),
                    "train_seconds": self.train_seconds, "epochs_run": len(self.history),
                    "stopped_early": self.stopped_early, "pruned": self.pruned}
         self.tracker.predictions(self.data.test_x, self.data.test_y, test_logits.argmax(1), self.best_epoch)
@@ -368,7 +370,8 @@ def train(pack: list[RunState], until: tuple[int, int] | None = None) -> dict[Ru
                 correct += n_correct
                 if show_bar and b % 20 == 0:  # a host sync: only for the bar
                     seen = min((b + 1) * cfg.batch_size, loader.n)
-                    batches.set_postfix(loss=f"{losses.sum().item() / seen / K:.4f}", acc=f"{correct.sum().item() / seen / K:.4f}")
+                    batches.set_postfix(loss=f"{losses.sum().item() / seen / K:.4f}",
+                                        acc=f"{correct.sum().item() / seen / K:.4f}")
                 if stop.signum is not None or until == (epoch - 1, b + 1):
                     for k, run in enumerate(pack):
                         run.partial = {"next": b + 1, "rng": rng[k], "losses": losses[k].cpu(),

@@ -102,11 +102,13 @@ class Trial:
 
     @classmethod
     def of(cls, run_dir: Path) -> Trial | None:
-        """The trial that `run_dir` is the job dir of, when it belongs to a search."""
+        """The trial that `run_dir` is the job dir of, when it belongs to a search that prunes (without a pruner
+        the study needs only the final objective, which the sweeper reads from metrics.json)."""
         hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
         if not (run_dir.parent / JOURNAL).is_file() or not hydra_yaml.is_file():
             return None
-        return cls(run_dir.parent, int(OmegaConf.load(hydra_yaml).hydra.job.num))
+        trial = cls(run_dir.parent, int(OmegaConf.load(hydra_yaml).hydra.job.num))
+        return trial if trial.study.user_attrs["pruner"] != "none" else None
 
     def prune(self, epoch: int, row: dict[str, float]) -> bool:
         """Report the epoch's objective; whether the pruner stops the trial here."""

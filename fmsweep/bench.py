@@ -2,8 +2,9 @@
 
 For each case (a model, optionally with augmentation) the same network trains in two pipelines, in one process:
 
-- fmsweep: `train.setup` and `train.TrainStep`, exactly as `python -m fmsweep` trains (data as tensors on the
-  device, batched augmentation there, and on CUDA bf16 autocast with the step replayed as a CUDA graph);
+- fmsweep: `train.RunState`, `loader.TrainLoader` and `train.PackStep`, exactly as `python -m fmsweep` trains
+  (data as tensors on the device, batched augmentation there, and on CUDA bf16 autocast with the step replayed as
+  a CUDA graph);
 - the practical: a DataLoader (shuffle, `--workers` processes) over torchvision's FashionMNIST as PIL images,
   per-sample transforms (the flip and affine PIL transforms, ToTensor, a normalization Lambda), each batch
   moved to the device, then forward, loss, zero_grad, backward and step of a default-built optimizer.
@@ -12,6 +13,7 @@ After `--warmup` epochs of each, `--epochs` epochs of each are timed, alternatin
 that load from other processes hits both alike; the table gives medians. On CPU, convolutional models train
 on `--cpu-cnn-batches` batches per epoch (a full epoch takes minutes there). Writes bench.json and bench.md
 to `--out`. Config overrides are those of `python -m fmsweep`, e.g. data.root=... data.download=false.
+With `--pack K` it times K whole jobs one after another against one packed job of them instead.
 """
 from __future__ import annotations
 

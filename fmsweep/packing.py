@@ -104,7 +104,7 @@ def run(pack_dir: Path, hydra_cfg: DictConfig) -> float:
     tools find its launcher logs), train all members together, and return the best of their valid losses.
     A member that fails is marked failed in its job dir; then the pack job fails too, once the others are done."""
     from fmsweep import train
-    from fmsweep.errors import TrainingDiverged
+    from fmsweep.errors import Interrupted, TrainingDiverged
 
     configs, dirs = [], []
     for member in OmegaConf.load(pack_dir / MANIFEST).members:
@@ -124,6 +124,8 @@ def run(pack_dir: Path, hydra_cfg: DictConfig) -> float:
     log.info("pack of %d jobs: %s", len(dirs), ", ".join(d.name for d in dirs))
     try:
         losses = train.run_pack(configs, dirs)
+    except Interrupted:
+        raise  # saved, not failed: the members resume
     except Exception as exc:
         for run_dir in dirs:
             tracking.record_failure(run_dir, exc)

@@ -4,6 +4,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -201,3 +202,21 @@ def test_a_member_that_diverges_in_a_packed_sweep_is_reported_alone(data_root: P
     assert f"  {diverged.name}: failed: TrainingDiverged: training diverged" in proc.stderr
     assert f"log: {tmp_path / 'packs' / '0-1' / '__main__.log'}" in proc.stderr
     assert ok.name + ":" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_an_interrupted_packed_sweep_marks_no_member_failed_and_resumes(data_root: Path, tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "fmsweep", "-m", f"data.root={data_root}", "data.download=false", "device=cpu",
+               "model=fc", "seed=0,1", "pack=2", "epochs=30", "batch_size=8", f"hydra.sweep.dir={tmp_path}"]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not any(len(h.read_text().splitlines()) >= 3 for h in tmp_path.glob("*/history.csv")):
+        assert proc.poll() is None and time.time() < deadline, "no epoch 2"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert not [d for d in tmp_path.glob("*/metrics.json") if json.loads(d.read_text())["status"] == "failed"]
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "Resuming from" in (tmp_path / "packs" / "0-1" / "__main__.log").read_text()

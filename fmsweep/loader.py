@@ -66,4 +66,7 @@ class TrainLoader:
                     x = source.normalize(source.aug.apply(x.unsqueeze(1).float().div_(255), params[window]))
                 xs.append(x)
                 ys.append(source.labels.index_select(0, idx))
-            yield b, torch.stack(xs), torch.stack(ys)
+            if len(xs) == 1:  # a lone run: a view, not a copy of its batch
+                yield b, xs[0].unsqueeze(0), ys[0].unsqueeze(0)
+            else:
+                yield b, torch.stack(xs), torch.stack(ys)

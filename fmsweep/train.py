@@ -302,7 +302,8 @@ class PackStep:
                 group["lr"].copy_(lr * factor)
         for optimizer in self.optimizers:
             optimizer.step()
-        self.batches_done += 1
+        if self.schedules:
+            self.batches_done += 1
         return torch.stack(losses).detach(), (logits.argmax(-1) == y).sum(-1)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

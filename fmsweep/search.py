@@ -33,16 +33,36 @@ def storage(sweep_dir: Path) -> Any:
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(sweep_dir / JOURNAL)))
 
 
-def make_pruner(name: str) -> Any:
-    """The pruner a study was created with: median stops a trial worse than the median of the others at the same
-    epoch (after 2 trials finished); halving is successive halving (ASHA-like rungs); none never prunes."""
+def make_pruner(name: str, epochs: int) -> Any:
+    """The pruner of a search, for a trial of `epochs` epochs: median stops a trial worse than the median of the
+    others at the same epoch (after 2 trials finished); halving is successive halving (`Halving`); none never
+    prunes."""
     import optuna
 
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
     if name == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+        return Halving(epochs)
     return optuna.pruners.NopPruner()
+
+
+class Halving:
+    """Asynchronous successive halving over a run's epochs: at rungs of 1, 3, 9, ... epochs a trial goes on only if
+    it is among the best third of the trials that reached the rung. The rungs stop at a third of the run: past the
+    last one a trial trains to the end, as in Hyperband's brackets, whose top rung is the whole run (a trial
+    stopped later would have cost most of a run and saved little)."""
+
+    RATE = 3
+
+    def __init__(self, epochs: int) -> None:
+        import optuna
+
+        self.rungs = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=self.RATE)
+        self.epochs = epochs
+
+    def prune(self, study: Any, trial: Any) -> bool:
+        step = trial.last_step
+        return step is not None and step * self.RATE <= self.epochs and self.rungs.prune(study, trial)
 
 
 def distribution(override: Override) -> Any:
@@ -91,27 +111,28 @@ class Trial:
     """The study's side of one trial, seen from its job: report the objective after each epoch, and whether the
     study's pruner stops it there."""
 
-    def __init__(self, sweep_dir: Path, number: int) -> None:
+    def __init__(self, sweep_dir: Path, number: int, epochs: int) -> None:
         import optuna
 
         self.study = optuna.load_study(study_name=STUDY, storage=storage(sweep_dir))
-        self.study.pruner = make_pruner(self.study.user_attrs["pruner"])
+        self.study.pruner = make_pruner(self.study.user_attrs["pruner"], epochs)
         self.objective = self.study.user_attrs["objective"]
         self.trial_id = self.study._storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
         self.trial = optuna.Trial(self.study, self.trial_id)
 
     @classmethod
-    def of(cls, run_dir: Path) -> Trial | None:
+    def of(cls, run_dir: Path, epochs: int) -> Trial | None:
         """The trial that `run_dir` is the job dir of, when it belongs to a search that prunes (without a pruner
         the study needs only the final objective, which the sweeper reads from metrics.json)."""
         hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
         if not (run_dir.parent / JOURNAL).is_file() or not hydra_yaml.is_file():
             return None
-        trial = cls(run_dir.parent, int(OmegaConf.load(hydra_yaml).hydra.job.num))
+        trial = cls(run_dir.parent, int(OmegaConf.load(hydra_yaml).hydra.job.num), epochs)
         return trial if trial.study.user_attrs["pruner"] != "none" else None
 
     def prune(self, epoch: int, row: dict[str, float]) -> bool:
-        """Report the epoch's objective; whether the pruner stops the trial here."""
+        """Report the objective of the trial's best epoch so far (`row`, what the trial would end with); whether
+        the pruner stops the trial here."""
         value = row[self.objective]
         if not math.isfinite(value):
             return False

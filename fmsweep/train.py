@@ -110,7 +110,7 @@ class RunState:
         if (run_dir / checkpoint.LAST).is_file():
             self.load(checkpoint.load(run_dir / checkpoint.LAST))
         self.tracker = Tracker(run_dir, self.summary(), self.history)
-        self.trial = Trial.of(run_dir)  # the search trial this run is, if any
+        self.trial = Trial.of(run_dir, cfg.epochs)  # the search trial this run is, if any
 
     @property
     def position(self) -> tuple[int, int]:
@@ -204,12 +204,14 @@ class RunState:
             self.stopped_early = epoch
             log.info("%searly stop after epoch %d: valid loss not %s for %d epochs", self.label, epoch,
                      f"better by more than {self.cfg.early_stop.min_delta:g}", self.stale)
-        if self.trial is not None and epoch < self.cfg.epochs and self.trial.prune(epoch, row):
-            self.pruned = epoch
-            log.info("%spruned after epoch %d by the search's pruner", self.label, epoch)
         if improved:
             self.best_loss, self.best_epoch = valid_loss, epoch
             self.best_state = {key: value.detach().clone() for key, value in self.model.net.state_dict().items()}
+        # the pruner judges what the trial would end with now: the objective of its best checkpoint so far
+        best_row = self.history[self.best_epoch - 1] if self.best_epoch else row
+        if self.trial is not None and epoch < self.cfg.epochs and self.trial.prune(epoch, best_row):
+            self.pruned = epoch
+            log.info("%spruned after epoch %d by the search's pruner", self.label, epoch)
         self.save()  # last.pt commits the epoch; every other file follows from it, so none is ever ahead of it
         if improved:
             self.save_best()

@@ -54,9 +54,14 @@ def test_the_pruner_stops_hopeless_trials_which_keep_their_checkpoints(data_root
     proc = run(data_root, tmp_path, *SPACE, "epochs=4", "hydra.sweeper.n_trials=8", "hydra.sweeper.n_jobs=2",
                "hydra.sweeper.pruner=median", "hydra.sweeper.objective=valid_acc")
     assert proc.returncode == 0, proc.stderr
-    states = [t.state for t in study(tmp_path).trials]
-    assert len(states) == 8 and TrialState.PRUNED in states
+    trials = study(tmp_path).trials
+    assert len(trials) == 8 and TrialState.PRUNED in [t.state for t in trials]
     for r in find_runs(tmp_path):
+        # each epoch before the last, the study got the objective of the trial's best checkpoint so far
+        history = r.history()
+        reported = {epoch: min(history[:epoch], key=lambda row: row["valid_loss"])["valid_acc"]
+                    for epoch in range(1, min(len(history), 3) + 1)}
+        assert trials[r.num].intermediate_values == reported
         if r.metrics["status"] == "pruned":
             assert 1 <= r.metrics["pruned"] < 4 and r.metrics["epochs_run"] == r.metrics["pruned"]
             assert (r.path / "last.pt").is_file() and (r.path / "best_model.pt").is_file()
@@ -122,10 +127,32 @@ def test_a_search_packs_its_trials_through_submitit_local(data_root: Path, tmp_p
     assert all(json.loads((r.path / "metrics.json").read_text())["status"] == "completed" for r in find_runs(tmp_path))
 
 
+def halving_decisions(epochs: int) -> list[bool]:
+    """Whether Halving(epochs) stops each report of a fixed script of four trials (minimized values)."""
+    study = optuna.create_study(pruner=search.Halving(epochs))
+    first, second, third, fourth = (study.ask() for _ in range(4))
+    script = [(first, 1.0, 1), (second, 2.0, 1), (third, 0.5, 1), (third, 0.4, 3), (first, 5.0, 3),
+              (fourth, 0.2, 1), (fourth, 0.1, 3), (third, 0.3, 9), (fourth, 0.9, 9)]
+    decisions = []
+    for trial, value, epoch in script:
+        trial.report(value, epoch)
+        decisions.append(trial.should_prune())
+    return decisions
+
+
+def test_halving_keeps_the_best_third_at_rungs_up_to_a_third_of_the_run() -> None:
+    # a trial goes on if it is in the best third of those at its rung (the first there always is): the second
+    # stops at epoch 1, the first at epoch 3 (a rung from 9 epochs on), the fourth at 9 (from 27 epochs on)
+    assert halving_decisions(30) == [False, True, False, False, True, False, False, False, True]
+    assert halving_decisions(10) == [False, True, False, False, True, False, False, False, False]
+    assert halving_decisions(8) == [False, True, False, False, False, False, False, False, False]
+    assert halving_decisions(2) == [False] * 9
+
+
 @pytest.mark.slurm
 @needs_cluster
 def test_a_search_on_slurm(data_root: Path, tmp_path: Path) -> None:
-    proc = run(data_root, tmp_path, *CPU_SLURM, *SPACE, "epochs=2", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2",
+    proc = run(data_root, tmp_path, *CPU_SLURM, *SPACE, "epochs=3", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2",
                "hydra.sweeper.pruner=halving")
     assert proc.returncode == 0, proc.stderr
     trials = study(tmp_path).trials

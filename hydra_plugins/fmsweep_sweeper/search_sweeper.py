@@ -66,8 +66,8 @@ class SearchSweeper(Sweeper):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(
             study_name=search.STUDY, storage=search.storage(sweep_dir), load_if_exists=True,
-            direction=search.OBJECTIVES[self.objective], sampler=optuna.samplers.TPESampler(seed=self.seed),
-            pruner=search.make_pruner(self.pruner))
+            direction=search.OBJECTIVES[self.objective], sampler=optuna.samplers.TPESampler(seed=self.seed))
+        # the trials prune themselves, from inside their jobs (fmsweep.search.Trial), with the pruner named here
         study.set_user_attr("objective", self.objective)
         study.set_user_attr("pruner", self.pruner)
         returns, error = [], None

@@ -9,7 +9,6 @@ import csv
 import io
 import math
 import os
-import shlex
 import statistics
 import sys
 from collections import defaultdict
@@ -17,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
-from omegaconf import OmegaConf
 
 from fmsweep import figures, search
 from fmsweep.errors import UserError
 from fmsweep.files import atomic_write
-from fmsweep.runs import SEED_KEY, ArgumentParser, Run, find_runs, markdown_table, override_key
+from fmsweep.runs import SEED_KEY, ArgumentParser, Run, command, find_runs, markdown_table, override_key
 
 METRICS = ("valid_loss", "valid_acc", "test_loss", "test_acc")
 CSV_FIELDS = ("job", "overrides", "setting", "status", "best_epoch", *METRICS, "num_params", "train_seconds",
@@ -159,9 +157,11 @@ def search_section(sweep_dir: Path, runs: list[Run]) -> tuple[str, Figure] | Non
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     if complete:
         best = study.best_trial
-        overrides = OmegaConf.load(by_num[best.number].path / ".hydra" / "overrides.yaml") if best.number in by_num else []
-        lines += [f"Best: trial {best.number}, {objective} {best.value:.4f}. To train it again:", "", "```bash",
-                  "python -m fmsweep " + shlex.join(str(o) for o in overrides), "```", ""]
+        lines += [f"Best: trial {best.number}, {objective} {best.value:.4f}."]
+        if best.number in by_num:
+            lines[-1] += " To train it again:"
+            lines += ["", "```bash", command(by_num[best.number].path), "```"]
+        lines += [""]
     lines += ["![objective against each searched value; best so far against trial number](search.png)", ""]
     points = [(t.number, t.state.name.lower(), value(t), dict(t.params)) for t in trials]
     return "\n".join(lines), figures.search(objective, points, log_scale, minimize)

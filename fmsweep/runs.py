@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import shlex
+import sys
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +46,15 @@ def read_overrides(run_dir: Path) -> list[str]:
         hydra_cfg = OmegaConf.load(hydra_dir / "hydra.yaml")
         excluded = set(OmegaConf.select(hydra_cfg, "hydra.job.config.override_dirname.exclude_keys", default=[]))
     return sorted(o for o in overrides if override_key(o) not in excluded)
+
+
+def command(run_dir: Path) -> str:
+    """The command that trains the run in `run_dir` again: `python -m fmsweep` with the job's own overrides as Hydra
+    recorded them (for a sweep job or a pack member, not the sweep's command line); the process's own arguments
+    where Hydra recorded none."""
+    recorded = run_dir / HYDRA_DIR / "overrides.yaml"
+    arguments = [str(o) for o in OmegaConf.load(recorded)] if recorded.is_file() else sys.argv[1:]
+    return "python -m fmsweep " + shlex.join(arguments)
 
 
 @dataclass

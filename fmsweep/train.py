@@ -11,7 +11,6 @@ import copy
 import inspect
 import logging
 import math
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from fmsweep.data import Raw, Splits, load_fashion_mnist, prepare, raw_folder
 from fmsweep.errors import TrainingDiverged, UserError
 from fmsweep.loader import Source, TrainLoader
 from fmsweep.models import Classifier, l2_penalty, num_parameters
-from fmsweep.runs import read_overrides
+from fmsweep.runs import command, read_overrides
 from fmsweep.schedule import Constant
 from fmsweep.search import Trial
 from fmsweep.signals import StopRequest
@@ -75,6 +74,16 @@ def build(cfg: DictConfig, data: Splits, scheduled: bool = False) -> tuple[Class
     if scheduled:
         options["lr"] = torch.tensor(float(cfg.optimizer.lr), device=device)
     return model, factory(model.parameters(), **options)
+
+
+def describe(optimizer: torch.optim.Optimizer) -> str:
+    """torch's text of an optimizer, with a setting held as a tensor (a scheduled run's lr) written as its number."""
+    lines = [f"{type(optimizer).__name__} ("]
+    for i, group in enumerate(optimizer.param_groups):
+        lines.append(f"Parameter Group {i}")
+        lines += [f"    {key}: {group[key].item() if torch.is_tensor(group[key]) else group[key]}"
+                  for key in sorted(group) if key != "params"]
+    return "\n".join([*lines, ")"])
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
@@ -168,7 +177,7 @@ class RunState:
         """The practical's run summary: command, data, transforms, normalization, model, optimizer."""
         cfg, data = self.cfg, self.data
         return "\n".join([
-            "## Command", "python -m fmsweep " + shlex.join(sys.argv[1:]), "",
+            "## Command", command(self.run_dir), "",
             "## Dataset",
             f"FashionMNIST from {Path(cfg.data.root).expanduser()}: train {len(data.train_y)}, valid {len(data.valid_y)}, "
             f"test {len(data.test_y)} (split seed {cfg.seed}, valid_ratio {cfg.data.valid_ratio})",
@@ -176,7 +185,10 @@ class RunState:
             f"Normalization: {cfg.data.normalize} (statistics of the train split)", "",
             "## Model", str(self.model.net), f"Trainable parameters: {num_parameters(self.model)}",
             f"L2 penalty: {cfg.reg.l2}", "",
-            "## Optimizer", str(self.optimizer), "",
+            "## Optimizer", describe(self.optimizer),
+            f"Learning-rate schedule: {type(self.schedule).__name__} "
+            f"({', '.join(f'{k}={v}' for k, v in cfg.scheduler.items() if k != '_target_')}) "
+            f"of optimizer.lr={cfg.optimizer.lr}, stepped every batch", "",
         ])
 
     def source(self) -> Source:

@@ -1,6 +1,7 @@
 """Packed training: which jobs pack together, packed runs against their unpacked twins, a pack that stops, falls
 behind in part or loses a member, and packed sweeps through the real command line."""
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -186,6 +187,10 @@ def test_a_packed_sweep_writes_the_job_dirs_of_an_unpacked_one(data_root: Path, 
     for name in names:
         assert_same_result(tmp_path / "unpacked" / name, tmp_path / "packed" / name)
         assert read_overrides(tmp_path / "unpacked" / name) == read_overrides(tmp_path / "packed" / name)
+        # a member's summary gives the command of its own training, not the sweep's
+        summary_command = (tmp_path / "packed" / name / "summary.txt").read_text().splitlines()[1]
+        assert summary_command.startswith("python -m fmsweep ") and "linear,fc" not in summary_command
+        assert set(read_overrides(tmp_path / "packed" / name)) < set(shlex.split(summary_command))
     assert packed.stdout.count("completed: test acc") == 6
     ensemble = subprocess.run([sys.executable, "-m", "fmsweep.ensemble", str(tmp_path / "packed")], cwd=ROOT,
                               capture_output=True, text=True, timeout=300)

@@ -60,6 +60,9 @@ def test_a_run_steps_its_schedule_every_batch_and_records_it(make_cfg, tmp_path:
     assert lrs == pytest.approx(expected, rel=1e-5)  # the lr of each epoch's last batch
     assert [e.value for e in EventAccumulator(str(tmp_path)).Reload().Scalars("lr")] == pytest.approx(expected, rel=1e-5)
     assert lrs[0] > lrs[2] and max(lrs) <= 0.01
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "Learning-rate schedule: OneCycle (pct_start=0.3, div_factor=25.0, final_div_factor=10000.0) of " \
+           "optimizer.lr=0.01" in summary and "tensor(" not in summary
 
 
 def test_a_scheduled_run_resumes_bitwise(make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

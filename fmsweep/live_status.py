@@ -106,8 +106,9 @@ class LiveStatus:
     it is."""
 
     def __init__(self, sweep_dir: Path, jobs: list[Job], stream: TextIO = sys.stdout, interval: float = 2.0,
-                 slurm: bool = False) -> None:
+                 slurm: bool = False, others: Iterable[str] = ()) -> None:
         self.sweep_dir, self.jobs, self.stream, self.interval, self.slurm = sweep_dir, jobs, stream, interval, slurm
+        self.others = list(others)  # the states of the sweep's jobs outside this launch (a search's other trials)
         self._before = {job.name: (_mtime(self._config(job)), _mtime(self._metrics(job))) for job in jobs}
         self._status = {job.name: Status("pending") for job in jobs}
         self._logged = {job.name: "pending" for job in jobs}  # the state each job was last reported in, off a terminal
@@ -196,7 +197,7 @@ class LiveStatus:
         width = shutil.get_terminal_size().columns - 1  # a line as wide as the terminal would wrap
         name_width = max((len(job.name) for job in self.jobs), default=0)
         lines = [f"{job.name.ljust(name_width)}  {self._status[job.name].text()}" for job in self.jobs]
-        lines = [line[:width] for line in [*lines, counts(s.state for s in self._status.values())]]
+        lines = [line[:width] for line in [*lines, counts([*self.others, *(s.state for s in self._status.values())])]]
         if lines == self._drawn:
             return
         up = f"\x1b[{len(self._drawn)}F" if self._drawn else ""
@@ -211,7 +212,8 @@ class LiveStatus:
             status = self._status[job.name]
             if status.state != self._logged[job.name]:
                 logged = {**self._logged, job.name: status.state}
-                self.stream.write(f"fmsweep: {job.name} {status.text(progress=False)} ({counts(logged.values())})\n")
+                total = counts([*self.others, *logged.values()])
+                self.stream.write(f"fmsweep: {job.name} {status.text(progress=False)} ({total})\n")
                 self._logged, changed = logged, True  # after the write: a failed one is retried at the next poll
         if changed:
             self.stream.flush()

@@ -2,6 +2,7 @@
 continued, a bad search space refused before any trial, and the other launchers."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -48,6 +49,11 @@ def test_a_search_runs_its_trials_as_job_dirs_and_tells_the_study(data_root: Pat
     best = min(trials, key=lambda t: t.value)
     assert f"fmsweep: best trial {best.number}: valid_loss {best.value:.4f}" in proc.stdout
     assert "fmsweep: search of 4 trials: 4 complete, 0 pruned, 0 fail" in proc.stdout
+    # the live status counts the whole search, not only the trials of one launch
+    counts = [tuple(map(int, m.groups())) for m in re.finditer(
+        r"^fmsweep: \d+_\S+ .*\((\d+) pending, (\d+) running, (\d+) completed, (\d+) failed\)$", proc.stdout, re.M)]
+    assert counts and all(sum(c) == 4 for c in counts) and counts[-1] == (0, 0, 4, 0)
+    assert any(c[0] >= 2 for c in counts)  # the second launch's trials were pending during the first
 
 
 def test_the_pruner_stops_hopeless_trials_which_keep_their_checkpoints(data_root: Path, tmp_path: Path) -> None:

@@ -89,7 +89,8 @@ class SearchSweeper(Sweeper):
                     for n in run:
                         study.tell(n, state=TrialState.FAIL)
                     exit_with(exc)
-                results, failure = launch(self.launcher, self.config, overrides, configs)
+                results, failure = launch(self.launcher, self.config, overrides, configs,
+                                          others=_others(study, run, self.n_trials))
                 returns.append(results)
                 error = error or failure
                 for n, cfg in zip(run, configs):
@@ -114,6 +115,17 @@ def _corners(fixed: list[str], space: dict[str, Any]) -> list[list[str]]:
     trials = [ends(0), ends(-1)]
     trials += [{**ends(0), key: choice} for key, d in space.items() for choice in getattr(d, "choices", ())]
     return [[*fixed, *(f"{k}={override_value(v)}" for k, v in trial.items())] for trial in trials]
+
+
+def _others(study: Any, launching: list[int], n_trials: int) -> list[str]:
+    """The live-status states of the search's trials other than those `launching`, so that its counts cover the
+    whole search: an ended trial as it ended; one left running for a later launch, or not asked yet, pending."""
+    from optuna.trial import TrialState
+
+    ended = {TrialState.COMPLETE: "completed", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
+    trials = study.get_trials(deepcopy=False)
+    states = [ended.get(t.state, "pending") for t in trials if t.number not in launching]
+    return states + ["pending"] * max(n_trials - len(trials), 0)
 
 
 def _consecutive(numbers: list[int]) -> list[list[int]]:

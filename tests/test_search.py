@@ -122,6 +122,14 @@ def test_a_bad_search_space_is_one_line_before_any_trial(data_root: Path, tmp_pa
     assert not (tmp_path / "sweep").exists()
 
 
+def test_halving_says_when_the_trials_are_too_short_to_prune(data_root: Path, tmp_path: Path) -> None:
+    proc = run(data_root, tmp_path, *SPACE, "epochs=2", "hydra.sweeper.n_trials=1", "hydra.sweeper.pruner=halving")
+    assert proc.returncode == 0, proc.stderr
+    assert "fmsweep: note: pruner=halving stops trials at epochs 1, 3, 9" in proc.stdout
+    assert "note:" not in run(data_root, tmp_path / "long", *SPACE, "epochs=3", "hydra.sweeper.n_trials=1",
+                              "hydra.sweeper.pruner=halving").stdout
+
+
 @pytest.mark.slow
 def test_a_search_packs_its_trials_through_submitit_local(data_root: Path, tmp_path: Path) -> None:
     proc = run(data_root, tmp_path, *SPACE, "epochs=2", "pack=2", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=4",

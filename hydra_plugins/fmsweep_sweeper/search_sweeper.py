@@ -57,11 +57,14 @@ class SearchSweeper(Sweeper):
             self.check_settings()
             fixed, space = search.split(arguments)
             # the space's corners, checked before the study exists: a bad key or value of the space is one line
-            prelaunch.check_jobs(loader, self.config, _corners(fixed, space))
+            corners = prelaunch.check_jobs(loader, self.config, _corners(fixed, space))
             if is_slurm(self.launcher):
                 prelaunch.check_slurm_request(self.launcher.params)
         except UserError as exc:
             exit_with(exc)
+        if self.pruner == "halving" and min(int(c.epochs) for c in corners) < search.Halving.RATE:
+            print(f"fmsweep: note: pruner=halving stops trials at epochs 1, 3, 9, ... up to a third of their run: "
+                  f"trials of fewer than {search.Halving.RATE} epochs are never pruned")
         sweep_dir.mkdir(parents=True, exist_ok=True)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(

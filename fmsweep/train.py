@@ -174,7 +174,7 @@ class RunState:
                         self.run_dir / checkpoint.BEST)
 
     def summary(self) -> str:
-        """The practical's run summary: command, data, transforms, normalization, model, optimizer."""
+        """The practical's run summary: command, data, transforms, normalization, model, optimizer, schedule."""
         cfg, data = self.cfg, self.data
         return "\n".join([
             "## Command", command(self.run_dir), "",
@@ -185,11 +185,15 @@ class RunState:
             f"Normalization: {cfg.data.normalize} (statistics of the train split)", "",
             "## Model", str(self.model.net), f"Trainable parameters: {num_parameters(self.model)}",
             f"L2 penalty: {cfg.reg.l2}", "",
-            "## Optimizer", describe(self.optimizer),
-            f"Learning-rate schedule: {type(self.schedule).__name__} "
-            f"({', '.join(f'{k}={v}' for k, v in cfg.scheduler.items() if k != '_target_')}) "
-            f"of optimizer.lr={cfg.optimizer.lr}, stepped every batch", "",
+            "## Optimizer", describe(self.optimizer), f"Learning-rate schedule: {self.schedule_text()}", "",
         ])
+
+    def schedule_text(self) -> str:
+        lr = self.cfg.optimizer.lr
+        if isinstance(self.schedule, Constant):
+            return f"none (optimizer.lr={lr} throughout)"
+        settings = ", ".join(f"{key}={value}" for key, value in self.cfg.scheduler.items() if key != "_target_")
+        return f"{type(self.schedule).__name__} ({settings}) of optimizer.lr={lr}, stepped every batch"
 
     def source(self) -> Source:
         return Source(self.data.train_x, self.data.train_y, self.model.normalize, self.aug, self.generator)

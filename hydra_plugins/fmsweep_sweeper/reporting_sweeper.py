@@ -6,6 +6,7 @@ Hydra accepts sweepers only from the hydra_plugins package, hence this module.""
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ def is_slurm(launcher: Any) -> bool:
 
 
 def launch(launcher: Any, config: Any, job_overrides: list[list[str]], configs: list[Any],
-           batch_size: int | None = None, others: list[str] | None = None) -> tuple[list[Any], Exception | None]:
+           batch_size: int | None = None, others: Sequence[str] = ()) -> tuple[list[Any], Exception | None]:
     """Launch checked jobs (their overrides and composed configs, numbered consecutively) in packs as their `pack`
     says, `batch_size` launcher jobs at a time, with the live status on stdout meanwhile (its counts including
     `others`, the states of the sweep's jobs launched apart); return the launcher's returns and the first failed
@@ -66,7 +67,7 @@ def launch(launcher: Any, config: Any, job_overrides: list[list[str]], configs: 
     # jobs of the basic launcher print their own progress here: their status comes one line per change
     stream = sys.stdout if type(launcher).__name__ != "BasicLauncher" else _Lines(sys.stdout)
     returns, error, size, first_num = [], None, batch_size or len(launched), int(configs[0].hydra.job.num)
-    with LiveStatus(sweep_dir, jobs, stream=stream, slurm=is_slurm(launcher), others=others or []):
+    with LiveStatus(sweep_dir, jobs, stream=stream, slurm=is_slurm(launcher), others=others):
         try:
             for first in range(0, len(launched), size):
                 results = launcher.launch(launched[first : first + size], initial_job_idx=first_num + first)

@@ -1,4 +1,4 @@
-"""The four architectures of the practical, the input wrapper and the L2 penalty."""
+"""The four architectures of the practical, their dropout, the input wrapper and the L2 penalty."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -8,6 +8,58 @@ from torch import nn
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 28
+MASK32 = 0xFFFFFFFF
+
+
+def mix32(x: torch.Tensor) -> torch.Tensor:
+    """A bijective 32-bit integer hash of each element of int64 `x` (values below 2**32): xor-shifts and odd
+    multiplies, each product below 2**63 so that no int64 overflows."""
+    x = ((x >> 16) ^ x) * 0x45D9F3B & MASK32
+    x = ((x >> 16) ^ x) * 0x45D9F3B & MASK32
+    return (x >> 16) ^ x
+
+
+class Dropout(nn.Module):
+    """Dropout (as nn.Dropout) whose mask is a hash of the layer's key, the number of training batches it has drawn
+    for (`draws`) and the element's index: a counter-based generator with no RNG state. A run draws the same masks
+    alone, stacked with others in a pack (under vmap each member hashes its own key) or replayed in a CUDA graph,
+    and a resumed run continues its stream once `draws` is set to the batches it trained (`seek`). The key and the
+    count are not saved with the weights: `seed_dropout` derives the keys from the run's seed."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+        self.register_buffer("key", torch.zeros((), dtype=torch.int64), persistent=False)
+        self.register_buffer("draws", torch.zeros((), dtype=torch.int64), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        stream = mix32(mix32(self.key ^ (self.draws & MASK32)))
+        index = torch.arange(x.numel(), device=x.device).view(x.shape)
+        uniform = (mix32((mix32(index ^ stream) + stream) & MASK32) >> 8).float() * 2.0**-24
+        self.draws += 1
+        return x * (uniform >= self.p) / (1 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def dropout_layers(net: nn.Module) -> list[Dropout]:
+    return [m for m in net.modules() if isinstance(m, Dropout)]
+
+
+def seed_dropout(net: nn.Module, seed: int) -> None:
+    """Give each dropout layer of `net` its own stream of the run's `seed` (any size, folded to 32 bits)."""
+    folded = torch.tensor((seed ^ (seed >> 32)) & MASK32)
+    for i, layer in enumerate(dropout_layers(net)):
+        layer.key.copy_(mix32(mix32(folded) ^ i))
+
+
+def seek(net: nn.Module, batches: int) -> None:
+    """Set the dropout streams of `net` to where a run that trained `batches` batches stands."""
+    for layer in dropout_layers(net):
+        layer.draws.fill_(batches)
 
 
 class Linear(nn.Module):
@@ -28,12 +80,12 @@ class FullyConnected(nn.Module):
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
         if input_dropout:
-            layers.append(nn.Dropout(input_dropout))
+            layers.append(Dropout(input_dropout))
         width = IMAGE_SIZE * IMAGE_SIZE
         for units in hidden:
             layers += [nn.Linear(width, units), nn.ReLU()]
             if dropout:
-                layers.append(nn.Dropout(dropout))
+                layers.append(Dropout(dropout))
             width = units
         layers.append(nn.Linear(width, NUM_CLASSES))
         self.classifier = nn.Sequential(*layers)
@@ -56,7 +108,7 @@ class VanillaCNN(nn.Module):
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_ch * size * size
         for units in hidden:
-            layers += [nn.Dropout(dropout), nn.Linear(width, units), nn.ReLU()]
+            layers += [Dropout(dropout), nn.Linear(width, units), nn.ReLU()]
             width = units
         layers.append(nn.Linear(width, NUM_CLASSES))
         self.classifier = nn.Sequential(*layers)
@@ -80,7 +132,7 @@ class FancyCNN(nn.Module):
                 in_ch = out_ch
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(in_ch, NUM_CLASSES)
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), Dropout(dropout), nn.Linear(in_ch, NUM_CLASSES)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

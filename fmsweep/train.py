@@ -1,9 +1,12 @@
 """Training: one run, or a pack of runs trained together in one process, each into its own run dir.
 
 A run is a pack of one. `run_pack` builds each run's state (resumed from its last.pt if any) from one reading of
-the data set, trains them (`train`), and ends each run with its final evaluation. On CUDA (cuda.stack) the runs of
-a pack train together, their networks one vmapped computation in one step; on the CPU they train one after
-another, which measured fastest there (a run's weights stay in the caches), each bitwise what it would be alone.
+the data set, trains them (`train`), and ends each run with its final evaluation. Stacked (`stack`: by default on
+CUDA) two or more runs of a pack train together, their networks one vmapped computation in one step; otherwise, and
+always for a lone run, each trains through its own module: on the CPU one after another, which measured fastest
+there (a run's weights stay in the caches), each bitwise what it would be alone. No step draws from the global RNG:
+a run's data order and augmentation come from its own generator, its dropout masks from its own counter-based
+streams (fmsweep.models.Dropout), so a run trains the same alone, stacked with any others, or resumed.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from fmsweep.config import device_name, resolve_device, validate
 from fmsweep.data import Raw, Splits, load_fashion_mnist, prepare, raw_folder
 from fmsweep.errors import TrainingDiverged, UserError
 from fmsweep.loader import Source, TrainLoader
-from fmsweep.models import Classifier, l2_penalty, num_parameters
+from fmsweep.models import Classifier, l2_penalty, num_parameters, seed_dropout, seek
 from fmsweep.runs import command, read_overrides
 from fmsweep.schedule import Constant
 from fmsweep.search import Trial
@@ -65,6 +68,7 @@ def build(cfg: DictConfig, data: Splits, scheduled: bool = False) -> tuple[Class
     layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     torch.manual_seed(cfg.seed)
     network = checkpoint.build_network(OmegaConf.to_container(cfg.model, resolve=True))
+    seed_dropout(network, cfg.seed)
     model = Classifier(network, data.mean, data.std).to(device, memory_format=layout)
     factory = instantiate(cfg.optimizer)
     accepted = inspect.signature(factory.func).parameters
@@ -95,8 +99,9 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
 
 class RunState:
     """Everything one run needs to continue exactly where it stopped, saved as its last.pt: model, optimizer, the
-    generator of its data order and augmentation, the global RNG (dropout), how far it got (`epoch` finished, and
-    within the next one `partial`), the best epoch so far with its weights, the history and the training time.
+    generator of its data order and augmentation, how far it got (`epoch` finished, and within the next one
+    `partial`: its dropout streams follow from that), the best epoch so far with its weights, the history and the
+    training time.
     It also writes the run's other records, each after last.pt holds what it shows."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path, device: torch.device, raw: Raw, label: str) -> None:
@@ -107,8 +112,6 @@ class RunState:
         self.model_config = OmegaConf.to_container(cfg.model, resolve=True)
         self.aug: FlipAffine = instantiate(cfg.aug)
         self.generator = torch.Generator(device).manual_seed(cfg.seed)
-        self.rng_cpu = torch.get_rng_state()  # the global RNG as this run's initialization left it
-        self.rng_cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
         self.epoch, self.partial, self.best_loss, self.best_epoch = 0, None, math.inf, 0
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[dict[str, float]] = []
@@ -142,9 +145,7 @@ class RunState:
                 "epoch": self.epoch, "partial": self.partial, "best_loss": self.best_loss,
                 "best_epoch": self.best_epoch, "best_state": self.best_state, "history": self.history,
                 "train_seconds": self.train_seconds, "stale": self.stale, "stopped_early": self.stopped_early,
-                "pruned": self.pruned,
-                "rng_cpu": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state(self.generator.device) if self.rng_cuda is not None else None}
+                "pruned": self.pruned}
 
     def load(self, last: dict[str, Any]) -> None:
         """Continue from a last.pt; a best_model.pt that lags behind it (the last attempt stopped in between) is
@@ -160,7 +161,6 @@ class RunState:
         self.best_loss, self.best_epoch = last["best_loss"], last["best_epoch"]
         self.best_state, self.history, self.train_seconds = last["best_state"], last["history"], last["train_seconds"]
         self.stale, self.stopped_early, self.pruned = last["stale"], last["stopped_early"], last["pruned"]
-        self.rng_cpu, self.rng_cuda = last["rng_cpu"], last["rng_cuda"] if self.rng_cuda is not None else None
         if self.best_state is not None and checkpoint.saved_epoch(self.run_dir / checkpoint.BEST) != self.best_epoch:
             self.save_best()
 
@@ -260,7 +260,8 @@ class PackStep:
     new first dimension (linear layers become batched matmuls, convolutions grouped ones); the BatchNorm running
     statistics it updates are copied back to each network. Otherwise they run one after another.
     A run's lr schedule (fmsweep.schedule) sets its lr before each optimizer step, from the batches trained so far
-    (`batches_done`, a device tensor that the loop sets at each epoch's start and the step advances).
+    (`batches_done`, a device tensor that `seek` sets at each epoch's start and the step advances); so do the
+    runs' dropout streams (fmsweep.models.Dropout), from counters of their own.
     On CUDA the forward runs under bf16 autocast (cuda.bf16), and with cuda.graph the step is captured once as a
     CUDA graph after GRAPH_WARMUP eager steps; every later full batch replays it (a smaller last batch runs eagerly).
     """
@@ -268,6 +269,7 @@ class PackStep:
     GRAPH_WARMUP = 3
 
     def __init__(self, pack: list[RunState], stacked: bool, steps_per_epoch: int) -> None:
+        assert not stacked or len(pack) > 1, "a lone run trains through its own module"
         cfg, device = pack[0].cfg, pack[0].generator.device
         self.nets = [run.model.net for run in pack]
         self.optimizers = [run.optimizer for run in pack]
@@ -289,7 +291,13 @@ class PackStep:
             template = copy.deepcopy(self.nets[0]).to("meta")
             self.vmapped = torch.func.vmap(
                 lambda params, buffers, x: torch.func.functional_call(template, (params, buffers), (x,)),
-                randomness="different")
+                randomness="error")  # nothing in the step may draw from the global RNG
+
+    def seek(self, batches: int) -> None:
+        """Set the schedules and dropout streams to where runs that trained `batches` batches stand."""
+        self.batches_done.fill_(batches)
+        for net in self.nets:
+            seek(net, batches)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (K, B, 10) of each network on its batch."""
@@ -347,10 +355,11 @@ class PackStep:
         return tuple(out)
 
 
-def stacked(device: torch.device, cfg: DictConfig) -> bool:
-    """Whether the runs of a pack train together as one vmapped computation: on CUDA, with cuda.stack. On the CPU
-    they train one after another: measured faster there than both the vmapped step and the runs' steps in turn."""
-    return device.type == "cuda" and cfg.cuda.stack
+def stacked(device: torch.device, cfg: DictConfig, size: int) -> bool:
+    """Whether `size` runs of a pack train together as one vmapped computation: two or more, with stack=true, or
+    stack=auto on CUDA. On the CPU (stack=auto) they train one after another: measured faster there than both the
+    vmapped step and the runs' steps in turn. A lone run always trains through its own module."""
+    return size > 1 and (cfg.stack is True or (cfg.stack == "auto" and device.type == "cuda"))
 
 
 def train(pack: list[RunState], until: tuple[int, int] | None = None) -> dict[RunState, TrainingDiverged]:
@@ -360,11 +369,8 @@ def train(pack: list[RunState], until: tuple[int, int] | None = None) -> dict[Ru
 
     A stop signal saves every run's last.pt within the epoch, then stops (or lets submitit requeue the job)."""
     cfg, device, K = pack[0].cfg, pack[0].generator.device, len(pack)
-    torch.set_rng_state(pack[0].rng_cpu)
-    if pack[0].rng_cuda is not None:
-        torch.cuda.set_rng_state(pack[0].rng_cuda, device)
     loader = TrainLoader([run.source() for run in pack], cfg.batch_size)
-    step = PackStep(pack, stacked(device, cfg), loader.num_batches)
+    step = PackStep(pack, stacked(device, cfg, K), loader.num_batches)
     show_bar = sys.stdout.isatty()
     with StopRequest() as stop:
         for epoch in range(pack[0].epoch + 1, cfg.epochs + 1):
@@ -380,7 +386,7 @@ def train(pack: list[RunState], until: tuple[int, int] | None = None) -> dict[Ru
                 losses = torch.zeros(K, loader.num_batches, device=device)  # summed loss of each batch
                 correct = torch.zeros(K, device=device)
             t0 = time.perf_counter() - elapsed
-            step.batches_done.fill_((epoch - 1) * loader.num_batches + first)  # where the schedules stand
+            step.seek((epoch - 1) * loader.num_batches + first)
             batches = tqdm(loader.batches(first), desc=f"epoch {epoch}", total=loader.num_batches, initial=first,
                            leave=False, disable=not show_bar)
             for b, x, y in batches:
@@ -435,7 +441,7 @@ def run_pack(cfgs: list[DictConfig], run_dirs: list[Path]) -> list[float | None]
         elif run.position != (0, 0):
             log.info("%sResuming from %s at epoch %d%s", run.label, run.run_dir / checkpoint.LAST, run.epoch,
                      f", batch {run.partial['next']}" if run.partial else "")
-    together = stacked(device, cfgs[0])
+    together = stacked(device, cfgs[0], len(runs))
     results: dict[Path, float | None] = {run.run_dir: tracking.read_metrics(run.run_dir)["valid_loss"]
                                          for run in runs if run.finished}
     pending = [run for run in runs if run.run_dir not in results]

@@ -30,6 +30,13 @@ def assert_same_weights(a: dict, b: dict) -> None:
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def assert_close_weights(a: dict, b: dict, rtol: float = 1e-5, atol: float = 1e-6) -> None:
+    """Equal within float32 rounding: what a stacked (vmapped) step and a module's own step agree to."""
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=rtol, atol=atol, msg=key)
+
+
 def read_history(run_dir: Path) -> list[dict]:
     with open(run_dir / "history.csv") as f:
         return list(csv.DictReader(f))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT
-from test_crash import assert_consistent, assert_same_result, assert_same_weights
+from test_crash import assert_close_weights, assert_consistent, assert_same_result, assert_same_weights
 
 from fmsweep import checkpoint, packing, train
 from fmsweep.data import load_fashion_mnist
@@ -82,14 +82,14 @@ def test_the_stacked_step_computes_what_the_members_compute_one_by_one(make_cfg,
 @pytest.fixture
 def stack_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """The runs of a pack train together, as on CUDA: the vmapped step and its scheduling, here on the CPU."""
-    monkeypatch.setattr(train, "stacked", lambda device, cfg: True)
+    monkeypatch.setattr(train, "stacked", lambda device, cfg, size: size > 1)
 
 
 @pytest.mark.parametrize("together", [False, True], ids=["one_after_another", "stacked"])
 def test_a_stopped_pack_resumes_every_member_bitwise(make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      together: bool) -> None:
     if together:
-        monkeypatch.setattr(train, "stacked", lambda device, cfg: True)
+        monkeypatch.setattr(train, "stacked", lambda device, cfg, size: size > 1)
     configs = [make_cfg("model=fc", "reg=dropout", "aug=flip_affine", "epochs=3", f"seed={s}") for s in (0, 1)]
     straight = [tmp_path / f"straight{i}" for i in range(2)]
     resumed = [tmp_path / f"resumed{i}" for i in range(2)]
@@ -148,8 +148,8 @@ def test_members_left_behind_by_a_stop_while_saving_catch_up(make_cfg, tmp_path:
     finally:
         monkeypatch.undo()
     assert steps == [1] * 13 + [2] * 13  # epoch 2 of the one behind alone, then epoch 3 of both together
-    for a, b in zip(straight, dirs):
-        assert_same_weights(checkpoint.load(a / checkpoint.LAST)["state_dict"], checkpoint.load(b / checkpoint.LAST)["state_dict"])
+    for a, b in zip(straight, dirs):  # alone through its module, stacked through vmap: float32 rounding apart
+        assert_close_weights(checkpoint.load(a / checkpoint.LAST)["state_dict"], checkpoint.load(b / checkpoint.LAST)["state_dict"])
         assert json.loads((a / "metrics.json").read_text())["test_acc"] == json.loads((b / "metrics.json").read_text())["test_acc"]
 
 

@@ -117,7 +117,7 @@ def test_early_stopping_counts_on_across_a_resume(make_cfg, tmp_path: Path) -> N
 
 
 def test_a_member_that_stops_early_leaves_its_pack_training(make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(train, "stacked", lambda device, cfg: True)
+    monkeypatch.setattr(train, "stacked", lambda device, cfg, size: size > 1)
     configs = [make_cfg("model=fc", "epochs=4", "early_stop.patience=1", "early_stop.min_delta=10"),
                make_cfg("model=fc", "epochs=4", "seed=1")]
     train.run_pack(configs, [tmp_path / "stops", tmp_path / "trains"])

@@ -288,7 +288,8 @@ class PackStep:
         self.buffers = [dict(net.named_buffers()) for net in self.nets]
         self.vmapped = None
         if stacked:
-            template = copy.deepcopy(self.nets[0]).to("meta")
+            # in training mode whatever mode the first network is in now (eval, after an epoch's evaluation)
+            template = copy.deepcopy(self.nets[0]).to("meta").train()
             self.vmapped = torch.func.vmap(
                 lambda params, buffers, x: torch.func.functional_call(template, (params, buffers), (x,)),
                 randomness="error")  # nothing in the step may draw from the global RNG

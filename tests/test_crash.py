@@ -30,8 +30,10 @@ def assert_same_weights(a: dict, b: dict) -> None:
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def assert_close_weights(a: dict, b: dict, rtol: float = 1e-5, atol: float = 1e-6) -> None:
-    """Equal within float32 rounding: what a stacked (vmapped) step and a module's own step agree to."""
+def assert_close_weights(a: dict, b: dict, rtol: float = 1e-4, atol: float = 1e-5) -> None:
+    """Equal within float32 rounding as Adam amplifies it over a few dozen steps (measured up to 3e-6 on weights of
+    0.1): what a stacked (vmapped) step and a module's own step agree to. A different dropout mask or batch moves
+    weights by about 1e-2."""
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=rtol, atol=atol, msg=key)
@@ -59,6 +61,20 @@ def assert_same_result(a: Path, b: Path) -> None:
     assert scalar_steps(b, "valid/loss") == scalar_steps(b, "train/acc") == epochs  # every epoch exactly once
     assert scalar_steps(b, "test/acc") == [metrics_b["best_epoch"]]
     assert len(list(b.glob("events.out.tfevents.*"))) == 1
+
+
+def assert_close_result(a: Path, b: Path) -> None:
+    """Two finished run dirs hold the same results within float32 rounding: weights of the last and the best
+    epoch, every epoch's history row, the metrics; each epoch written once."""
+    (metrics_a, weights_a), (metrics_b, weights_b) = final_state(a), final_state(b)
+    floats = [k for k, v in metrics_a.items() if isinstance(v, float)]
+    assert {k: v for k, v in metrics_b.items() if k not in floats} == {k: v for k, v in metrics_a.items() if k not in floats}
+    assert [metrics_b[k] for k in floats] == pytest.approx([metrics_a[k] for k in floats], rel=1e-4, abs=1e-5)
+    assert_close_weights(weights_a, weights_b)
+    assert_close_weights(checkpoint.load(a / checkpoint.BEST)["state_dict"], checkpoint.load(b / checkpoint.BEST)["state_dict"])
+    rows = [[float(v) for row in read_history(d) for k, v in row.items() if k != "epoch_seconds"] for d in (a, b)]
+    assert rows[1] == pytest.approx(rows[0], rel=1e-4, abs=1e-5)
+    assert scalar_steps(b, "valid/loss") == list(range(1, metrics_b["epochs_run"] + 1))
 
 
 def assert_consistent(run_dir: Path) -> None:

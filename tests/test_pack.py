@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT
-from test_crash import assert_close_weights, assert_consistent, assert_same_result, assert_same_weights
+from test_crash import assert_close_result, assert_close_weights, assert_consistent, assert_same_result, assert_same_weights
 
 from fmsweep import checkpoint, packing, train
 from fmsweep.data import load_fashion_mnist
@@ -43,9 +43,10 @@ def test_a_packed_run_equals_its_unpacked_twin(make_cfg, tmp_path: Path, model: 
     settings = [("seed=0",), ("seed=1", "optimizer.lr=0.003"), ("seed=2", "reg.l2=1e-3")]
     configs = [make_cfg(*model, "aug=flip_affine", "epochs=2", *s) for s in settings]
     dirs = [tmp_path / f"packed{i}" for i in range(3)]
-    train.run_pack(configs[:1], dirs[:1])  # a pack of one is a lone run
     for i, cfg in enumerate(configs):
         train.run(cfg, tmp_path / f"alone{i}")
+    train.run_pack(configs[:1], [tmp_path / "single"])  # a pack of one is a lone run
+    assert_same_result(tmp_path / "alone0", tmp_path / "single")
     train.run_pack(configs, dirs)
     for i in range(3):
         assert_same_result(tmp_path / f"alone{i}", dirs[i])
@@ -79,18 +80,74 @@ def test_the_stacked_step_computes_what_the_members_compute_one_by_one(make_cfg,
     assert not torch.equal(states_a[0]["features.1.running_mean"], states_a[1]["features.1.running_mean"])
 
 
-@pytest.fixture
-def stack_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The runs of a pack train together, as on CUDA: the vmapped step and its scheduling, here on the CPU."""
-    monkeypatch.setattr(train, "stacked", lambda device, cfg, size: size > 1)
+def stacked_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Records the number of members of every vmapped step from now on."""
+    sizes: list[int] = []
+    forward = train.PackStep.forward
+
+    def recording(self: train.PackStep, x: torch.Tensor) -> torch.Tensor:
+        if self.vmapped is not None:
+            sizes.append(len(x))
+        return forward(self, x)
+
+    monkeypatch.setattr(train.PackStep, "forward", recording)
+    return sizes
 
 
-@pytest.mark.parametrize("together", [False, True], ids=["one_after_another", "stacked"])
+@pytest.mark.parametrize("model", [("model=fc", "reg=dropout"), (*CNN, "reg.dropout=0.3")], ids=["fc", "cnn_with_batchnorm"])
+def test_a_stacked_pack_trains_each_member_as_it_trains_alone(make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             model: tuple[str, ...]) -> None:
+    """stack=true on the CPU (CUDA's path of a pack): each member (own seed, lr, L2, schedule, augmentation
+    settings; dropout) ends where it ends trained alone through its own module, within float32 rounding, epoch by
+    epoch: weights, best model, history and metrics."""
+    settings = [("seed=0",), ("seed=1", "optimizer.lr=0.003", "reg.l2=1e-3"),
+                ("seed=2", "scheduler=cosine", "scheduler.warmup_epochs=1", "aug.degrees=5")]
+    configs = [make_cfg(*model, "aug=flip_affine", "epochs=2", "stack=true", *s) for s in settings]
+    sizes = stacked_steps(monkeypatch)
+    train.run_pack(configs, [tmp_path / f"packed{i}" for i in range(3)])
+    assert sizes == [3] * 26  # every step of both epochs vmapped over the three members
+    for i, cfg in enumerate(configs):
+        train.run(cfg, tmp_path / f"alone{i}")
+        assert_close_result(tmp_path / f"alone{i}", tmp_path / f"packed{i}")
+    assert len(sizes) == 26  # the lone runs trained through their modules
+
+
+@pytest.mark.parametrize("leaves", ["early_stop", "pruned", "diverged"])
+def test_a_member_that_leaves_a_stacked_pack_leaves_the_others_where_they_would_be(
+        make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, leaves: str) -> None:
+    """A member that stops early, is pruned or diverges leaves the pack; the others train on as if it had stayed:
+    their dropout streams go on (none restarts when the smaller pack starts), and the batches they are stacked
+    with do not change their own."""
+    common = ("model=fc", "reg=dropout", "aug=flip_affine", "optimizer=sgd", "epochs=4", "stack=true")
+    leaving = {"early_stop": ("early_stop.patience=1", "early_stop.min_delta=10"), "pruned": (),
+               "diverged": ("reg.l2=1e38",)}[leaves]
+    stays = [make_cfg(*common, f"seed={s}") for s in range(3)]
+    train.run_pack(stays, [tmp_path / f"stays{i}" for i in range(3)])
+    if leaves == "pruned":  # the search's pruner stops the trial in leaves0 after its first epoch
+        monkeypatch.setattr(train.Trial, "of", lambda run_dir, epochs: Pruner() if run_dir.name == "leaves0" else None)
+    sizes = stacked_steps(monkeypatch)
+    losses = train.run_pack([make_cfg(*common, "seed=0", *leaving), *stays[1:]], [tmp_path / f"leaves{i}" for i in range(3)])
+    left = json.loads((tmp_path / "leaves0" / "metrics.json").read_text())
+    expected = {"early_stop": (2, "completed"), "pruned": (1, "pruned"), "diverged": (1, "failed")}[leaves]
+    assert (left.get("epochs_run", 1), left["status"]) == expected and (losses[0] is None) == (leaves == "diverged")
+    assert sizes == [3] * 13 * expected[0] + [2] * 13 * (4 - expected[0])
+    for i in (1, 2):
+        assert_close_result(tmp_path / f"stays{i}", tmp_path / f"leaves{i}")
+
+
+class Pruner:
+    """A search trial whose pruner stops it after epoch 1."""
+
+    def prune(self, epoch: int, row: dict[str, float]) -> bool:
+        return epoch == 1
+
+
+@pytest.mark.parametrize("stack", [False, True], ids=["one_after_another", "stacked"])
 def test_a_stopped_pack_resumes_every_member_bitwise(make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                     together: bool) -> None:
-    if together:
-        monkeypatch.setattr(train, "stacked", lambda device, cfg, size: size > 1)
-    configs = [make_cfg("model=fc", "reg=dropout", "aug=flip_affine", "epochs=3", f"seed={s}") for s in (0, 1)]
+                                                     stack: bool) -> None:
+    together = stack
+    configs = [make_cfg("model=fc", "reg=dropout", "aug=flip_affine", "epochs=3", f"seed={s}", f"stack={stack}")
+               for s in (0, 1)]
     straight = [tmp_path / f"straight{i}" for i in range(2)]
     resumed = [tmp_path / f"resumed{i}" for i in range(2)]
     train.run_pack(configs, straight)
@@ -126,16 +183,16 @@ def test_a_stopped_pack_resumes_every_member_bitwise(make_cfg, tmp_path: Path, m
         assert_same_result(a, b)
 
 
-def test_members_left_behind_by_a_stop_while_saving_catch_up(make_cfg, tmp_path: Path, stack_on_cpu: None) -> None:
+def test_members_left_behind_by_a_stop_while_saving_catch_up(make_cfg, tmp_path: Path) -> None:
     """An attempt killed between two members' last.pt leaves them an epoch apart: the next attempt trains the one
     behind alone up to the other, then both together; each ends as it would have uninterrupted."""
-    configs = [make_cfg("model=fc", "epochs=3", f"seed={s}") for s in (0, 1)]
+    configs = [make_cfg("model=fc", "epochs=3", f"seed={s}", "stack=true") for s in (0, 1)]
     straight = [tmp_path / f"straight{i}" for i in range(2)]
     dirs = [tmp_path / f"run{i}" for i in range(2)]
     train.run_pack(configs, straight)
-    train.run_pack([make_cfg("model=fc", "epochs=1", f"seed={s}") for s in (0, 1)], dirs)
+    train.run_pack([make_cfg("model=fc", "epochs=1", f"seed={s}", "stack=true") for s in (0, 1)], dirs)
     behind = checkpoint.load(dirs[1] / checkpoint.LAST)
-    train.run_pack([make_cfg("model=fc", "epochs=2", f"seed={s}") for s in (0, 1)], dirs)
+    train.run_pack([make_cfg("model=fc", "epochs=2", f"seed={s}", "stack=true") for s in (0, 1)], dirs)
     checkpoint.save(behind, dirs[1] / checkpoint.LAST)  # as if the attempt died after saving member 0's epoch 2
     for d in dirs:
         (d / "metrics.json").unlink()

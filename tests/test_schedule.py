@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_crash import assert_consistent, assert_same_result
 
-from fmsweep import schedule, train
+from fmsweep import checkpoint, schedule, train
 from fmsweep.errors import Interrupted
 from fmsweep.runs import find_runs
 
@@ -105,21 +105,21 @@ def test_early_stopping_ends_a_run_that_stopped_improving(make_cfg, tmp_path: Pa
 
 
 def test_early_stopping_counts_on_across_a_resume(make_cfg, tmp_path: Path) -> None:
-    """The epochs without improvement are part of last.pt: a run continued after 2 epochs stops where the same run
-    uninterrupted stops, with the same result."""
+    """The epochs without improvement are part of last.pt: a run continued one epoch before its stop, with one epoch
+    without improvement counted, stops where the same run uninterrupted stops, with the same result."""
     settings = ("model=fc", "early_stop.patience=2", "early_stop.min_delta=0.05")
     train.run(make_cfg(*settings, "epochs=8"), tmp_path / "straight")
     stopped = json.loads((tmp_path / "straight" / "metrics.json").read_text())["stopped_early"]
     assert stopped is not None and stopped > 2
-    train.run(make_cfg(*settings, "epochs=2"), tmp_path / "resumed")
+    train.run(make_cfg(*settings, f"epochs={stopped - 1}"), tmp_path / "resumed")
+    assert checkpoint.load(tmp_path / "resumed" / checkpoint.LAST)["stale"] == 1  # a count that a resume must keep
     train.run(make_cfg(*settings, "epochs=8"), tmp_path / "resumed")
     assert_same_result(tmp_path / "straight", tmp_path / "resumed")
 
 
-def test_a_member_that_stops_early_leaves_its_pack_training(make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(train, "stacked", lambda device, cfg, size: size > 1)
-    configs = [make_cfg("model=fc", "epochs=4", "early_stop.patience=1", "early_stop.min_delta=10"),
-               make_cfg("model=fc", "epochs=4", "seed=1")]
+def test_a_member_that_stops_early_leaves_its_pack_training(make_cfg, tmp_path: Path) -> None:
+    configs = [make_cfg("model=fc", "epochs=4", "early_stop.patience=1", "early_stop.min_delta=10", "stack=true"),
+               make_cfg("model=fc", "epochs=4", "seed=1", "stack=true")]
     train.run_pack(configs, [tmp_path / "stops", tmp_path / "trains"])
     stops, trains = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("stops", "trains"))
     assert stops["stopped_early"] == 2 and stops["epochs_run"] == 2

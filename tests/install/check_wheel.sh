@@ -26,6 +26,8 @@ test "$(python -c 'import json; print(json.load(open("run/metrics.json"))["statu
 step fmsweep -m "${data[@]}" epochs=1 seed=0,1 hydra.sweep.dir=sweep
 step python -m fmsweep.ensemble sweep --data-root "$work/data"
 step python -m fmsweep.report sweep
-test -f sweep/ensemble.json && test -f sweep/report.md && test -f sweep/report.png
+for f in ensemble.json report.md report.png; do
+  test -f "sweep/$f" || { echo "check_wheel: sweep/$f missing" >&2; exit 1; }
+done
 python -c "import fmsweep, sys; sys.exit(0 if fmsweep.__file__.startswith('$work/venv/') else 1)"  # the wheel, not $repo
 echo "check_wheel: the installed wheel works from an empty folder ($repo not on the path)"

@@ -60,11 +60,13 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[
 
 
 def build(cfg: DictConfig, data: Splits, scheduled: bool = False) -> tuple[Classifier, torch.optim.Optimizer]:
-    """The run's model on the data's device (channels_last on CUDA), initialized from the run's seed, and its
-    optimizer: the fused single-kernel implementation where there is one, on CUDA with graphs capturable=True
-    (its step count on the device, as capture requires); `scheduled`: its lr a device tensor that the schedule
-    sets in place every step."""
+    """The run's model on the data's device (channels_last and cuDNN autotuning on CUDA), initialized from the run's
+    seed (its dropout streams too), and its optimizer: the fused single-kernel implementation where there is one,
+    on CUDA with graphs capturable=True (its step count on the device, as capture requires); `scheduled`: its lr a
+    device tensor that the schedule sets in place every step."""
     device = data.train_x.device
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # cuDNN autotuning: each conv shape's fastest algorithm, found once
     layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     torch.manual_seed(cfg.seed)
     network = checkpoint.build_network(OmegaConf.to_container(cfg.model, resolve=True))

@@ -102,6 +102,7 @@ BAD_CONFIGS = [
     (["device=cuda:x"], "device must be auto, cpu, cuda or cuda:N, got 'cuda:x'"),
     (["cuda.bf16=1"], "cuda.bf16 must be true or false, got 1"),
     (["cuda.graph=yes"], "cuda.graph must be true or false, got 'yes'"),
+    (["stack=yes"], "stack must be auto, true or false, got 'yes'"),
     (["+foo=1"], "unknown config key foo=1"),
     (["+data.shuffle=true"], "unknown config key data.shuffle=true"),
 ]
@@ -187,7 +188,7 @@ def test_rejected_run_is_one_line_exit_2_and_leaves_no_run_dir(data_root: Path, 
         (["optimizer=adan"], "optimizer=adan: no such option of optimizer (its options: adam, adamw, sgd); did you mean adam?"),
         (["model=null"], "model=null: model takes one of its options (fancy_cnn, fc, linear, vanilla_cnn), not null"),
         (["foo=1"], "foo=1: unknown config key foo (known keys there: aug, batch_size, cuda, data, device, early_stop, "
-                    "epochs, model, optimizer, pack, reg, scheduler, seed)"),
+                    "epochs, model, optimizer, pack, reg, scheduler, seed, stack)"),
         (["epoch=3"], "epoch=3: unknown config key epoch; did you mean epochs?"),
         (["data.rot=/tmp"], "data.rot=/tmp: unknown config key data.rot; did you mean data.root?"),
         (["lrr=0.1"], "lrr=0.1: unknown config key lrr; did you mean optimizer.lr?"),

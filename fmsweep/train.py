@@ -31,7 +31,7 @@ from fmsweep.config import device_name, resolve_device, validate
 from fmsweep.data import Raw, Splits, load_fashion_mnist, prepare, raw_folder
 from fmsweep.errors import TrainingDiverged, UserError
 from fmsweep.loader import Source, TrainLoader
-from fmsweep.models import Classifier, l2_penalty, num_parameters, seed_dropout, seek
+from fmsweep.models import Classifier, l2_penalty, num_parameters, seed_dropout, seek_dropout
 from fmsweep.runs import command, read_overrides
 from fmsweep.schedule import Constant
 from fmsweep.search import Trial
@@ -300,7 +300,7 @@ class PackStep:
         """Set the schedules and dropout streams to where runs that trained `batches` batches stand."""
         self.batches_done.fill_(batches)
         for net in self.nets:
-            seek(net, batches)
+            seek_dropout(net, batches)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (K, B, 10) of each network on its batch."""

@@ -28,7 +28,7 @@ def test_fc_dropout_layers_follow_the_config() -> None:
 def test_dropout_draws_a_stream_of_its_own_per_run_and_layer() -> None:
     """As nn.Dropout: about p of the units zeroed, the rest scaled by 1/(1-p), identity in eval mode. Its masks are
     a function of (run seed, layer, batches drawn): a new mask every batch, another for another seed or layer, the
-    same again after `seek`, and the same under vmap (a stacked pack) as alone."""
+    same again after `seek_dropout`, and the same under vmap (a stacked pack) as alone."""
     def net(seed: int) -> nn.Module:
         model = nn.Sequential(models.Dropout(0.3), models.Dropout(0.3))
         models.seed_dropout(model, seed)
@@ -43,7 +43,7 @@ def test_dropout_draws_a_stream_of_its_own_per_run_and_layer() -> None:
     assert not torch.equal(first, second)  # each batch its own mask
     assert not torch.equal(net(7)[1](x), net(7)[0](x)) and not torch.equal(net(8)[0](x), net(7)[0](x))
     assert ((first == 0) & (net(8)[0](x) == 0)).float().mean().item() == pytest.approx(0.09, abs=0.01)  # independent
-    models.seek(a, 1)
+    models.seek_dropout(a, 1)
     assert torch.equal(a[0](x), second)  # a resumed run continues its stream
     a.eval()
     assert torch.equal(a(x), x)
@@ -51,7 +51,7 @@ def test_dropout_draws_a_stream_of_its_own_per_run_and_layer() -> None:
     nets = [net(seed) for seed in (3, 4, 5)]
     alone = torch.stack([n(x) for n in nets])
     for n in nets:
-        models.seek(n, 0)
+        models.seek_dropout(n, 0)
     stacked = torch.func.stack_module_state(nets)[1]
     template = net(0)
     under_vmap = torch.func.vmap(lambda buffers, xk: torch.func.functional_call(template, buffers, (xk,)),

@@ -77,6 +77,24 @@ def assert_close_result(a: Path, b: Path) -> None:
     assert scalar_steps(b, "valid/loss") == list(range(1, metrics_b["epochs_run"] + 1))
 
 
+class SignalledSteps:
+    """From now on, count the train steps and raise a stop signal right after chosen ones, inside the step, while
+    the run's handler is installed: `plan` maps a step's number (from 1, across attempts) to the signal."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, plan: dict[int, int]) -> None:
+        self.done = 0
+        call = train.PackStep.__call__
+
+        def step(packstep: train.PackStep, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            out = call(packstep, x, y)
+            self.done += 1
+            if self.done in plan:
+                signal.raise_signal(plan[self.done])  # delivered to this thread before raise_signal returns
+            return out
+
+        monkeypatch.setattr(train.PackStep, "__call__", step)
+
+
 def assert_consistent(run_dir: Path) -> None:
     """Every file of the run dir is complete and none claims more than last.pt holds: history.csv, best_model.pt,
     metrics.json and TensorBoard hold at most the epochs last.pt holds, with its values, each epoch once."""
@@ -113,17 +131,7 @@ def test_stop_signals_at_chosen_batches_resume_bitwise(make_cfg, tmp_path: Path,
     train.run(cfg, tmp_path / "straight")
     per_epoch = 400 // 16  # 500 images, 20 % of them held out for validation
     plan = {1: signal.SIGINT, 25: signal.SIGTERM, 26: signal.SIGINT, 60: signal.SIGTERM, 100: signal.SIGINT}
-    step, done = train.PackStep.__call__, 0
-
-    def signalling_step(self: train.PackStep, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        nonlocal done
-        out = step(self, x, y)
-        done += 1
-        if done in plan:
-            signal.raise_signal(plan[done])  # delivered to this thread before raise_signal returns
-        return out
-
-    monkeypatch.setattr(train.PackStep, "__call__", signalling_step)
+    steps = SignalledSteps(monkeypatch, plan)
     stops = []
     while True:
         try:
@@ -133,7 +141,7 @@ def test_stop_signals_at_chosen_batches_resume_bitwise(make_cfg, tmp_path: Path,
             last = checkpoint.load(tmp_path / "resumed" / checkpoint.LAST)
             stops.append((exc.signum, last["epoch"], last["partial"]["next"]))
             assert_consistent(tmp_path / "resumed")
-    assert done == 4 * per_epoch  # no batch trained twice
+    assert steps.done == 4 * per_epoch  # no batch trained twice
     assert stops == [(sig, (n - 1) // per_epoch, n - (n - 1) // per_epoch * per_epoch) for n, sig in plan.items()]
     assert_same_result(tmp_path / "straight", tmp_path / "resumed")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_crash import assert_consistent
+from test_crash import SignalledSteps, assert_consistent
 from test_pack import stacked_steps
 
 import fmsweep
@@ -58,6 +58,15 @@ def full_batches(loader: TrainLoader, count: int) -> list[tuple[torch.Tensor, to
     batches = [(x.clone(), y.clone()) for _, x, y in loader.batches() if y.shape[1] == loader.batch_size]
     assert len(batches) >= count
     return batches[:count]
+
+
+def steps_built(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
+    """Records (members, stacked) of every train step built from now on."""
+    built: list[tuple[int, bool]] = []
+    init = train.PackStep.__init__
+    monkeypatch.setattr(train.PackStep, "__init__",
+                        lambda self, pack, stacked, steps: built.append((len(pack), stacked)) or init(self, pack, stacked, steps))
+    return built
 
 
 def state(run: train.RunState) -> dict:
@@ -135,10 +144,7 @@ def test_a_stacked_pack_steps_each_member_as_its_one_by_one_twin(make_cfg, tmp_p
 
 def test_a_lone_run_trains_through_its_module_and_a_pack_stacks(make_cfg, clear_data_root: Path, tmp_path: Path,
                                                                 monkeypatch) -> None:
-    built = []
-    init = train.PackStep.__init__
-    monkeypatch.setattr(train.PackStep, "__init__",
-                        lambda self, pack, stacked, steps: built.append((len(pack), stacked)) or init(self, pack, stacked, steps))
+    built = steps_built(monkeypatch)
     overrides = ("device=cuda", f"data.root={clear_data_root}", "model=fc")
     train.run(make_cfg(*overrides), tmp_path / "lone")
     train.run_pack([make_cfg(*overrides, f"seed={s}") for s in (0, 1)], [tmp_path / "a", tmp_path / "b"])
@@ -189,17 +195,7 @@ def test_a_resumed_cuda_run_equals_the_uninterrupted_one(make_cfg, clear_data_ro
     the run resumes (warm-up and capture again) and ends where the uninterrupted run ends; and it learns."""
     cfg = make_cfg("device=cuda", f"data.root={clear_data_root}", "model=fancy_cnn", "reg.dropout=0.3", "epochs=3")
     train.run(cfg, tmp_path / "straight")
-    call, done = train.PackStep.__call__, 0
-
-    def signalling_step(self: train.PackStep, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        nonlocal done
-        out = call(self, x, y)
-        done += 1
-        if done in (6, 13):  # mid-epoch 1 (after the capture), its last batch
-            signal.raise_signal(signal.SIGINT)
-        return out
-
-    monkeypatch.setattr(train.PackStep, "__call__", signalling_step)
+    SignalledSteps(monkeypatch, {6: signal.SIGINT, 13: signal.SIGINT})  # mid-epoch 1 (after the capture), its end
     for _ in range(2):
         with pytest.raises(Interrupted):
             train.run(cfg, tmp_path / "resumed")
@@ -217,10 +213,7 @@ def test_a_member_that_leaves_a_stacked_pack_on_cuda_leaves_the_others_where_the
     common = ("device=cuda", f"data.root={clear_data_root}", "model=fc", "reg=dropout", "optimizer=sgd", "epochs=4")
     stays = [make_cfg(*common, f"seed={s}") for s in range(3)]
     train.run_pack(stays, [tmp_path / f"stays{i}" for i in range(3)])
-    built = []
-    init = train.PackStep.__init__
-    monkeypatch.setattr(train.PackStep, "__init__",
-                        lambda self, pack, stacked, steps: built.append((len(pack), stacked)) or init(self, pack, stacked, steps))
+    built = steps_built(monkeypatch)
     leaves = [make_cfg(*common, "seed=0", "early_stop.patience=1", "early_stop.min_delta=10"), *stays[1:]]
     train.run_pack(leaves, [tmp_path / f"leaves{i}" for i in range(3)])
     assert built == [(3, True), (2, True)] and read_metrics(tmp_path / "leaves0")["epochs_run"] == 2

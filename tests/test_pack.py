@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT
-from test_crash import assert_close_result, assert_close_weights, assert_consistent, assert_same_result, assert_same_weights
+from test_crash import SignalledSteps, assert_close_result, assert_close_weights, assert_consistent, assert_same_result
 
 from fmsweep import checkpoint, packing, train
 from fmsweep.data import load_fashion_mnist
@@ -151,20 +151,10 @@ def test_a_stopped_pack_resumes_every_member_bitwise(make_cfg, tmp_path: Path, m
     straight = [tmp_path / f"straight{i}" for i in range(2)]
     resumed = [tmp_path / f"resumed{i}" for i in range(2)]
     train.run_pack(configs, straight)
-    step, done = train.PackStep.__call__, 0
     # 400 images in batches of 32: 13 steps an epoch. Together: mid-epoch 1, its last batch, mid-epoch 2;
     # one after another: the same for the first run, then mid-epoch 1 and the last batch of the second
     stops = (5, 13, 20) if together else (5, 13, 20, 45, 78)
-
-    def signalling_step(self: train.PackStep, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        nonlocal done
-        out = step(self, x, y)
-        done += 1
-        if done in stops:
-            signal.raise_signal(signal.SIGTERM)
-        return out
-
-    monkeypatch.setattr(train.PackStep, "__call__", signalling_step)
+    steps = SignalledSteps(monkeypatch, {n: signal.SIGTERM for n in stops})
     attempts = 0
     while True:
         try:
@@ -178,7 +168,7 @@ def test_a_stopped_pack_resumes_every_member_bitwise(make_cfg, tmp_path: Path, m
                 assert len(positions) == 1  # every member saved at the same batch
             for d in resumed:
                 assert_consistent(d)
-    assert attempts == len(stops) and done == 3 * 13 * (1 if together else 2)  # no step twice
+    assert attempts == len(stops) and steps.done == 3 * 13 * (1 if together else 2)  # no step twice
     for a, b in zip(straight, resumed):
         assert_same_result(a, b)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_crash import assert_consistent, assert_same_result
+from test_crash import SignalledSteps, assert_consistent, assert_same_result
 
 from fmsweep import checkpoint, schedule, train
 from fmsweep.errors import Interrupted
@@ -68,17 +68,7 @@ def test_a_run_steps_its_schedule_every_batch_and_records_it(make_cfg, tmp_path:
 def test_a_scheduled_run_resumes_bitwise(make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = make_cfg("model=fc", "scheduler=cosine", "scheduler.warmup_epochs=1", "epochs=3")
     train.run(cfg, tmp_path / "straight")
-    step, done = train.PackStep.__call__, 0
-
-    def signalling_step(self: train.PackStep, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        nonlocal done
-        out = step(self, x, y)
-        done += 1
-        if done in (6, 20):  # in the warm-up, in the decay
-            signal.raise_signal(signal.SIGINT)
-        return out
-
-    monkeypatch.setattr(train.PackStep, "__call__", signalling_step)
+    SignalledSteps(monkeypatch, {6: signal.SIGINT, 20: signal.SIGINT})  # in the warm-up, in the decay
     for _ in range(2):
         with pytest.raises(Interrupted):
             train.run(cfg, tmp_path / "resumed")

@@ -87,7 +87,8 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> model
     and with frozen parameters: it predicts without building an autograd graph, no torch.no_grad() needed.
 
     Feed it raw images (uint8 0-255 or float 0-1, shaped (28, 28), (N, 28, 28) or (N, 1, 28, 28));
-    it returns logits over the 10 classes.
+    it returns logits over the 10 classes (in the order of fmsweep.CLASSES). Floats outside [0, 1] (0-255 pixels
+    not divided by 255, normalized images) are refused with a UserError rather than predicted badly.
     """
     path = best_model_path(run_dir)
     state = load(path)

@@ -249,8 +249,9 @@ def _check_component(group: str, settings: dict[str, Any], module: ModuleType, k
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raise a one-line UserError for the first bad key or value of a composed run config, or for a
-    data.root without the data set when data.download is false.
+    """Raise a one-line UserError for the first bad key or value of a composed run config, for a data.subset and
+    data.valid_ratio that leave a valid split too small to measure anything, or for a data.root without the data
+    set when data.download is false.
 
     `cfg` is the config of a run, as train.run gets it, or Hydra's whole config (its `hydra` node is ignored).
     """
@@ -278,6 +279,7 @@ def validate(cfg: DictConfig) -> None:
     _check_optimizer(groups["optimizer"])
     _check_component("aug", groups["aug"], augment, "an augmentation")
     _check_component("scheduler", groups["scheduler"], schedule, "a schedule")
+    data.check_valid_size(leaves["data.valid_ratio"], leaves["data.subset"])
     data.check_present(leaves["data.root"], leaves["data.download"])
 
 

@@ -20,8 +20,9 @@ RAW_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 UBYTE = 0x08  # the IDX type code of unsigned bytes
+TRAIN_IMAGES = 60_000  # in Fashion-MNIST's training set, which data.subset cuts and data.valid_ratio splits
+MIN_VALID_PER_CLASS = 10  # images of the valid split per class, on average, below which a run is refused
 
 
 @dataclass
@@ -140,17 +141,36 @@ def check_split(raw: Path, split: str, images: torch.Tensor, labels: torch.Tenso
         raise UserError(f"Fashion-MNIST in {raw} is not usable: {problem}")
 
 
-def split_indices(n: int, valid_ratio: float, subset: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded shuffle of range(n), optionally cut to `subset`, split into (train, valid) indices."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    if subset is not None:
-        perm = perm[:subset]
-    n_valid = round(valid_ratio * len(perm))
-    if not 0 < n_valid < len(perm):
+def split_sizes(n: int, valid_ratio: float, subset: int | None) -> tuple[int, int]:
+    """The (train, valid) sizes of `n` images cut to `subset`, as `split_indices` splits them; a UserError when
+    either part is empty."""
+    total = n if subset is None else min(n, subset)
+    n_valid = round(valid_ratio * total)
+    if not 0 < n_valid < total:
         raise UserError(
-            f"data.valid_ratio={valid_ratio} splits {len(perm)} images into {len(perm) - n_valid} train and "
+            f"data.valid_ratio={valid_ratio} splits {total} images into {total - n_valid} train and "
             f"{n_valid} valid images; both need at least one (change data.valid_ratio or data.subset)"
         )
+    return total - n_valid, n_valid
+
+
+def check_valid_size(valid_ratio: float, subset: int | None) -> None:
+    """Before a run: the valid split of Fashion-MNIST's TRAIN_IMAGES cut to `subset` must hold MIN_VALID_PER_CLASS
+    images per class on average, else its loss and accuracy (which pick the best epoch) are noise."""
+    _, n_valid = split_sizes(TRAIN_IMAGES, valid_ratio, subset)
+    needed = MIN_VALID_PER_CLASS * NUM_CLASSES
+    if n_valid < needed:
+        cut = subset if subset is not None else f"null (all {TRAIN_IMAGES} images)"
+        raise UserError(
+            f"data.subset={cut} with data.valid_ratio={valid_ratio} leaves {n_valid} valid images, fewer than "
+            f"{needed} ({MIN_VALID_PER_CLASS} per class on average); raise data.subset or data.valid_ratio"
+        )
+
+
+def split_indices(n: int, valid_ratio: float, subset: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded shuffle of range(n), optionally cut to `subset`, split into (train, valid) indices."""
+    n_train, n_valid = split_sizes(n, valid_ratio, subset)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: n_train + n_valid]
     return perm[n_valid:], perm[:n_valid]
 
 

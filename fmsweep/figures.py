@@ -1,5 +1,5 @@
 """Matplotlib figures, drawn with the Agg backend (no display, no pyplot state): a run's test samples and
-confusion matrix for TensorBoard, and the curves and test-accuracy points of a sweep report."""
+confusion matrix for TensorBoard, and a sweep report's curves and settings ranked on validation."""
 from __future__ import annotations
 
 import io
@@ -9,9 +9,10 @@ import torch
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from fmsweep.data import CLASSES
+from fmsweep import CLASSES
 SIZE = 28
 
 
@@ -77,44 +78,87 @@ def epoch_ticks(last: int) -> list[int]:
     return sorted({int(t) for t in MaxNLocator(integer=True).tick_values(1, last) if 1 <= t <= last})
 
 
-def sweep(curves: dict[str, list[tuple[list[float], list[float]]]], points: dict[str, tuple[float, float, int]],
-          shared: list[str]) -> Figure:
-    """Left: valid accuracy per epoch of every job, one colour per setting. Right: test accuracy per setting
-    (`points`: setting -> (mean, std, count) over its completed jobs) as its mean with a ± std error bar, none
-    for a single job: points, not bars, so the axis can zoom in on them without exaggerating differences.
-    Settings are labelled without the overrides `shared` by every job; the title states those once."""
-    settings = list(dict.fromkeys([*curves, *points]))
-    color = {s: colormaps["tab10"](i % 10) for i, s in enumerate(settings)}
-    fig = Figure(figsize=(13, max(4.5, 0.45 * len(settings) + 2)), layout="constrained")
-    if shared:
-        fig.suptitle(f"every job: {','.join(shared)}")
-    left, right = fig.subplots(1, 2, width_ratios=(3, 2))
-    for setting, jobs in curves.items():
-        for k, (epochs, accs) in enumerate(jobs):
-            left.plot(epochs, [100 * a for a in accs], marker="o", markersize=3, color=color[setting],
-                      label=setting if k == 0 else None)
-    if curves:
-        left.set_xticks(epoch_ticks(int(max(max(epochs) for jobs in curves.values() for epochs, _ in jobs))))
-        left.legend(fontsize=8)
+LEGEND_SETTINGS = 12  # beyond this many settings the curves' legend names the best ones and counts the rest
+LINESTYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "h", "<")
+
+
+def setting_colors(count: int) -> list[tuple[float, ...]]:
+    """`count` distinct colours, in rank order: tab10 / tab20 for up to 10 / 20, else evenly spaced along a
+    perceptually ordered colormap (the best settings darkest)."""
+    if count <= 10:
+        return [colormaps["tab10"](i) for i in range(count)]
+    if count <= 20:
+        return [colormaps["tab20"](i) for i in range(count)]
+    return [colormaps["viridis"](0.92 * i / (count - 1)) for i in range(count)]
+
+
+def shorten(text: str, width: int = 60) -> str:
+    """`text`, cut to `width` characters with an ellipsis (the report's table holds the whole setting)."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def sweep(order: list[str], curves: dict[str, list[tuple[str, list[float], list[float]]]],
+          points: dict[str, tuple[float, float, int]], objective: str, minimize: bool, shared: list[str]) -> Figure:
+    """A sweep's settings, `order`ed best first (by their mean valid objective). Left: valid accuracy per epoch of
+    every job (`curves`: setting -> (seed, epochs, accuracies) per job), one colour per setting, the seeds of a
+    setting told apart by line style and marker. Right: each setting's objective (`points`: setting -> (mean, std,
+    n) over its completed jobs) as its mean with a ± std bar where seeds repeat it, best on top and marked.
+    Validation only: the test split is no ground for choosing. Settings are labelled without the overrides `shared`
+    by every job; the title states those once. Readable from 1 to 50 settings and 1 to 10 seeds per setting: the
+    figure grows with the settings, legends sit outside the plots, and beyond LEGEND_SETTINGS settings the curves'
+    legend names the best ones and counts the rest."""
+    color = dict(zip(order, setting_colors(len(order))))
+    rows = len(order)
+    fig = Figure(figsize=(14, max(4.8, 1.9 + 0.22 * rows)), layout="constrained")
+    fig.suptitle(f"every job: {shorten(','.join(shared), 150)}" if shared else "sweep", fontsize=10)
+    left, right = fig.subplots(1, 2, width_ratios=(1, 1))
+    seeds = sorted({seed for jobs in curves.values() for seed, *_ in jobs}, key=lambda s: (len(s), s))
+    style = {seed: (LINESTYLES[i % len(LINESTYLES)], MARKERS[i % len(MARKERS)]) for i, seed in enumerate(seeds)}
+    last_epoch = 1
+    for setting in order:
+        for seed, epochs, accs in curves.get(setting, []):
+            linestyle, marker = style[seed]
+            left.plot(epochs, [100 * a for a in accs], linestyle=linestyle, marker=marker, markersize=3, linewidth=1,
+                      color=color[setting])
+            last_epoch = max(last_epoch, int(max(epochs)))
+    left.set_xticks(epoch_ticks(last_epoch))
     left.set_xlabel("epoch")
     left.set_ylabel("valid accuracy (%)")
-    left.set_title("valid accuracy per epoch, every job")
+    left.set_title("valid accuracy per epoch, every job", fontsize=10)
     left.grid(alpha=0.3)
-    names = [s for s in settings if s in points]
-    for k, setting in enumerate(names):
-        mean, std, n = 100 * points[setting][0], 100 * points[setting][1], points[setting][2]
-        right.errorbar(mean, k, xerr=std if n > 1 else None, fmt="o", capsize=4, color=color[setting])
-        right.annotate(f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}", (mean, k), xytext=(0, 6),
-                       textcoords="offset points", ha="center", va="bottom", fontsize=8)
-    right.set_yticks(range(len(names)), [f"{s}  (n={points[s][2]})" for s in names], fontsize=8)
-    if names:
-        right.set_ylim(len(names) - 0.5, -0.5)  # first setting on top
-        low = min(100 * (points[s][0] - points[s][1]) for s in names)
-        high = max(100 * (points[s][0] + points[s][1]) for s in names)
-        pad = max(0.1 * (high - low), 0.5)
+    named = order[:LEGEND_SETTINGS]
+    handles = [Line2D([], [], color=color[s], linewidth=2) for s in named]
+    labels = [f"{k + 1}. {shorten(s, 40)}" for k, s in enumerate(named)]
+    if len(order) > len(named):
+        handles.append(Line2D([], [], linestyle="none"))
+        labels.append(f"… {len(order) - len(named)} more, coloured by rank")
+    if len(seeds) > 1:
+        handles += [Line2D([], [], color="black", linestyle=style[s][0], marker=style[s][1], markersize=3) for s in seeds]
+        labels += [f"seed {s}" for s in seeds]
+    left.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0,
+                title="settings, best first" + (" · seeds" if len(seeds) > 1 else ""), title_fontsize=7)
+
+    ranked = [s for s in order if s in points]
+    repeated = any(points[s][2] > 1 for s in ranked)
+    size = 8 if rows <= 20 else 6
+    for k, setting in enumerate(ranked):
+        mean, std, n = points[setting]
+        right.errorbar(mean, k, xerr=std if n > 1 else None, fmt="*" if k == 0 else "o", markersize=9 if k == 0 else 5,
+                       capsize=3, color=color[setting])
+    right.set_yticks(range(len(ranked)),
+                     [f"{'best: ' if k == 0 else ''}{shorten(s)}  (n={points[s][2]})" for k, s in enumerate(ranked)],
+                     fontsize=size)
+    if ranked:
+        right.set_ylim(len(ranked) - 0.5, -0.5)  # the best on top
+        low = min(points[s][0] - points[s][1] for s in ranked)
+        high = max(points[s][0] + points[s][1] for s in ranked)
+        pad = max(0.1 * (high - low), 1e-3)
         right.set_xlim(low - pad, high + pad)
-    right.set_xlabel("test accuracy (%), mean ± std over seeds")
-    right.set_title("test accuracy per setting")
+    what = objective.replace("_", " ")
+    right.set_xlabel(f"{what}, " + ("mean ± std over seeds" if repeated else "one job each")
+                     + f" ({'lower' if minimize else 'higher'} is better)")
+    right.set_title(f"settings ranked by {what}", fontsize=10)
     right.grid(axis="x", alpha=0.3)
     return fig
 

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from fmsweep.errors import UserError
+
 NUM_CLASSES = 10
 IMAGE_SIZE = 28
 MASK32 = 0xFFFFFFFF
@@ -139,11 +141,23 @@ class FancyCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+def check_range(x: torch.Tensor) -> None:
+    """Float images must lie in [0, 1]: 0-255 floats would be normalized as if far too bright and predict badly
+    without a word. A host sync (min and max), hence only in `Classifier.forward`, which training never calls with
+    floats: its batches reach `net` through `normalize`, its evaluations pass uint8."""
+    if not x.numel():
+        return
+    low, high = torch.stack(torch.aminmax(x)).tolist()
+    if not 0 <= low <= high <= 1:  # NaN too
+        raise UserError(f"the model takes raw images, uint8 in [0, 255] or float in [0, 1]; got {x.dtype} values in "
+                        f"[{low:g}, {high:g}] (pixels of 0-255 as floats: divide them by 255)")
+
+
 class Classifier(nn.Module):
     """A network together with its input normalization.
 
-    Accepts raw images: uint8 in [0, 255] or float in [0, 1], shaped (28, 28),
-    (N, 28, 28) or (N, 1, 28, 28); returns logits (N, 10).
+    Accepts raw images: uint8 in [0, 255] or float in [0, 1] (other floats are refused), shaped (28, 28),
+    (N, 28, 28) or (N, 1, 28, 28); returns logits (N, 10). Training feeds `net` through `normalize` directly.
     """
 
     def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
@@ -160,6 +174,8 @@ class Classifier(nn.Module):
         return (x - self.mean) / self.std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_floating_point():
+            check_range(x)
         return self.net(self.normalize(x))
 
 

@@ -3,21 +3,36 @@ the markdown tables and command-line parsing that the sweep tools (ensemble, rep
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import json
 import shlex
 import sys
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from fmsweep.config import first_line
 from fmsweep.errors import UserError
-from fmsweep.tracking import read_metrics
 
 HYDRA_DIR = ".hydra"
 SEED_KEY = "seed"
+# The config keys the sweep tools read from a run's .hydra/config.yaml.
+CONFIG_KEYS = ("seed", "epochs", "model._target_", "data.root", "data.download", "data.valid_ratio", "data.subset")
+# metrics.json's statuses (tracking.Tracker.final, tracking.record_failure); a finished run's metrics.json (completed,
+# or pruned by a search) holds these numbers too (train.RunState.finish).
+STATUSES = ("completed", "pruned", "failed")
+FINAL_METRICS = ("best_epoch", "valid_loss", "valid_acc", "test_loss", "test_acc", "num_params", "train_seconds",
+                 "epochs_run")
+
+
+class NotARun(Exception):
+    """A dir with a .hydra/config.yaml that is no complete fmsweep run dir; the message says what is wrong."""
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -103,34 +118,82 @@ def is_run(path: Path) -> bool:
     return (path / HYDRA_DIR / "config.yaml").is_file()
 
 
+@contextlib.contextmanager
+def reading(file: str) -> Iterator[None]:
+    """Turn a failure to read or parse `file` of a run dir into NotARun naming it."""
+    try:
+        yield
+    except (OSError, ValueError, TypeError, yaml.YAMLError, OmegaConfBaseException) as exc:
+        raise NotARun(f"invalid {file} ({first_line(exc)})") from None
+
+
+def mapping(loaded: Any) -> DictConfig:
+    """`loaded` when it is a mapping (what Hydra writes into .hydra/), else a TypeError for `reading`."""
+    if not isinstance(loaded, DictConfig):
+        raise TypeError(f"a {type(loaded).__name__}, not a mapping")
+    return loaded
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def read_run_metrics(path: Path) -> dict[str, Any]:
+    """metrics.json as a run writes it, {} while it has none (a run still training); NotARun for anything else."""
+    try:
+        metrics = json.loads((path / "metrics.json").read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise NotARun(f"metrics.json is not JSON ({first_line(exc)})") from None
+    status = metrics.get("status") if isinstance(metrics, dict) else None
+    if status not in STATUSES:
+        raise NotARun(f"metrics.json holds no status {'/'.join(STATUSES)}")
+    missing = [key for key in FINAL_METRICS if not is_number(metrics.get(key))]
+    if status != "failed" and missing:
+        raise NotARun(f"metrics.json of a {status} run lacks the number(s) {', '.join(missing)}")
+    return metrics
+
+
 def read_run(path: Path, name: str) -> Run:
-    """Read a run dir's settings (.hydra/) and metrics."""
+    """Read a run dir's settings (.hydra/) and metrics; NotARun when they are not those of an fmsweep run."""
     hydra_yaml = path / HYDRA_DIR / "hydra.yaml"
-    hydra_cfg = OmegaConf.load(hydra_yaml) if hydra_yaml.is_file() else OmegaConf.create()
-    num = OmegaConf.select(hydra_cfg, "hydra.job.num", default=None)
-    choices = OmegaConf.select(hydra_cfg, "hydra.runtime.choices", default=None)
-    return Run(
-        path=path,
-        name=name,
-        num=None if num is None else int(num),
-        overrides=read_overrides(path),
-        config=OmegaConf.load(path / HYDRA_DIR / "config.yaml"),
-        choices=OmegaConf.to_container(choices) if choices is not None else {},
-        metrics=read_metrics(path) or {},
-    )
+    with reading(f"{HYDRA_DIR}/hydra.yaml"):
+        hydra_cfg = mapping(OmegaConf.load(hydra_yaml)) if hydra_yaml.is_file() else OmegaConf.create()
+        num = OmegaConf.select(hydra_cfg, "hydra.job.num", default=None)
+        num = None if num is None else int(num)
+        choices = mapping(OmegaConf.select(hydra_cfg, "hydra.runtime.choices", default=OmegaConf.create()))
+    with reading(f"{HYDRA_DIR}/config.yaml"):
+        config = mapping(OmegaConf.load(path / HYDRA_DIR / "config.yaml"))
+        absent = object()
+        missing = [key for key in CONFIG_KEYS
+                   if OmegaConf.select(config, key, default=absent, throw_on_resolution_failure=False) is absent]
+    if missing:
+        raise NotARun(f"{HYDRA_DIR}/config.yaml is not an fmsweep run's: it lacks {', '.join(missing)}")
+    with reading(f"{HYDRA_DIR}/overrides.yaml"):
+        overrides = read_overrides(path)
+    return Run(path=path, name=name, num=num, overrides=overrides, config=config,
+               choices=OmegaConf.to_container(choices), metrics=read_run_metrics(path))
 
 
 def find_runs(path: str | Path) -> list[Run]:
-    """The run at `path`, or every run below it (a sweep dir, or a folder of sweeps), in job order."""
+    """The run at `path`, or every run below it (a sweep dir, or a folder of sweeps), in job order. A dir that is
+    not a complete run (see read_run) is skipped with one line on stderr: the others are still worth a report."""
     root = Path(path)
     if not root.is_dir():
         raise UserError(f"{root} is not a directory (expected an fmsweep sweep or run directory)")
-    if is_run(root):
-        return [read_run(root, ".")]
-    dirs = sorted({p.parent.parent for p in root.rglob(f"{HYDRA_DIR}/config.yaml")})
+    dirs = [root] if is_run(root) else sorted({p.parent.parent for p in root.rglob(f"{HYDRA_DIR}/config.yaml")})
     if not dirs:
         raise UserError(f"{root} is not an fmsweep sweep or run directory: no {HYDRA_DIR}/config.yaml in it or below")
-    runs = [read_run(d, str(d.relative_to(root))) for d in dirs]
+    runs = []
+    for d in dirs:
+        try:
+            runs.append(read_run(d, str(d.relative_to(root))))
+        except NotARun as exc:
+            print(f"skipped {d}: {exc}", file=sys.stderr)
+    if not runs:
+        raise UserError(f"{root} is not an fmsweep sweep or run directory: none of the {len(dirs)} dir(s) with a "
+                        f"{HYDRA_DIR}/config.yaml in it or below is a complete run (skipped, see above)")
     return sorted(runs, key=lambda r: (str(r.path.parent), r.num if r.num is not None else -1, r.name))
 
 

@@ -1,5 +1,5 @@
-"""The closing summary of a sweep: which jobs failed or did not finish (a job a search pruned did finish), and where
-their logs are."""
+"""The closing summary of a sweep: its report (fmsweep.report) and best setting on validation, which jobs failed or
+did not finish (a job a search pruned did finish), and where their logs are."""
 from __future__ import annotations
 
 import sys
@@ -22,9 +22,14 @@ def job_logs(sweep_dir: Path, job_dir: Path) -> list[Path]:
 
 
 def report(sweep_dir: Path, error: Exception | None) -> None:
-    """Print which jobs of the sweep did not complete, with their error and log paths; exit 1 if any."""
+    """Write the sweep's report and name its best setting; print which jobs of the sweep did not complete, with
+    their error and log paths; exit 1 if any."""
+    from fmsweep import report as sweep_report
+
     try:
         problems = [run for run in find_runs(sweep_dir) if not run.completed and run.metrics.get("status") != "pruned"]
+        _, written, best = sweep_report.write_report(sweep_dir)
+        print(f"fmsweep: {best}\nfmsweep: report: {written[0]} (with {', '.join(p.name for p in written[1:])})")
     except UserError:  # not one job got as far as its directory
         problems = []
     if not problems and error is None:

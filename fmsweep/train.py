@@ -442,8 +442,9 @@ def run_pack(cfgs: list[DictConfig], run_dirs: list[Path]) -> list[float | None]
         if run.finished:
             log.info("%s%s already finished its %d epochs: nothing to do", run.label, run.run_dir, run.cfg.epochs)
         elif run.position != (0, 0):
-            log.info("%sResuming from %s at epoch %d%s", run.label, run.run_dir / checkpoint.LAST, run.epoch,
-                     f", batch {run.partial['next']}" if run.partial else "")
+            log.info("%sResuming from %s %s", run.label, run.run_dir / checkpoint.LAST,
+                     f"in epoch {run.epoch + 1} after batch {run.partial['next']}" if run.partial
+                     else f"after epoch {run.epoch}")
     together = stacked(device, cfgs[0], len(runs))
     results: dict[Path, float | None] = {run.run_dir: tracking.read_metrics(run.run_dir)["valid_loss"]
                                          for run in runs if run.finished}

@@ -14,7 +14,10 @@ from fmsweep.config import device_name
 
 
 def fmsweep(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fmsweep", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    """The command line as a user runs it: without HYDRA_FULL_ERROR, which keeps Hydra's own error reports."""
+    env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
+    return subprocess.run([sys.executable, "-m", "fmsweep", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env=env)
 
 
 def test_single_run_from_the_command_line_trains_what_its_overrides_say(make_cfg, data_root: Path, tmp_path: Path) -> None:
@@ -73,6 +76,43 @@ def test_a_run_says_where_it_writes_on_which_device_and_where_its_results_are(da
     [end] = [line for line in proc.stdout.splitlines() if "[INFO] - done: " in line]
     assert end.endswith(f"done: best epoch {metrics['best_epoch']} of 1, test accuracy {100 * metrics['test_acc']:.2f} % | "
                         f"results in {tmp_path}")
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["seed=range(3)"],
+         "seed=range(3) is a sweep, and a sweep needs -m: did you mean `fmsweep -m 'seed=range(3)' ...`?"),
+        (["model=fc,linear"],
+         "model=fc,linear is a sweep, and a sweep needs -m: did you mean `fmsweep -m model=fc,linear ...`?"),
+        (["model=fc,linear", "epochs=3", "model.hidden=512,512"],
+         ("model=fc,linear and model.hidden=512,512 are sweeps, and sweeps need -m: did you mean "
+          "`fmsweep -m model=fc,linear model.hidden=512,512 ...`, or the list model.hidden=[512,512]?")),
+        (["+reg.l2=1e-3"],
+         "+reg.l2=1e-3: reg.l2 already exists and + only adds new keys: did you mean reg.l2=1e-3 (or ++reg.l2=1e-3)?"),
+        (["+model=fc"], ("+model=fc: model already has an option (in the defaults) and + only adds new groups: "
+                         "did you mean model=fc?")),
+        (["modle=fc"], "modle=fc: unknown config key modle; did you mean model?"),
+        (["hydra/sweepr=optuna"], "hydra/sweepr=optuna: unknown config key hydra/sweepr; did you mean hydra/sweeper?"),
+        (["hydra.job.chdr=true"],
+         "hydra.job.chdr=true: unknown config key hydra.job.chdr; did you mean hydra.job.chdir?"),
+        (["-m", "hydra.sweeper.max_batch_sz=2", "seed=0,1"],  # the default sweeper: grid
+         ("hydra.sweeper.max_batch_sz=2: unknown config key hydra.sweeper.max_batch_sz; "
+          "did you mean hydra.sweeper.max_batch_size?")),
+        (["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trial=5", "optimizer.lr=tag(log,interval(1e-4,1e-1))"],
+         "hydra.sweeper.n_trial=5: unknown config key hydra.sweeper.n_trial; did you mean hydra.sweeper.n_trials?"),
+        *[(["-m", f"hydra/launcher={launcher}", "hydra.launcher.timeout_mins=5", "seed=0,1"],
+           ("hydra.launcher.timeout_mins=5: unknown config key hydra.launcher.timeout_mins; "
+            "did you mean hydra.launcher.timeout_min?")) for launcher in ("submitit_local", "slurm")],
+    ],
+)
+def test_more_command_line_mistakes_are_one_line_exit_2_and_create_nothing(tmp_path: Path, args: list[str],
+                                                                         line: str) -> None:
+    """A sweep without -m, a + on what exists, a misspelled group, a misspelled key of the sweeper or launcher in
+    effect: Hydra's tracebacks (or a bare 'unknown key') become one line with what was probably meant."""
+    proc = fmsweep(*args, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert (proc.returncode, proc.stderr) == (2, f"fmsweep: error: {line}\n")
+    assert not any(tmp_path.iterdir())
 
 
 def console_script() -> str:

@@ -1,4 +1,5 @@
-"""`python -m fmsweep.ensemble` on the tiny sweep: members, the averaged model, selection, skipped runs, errors."""
+"""`python -m fmsweep.ensemble` on a small sweep: members, their ensemble, selection, skipped runs, refused splits,
+errors."""
 import json
 import shutil
 import subprocess
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 import fmsweep
-from conftest import ROOT
+from conftest import ROOT, SWEEP_JOBS, make_fashion_root
 from fmsweep import ensemble
 from fmsweep.data import load_fashion_mnist, split_indices
 from fmsweep.runs import find_runs
@@ -32,13 +33,33 @@ def run_ensemble(capsys: pytest.CaptureFixture, *args: str) -> tuple[str, dict]:
     return text, json.loads(out_file.read_text()) if out_file else {}
 
 
+@pytest.fixture(scope="module")
+def big_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny data (conftest) with as many test images as an ensemble is scored on at least, and as many valid
+    images at the default data.valid_ratio 0.2."""
+    n = ensemble.MIN_IMAGES
+    return make_fashion_root(tmp_path_factory.mktemp("big"), n_train=5 * n, n_test=n)
+
+
+@pytest.fixture(scope="module")
+def big_sweep(big_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """conftest's tiny_sweep (linear and fc, seeds 0 and 1, 2 epochs) on `big_root`. Do not write into it; tests
+    that change it work on a copy."""
+    sweep_dir = tmp_path_factory.mktemp("sweep")
+    args = [f"data.root={big_root}", "data.download=false", "device=cpu", "batch_size=64", "epochs=2", *SWEEP_JOBS]
+    proc = subprocess.run([sys.executable, "-m", "fmsweep", "-m", *args, f"hydra.sweep.dir={sweep_dir}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return sweep_dir
+
+
 @pytest.fixture
-def sweep_copy(tiny_sweep: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(tiny_sweep, tmp_path / "sweep"))
+def sweep_copy(big_sweep: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(big_sweep, tmp_path / "sweep"))
 
 
-def test_test_split_members_and_average_match_a_hand_computed_ensemble(sweep_copy: Path, data_root: Path,
-                                                                       capsys: pytest.CaptureFixture) -> None:
+def test_test_split_members_and_ensemble_match_a_hand_computed_ensemble(sweep_copy: Path, big_root: Path,
+                                                                        capsys: pytest.CaptureFixture) -> None:
     ensemble.main([str(sweep_copy), "--device", "cpu"])
     text = capsys.readouterr().out
     result = json.loads((sweep_copy / "ensemble.json").read_text())  # written into the sweep dir by default
@@ -49,55 +70,84 @@ def test_test_split_members_and_average_match_a_hand_computed_ensemble(sweep_cop
     for member, run_dir in zip(result["members"], runs):
         assert member["loss"] == pytest.approx(metrics(run_dir)["test_loss"], rel=1e-5)
         assert member["acc"] == pytest.approx(metrics(run_dir)["test_acc"])
-        assert member["images"] == 200
+        assert member["images"] == 1000
 
-    _, _, test_x, test_y = load_fashion_mnist(data_root, download=False)
+    _, _, test_x, test_y = load_fashion_mnist(big_root, download=False)
     with torch.no_grad():
         probs = torch.stack([fmsweep.load_model(r)(test_x).softmax(1) for r in runs]).mean(0)
-    assert result["average"]["images"] == 200
+    assert result["average"]["images"] == 1000
     assert result["average"]["loss"] == pytest.approx(F.nll_loss(probs.log(), test_y).item(), rel=1e-5)
     assert result["average"]["acc"] == pytest.approx((probs.argmax(1) == test_y).float().mean().item())
 
     assert result["skipped"] == []
     for r in runs:
         assert r.name in text
-    assert "average of 4" in text and "test acc (%)" in text
+    assert "| ensemble of 4 " in text and "average" not in text and "test acc (%)" in text
     assert f"{100 * result['average']['acc']:.2f}" in text
 
 
-def test_valid_split_reproduces_each_runs_own_split(tiny_sweep: Path, data_root: Path, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture) -> None:
+def test_valid_split_of_one_seed_reproduces_each_runs_own_split(big_sweep: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "valid.json"
-    text, result = run_ensemble(capsys, str(tiny_sweep), "--split", "valid", "--out", str(out))
-    for member, run_dir in zip(result["members"], jobs(tiny_sweep)):
+    text, result = run_ensemble(capsys, str(big_sweep), "--split", "valid", "--where", "seed=0", "--out", str(out))
+    seed_0 = jobs(big_sweep)[::2]
+    assert [m["run"] for m in result["members"]] == [r.name for r in seed_0]
+    for member, run_dir in zip(result["members"], seed_0):
         assert member["loss"] == pytest.approx(metrics(run_dir)["valid_loss"], rel=1e-5)
         assert member["acc"] == pytest.approx(metrics(run_dir)["valid_acc"])
-    # seeds 0 and 1 split differently: the average is taken on the images no member trained on
-    train_x, *_ = load_fashion_mnist(data_root, download=False)
+        assert member["images"] == ensemble.MIN_IMAGES  # the fewest accepted
+    assert result["average"]["images"] == ensemble.MIN_IMAGES
+    assert "| ensemble of 2 " in text and "chose each member's best epoch" in text
+
+
+def test_valid_splits_that_differ_are_refused(big_sweep: Path, big_root: Path) -> None:
+    """Seeds 0 and 1 split differently: each member trained on images of the other's valid split, and the images
+    held out from both are a few, whatever their number would print as the ensemble's accuracy."""
+    train_x, *_ = load_fashion_mnist(big_root, download=False)
     valid = [split_indices(len(train_x), 0.2, None, seed)[1] for seed in (0, 1)]
-    assert result["average"]["images"] == int(torch.isin(valid[0], valid[1]).sum()) > 0
-    assert "held out from every member" in text
+    shared = int(torch.isin(valid[0], valid[1]).sum())
+    proc = cli(str(big_sweep), "--top-k", "3", "--split", "valid", "--device", "cpu")
+    assert_one_line_error(proc, "--split valid: the members' valid splits differ (by seed)",
+                          f"only {shared} images are held out from all of them", "use --split test")
+    assert not (big_sweep / "ensemble.json").exists()
 
-    _, same_seed = run_ensemble(capsys, str(tiny_sweep), "--split", "valid", "--where", "seed=0", "--out", str(out))
-    assert [m["images"] for m in same_seed["members"]] == [100, 100]
-    assert same_seed["average"]["images"] == 100
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        ([], [f"the test split holds only 200 images, fewer than the {ensemble.MIN_IMAGES}", "--data-root"]),
+        (["--split", "valid", "--where", "seed=0"], ["the valid split holds only 100 images", "use --split test"]),
+    ],
+)
+def test_fewer_images_than_the_minimum_are_refused(big_sweep: Path, data_root: Path, tmp_path: Path,
+                                                   args: list[str], words: list[str],
+                                                   capsys: pytest.CaptureFixture) -> None:
+    """conftest's data_root: 500 train images (100 valid), 200 test images."""
+    out = tmp_path / "e.json"
+    with pytest.raises(SystemExit) as exit_info:
+        ensemble.main([str(big_sweep), "--data-root", str(data_root), *args, "--device", "cpu", "--out", str(out)])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fmsweep: error: ") and all(w in err[0] for w in words), err
+    assert captured.out == "" and not out.exists()
 
 
-def test_selection_by_config_and_top_k(tiny_sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_selection_by_config_and_top_k(big_sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "e.json"
 
     def members(*args: str) -> list[str]:
-        return [m["run"] for m in run_ensemble(capsys, str(tiny_sweep), *args, "--out", str(out))[1]["members"]]
+        return [m["run"] for m in run_ensemble(capsys, str(big_sweep), *args, "--out", str(out))[1]["members"]]
 
-    names = [r.name for r in jobs(tiny_sweep)]
+    names = [r.name for r in jobs(big_sweep)]
     assert members("--where", "model=fc") == names[2:]
     assert members("--where", "model=fc", "--where", "seed=1") == names[3:]
     assert members("--where", "reg.l2=0") == names  # a config value, numbers compared as numbers
     assert members("--where", "optimizer.lr=1e-3", "--where", "data.normalize=pixel") == names
-    best_two = sorted(names, key=lambda n: metrics(tiny_sweep / n)["valid_loss"])[:2]
+    best_two = sorted(names, key=lambda n: metrics(big_sweep / n)["valid_loss"])[:2]
     assert members("--top-k", "2") == [n for n in names if n in best_two]
     # run dirs given one by one: names relative to their common folder, ensemble.json written there
-    ensemble.main([str(tiny_sweep / names[0]), str(tiny_sweep / names[2]), "--device", "cpu", "--out", str(out)])
+    ensemble.main([str(big_sweep / names[0]), str(big_sweep / names[2]), "--device", "cpu", "--out", str(out)])
     assert [m["run"] for m in json.loads(out.read_text())["members"]] == [names[0], names[2]]
 
 
@@ -113,15 +163,21 @@ def test_incomplete_and_unreadable_runs_are_listed_and_skipped(sweep_copy: Path,
             return (Path.touch, (marker,))
 
     torch.save({"format_version": 1, "payload": Payload()}, runs[3] / "best_model.pt")
+    notes = sweep_copy / "notes"  # not a run: a folder with a .hydra/ of someone's own
+    (notes / ".hydra").mkdir(parents=True)
+    (notes / ".hydra" / "config.yaml").write_text("- not\n- a config\n")
 
-    text, result = run_ensemble(capsys, str(sweep_copy), "--out", str(tmp_path / "e.json"))
+    ensemble.main([str(sweep_copy), "--device", "cpu", "--out", str(tmp_path / "e.json")])
+    text, err = capsys.readouterr()
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert err == f"skipped {notes}: invalid .hydra/config.yaml (TypeError: a ListConfig, not a mapping)\n"
     assert not marker.exists()  # loaded with weights_only=True: the pickle's code never ran
     assert [m["run"] for m in result["members"]] == [runs[0].name, runs[2].name]
     skipped = {s["run"]: s["reason"] for s in result["skipped"]}
     assert set(skipped) == {runs[1].name, runs[3].name}
     assert "no best_model.pt (unfinished (2/2 epochs))" == skipped[runs[1].name]
     assert "not a readable fmsweep checkpoint" in skipped[runs[3].name]
-    assert f"Skipped {runs[1].name}: no best_model.pt" in text and "average of 2" in text
+    assert f"Skipped {runs[1].name}: no best_model.pt" in text and "| ensemble of 2 " in text
 
 
 def test_members_list_their_overrides_in_job_dir_order(sweep_copy: Path, tmp_path: Path,
@@ -162,10 +218,10 @@ def test_a_folder_without_runs_is_a_user_error(tmp_path: Path) -> None:
         (["--split", "train"], ["invalid choice: 'train'"]),
     ],
 )
-def test_bad_selections_are_user_errors(tiny_sweep: Path, args: list[str], words: list[str],
+def test_bad_selections_are_user_errors(big_sweep: Path, args: list[str], words: list[str],
                                         capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        ensemble.main([str(tiny_sweep), *args])
+        ensemble.main([str(big_sweep), *args])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("fmsweep: error: ") and all(w in err[0] for w in words), err

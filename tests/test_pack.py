@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, make_fashion_root
 from test_crash import SignalledSteps, assert_close_result, assert_close_weights, assert_consistent, assert_same_result
 
 from fmsweep import checkpoint, packing, train
@@ -239,7 +239,9 @@ def test_a_packed_sweep_writes_the_job_dirs_of_an_unpacked_one(data_root: Path, 
         assert summary_command.startswith("python -m fmsweep ") and "linear,fc" not in summary_command
         assert set(read_overrides(tmp_path / "packed" / name)) < set(shlex.split(summary_command))
     assert packed.stdout.count("completed: test acc") == 6
-    ensemble = subprocess.run([sys.executable, "-m", "fmsweep.ensemble", str(tmp_path / "packed")], cwd=ROOT,
+    test_root = make_fashion_root(tmp_path / "test_images", n_test=1000)  # the 1,000 images an ensemble needs
+    ensemble = subprocess.run([sys.executable, "-m", "fmsweep.ensemble", str(tmp_path / "packed"), "--data-root",
+                               str(test_root)], cwd=ROOT,
                               capture_output=True, text=True, timeout=300)
     assert ensemble.returncode == 0, ensemble.stderr
 
@@ -254,6 +256,7 @@ def test_a_member_that_diverges_in_a_packed_sweep_is_reported_alone(data_root: P
     assert f"  {diverged.name}: failed: TrainingDiverged: training diverged" in proc.stderr
     assert f"log: {tmp_path / 'packs' / '0-1' / '__main__.log'}" in proc.stderr
     assert ok.name + ":" not in proc.stderr
+    assert "Error executing job" not in proc.stderr  # the sweep's summary says it, not Hydra
 
 
 @pytest.mark.slow

@@ -1,7 +1,9 @@
-"""`python -m fmsweep.report` on the tiny sweep: job table, seeds aggregated per setting, CSV, plot, statuses."""
+"""`python -m fmsweep.report` on the tiny sweep: settings ranked on validation with seeds aggregated, the best
+marked, job table, CSVs, plot, statuses; the plot from 1 to 50 settings."""
 import csv
 import io
 import json
+import math
 import shutil
 import statistics
 import subprocess
@@ -14,7 +16,6 @@ from hydra._internal.config_loader_impl import get_overrides_dirname
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.container import ErrorbarContainer
-from matplotlib.patches import Rectangle
 from matplotlib.text import Text
 from omegaconf import OmegaConf
 
@@ -45,32 +46,49 @@ def test_report_of_a_finished_sweep(sweep_copy: Path, capsys: pytest.CaptureFixt
     printed = capsys.readouterr().out
     # the markdown, then where each file went, worded as python -m fmsweep.ensemble says it
     assert printed == (sweep_copy / "report.md").read_text() + "\n" + "".join(
-        f"Wrote {sweep_copy / name}\n" for name in ("report.md", "report.csv", "report.png"))
+        f"Wrote {sweep_copy / name}\n" for name in ("report.md", "report.csv", "jobs.csv", "report.png"))
     metrics = [json.loads((d / "metrics.json").read_text()) for d in job_dirs(sweep_copy)]
+    assert "Every job: batch_size=64,epochs=2\n" in printed and printed.count("batch_size=64") == 1  # said once
 
     jobs = table_rows(printed, "Jobs")
     assert [row[0] for row in jobs] == ["0", "1", "2", "3"]
     for row, m, (model, seed) in zip(jobs, metrics, [("linear", 0), ("linear", 1), ("fc", 0), ("fc", 1)]):
-        assert row[1] == f"batch_size=64,epochs=2,model={model},seed={seed}"
+        assert row[1] == f"model={model},seed={seed}"
         assert row[2] == "completed" and row[3] == str(m["best_epoch"])
         assert row[4:8] == [f"{m['valid_loss']:.4f}", f"{100 * m['valid_acc']:.2f}", f"{m['test_loss']:.4f}",
                             f"{100 * m['test_acc']:.2f}"]
         assert row[8] == str(m["num_params"])
 
+    # ranked by mean valid loss, never by test accuracy; the best marked, with its margin over the next
+    groups = {"model=linear": metrics[:2], "model=fc": metrics[2:]}
+    mean_loss = {name: statistics.mean(m["valid_loss"] for m in group) for name, group in groups.items()}
+    order = sorted(groups, key=mean_loss.get)
     settings = table_rows(printed, "Settings")
-    assert [row[0] for row in settings] == ["batch_size=64,epochs=2,model=linear", "batch_size=64,epochs=2,model=fc"]
-    for row, group in zip(settings, (metrics[:2], metrics[2:])):
-        accs = [100 * m["test_acc"] for m in group]
-        losses = [m["valid_loss"] for m in group]
-        assert row[1] == "2"
-        assert row[2] == f"{statistics.mean(losses):.4f} ± {statistics.stdev(losses):.4f}"
-        assert row[5] == f"{statistics.mean(accs):.2f} ± {statistics.stdev(accs):.2f}"
+    assert [row[:2] for row in settings] == [["1 (best)", order[0]], ["2", order[1]]]
+    for row, name in zip(settings, order):
+        accs = [100 * m["test_acc"] for m in groups[name]]
+        losses = [m["valid_loss"] for m in groups[name]]
+        assert row[2] == "2"
+        assert row[3] == f"{statistics.mean(losses):.4f} ± {statistics.stdev(losses):.4f}"
+        assert row[6] == f"{statistics.mean(accs):.2f} ± {statistics.stdev(accs):.2f}"
+    stds = {name: statistics.stdev(m["valid_loss"] for m in group) for name, group in groups.items()}
+    gap = mean_loss[order[1]] - mean_loss[order[0]]
+    error = math.sqrt(stds[order[0]] ** 2 / 2 + stds[order[1]] ** 2 / 2)
+    assert (f"**Best setting on validation: {order[0]}, mean valid loss {mean_loss[order[0]]:.4f} over 2 jobs, ahead "
+            f"of the next by {gap:.4f} ({gap / error:.1f} standard errors).**") in printed
 
     with open(sweep_copy / "report.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [r["job"] for r in rows] == ["0", "1", "2", "3"]
+    assert [(r["rank"], r["model"], r["n"]) for r in rows] == [("1", order[0][6:], "2"), ("2", order[1][6:], "2")]
+    for r, name in zip(rows, order):
+        accs = [m["test_acc"] for m in groups[name]]
+        assert (float(r["test_acc_mean"]), float(r["test_acc_std"])) == pytest.approx((statistics.mean(accs),
+                                                                                        statistics.stdev(accs)))
+    with open(sweep_copy / "jobs.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["job"], r["model"], r["seed"]) for r in rows] == [("0", "linear", "0"), ("1", "linear", "1"),
+                                                                 ("2", "fc", "0"), ("3", "fc", "1")]
     assert [float(r["test_acc"]) for r in rows] == [m["test_acc"] for m in metrics]
-    assert {r["setting"] for r in rows} == {row[0] for row in settings}
 
     png = matplotlib.image.imread(sweep_copy / "report.png")
     assert png.ndim == 3 and png.shape[0] > 300 and png.shape[1] > 800
@@ -85,18 +103,19 @@ def test_failed_and_unfinished_jobs_appear_with_their_status(sweep_copy: Path, c
     history = (dirs[3] / "history.csv").read_text().splitlines()
     (dirs[3] / "history.csv").write_text("\n".join(history[:2]) + "\n")  # header and epoch 1
 
-    markdown, _ = report.write_report(sweep_copy)
+    markdown, _, _ = report.write_report(sweep_copy)
     jobs = table_rows(markdown, "Jobs")
     assert [row[2] for row in jobs] == ["completed", "failed", "completed", "unfinished (1/2 epochs)"]
     assert jobs[1][4:] == ["–"] * 6
     assert "4 jobs: 2 completed, 1 failed, 1 unfinished (1/2 epochs)" in markdown
-    settings = table_rows(markdown, "Settings")
-    assert [row[1] for row in settings] == ["1 of 2", "1 of 2"]
+    settings = {row[1]: row for row in table_rows(markdown, "Settings")}
+    assert [row[2] for row in settings.values()] == ["1 of 2", "1 of 2"]
     m0 = json.loads((dirs[0] / "metrics.json").read_text())
-    assert settings[0][2:] == [f"{m0['valid_loss']:.4f}", f"{100 * m0['valid_acc']:.2f}", f"{m0['test_loss']:.4f}",
-                               f"{100 * m0['test_acc']:.2f}"]  # one job: its values, no spread
+    assert settings["model=linear"][3:] == [f"{m0['valid_loss']:.4f}", f"{100 * m0['valid_acc']:.2f}",
+                                            f"{m0['test_loss']:.4f}", f"{100 * m0['test_acc']:.2f}"]  # one job: no spread
+    assert "standard errors" not in markdown  # no spread to measure the margin in
 
-    rows = list(csv.DictReader(io.StringIO((sweep_copy / "report.csv").read_text())))
+    rows = list(csv.DictReader(io.StringIO((sweep_copy / "jobs.csv").read_text())))
     assert [r["status"] for r in rows] == ["completed", "failed", "completed", "unfinished (1/2 epochs)"]
     assert rows[1]["test_acc"] == ""
 
@@ -133,11 +152,11 @@ def test_overrides_given_out_of_order_are_listed_in_job_dir_order(sweep_copy: Pa
     names = [d.name.partition("_")[2] for d in dirs]
     assert names[0] == "batch_size=64,epochs=2,model=linear,seed=0"
 
-    markdown, _ = report.write_report(sweep_copy)
-    assert [row[1] for row in table_rows(markdown, "Jobs")] == names
-    assert [row[0] for row in table_rows(markdown, "Settings")] == ["batch_size=64,epochs=2,model=linear",
-                                                                      "batch_size=64,epochs=2,model=fc"]
-    assert [r["overrides"] for r in csv.DictReader(io.StringIO((sweep_copy / "report.csv").read_text()))] == names
+    markdown, _, _ = report.write_report(sweep_copy)
+    assert [row[1] for row in table_rows(markdown, "Jobs")] == [name.removeprefix("batch_size=64,epochs=2,")
+                                                                 for name in names]
+    assert {row[1] for row in table_rows(markdown, "Settings")} == {"model=linear", "model=fc"}
+    assert [r["overrides"] for r in csv.DictReader(io.StringIO((sweep_copy / "jobs.csv").read_text()))] == names
     logged = [hparams(OmegaConf.load(d / ".hydra" / "config.yaml"), read_overrides(d))["overrides"] for d in dirs]
     assert logged == names  # what train.run logs as TensorBoard's `overrides` hparam
 
@@ -162,8 +181,8 @@ def drawn_xticks(ax) -> list[str]:
 
 @pytest.mark.parametrize("epochs", [1, 2, 3, 50])
 def test_epoch_ticks_are_whole_epochs_of_the_runs(epochs: int) -> None:
-    curves = {"model=fc": [(list(range(1, epochs + 1)), [0.5] * epochs)]}
-    fig = figures.sweep(curves, {"model=fc": (0.5, 0.0, 1)}, [])
+    curves = {"model=fc": [("0", list(range(1, epochs + 1)), [0.5] * epochs)]}
+    fig = figures.sweep(["model=fc"], curves, {"model=fc": (0.5, 0.0, 1)}, "valid_loss", True, [])
     FigureCanvasAgg(fig).draw()
     ticks = drawn_xticks(fig.axes[0])
     if epochs <= 3:
@@ -172,11 +191,13 @@ def test_epoch_ticks_are_whole_epochs_of_the_runs(epochs: int) -> None:
         assert len(ticks) >= 4 and all(t.isdigit() and 1 <= int(t) <= epochs for t in ticks)
 
 
-def test_report_figure_points_labels_and_title(sweep_copy: Path) -> None:
+def test_report_figure_ranks_settings_on_validation(sweep_copy: Path) -> None:
     dirs = job_dirs(sweep_copy)
     (dirs[1] / "metrics.json").write_text(json.dumps({"status": "failed", "error": "RuntimeError: boom"}))
     runs = find_runs(sweep_copy)
-    fig = report.figure(runs, report.setting_stats(runs))
+    stats = report.setting_stats(runs)
+    order = report.ranked(stats, "valid_loss", True)
+    fig = report.figure(runs, stats, order, "valid_loss", True)
     FigureCanvasAgg(fig).draw()
     curves, right = fig.axes
     assert drawn_xticks(curves) == ["1", "2"]
@@ -184,17 +205,69 @@ def test_report_figure_points_labels_and_title(sweep_copy: Path) -> None:
     # the overrides every job shares are stated once, in the title; labels name only what differs
     assert fig.get_suptitle() == "every job: batch_size=64,epochs=2"
     assert sum(t.get_text().count("batch_size=64") for t in fig.findobj(Text)) == 1
-    assert [t.get_text() for t in curves.get_legend().get_texts()] == ["model=linear", "model=fc"]
-    assert [t.get_text() for t in right.get_yticklabels()] == ["model=linear  (n=1)", "model=fc  (n=2)"]
-
-    # test accuracy as points: no bars (a zoomed axis would exaggerate them); an error bar of ± std for two
-    # jobs, none for one, whose value is shown without a spread
-    assert not [p for p in right.patches if isinstance(p, Rectangle)]
-    linear = json.loads((dirs[0] / "metrics.json").read_text())["test_acc"] * 100
-    fc = [json.loads((d / "metrics.json").read_text())["test_acc"] * 100 for d in dirs[2:]]
+    linear = json.loads((dirs[0] / "metrics.json").read_text())["valid_loss"]
+    fc = [json.loads((d / "metrics.json").read_text())["valid_loss"] for d in dirs[2:]]
+    names = sorted(["model=linear", "model=fc"], key=lambda n: linear if n == "model=linear" else statistics.mean(fc))
+    assert [t.get_text() for t in curves.get_legend().get_texts()] == ["1. " + names[0], "2. " + names[1], "seed 0",
+                                                                       "seed 1"]
+    n = {"model=linear": 1, "model=fc": 2}
+    assert [t.get_text() for t in right.get_yticklabels()] == [f"best: {names[0]}  (n={n[names[0]]})",
+                                                               f"{names[1]}  (n={n[names[1]]})"]
+    # the valid loss as points, ± std where seeds repeat a setting; no test figure anywhere
     mean, std = statistics.mean(fc), statistics.stdev(fc)
-    one, two = [c for c in right.containers if isinstance(c, ErrorbarContainer)]
-    assert not one.has_xerr and one.lines[0].get_xydata().ravel().tolist() == pytest.approx([linear, 0])
-    assert two.has_xerr and two.lines[0].get_xydata().ravel().tolist() == pytest.approx([mean, 1])
-    assert two.lines[2][0].get_segments()[0][:, 0].tolist() == pytest.approx([mean - std, mean + std])
-    assert [t.get_text() for t in right.texts] == [f"{linear:.2f}", f"{mean:.2f} ± {std:.2f}"]
+    bars = {names[k]: c for k, c in enumerate(c for c in right.containers if isinstance(c, ErrorbarContainer))}
+    assert not bars["model=linear"].has_xerr
+    assert bars["model=linear"].lines[0].get_xydata().ravel().tolist() == pytest.approx([linear, names.index("model=linear")])
+    assert bars["model=fc"].has_xerr
+    assert bars["model=fc"].lines[2][0].get_segments()[0][:, 0].tolist() == pytest.approx([mean - std, mean + std])
+    assert not [t for t in fig.findobj(Text) if "test" in t.get_text()]
+
+
+def synthetic_sweep(settings: int, seeds: int) -> tuple[list[str], dict, dict]:
+    """A sweep's figure inputs: `settings` settings with long labels, `seeds` jobs each, 20 epochs."""
+    order = [f"optimizer.lr={10 ** -(1 + k / 10):.6f},reg.l2={k * 1e-5:.5f},aug.degrees={k % 7}" for k in range(settings)]
+    curves = {s: [(str(seed), list(range(1, 21)), [0.5 + 0.02 * e - 0.001 * k for e in range(20)]) for seed in range(seeds)]
+              for k, s in enumerate(order)}
+    points = {s: (0.3 + 0.01 * k, 0.002 * (seeds > 1), seeds) for k, s in enumerate(order)}
+    return order, curves, points
+
+
+@pytest.mark.parametrize(("settings", "seeds"), [(1, 1), (12, 3), (50, 10)])
+def test_report_figure_holds_from_1_to_50_settings(settings: int, seeds: int) -> None:
+    """Nothing clipped: every text and legend inside the figure; distinct colours per setting, the seeds of a
+    setting told apart; beyond a dozen settings the legend names the best and counts the rest."""
+    order, curves, points = synthetic_sweep(settings, seeds)
+    fig = figures.sweep(order, curves, points, "valid_loss", True, ["batch_size=64", "epochs=20"])
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    frame = fig.bbox
+
+    def inside(box) -> bool:
+        return frame.x0 - 1 <= box.x0 and box.x1 <= frame.x1 + 1 and frame.y0 - 1 <= box.y0 and box.y1 <= frame.y1 + 1
+
+    ticks = {id(t) for ax in fig.axes for t in (*ax.get_xticklabels(), *ax.get_yticklabels())}
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip() and id(t) not in ticks]
+    assert len(texts) > 5  # titles, axis labels, legend entries
+    for text in texts:
+        assert inside(text.get_window_extent(renderer)), text.get_text()
+    for ax in fig.axes:  # with the tick labels drawn (those inside the view limits)
+        assert inside(ax.get_tightbbox(renderer))
+    curves_ax, ranked_ax = fig.axes
+    legend = curves_ax.get_legend().get_window_extent(renderer)
+    assert frame.x0 <= legend.x0 and legend.x1 <= frame.x1 and frame.y0 <= legend.y0 and legend.y1 <= frame.y1
+    assert not legend.overlaps(ranked_ax.get_window_extent(renderer))
+    lines = curves_ax.get_lines()
+    assert len(lines) == settings * seeds
+    colors = [tuple(line.get_color()) for line in lines[::seeds]]
+    assert len(set(colors)) == settings
+    assert len({(line.get_linestyle(), line.get_marker()) for line in lines[:seeds]}) == seeds
+    entries = [t.get_text() for t in curves_ax.get_legend().get_texts()]
+    named = min(settings, figures.LEGEND_SETTINGS)
+    assert entries[:named] == [f"{k + 1}. {figures.shorten(s, 40)}" for k, s in enumerate(order[:named])]
+    assert (f"… {settings - named} more, coloured by rank" in entries) == (settings > named)
+    assert ("seed 0" in entries) == (seeds > 1)
+    labels = [t.get_text() for t in ranked_ax.get_yticklabels()]
+    assert len(labels) == settings and labels[0].startswith("best: ")
+    assert ranked_ax.get_xlabel() == ("valid loss, mean ± std over seeds (lower is better)" if seeds > 1
+                                      else "valid loss, one job each (lower is better)")

@@ -75,7 +75,7 @@ def test_the_pruner_stops_hopeless_trials_which_keep_their_checkpoints(data_root
             assert r.status == f"pruned at epoch {r.metrics['pruned']}"
     assert "did not complete" not in proc.stderr  # pruned is not failed
     # the report lists the trials best first (valid_acc, maximized), pruned ones after, and the best trial's command
-    markdown, written = report.write_report(tmp_path)
+    markdown, written, best_setting = report.write_report(tmp_path)
     section = markdown.split("## Search")[1]
     rows = [line.split("|")[1:-1] for line in section.splitlines() if line.startswith("|")][2:]
     done = [float(r[2]) for r in rows if r[1].strip() == "completed"]
@@ -85,6 +85,11 @@ def test_the_pruner_stops_hopeless_trials_which_keep_their_checkpoints(data_root
     assert f"Best: trial {best.number}, valid_acc {best.value:.4f}" in section
     assert f"optimizer.lr={best.params['optimizer.lr']!r}" in section.split("```bash")[1]
     assert tmp_path / "search.png" in written and (tmp_path / "search.png").stat().st_size > 0
+    # the settings (one trial each) ranked by the search's objective: the best setting is the best trial, named at
+    # the sweep's end with where its report is
+    assert best_setting.startswith("best setting on validation: ") and "mean valid acc" in best_setting
+    assert f"optimizer.lr={best.params['optimizer.lr']}" in best_setting
+    assert f"fmsweep: {best_setting}\nfmsweep: report: {tmp_path / 'report.md'}" in proc.stdout
 
 
 def test_a_killed_search_continues_in_its_sweep_dir(data_root: Path, tmp_path: Path) -> None:

@@ -99,6 +99,14 @@ def usr2_after_two_epochs(args: list[str], sweep_dir: Path, jobs: int) -> tuple[
     return proc, out, found, signalled
 
 
+RESUMED = r"\S+ (?:in epoch (\d+) after batch \d+|after epoch (\d+))"  # where a run's resume says it continues
+
+
+def completed_epochs(within: str | None, after: str | None) -> int:
+    """The epochs a resumed run had finished, from RESUMED's groups: in epoch E after a batch, or after epoch E."""
+    return int(within) - 1 if within else int(after)
+
+
 @pytest.mark.slurm
 @needs_cluster
 def test_usr2_requeues_and_resumes_where_it_stopped(data_root: Path, tmp_path: Path) -> None:
@@ -110,9 +118,9 @@ def test_usr2_requeues_and_resumes_where_it_stopped(data_root: Path, tmp_path: P
     with open(job / "history.csv") as f:
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == list(range(1, epochs + 1))
     log = (job / "__main__.log").read_text()
-    resumed = re.search(r"\[(.{19}),\d+\]\[fmsweep.train\]\[INFO\] - Resuming from .* at epoch (\d+)", log)
+    resumed = re.search(r"\[(.{19}),\d+\]\[fmsweep.train\]\[INFO\] - Resuming from " + RESUMED, log)
     assert resumed, log
-    epoch = int(resumed.group(2))
+    epoch = completed_epochs(*resumed.groups()[1:])
     assert 2 <= epoch < epochs
     assert "Signal 12: saved" in log
     delay = (datetime.strptime(resumed.group(1), "%Y-%m-%d %H:%M:%S") - signalled.replace(microsecond=0)).total_seconds()
@@ -139,8 +147,8 @@ def test_usr2_requeues_a_packed_job_and_every_member_resumes(data_root: Path, tm
     assert len(list((tmp_path / ".submitit").glob("*/*_log.out"))) == 1
     log = (tmp_path / "packs" / "0-1" / "__main__.log").read_text()
     assert "Signal 12: saved" in log
-    resumed = re.findall(r"(\d+)_\S+: Resuming from .* at epoch (\d+)", log)
-    assert resumed and all(2 <= int(epoch) < epochs for _, epoch in resumed), log
+    resumed = re.findall(r"(\d+)_\S+: Resuming from " + RESUMED, log)
+    assert resumed and all(2 <= completed_epochs(*where) < epochs for _, *where in resumed), log
     # the live status lists the members, each one line per change: running, pending while requeued, running again
     lines = [line for line in out.splitlines() if line.startswith("fmsweep: ") and line.endswith(" failed)")]
     for job in jobs:

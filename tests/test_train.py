@@ -204,7 +204,7 @@ PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_experiment_preset_runs_through_the_command_line(data_root: Path, tmp_path: Path, preset: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "fmsweep", f"experiment={preset}", *fast_overrides(data_root),
-                           "data.subset=100", f"hydra.run.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True,
+                           f"hydra.run.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert read_metrics(tmp_path)["status"] == "completed"

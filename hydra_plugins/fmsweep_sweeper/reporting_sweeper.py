@@ -12,6 +12,7 @@ from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobStatus
 
 
 class ReportingSweeper(BasicSweeper):
@@ -71,8 +72,9 @@ def launch(launcher: Any, config: Any, job_overrides: list[list[str]], configs: 
         try:
             for first in range(0, len(launched), size):
                 results = launcher.launch(launched[first : first + size], initial_job_idx=first_num + first)
-                for result in results:
-                    _ = result.return_value  # raises the error of a failed job, once all jobs of the batch ended
+                for result in results:  # the error of a failed job, once all jobs of the batch ended
+                    if result.status == JobStatus.FAILED:  # (return_value would also print Hydra's "Error executing job")
+                        raise result._return_value
                 returns.append(results)
         except Exception as exc:
             error = exc

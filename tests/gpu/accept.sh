@@ -54,8 +54,8 @@ cuda=$(python3 -c "import torch; print(str(torch.cuda.is_available()).lower())")
 common=("data.root=$data" data.download=false)
 if $tiny; then
   common+=("model.channels=[8,16,16]" data.subset=1000)
-  lone=(--epochs 1 --warmup 0 --cpu-cnn-batches 2)
-  pack=(--job-epochs 1 --epochs 1 --warmup 0 --cpu-cnn-batches 2)
+  lone=(--epochs 1 --warmup 0 --cpu-cnn-batches 4)
+  pack=(--job-epochs 1 --epochs 1 --warmup 0 --cpu-cnn-batches 4)  # 640 images: 128 valid, at least the 100 asked
   reference=("${pack[@]}")
   sweep=(epochs=1 hydra.launcher.timeout_min=10)
 else

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The package as a user installs it: build a wheel, install it in a fresh venv, then from an empty folder run
 # `fmsweep --help`, a 1-epoch run, a 2-job sweep, the ensemble and the report of that sweep. Run from the
-# repository root with a Python that has the test dependencies (it writes the tiny test data set with them).
+# repository root with a Python that has the test dependencies (it writes the tiny test data set with them, with
+# the 1,000 test images the ensemble needs at least: fmsweep.ensemble.MIN_IMAGES).
 set -euo pipefail
 repo=$PWD
 work=$(mktemp -d)
@@ -9,7 +10,7 @@ trap 'rm -rf "$work"' EXIT
 
 python -m pip wheel -q --no-deps -w "$work/dist" .
 python -c "import sys; sys.path.insert(0, 'tests'); from conftest import make_fashion_root; \
-from pathlib import Path; make_fashion_root(Path('$work/data'))"
+from pathlib import Path; make_fashion_root(Path('$work/data'), n_test=1000)"
 
 python3 -m venv "$work/venv"
 "$work/venv/bin/pip" install -q torch==2.14.1 torchvision==0.29.1 "$work"/dist/fmsweep-*.whl

@@ -137,13 +137,17 @@ def make_cfg(data_root: Path):
 SWEEP_JOBS = ["model=linear,fc", "seed=0,1"]
 
 
-@pytest.fixture(scope="session")
-def tiny_sweep(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished sweep by the real command line: linear and fc, seeds 0 and 1, 2 epochs. Do not write into it;
-    tests that change it work on a copy."""
-    sweep_dir = tmp_path_factory.mktemp("sweep")
+def sweep_jobs(data_root: Path, sweep_dir: Path) -> Path:
+    """Run the sweep SWEEP_JOBS (linear and fc, seeds 0 and 1, 2 epochs) on `data_root` by the real command line."""
     args = [f"data.root={data_root}", "data.download=false", "device=cpu", "batch_size=64", "epochs=2", *SWEEP_JOBS]
     proc = subprocess.run([sys.executable, "-m", "fmsweep", "-m", *args, f"hydra.sweep.dir={sweep_dir}"], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     return sweep_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished sweep (SWEEP_JOBS) by the real command line. Do not write into it; tests that change it work on
+    a copy."""
+    return sweep_jobs(data_root, tmp_path_factory.mktemp("sweep"))

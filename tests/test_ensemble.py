@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 import fmsweep
-from conftest import ROOT, SWEEP_JOBS, make_fashion_root
+from conftest import ROOT, make_fashion_root, sweep_jobs
 from fmsweep import ensemble
 from fmsweep.data import load_fashion_mnist, split_indices
 from fmsweep.runs import find_runs
@@ -45,12 +45,7 @@ def big_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def big_sweep(big_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """conftest's tiny_sweep (linear and fc, seeds 0 and 1, 2 epochs) on `big_root`. Do not write into it; tests
     that change it work on a copy."""
-    sweep_dir = tmp_path_factory.mktemp("sweep")
-    args = [f"data.root={big_root}", "data.download=false", "device=cpu", "batch_size=64", "epochs=2", *SWEEP_JOBS]
-    proc = subprocess.run([sys.executable, "-m", "fmsweep", "-m", *args, f"hydra.sweep.dir={sweep_dir}"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    return sweep_dir
+    return sweep_jobs(big_root, tmp_path_factory.mktemp("sweep"))
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from fmsweep import command_line
 from fmsweep.errors import Interrupted, TrainingDiverged, UserError, exit_with
+from fmsweep.lock import RunDirBusy
 
 
 def register_sweeper() -> None:
@@ -46,6 +47,10 @@ def task(cfg: DictConfig) -> float:
         print(f"fmsweep: stopped by {signal.Signals(exc.signum).name}, {run_dir / 'last.pt'} saved; "
               f"resume with: {resume_command(multirun, hydra_cfg)}", file=sys.stderr)
         sys.exit(128 + exc.signum)  # also ends a sweep of the basic launcher, which goes on past exceptions
+    except RunDirBusy as exc:  # the run dir is another process's: record nothing in it
+        if multirun:
+            raise
+        exit_with(exc)
     except Exception as exc:
         tracking.record_failure(run_dir, exc)
         if multirun or not isinstance(exc, (UserError, TrainingDiverged)):

@@ -25,7 +25,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from fmsweep import augment, checkpoint, data, models, schedule
+from fmsweep import augment, checkpoint, data, lock, models, schedule
 from fmsweep.errors import UserError, exit_with
 
 
@@ -284,13 +284,14 @@ def validate(cfg: DictConfig) -> None:
 
 
 class ValidateBeforeRun(Callback):
-    """Hydra callback: a bad single run ends as `fmsweep: error: <message>`, exit 2, before Hydra creates its
-    output directory (on_run_start runs before run_job); the data set is downloaded here too, so that a failed
-    download leaves no run dir. A sweep is checked as a whole by its sweeper (fmsweep.prelaunch)."""
+    """Hydra callback: a bad single run, or one whose run dir another process trains in, ends as `fmsweep: error:
+    <message>`, exit 2, before Hydra creates or writes its output directory (on_run_start runs before run_job); the
+    data set is downloaded here too, so that a failed download leaves no run dir. A sweep is checked as a whole by its sweeper (fmsweep.prelaunch)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             validate(config)
+            lock.check_free(Path(config.hydra.run.dir))  # another process's run dir: refused before Hydra writes
             if config.data.download:
                 data.fetch(config.data.root)
         except UserError as exc:

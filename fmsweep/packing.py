@@ -105,6 +105,7 @@ def run(pack_dir: Path, hydra_cfg: DictConfig) -> float:
     A member that fails is marked failed in its job dir; then the pack job fails too, once the others are done."""
     from fmsweep import train
     from fmsweep.errors import Interrupted, TrainingDiverged
+    from fmsweep.lock import RunDirBusy
 
     configs, dirs = [], []
     for member in OmegaConf.load(pack_dir / MANIFEST).members:
@@ -124,8 +125,8 @@ def run(pack_dir: Path, hydra_cfg: DictConfig) -> float:
     log.info("pack of %d jobs: %s", len(dirs), ", ".join(d.name for d in dirs))
     try:
         losses = train.run_pack(configs, dirs)
-    except Interrupted:
-        raise  # saved, not failed: the members resume
+    except (Interrupted, RunDirBusy):
+        raise  # saved, not failed: the members resume; or another process trains them: nothing to record
     except Exception as exc:
         for run_dir in dirs:
             tracking.record_failure(run_dir, exc)

@@ -25,7 +25,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from fmsweep import checkpoint, tracking
+from fmsweep import checkpoint, lock, tracking
 from fmsweep.augment import FlipAffine
 from fmsweep.config import device_name, resolve_device, validate
 from fmsweep.data import Raw, Splits, load_fashion_mnist, prepare, raw_folder
@@ -425,12 +425,18 @@ def train(pack: list[RunState], until: tuple[int, int] | None = None) -> dict[Ru
 
 
 def run_pack(cfgs: list[DictConfig], run_dirs: list[Path]) -> list[float | None]:
-    """Train each config in its run dir (resuming from its last.pt), all together as one pack; return each run's
-    best valid loss, None for a run that diverged (a lone run raises its TrainingDiverged). The configs differ
-    only where shapes and steps do not (see fmsweep.packing); a lone run is a pack of one. Each run ends with its final evaluation as soon as it trained
-    its last epoch."""
+    """Train each config in its run dir (resuming from its last.pt), all together as one pack, holding each run
+    dir's lock (fmsweep.lock) meanwhile; return each run's best valid loss, None for a run that diverged (a lone run
+    raises its TrainingDiverged). The configs differ only where shapes and steps do not (see fmsweep.packing); a
+    lone run is a pack of one. Each run ends with its final evaluation as soon as it trained its last epoch."""
     for cfg in cfgs:
         validate(cfg)
+    with lock.hold(run_dirs):  # one writer per run dir: a second process for one of them stops here
+        return train_pack(cfgs, run_dirs)
+
+
+def train_pack(cfgs: list[DictConfig], run_dirs: list[Path]) -> list[float | None]:
+    """run_pack, once its run dirs are its own."""
     device = resolve_device(cfgs[0].device)
     raw = load_fashion_mnist(cfgs[0].data.root, cfgs[0].data.download)
     runs = [RunState(cfg, run_dir, device, raw, f"{run_dir.name}: " if len(cfgs) > 1 else "")

@@ -1,0 +1,71 @@
+"""One writer per run dir: a run holds an exclusive lock on its dir while it trains, so that a second process for
+the same dir (a rerun of a sweep whose job still runs, `hydra.run.dir=X` in two terminals) stops at once instead of
+training into it too.
+
+The lock is `fcntl.flock` on a file in the run dir: the kernel drops it when its process ends, however it ends, so
+a killed or requeued job never blocks the next attempt; on Linux NFS mounts it is a POSIX lock on the server. The
+file holds who holds the lock (host, pid, SLURM job), for the message of the process it stops.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from fmsweep.errors import UserError
+
+LOCK = ".fmsweep.lock"
+
+
+class RunDirBusy(UserError):
+    """Another process trains in this run dir; nothing was changed."""
+
+
+def holder() -> str:
+    """This process as the lock file names it: pid, host, SLURM job (array task) if any, since when."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if "SLURM_ARRAY_JOB_ID" in os.environ:
+        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
+    return (f"pid {os.getpid()} on {socket.gethostname()}" + (f", SLURM job {job}" if job else "")
+            + f", since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+
+
+def busy(run_dir: Path, fd: int) -> RunDirBusy:
+    held_by = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+    return RunDirBusy(f"{run_dir} is being trained by {held_by}; nothing was changed (wait for it to end, or stop it)")
+
+
+@contextlib.contextmanager
+def hold(run_dirs: list[Path]) -> Iterator[None]:
+    """Hold the lock of every run dir in `run_dirs` (created if need be) while the block runs; RunDirBusy, before
+    anything is written, if another process holds one."""
+    with contextlib.ExitStack() as stack:
+        for run_dir in run_dirs:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+            stack.callback(os.close, fd)  # closing the file drops its lock
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise busy(run_dir, fd) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, holder().encode(), 0)
+        yield
+
+
+def check_free(run_dir: Path) -> None:
+    """RunDirBusy if another process holds `run_dir`'s lock now; reads only, so that a refused run changes nothing."""
+    try:
+        fd = os.open(run_dir / LOCK, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise busy(run_dir, fd) from None
+    finally:
+        os.close(fd)

@@ -1,0 +1,66 @@
+"""One writer per run dir: a second process for a run dir that another trains in stops at once, exit 2, with one
+line naming the holder, and changes nothing; the first finishes unharmed. A dead holder never blocks (the SIGKILL
+test in test_crash.py restarts killed runs in their dir again and again)."""
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, fast_overrides
+
+from fmsweep import lock, train
+
+
+def snapshot(run_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def test_a_second_holder_of_a_run_dir_is_refused_and_a_released_one_is_not(tmp_path: Path) -> None:
+    with lock.hold([tmp_path / "a", tmp_path / "b"]):
+        before = snapshot(tmp_path)
+        with pytest.raises(lock.RunDirBusy, match=rf"^{tmp_path / 'b'} is being trained by pid \d+ on .*, since "):
+            with lock.hold([tmp_path / "b"]):  # another open file of the same lock: as another process
+                pass
+        with pytest.raises(lock.RunDirBusy):
+            lock.check_free(tmp_path / "a")
+        assert snapshot(tmp_path) == before
+    lock.check_free(tmp_path / "a")
+    with lock.hold([tmp_path / "a"]):
+        pass
+
+
+def test_a_run_that_finds_its_dir_busy_records_nothing(make_cfg, tmp_path: Path) -> None:
+    train.run(make_cfg("model=linear"), tmp_path)
+    before = snapshot(tmp_path)
+    with lock.hold([tmp_path]), pytest.raises(lock.RunDirBusy):
+        train.run(make_cfg("model=linear", "epochs=2"), tmp_path)
+    after = snapshot(tmp_path)
+    after.pop(lock.LOCK), before.pop(lock.LOCK)  # the holder's name only
+    assert after == before
+
+
+@pytest.mark.slow
+def test_two_processes_on_one_run_dir(data_root: Path, tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "fmsweep", *fast_overrides(data_root), "model=fc", "epochs=100", "batch_size=8",
+               f"hydra.run.dir={tmp_path}"]
+    first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (tmp_path / "last.pt").exists():
+        assert first.poll() is None and time.time() < deadline, "no epoch 1"
+        time.sleep(0.05)
+    hydra_files = {name: (tmp_path / ".hydra" / name).read_bytes() for name in ("config.yaml", "overrides.yaml")}
+    second = subprocess.run([*command[:-2], "epochs=200", command[-1]], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert first.poll() is None, "the first run ended before the second started: no overlap to test"
+    assert second.returncode == 2 and second.stdout == ""
+    assert second.stderr.splitlines() == [f"fmsweep: error: {tmp_path} is being trained by pid {first.pid} on "
+                                          + second.stderr.split(f"pid {first.pid} on ", 1)[1].rstrip("\n")]
+    assert "nothing was changed" in second.stderr
+    assert {name: (tmp_path / ".hydra" / name).read_bytes() for name in hydra_files} == hydra_files
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["epochs_run"] == 100
+    assert (tmp_path / "__main__.log").read_text().count("run dir ") == 1  # the second never started a run

@@ -2,8 +2,10 @@
 running (its epoch and best valid accuracy), completed (its test accuracy), pruned by a search (its epoch) or failed
 (its error), and the counts.
 
-On a terminal the block of lines is redrawn in place. Elsewhere (a file, a pipe, a SLURM log) a line is written
-per change of a job's state, never one per epoch, so that a log of a long sweep stays readable."""
+On a terminal the block of lines is redrawn in place, never taller than the terminal: the counts, then the jobs
+that need watching first (running, failed), and where they do not all fit, a line counting those left out.
+Elsewhere (a file, a pipe, a SLURM log) a line is written per change of a job's state, never one per epoch, so that
+a log of a long sweep stays readable."""
 from __future__ import annotations
 
 import csv
@@ -26,6 +28,7 @@ from fmsweep.tracking import read_metrics
 log = logging.getLogger(__name__)
 
 STATES = ("pending", "running", "completed", "pruned", "failed")
+SHOWN_FIRST = ("running", "failed", "pending", "completed", "pruned")  # the order of the jobs' lines on a terminal
 ERROR_CHARS = 80
 SQUEUE_TIMEOUT_S = 10
 # submitit's folder of a SLURM job below sweep_dir/.submitit: `<job id>` for a lone job, `<array id>_<task index>`
@@ -74,6 +77,12 @@ def counts(states: Iterable[str]) -> str:
     """`3 pending, 2 running, 1 completed, 0 failed`; pruned (by a search) only when there are any."""
     n = Counter(states)
     return ", ".join(f"{n[state]} {state}" for state in STATES if state != "pruned" or n[state])
+
+
+def left_out(states: list[str]) -> str:
+    """`… 14 more (2 running, 12 pending)`: the jobs a block too tall for the terminal leaves out, by state."""
+    n = Counter(states)
+    return f"… {len(states)} more ({', '.join(f'{n[state]} {state}' for state in SHOWN_FIRST if n[state])})"
 
 
 def _mtime(path: Path) -> int | None:
@@ -193,15 +202,25 @@ class LiveStatus:
         return {name: view[job_id] for name, job_id in ids.items() if job_id in view}
 
     def _redraw(self) -> None:
-        """Draw the block of job lines and counts over the previous one, if it changed."""
-        width = shutil.get_terminal_size().columns - 1  # a line as wide as the terminal would wrap
+        """Draw the block over the previous one, if it changed. The terminal's size is read each time, so that a
+        resize is followed, and the block keeps a row below it free (the cursor's, after its last line): it never
+        scrolls, which would push a copy of it into the scrollback at every redraw. The counts come first, then
+        the jobs by SHOWN_FIRST, and where they do not all fit, a last line counts those left out."""
+        size = shutil.get_terminal_size()
+        width, height = size.columns - 1, max(size.lines - 1, 1)  # a line as wide as the terminal would wrap
         name_width = max((len(job.name) for job in self.jobs), default=0)
-        lines = [f"{job.name.ljust(name_width)}  {self._status[job.name].text()}" for job in self.jobs]
-        lines = [line[:width] for line in [*lines, counts([*self.others, *(s.state for s in self._status.values())])]]
+        jobs = sorted(self.jobs, key=lambda job: SHOWN_FIRST.index(self._status[job.name].state))
+        lines = [f"{job.name.ljust(name_width)}  {self._status[job.name].text()}" for job in jobs]
+        if len(lines) >= height:  # with the counts they would not fit: room for `height - 2` and the `more` line
+            shown = max(height - 2, 0)
+            lines = [*lines[:shown], left_out([self._status[job.name].state for job in jobs[shown:]])]
+        total = counts([*self.others, *(s.state for s in self._status.values())])
+        lines = [line[:width] for line in [total, *lines][:height]]
         if lines == self._drawn:
             return
         up = f"\x1b[{len(self._drawn)}F" if self._drawn else ""
-        self.stream.write(up + "".join(f"\x1b[2K{line}\n" for line in lines))
+        clear = "\x1b[J" if len(lines) < len(self._drawn) else ""  # the rows a taller block left below this one
+        self.stream.write(up + "".join(f"\x1b[2K{line}\n" for line in lines) + clear)
         self.stream.flush()
         self._drawn = lines
 

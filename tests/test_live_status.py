@@ -3,6 +3,7 @@ one, SLURM's view from a faked squeue, earlier launches of the sweep dir, and no
 import io
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -14,6 +15,8 @@ from fmsweep.files import atomic_write
 from fmsweep.live_status import Job, LiveStatus
 
 HEADER = "epoch,train_loss,train_acc,valid_loss,valid_acc,lr,epoch_seconds\n"
+# a 33-job sweep by the letters of set_states: 5 running, 3 failed, 15 pending, 10 completed
+SWEEP_33 = "ccrpfpcpprcppcfpcrpppccprpfpcpcrp"
 
 
 class Terminal(io.StringIO):
@@ -44,8 +47,25 @@ def rewrite_later(path: Path, text: str) -> None:
 
 
 def blocks(out: str, lines: int) -> list[list[str]]:
-    """The blocks drawn on a terminal, each as its lines without the clear-line codes."""
-    return [block.replace("\x1b[2K", "").splitlines() for block in out.split(f"\x1b[{lines}F")]
+    """The blocks drawn on a terminal, each as its lines without the clear-line and clear-below codes."""
+    return [block.replace("\x1b[2K", "").replace("\x1b[J", "").splitlines() for block in out.split(f"\x1b[{lines}F")]
+
+
+def set_states(sweep_dir: Path, jobs: list[Job], letters: str) -> None:
+    """Make each job's dir show the state its letter names: p pending, r running, c completed, f failed."""
+    for job, letter in zip(jobs, letters, strict=True):
+        if letter != "p":
+            start(sweep_dir / job.name)
+        if letter == "r":
+            history(sweep_dir / job.name, [0.8])
+        elif letter == "c":
+            metrics(sweep_dir / job.name, status="completed", test_acc=0.9, epochs_run=job.epochs)
+        elif letter == "f":
+            metrics(sweep_dir / job.name, status="failed", error="ValueError: bad")
+
+
+def terminal_of(monkeypatch: pytest.MonkeyPatch, columns: int, lines: int) -> None:
+    monkeypatch.setattr(live_status.shutil, "get_terminal_size", lambda: os.terminal_size((columns, lines)))
 
 
 def test_off_a_terminal_one_line_per_change_of_state(tmp_path: Path) -> None:
@@ -89,9 +109,9 @@ def test_on_a_terminal_the_block_is_redrawn_in_place(tmp_path: Path, monkeypatch
     out = Terminal()
     status = LiveStatus(tmp_path, [Job("0_model=fc", 10), Job("1_model=cnn,seed=12", 10)], stream=out)
     status.update()
-    assert out.getvalue() == ("\x1b[2K0_model=fc           pending\n"
-                              "\x1b[2K1_model=cnn,seed=12  pending\n"
-                              "\x1b[2K2 pending, 0 running, 0 completed, 0 failed\n")
+    assert out.getvalue() == ("\x1b[2K2 pending, 0 running, 0 completed, 0 failed\n"
+                              "\x1b[2K0_model=fc           pending\n"
+                              "\x1b[2K1_model=cnn,seed=12  pending\n")
     start(tmp_path / "0_model=fc")
     history(tmp_path / "0_model=fc", [0.85, 0.8712])
     start(tmp_path / "1_model=cnn,seed=12")
@@ -101,15 +121,86 @@ def test_on_a_terminal_the_block_is_redrawn_in_place(tmp_path: Path, monkeypatch
     assert out.getvalue() == drawn
     assert drawn.count("\x1b[3F") == 1
     assert blocks(drawn, 3)[-1] == [
+        "0 pending, 2 running, 0 completed, 0 failed",
         "0_model=fc           running: epoch 2 of 10, best",  # 49 characters: shorter than the terminal
         "1_model=cnn,seed=12  running: starting",
-        "0 pending, 2 running, 0 completed, 0 failed",
     ]
     metrics(tmp_path / "1_model=cnn,seed=12", status="completed", test_acc=0.9, epochs_run=10)
     status.update()
     assert out.getvalue().count("\x1b[3F") == 2
-    assert blocks(out.getvalue(), 3)[-1][1:] == ["1_model=cnn,seed=12  completed: test acc 90.00 %",
-                                                 "0 pending, 1 running, 1 completed, 0 failed"]
+    assert blocks(out.getvalue(), 3)[-1] == ["0 pending, 1 running, 1 completed, 0 failed",
+                                             "0_model=fc           running: epoch 2 of 10, best",
+                                             "1_model=cnn,seed=12  completed: test acc 90.00 %"]
+
+
+def test_a_sweep_taller_than_the_terminal_shows_running_and_failed_jobs_first(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Measured before: a 33-job block on a 24-row terminal was 34 lines, and each redraw scrolled."""
+    terminal_of(monkeypatch, 80, 24)
+    jobs = [Job(f"{i}_lr={i}", 3) for i in range(33)]
+    out = Terminal()
+    status = LiveStatus(tmp_path, jobs, stream=out)
+    status.update()
+    set_states(tmp_path, jobs, SWEEP_33)
+    status.update()
+    first, block = blocks(out.getvalue(), 23)  # the second drawn over the first: 23 lines up
+    assert first[0] == "33 pending, 0 running, 0 completed, 0 failed" and first[-1] == "… 12 more (12 pending)"
+    assert len(first) == len(block) == 23  # the terminal's 24 rows less the cursor's
+    assert block[0] == "15 pending, 5 running, 10 completed, 3 failed"
+    assert block[1] == "2_lr=2    running: epoch 1 of 3, best valid acc 80.00 %"  # within a state, the sweep's order
+    shown = [line.split()[1].rstrip(":") for line in block[1:-1]]
+    assert shown == ["running"] * 5 + ["failed"] * 3 + ["pending"] * 13
+    assert block[-1] == "… 12 more (2 pending, 10 completed)"
+    more = re.fullmatch(r"… (\d+) more \((.*)\)", block[-1])
+    left = {state: int(n) for n, state in (part.split() for part in more[2].split(", "))}
+    assert sum(left.values()) == int(more[1]) == len(jobs) - len(shown)
+    assert {state: shown.count(state) + left.get(state, 0) for state in set(shown) | set(left)} == {
+        "running": 5, "failed": 3, "pending": 15, "completed": 10}
+
+
+@pytest.mark.parametrize("n_jobs", [3, 22])  # 22 jobs and the counts: the 24-row terminal's 23 lines
+def test_a_sweep_that_fits_is_drawn_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n_jobs: int) -> None:
+    terminal_of(monkeypatch, 80, 24)
+    jobs = [Job(f"{i}_seed={i}", 3) for i in range(n_jobs)]
+    letters = ("cpr" * n_jobs)[:n_jobs]
+    out = Terminal()
+    status = LiveStatus(tmp_path, jobs, stream=out)
+    set_states(tmp_path, jobs, letters)
+    status.update()
+    block = blocks(out.getvalue(), n_jobs + 1)[-1]
+    assert block[0] == live_status.counts("pending" if c == "p" else "running" if c == "r" else "completed"
+                                          for c in letters)
+    assert sorted(line.split()[0] for line in block[1:]) == sorted(job.name for job in jobs)  # each job once
+    assert [line.split()[1].rstrip(":") for line in block[1:]] == (
+        ["running"] * letters.count("r") + ["pending"] * letters.count("p") + ["completed"] * letters.count("c"))
+    assert not any("more" in line for line in block)
+
+
+def test_a_resize_between_redraws_is_followed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    jobs = [Job(f"{i}_lr={i}", 3) for i in range(33)]
+    out = Terminal()
+    status = LiveStatus(tmp_path, jobs, stream=out)
+    set_states(tmp_path, jobs, SWEEP_33)
+    drawn = []
+    for columns, lines in [(80, 24), (80, 10), (80, 50), (80, 50), (30, 50), (80, 3), (80, 2)]:
+        terminal_of(monkeypatch, columns, lines)
+        status.update()  # no job changed: a new size alone redraws
+        drawn.append(out.getvalue())
+        out.seek(0)
+        out.truncate()
+    ups = [(re.match(r"\x1b\[(\d+)F", text) or [None, None])[1] for text in drawn]
+    assert ups == [None, "23", "9", None, "34", "34", "2"]  # the previous block's height; unchanged: nothing drawn
+    shown = [re.sub(r"\x1b\[(\d+F|2K|J)", "", text).splitlines() for text in drawn]
+    assert [len(block) for block in shown] == [23, 9, 34, 0, 34, 2, 1]
+    assert shown[1][-1] == "… 26 more (1 failed, 15 pending, 10 completed)"
+    assert shown[1][1:-1] == shown[0][1:8]  # the same first jobs: 5 running, 2 failed
+    assert not any("more" in line for line in shown[2])  # 33 jobs and the counts fit 49 rows
+    assert max(len(line) for line in shown[4]) == 29 and shown[4][1] == "2_lr=2    running: epoch 1 of"
+    assert shown[5] == ["15 pending, 5 running, 10 completed, 3 failed",
+                        "… 33 more (5 running, 3 failed, 15 pending, 10 completed)"]
+    assert shown[6] == ["15 pending, 5 running, 10 completed, 3 failed"]
+    # a smaller block clears the rows the taller one left below it; a taller one overwrites them
+    assert [text.endswith("\x1b[J") for text in drawn] == [False, True, False, False, False, True, True]
 
 
 def test_slurm_state_and_reason_from_one_squeue_per_poll(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -131,15 +222,16 @@ def test_slurm_state_and_reason_from_one_squeue_per_poll(tmp_path: Path, monkeyp
     out = Terminal()
     status = LiveStatus(tmp_path, jobs, stream=out, slurm=True)
     status.update()
-    assert blocks(out.getvalue(), 4)[-1] == ["0_seed=0  pending (PartitionConfig)", "1_seed=1  running: starting",
-                                             "2_seed=2  pending (CONFIGURING)",
-                                             "2 pending, 1 running, 0 completed, 0 failed"]
+    assert blocks(out.getvalue(), 4)[-1] == ["2 pending, 1 running, 0 completed, 0 failed",
+                                             "1_seed=1  running: starting", "0_seed=0  pending (PartitionConfig)",
+                                             "2_seed=2  pending (CONFIGURING)"]
     start(tmp_path / jobs[1].name)
     status.update()
-    assert blocks(out.getvalue(), 4)[-1][:3] == ["0_seed=0  pending (Priority)", "1_seed=1  running: starting",
+    assert blocks(out.getvalue(), 4)[-1][1:] == ["1_seed=1  running: starting", "0_seed=0  pending (Priority)",
                                                  "2_seed=2  pending"]
     status.update()
-    assert blocks(out.getvalue(), 4)[-1][1] == "1_seed=1  pending (BeginTime)"
+    assert blocks(out.getvalue(), 4)[-1][1:] == ["0_seed=0  pending (Priority)", "1_seed=1  pending (BeginTime)",
+                                                 "2_seed=2  pending"]
     assert calls == [["40_0", "40_1", "40_2"]] * 3
 
 
@@ -148,7 +240,7 @@ def test_a_lone_slurm_job_is_the_first_job(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(live_status, "squeue", lambda job_ids: {"7": ("PENDING", "Resources")} if job_ids == ["7"] else {})
     out = Terminal()
     LiveStatus(tmp_path, [Job("0_", 5)], stream=out, slurm=True).update()
-    assert blocks(out.getvalue(), 2)[-1][0] == "0_  pending (Resources)"
+    assert blocks(out.getvalue(), 2)[-1][1] == "0_  pending (Resources)"
 
 
 def test_members_of_a_pack_show_the_slurm_state_of_the_task_that_runs_them(tmp_path: Path,
@@ -159,7 +251,7 @@ def test_members_of_a_pack_show_the_slurm_state_of_the_task_that_runs_them(tmp_p
     out = Terminal()
     jobs = [Job("0_seed=0", 5, task=0), Job("1_seed=1", 5, task=0), Job("2_seed=2", 5, task=1)]
     LiveStatus(tmp_path, jobs, stream=out, slurm=True).update()
-    assert blocks(out.getvalue(), 4)[-1][:3] == ["0_seed=0  pending (Priority)", "1_seed=1  pending (Priority)",
+    assert blocks(out.getvalue(), 4)[-1][1:] == ["0_seed=0  pending (Priority)", "1_seed=1  pending (Priority)",
                                                  "2_seed=2  pending (Resources)"]
 
 
@@ -212,10 +304,10 @@ def test_a_garbled_history_is_read_again_at_the_next_poll(tmp_path: Path) -> Non
     start(tmp_path / job.name)
     (tmp_path / job.name / "history.csv").write_text(HEADER + "1,0.5,zz\x00,\n2,")
     status.update()
-    assert blocks(out.getvalue(), 2)[-1][0] == "0_model=fc  pending"  # its last known status
+    assert blocks(out.getvalue(), 2)[-1][1] == "0_model=fc  pending"  # its last known status
     history(tmp_path / job.name, [0.8, 0.9])
     status.update()
-    assert blocks(out.getvalue(), 2)[-1][0] == "0_model=fc  running: epoch 2 of 3, best valid acc 90.00 %"
+    assert blocks(out.getvalue(), 2)[-1][1] == "0_model=fc  running: epoch 2 of 3, best valid acc 90.00 %"
 
 
 def test_the_thread_polls_and_exit_shows_the_final_state(tmp_path: Path) -> None:

@@ -1,0 +1,50 @@
+"""Ctrl-C in the launching command of a sweep whose jobs run apart from it (submitit_local, SLURM): one line, exit
+130, saying what became of the jobs and how to resume the sweep."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from omegaconf import OmegaConf
+
+from hydra_plugins.fmsweep_sweeper.reporting_sweeper import interrupted_line
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_submitit_local_sweep_is_one_line_and_its_jobs_stop_resumable(data_root: Path,
+                                                                                  tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "fmsweep", "-m", f"data.root={data_root}", "data.download=false", "device=cpu",
+               "model=fc", "seed=0,1", "epochs=30", "batch_size=8", "hydra/launcher=submitit_local",
+               "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={tmp_path}"]
+    # its own process group, which a terminal's Ctrl-C signals as a whole: the sweep and its jobs' processes
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while not any(len(h.read_text().splitlines()) >= 3 for h in tmp_path.glob("*/history.csv")):
+        assert proc.poll() is None and time.time() < deadline, "no epoch 2"
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert "Traceback" not in err
+    resume = " ".join(["python", "-m", "fmsweep", *command[3:]])
+    assert err.splitlines() == [f"fmsweep: interrupted; the sweep's jobs got the Ctrl-C too and stopped, each "
+                                f"resumable from its last.pt; resume the sweep with: {resume}"]
+    assert len(list(tmp_path.glob("*/last.pt"))) == 2
+    deadline = time.time() + 5  # the jobs' controllers ended before the line; a job killed by its controller dies
+    while subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True).returncode == 0:
+        assert time.time() < deadline, "a job's process survived the Ctrl-C"
+        time.sleep(0.1)
+
+
+def test_ctrl_c_in_a_slurm_sweep_names_its_jobs_and_how_to_watch_and_cancel_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["fmsweep", "-m", "hydra/launcher=slurm", "seed=0,1"])
+    line = interrupted_line(True, ["12_0", "12_1"], OmegaConf.create({"sweep": {"dir": "/s"}}))
+    assert line == ("fmsweep: interrupted; the sweep's SLURM jobs 12_0,12_1 keep running (watch: squeue -j 12_0,12_1; "
+                    "cancel: scancel 12_0 12_1); once they ended, resume the sweep with: "
+                    "python -m fmsweep -m hydra/launcher=slurm seed=0,1 hydra.sweep.dir=/s")

@@ -25,8 +25,6 @@ from fmsweep.files import atomic_write
 from fmsweep.runs import SEED_KEY, ArgumentParser, Run, command, find_runs, markdown_table, override_key
 
 METRICS = ("valid_loss", "valid_acc", "test_loss", "test_acc")
-JOB_FIELDS = ("job", "overrides", "setting", "status", "best_epoch", *METRICS, "num_params", "train_seconds",
-              "epochs_run", "path")
 MISSING = "–"
 DEFAULT_OBJECTIVE = ("valid_loss", True)  # a grid's ranking: (metric, minimized)
 

@@ -21,17 +21,29 @@ def job_logs(sweep_dir: Path, job_dir: Path) -> list[Path]:
     return logs + sorted((sweep_dir / ".submitit" / str(job_id)).glob("*_log.*"))
 
 
-def report(sweep_dir: Path, error: Exception | None) -> None:
-    """Write the sweep's report and name its best setting; print which jobs of the sweep did not complete, with
-    their error and log paths; exit 1 if any."""
+def write_report(sweep_dir: Path) -> None:
+    """Write the sweep's report and print its best setting and where the report is. A report that cannot be
+    written is one line: the sweep's own outcome, printed next, matters more."""
     from fmsweep import report as sweep_report
 
     try:
-        problems = [run for run in find_runs(sweep_dir) if not run.completed and run.metrics.get("status") != "pruned"]
         _, written, best = sweep_report.write_report(sweep_dir)
-        print(f"fmsweep: {best}\nfmsweep: report: {written[0]} (with {', '.join(p.name for p in written[1:])})")
+    except Exception as exc:  # noqa: BLE001 (any failure of the report is reported, none ends the sweep's summary)
+        print(f"fmsweep: the report of {sweep_dir} could not be written ({type(exc).__name__}: {exc}); "
+              f"try: python -m fmsweep.report {sweep_dir}", file=sys.stderr)
+        return
+    print(f"fmsweep: {best}\nfmsweep: report: {written[0]} (with {', '.join(p.name for p in written[1:])})")
+
+
+def report(sweep_dir: Path, error: Exception | None) -> None:
+    """Write the sweep's report and name its best setting; print which jobs of the sweep did not complete, with
+    their error and log paths; exit 1 if any."""
+    try:
+        problems = [run for run in find_runs(sweep_dir) if not run.completed and run.metrics.get("status") != "pruned"]
     except UserError:  # not one job got as far as its directory
         problems = []
+    else:
+        write_report(sweep_dir)
     if not problems and error is None:
         print(f"fmsweep: all jobs of {sweep_dir} completed")
         return

@@ -20,7 +20,7 @@ from matplotlib.text import Text
 from omegaconf import OmegaConf
 
 from conftest import ROOT
-from fmsweep import figures, report
+from fmsweep import figures, report, sweep_status
 from fmsweep.runs import Run, find_runs, read_overrides
 from fmsweep.tracking import hparams
 
@@ -271,3 +271,22 @@ def test_report_figure_holds_from_1_to_50_settings(settings: int, seeds: int) ->
     assert len(labels) == settings and labels[0].startswith("best: ")
     assert ranked_ax.get_xlabel() == ("valid loss, mean ± std over seeds (lower is better)" if seeds > 1
                                       else "valid loss, one job each (lower is better)")
+
+
+def test_a_sweep_ends_with_its_best_setting_and_a_report_that_fails_is_one_line(
+        sweep_copy: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    sweep_status.report(sweep_copy, None)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("fmsweep: best setting on validation: model=")
+    assert out[1:] == [f"fmsweep: report: {sweep_copy / 'report.md'} (with report.csv, jobs.csv, report.png)",
+                       f"fmsweep: all jobs of {sweep_copy} completed"]
+
+    def broken(sweep_dir: Path) -> None:
+        raise RuntimeError("no space for the png")
+
+    monkeypatch.setattr(report, "write_report", broken)
+    sweep_status.report(sweep_copy, None)
+    captured = capsys.readouterr()
+    assert captured.out == f"fmsweep: all jobs of {sweep_copy} completed\n"
+    assert captured.err == (f"fmsweep: the report of {sweep_copy} could not be written (RuntimeError: no space for "
+                            f"the png); try: python -m fmsweep.report {sweep_copy}\n")

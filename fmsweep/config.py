@@ -286,7 +286,8 @@ def validate(cfg: DictConfig) -> None:
 class ValidateBeforeRun(Callback):
     """Hydra callback: a bad single run, or one whose run dir another process trains in, ends as `fmsweep: error:
     <message>`, exit 2, before Hydra creates or writes its output directory (on_run_start runs before run_job); the
-    data set is downloaded here too, so that a failed download leaves no run dir. A sweep is checked as a whole by its sweeper (fmsweep.prelaunch)."""
+    data set is downloaded here too, so that a failed download leaves no run dir. A sweep is checked as a whole by
+    its sweeper (fmsweep.prelaunch)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:

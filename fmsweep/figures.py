@@ -134,7 +134,8 @@ def sweep(order: list[str], curves: dict[str, list[tuple[str, list[float], list[
         handles.append(Line2D([], [], linestyle="none"))
         labels.append(f"… {len(order) - len(named)} more, coloured by rank")
     if len(seeds) > 1:
-        handles += [Line2D([], [], color="black", linestyle=style[s][0], marker=style[s][1], markersize=3) for s in seeds]
+        handles += [Line2D([], [], color="black", linestyle=style[s][0], marker=style[s][1], markersize=3)
+                    for s in seeds]
         labels += [f"seed {s}" for s in seeds]
     left.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0,
                 title="settings, best first" + (" · seeds" if len(seeds) > 1 else ""), title_fontsize=7)
@@ -147,7 +148,8 @@ def sweep(order: list[str], curves: dict[str, list[tuple[str, list[float], list[
         right.errorbar(mean, k, xerr=std if n > 1 else None, fmt="*" if k == 0 else "o", markersize=9 if k == 0 else 5,
                        capsize=3, color=color[setting])
     right.set_yticks(range(len(ranked)),
-                     [f"{'best: ' if k == 0 else ''}{shorten(s)}  (n={points[s][2]})" for k, s in enumerate(ranked)],
+                     [f"{'best: ' if k == 0 and len(ranked) > 1 else ''}{shorten(s)}  (n={points[s][2]})"
+                      for k, s in enumerate(ranked)],
                      fontsize=size)
     if ranked:
         right.set_ylim(len(ranked) - 0.5, -0.5)  # the best on top

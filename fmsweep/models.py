@@ -25,8 +25,8 @@ class Dropout(nn.Module):
     """Dropout (as nn.Dropout) whose mask is a hash of the layer's key, the number of training batches it has drawn
     for (`draws`) and the element's index: a counter-based generator with no RNG state. A run draws the same masks
     alone, stacked with others in a pack (under vmap each member hashes its own key) or replayed in a CUDA graph,
-    and a resumed run continues its stream once `draws` is set to the batches it trained (`seek_dropout`). The key and the
-    count are not saved with the weights: `seed_dropout` derives the keys from the run's seed."""
+    and a resumed run continues its stream once `draws` is set to the batches it trained (`seek_dropout`). The key
+    and the count are not saved with the weights: `seed_dropout` derives the keys from the run's seed."""
 
     def __init__(self, p: float) -> None:
         super().__init__()

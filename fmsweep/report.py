@@ -76,8 +76,8 @@ def job_table(runs: list[Run], rows: list[dict[str, Any]]) -> str:
     for run, r in zip(runs, rows):
         metrics = [metric_text(k, r[k]) if r[k] != "" else MISSING for k in METRICS]
         own = ",".join(o for o in run.overrides if o not in shared)
-        lines.append([r["job"], own or "(shared overrides only)", r["status"], str(r["best_epoch"]) or MISSING, *metrics,
-                      str(r["num_params"]) or MISSING,
+        lines.append([r["job"], own or "(shared overrides only)", r["status"], str(r["best_epoch"]) or MISSING,
+                      *metrics, str(r["num_params"]) or MISSING,
                       f"{r['train_seconds']:.1f}" if r["train_seconds"] != "" else MISSING])
     return markdown_table(header, lines, right={3, 4, 5, 6, 7, 8, 9})
 
@@ -255,9 +255,10 @@ def best_line(stats: dict[str, dict[str, Any]], order: list[str], labels: dict[s
         return "no setting has a completed job yet"
     best = stats[order[0]]
     ahead = margin(stats, order, objective)
-    return (f"best setting on validation: {labels[order[0]]}, mean {objective.replace('_', ' ')} "
-            f"{metric_text(objective, best[objective][0])}{' %' if objective.endswith('acc') else ''} over {best['n']} "
-            f"job{'s' if best['n'] > 1 else ''}"
+    # a sweep of seeds alone has one setting: named by its overrides, it has no rival to be best against
+    name = f"best setting on validation: {labels[order[0]]}" if len(order) > 1 else f"one setting: {order[0]}"
+    return (f"{name}, mean {objective.replace('_', ' ')} {metric_text(objective, best[objective][0])}"
+            f"{' %' if objective.endswith('acc') else ''} over {best['n']} job{'s' if best['n'] > 1 else ''}"
             + (f", ahead of the next by {ahead}" if ahead else ""))
 
 

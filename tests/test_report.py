@@ -268,7 +268,7 @@ def test_report_figure_holds_from_1_to_50_settings(settings: int, seeds: int) ->
     assert (f"… {settings - named} more, coloured by rank" in entries) == (settings > named)
     assert ("seed 0" in entries) == (seeds > 1)
     labels = [t.get_text() for t in ranked_ax.get_yticklabels()]
-    assert len(labels) == settings and labels[0].startswith("best: ")
+    assert len(labels) == settings and labels[0].startswith("best: ") == (settings > 1)  # no rival: no "best"
     assert ranked_ax.get_xlabel() == ("valid loss, mean ± std over seeds (lower is better)" if seeds > 1
                                       else "valid loss, one job each (lower is better)")
 
@@ -290,3 +290,11 @@ def test_a_sweep_ends_with_its_best_setting_and_a_report_that_fails_is_one_line(
     assert captured.out == f"fmsweep: all jobs of {sweep_copy} completed\n"
     assert captured.err == (f"fmsweep: the report of {sweep_copy} could not be written (RuntimeError: no space for "
                             f"the png); try: python -m fmsweep.report {sweep_copy}\n")
+
+
+def test_a_sweep_of_seeds_alone_names_its_one_setting(sweep_copy: Path) -> None:
+    for d in job_dirs(sweep_copy)[:2]:  # the linear jobs: the fc ones, seeds 0 and 1, are left
+        shutil.rmtree(d)
+    _, _, best = report.write_report(sweep_copy)
+    assert best.startswith("one setting: batch_size=64,epochs=2,model=fc, mean valid loss ")
+    assert best.endswith(" over 2 jobs")

@@ -78,8 +78,8 @@ def launch(launcher: Any, config: Any, job_overrides: list[list[str]], configs: 
         try:
             for first in range(0, len(launched), size):
                 results = launcher.launch(launched[first : first + size], initial_job_idx=first_num + first)
-                for result in results:  # the error of a failed job, once all jobs of the batch ended
-                    if result.status == JobStatus.FAILED:  # (return_value would also print Hydra's "Error executing job")
+                for result in results:  # the error of a failed job, once all jobs of the batch ended; not through
+                    if result.status == JobStatus.FAILED:  # return_value, which also prints "Error executing job"
                         raise result._return_value
                 returns.append(results)
         except KeyboardInterrupt:

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from fmsweep import command_line
 from fmsweep.errors import Interrupted, TrainingDiverged, UserError, exit_with
-from fmsweep.lock import RunDirBusy
+from fmsweep.sweep.lock import RunDirBusy
 
 
 def register_sweeper() -> None:
@@ -34,7 +34,8 @@ def register_sweeper() -> None:
 def task(cfg: DictConfig) -> float:
     """Train one configuration in Hydra's output directory (or, in a sweep with pack=K, a pack of its jobs that
     the sweeper put there); return its best valid loss."""
-    from fmsweep import packing, tracking, train
+    from fmsweep import tracking, train
+    from fmsweep.sweep import packing
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)

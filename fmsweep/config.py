@@ -25,7 +25,8 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from fmsweep import augment, checkpoint, data, lock, models, schedule
+from fmsweep import augment, checkpoint, data, models, schedule
+from fmsweep.sweep import lock
 from fmsweep.errors import UserError, exit_with
 
 
@@ -287,7 +288,7 @@ class ValidateBeforeRun(Callback):
     """Hydra callback: a bad single run, or one whose run dir another process trains in, ends as `fmsweep: error:
     <message>`, exit 2, before Hydra creates or writes its output directory (on_run_start runs before run_job); the
     data set is downloaded here too, so that a failed download leaves no run dir. A sweep is checked as a whole by
-    its sweeper (fmsweep.prelaunch)."""
+    its sweeper (fmsweep.sweep.prelaunch)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:

@@ -19,7 +19,8 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from fmsweep import figures, search
+from fmsweep import figures
+from fmsweep.sweep import search
 from fmsweep.errors import UserError
 from fmsweep.files import atomic_write
 from fmsweep.runs import SEED_KEY, ArgumentParser, Run, command, find_runs, markdown_table, override_key

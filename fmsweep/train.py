@@ -25,7 +25,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from fmsweep import checkpoint, lock, tracking
+from fmsweep import checkpoint, tracking
+from fmsweep.sweep import lock
 from fmsweep.augment import FlipAffine
 from fmsweep.config import device_name, resolve_device, validate
 from fmsweep.data import Raw, Splits, load_fashion_mnist, prepare, raw_folder
@@ -34,7 +35,7 @@ from fmsweep.loader import Source, TrainLoader
 from fmsweep.models import Classifier, l2_penalty, num_parameters, seed_dropout, seek_dropout
 from fmsweep.runs import command, read_overrides
 from fmsweep.schedule import Constant
-from fmsweep.search import Trial
+from fmsweep.sweep.search import Trial
 from fmsweep.signals import StopRequest
 from fmsweep.tracking import Tracker
 
@@ -426,8 +427,8 @@ def train(pack: list[RunState], until: tuple[int, int] | None = None) -> dict[Ru
 
 def run_pack(cfgs: list[DictConfig], run_dirs: list[Path]) -> list[float | None]:
     """Train each config in its run dir (resuming from its last.pt), all together as one pack, holding each run
-    dir's lock (fmsweep.lock) meanwhile; return each run's best valid loss, None for a run that diverged (a lone run
-    raises its TrainingDiverged). The configs differ only where shapes and steps do not (see fmsweep.packing); a
+    dir's lock (fmsweep.sweep.lock) meanwhile; return each run's best valid loss, None for a run that diverged (a lone run
+    raises its TrainingDiverged). The configs differ only where shapes and steps do not (see fmsweep.sweep.packing); a
     lone run is a pack of one. Each run ends with its final evaluation as soon as it trained its last epoch."""
     for cfg in cfgs:
         validate(cfg)

@@ -1,4 +1,4 @@
-"""fmsweep.live_status on fake job dirs: one line per change of state off a terminal, the block redrawn in place on
+"""fmsweep.sweep.live_status on fake job dirs: one line per change of state off a terminal, the block redrawn in place on
 one, SLURM's view from a faked squeue, earlier launches of the sweep dir, and nothing that stops the sweep."""
 import io
 import json
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from fmsweep import live_status
+from fmsweep.sweep import live_status
 from fmsweep.files import atomic_write
-from fmsweep.live_status import Job, LiveStatus
+from fmsweep.sweep.live_status import Job, LiveStatus
 
 HEADER = "epoch,train_loss,train_acc,valid_loss,valid_acc,lr,epoch_seconds\n"
 # a 33-job sweep by the letters of set_states: 5 running, 3 failed, 15 pending, 10 completed

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, fast_overrides
 
-from fmsweep import lock, train
+from fmsweep import train
+from fmsweep.sweep import lock
 
 
 def snapshot(run_dir: Path) -> dict[str, bytes]:

@@ -13,7 +13,8 @@ import torch
 from conftest import ROOT, make_fashion_root
 from test_crash import SignalledSteps, assert_close_result, assert_close_weights, assert_consistent, assert_same_result
 
-from fmsweep import checkpoint, packing, train
+from fmsweep import checkpoint, train
+from fmsweep.sweep import packing
 from fmsweep.data import load_fashion_mnist
 from fmsweep.errors import Interrupted
 from fmsweep.runs import find_runs, read_overrides

@@ -1,4 +1,4 @@
-"""The checks of a sweep before anything is submitted (fmsweep.prelaunch) that need no SLURM: the time limit
+"""The checks of a sweep before anything is submitted (fmsweep.sweep.prelaunch) that need no SLURM: the time limit
 against SLURM's stop warning."""
 import subprocess
 import sys
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from fmsweep import prelaunch
+from fmsweep.sweep import prelaunch
 from fmsweep.errors import UserError
 
 

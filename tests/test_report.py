@@ -20,7 +20,8 @@ from matplotlib.text import Text
 from omegaconf import OmegaConf
 
 from conftest import ROOT
-from fmsweep import figures, report, sweep_status
+from fmsweep import figures, report
+from fmsweep.sweep import summary as sweep_status
 from fmsweep.runs import Run, find_runs, read_overrides
 from fmsweep.tracking import hparams
 

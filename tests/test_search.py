@@ -15,7 +15,8 @@ from conftest import ROOT
 from optuna.trial import TrialState
 from test_slurm import CPU_SLURM, needs_cluster
 
-from fmsweep import report, search
+from fmsweep import report
+from fmsweep.sweep import search
 from fmsweep.runs import find_runs
 
 SPACE = ["model=fc", "optimizer.lr=tag(log,interval(1e-5,1))"]

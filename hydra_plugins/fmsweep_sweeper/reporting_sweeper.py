@@ -1,6 +1,6 @@
 """Hydra's basic sweeper, made to check the whole sweep before launching it, pack jobs that can train together
-(pack=K), show the jobs' status while they run, and end with the jobs that failed (fmsweep.prelaunch,
-fmsweep.packing, fmsweep.live_status, fmsweep.sweep_status).
+(pack=K), show the jobs' status while they run, and end with the jobs that failed (fmsweep.sweep.prelaunch,
+fmsweep.sweep.packing, fmsweep.sweep.live_status, fmsweep.sweep.summary).
 
 Hydra accepts sweepers only from the hydra_plugins package, hence this module."""
 from __future__ import annotations
@@ -25,9 +25,9 @@ class ReportingSweeper(BasicSweeper):
     did not complete (exit code 1 if any)."""
 
     def sweep(self, arguments: list[str]) -> Any:
-        from fmsweep import prelaunch  # imported late: Hydra imports every plugin module at start-up
+        from fmsweep.sweep import prelaunch  # imported late: Hydra imports every plugin module at start-up
         from fmsweep.errors import UserError, exit_with
-        from fmsweep.sweep_status import report
+        from fmsweep.sweep.summary import report
 
         assert self.config is not None and self.hydra_context is not None and self.launcher is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
@@ -57,8 +57,8 @@ def launch(launcher: Any, config: Any, job_overrides: list[list[str]], configs: 
     job's error."""
     from omegaconf import OmegaConf
 
-    from fmsweep import packing
-    from fmsweep.live_status import Job, LiveStatus
+    from fmsweep.sweep import packing
+    from fmsweep.sweep.live_status import Job, LiveStatus
 
     sweep_dir = Path(config.hydra.sweep.dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -103,7 +103,7 @@ LOCAL_STOP_S = 10
 def submitted(sweep_dir: Path) -> set[str]:
     """The ids of the submitit jobs launched from `sweep_dir` so far, from their folders in its .submitit/ (SLURM
     job ids, `<array id>_<task index>` in a job array; for submitit_local, the pid of each job's controller)."""
-    from fmsweep.live_status import SUBMITIT_FOLDER
+    from fmsweep.sweep.live_status import SUBMITIT_FOLDER
 
     folders = sweep_dir / ".submitit"
     return {name for name in (os.listdir(folders) if folders.is_dir() else []) if SUBMITIT_FOLDER.fullmatch(name)}

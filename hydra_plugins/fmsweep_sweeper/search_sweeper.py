@@ -1,6 +1,6 @@
 """`hydra/sweeper=optuna`: an Optuna search (ask and tell) whose trials are fmsweep jobs of any launcher, packed as
 `pack` says, checked before launch, shown in the live status and summed up at the end like a grid sweep's
-(fmsweep.search holds the study's side). Hydra accepts sweepers only from the hydra_plugins package."""
+(fmsweep.sweep.search holds the study's side). Hydra accepts sweepers only from the hydra_plugins package."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,7 +29,7 @@ class SearchSweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config)
 
     def check_settings(self) -> None:
-        from fmsweep import search
+        from fmsweep.sweep import search
         from fmsweep.errors import UserError
 
         for name, value, ok in (("n_trials", self.n_trials, isinstance(self.n_trials, int) and self.n_trials >= 1),
@@ -46,9 +46,10 @@ class SearchSweeper(Sweeper):
         import optuna
         from optuna.trial import TrialState
 
-        from fmsweep import prelaunch, search, tracking
+        from fmsweep import tracking
+        from fmsweep.sweep import prelaunch, search
         from fmsweep.errors import UserError, exit_with
-        from fmsweep.sweep_status import report
+        from fmsweep.sweep.summary import report
         from hydra_plugins.fmsweep_sweeper.reporting_sweeper import is_slurm, launch
 
         loader = self.hydra_context.config_loader
@@ -70,7 +71,7 @@ class SearchSweeper(Sweeper):
         study = optuna.create_study(
             study_name=search.STUDY, storage=search.storage(sweep_dir), load_if_exists=True,
             direction=search.OBJECTIVES[self.objective], sampler=optuna.samplers.TPESampler(seed=self.seed))
-        # the trials prune themselves, from inside their jobs (fmsweep.search.Trial), with the pruner named here
+        # the trials prune themselves, from inside their jobs (fmsweep.sweep.search.Trial), with the pruner named here
         study.set_user_attr("objective", self.objective)
         study.set_user_attr("pruner", self.pruner)
         returns, error = [], None
@@ -110,7 +111,7 @@ class SearchSweeper(Sweeper):
 def _corners(fixed: list[str], space: dict[str, Any]) -> list[list[str]]:
     """Trial overrides to check a search space with: every key at its low end, then at its high end, then each
     choice of each category (the other keys low)."""
-    from fmsweep.search import override_value
+    from fmsweep.sweep.search import override_value
 
     def ends(pick: int) -> dict[str, Any]:
         return {k: d.choices[pick] if hasattr(d, "choices") else (d.low, d.high)[pick] for k, d in space.items()}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from fmsweep import packing
+from fmsweep.sweep import packing
 from fmsweep.errors import UserError
 from fmsweep.runs import find_runs
 

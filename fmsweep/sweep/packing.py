@@ -105,7 +105,7 @@ def run(pack_dir: Path, hydra_cfg: DictConfig) -> float:
     A member that fails is marked failed in its job dir; then the pack job fails too, once the others are done."""
     from fmsweep import train
     from fmsweep.errors import Interrupted, TrainingDiverged
-    from fmsweep.lock import RunDirBusy
+    from fmsweep.sweep.lock import RunDirBusy
 
     configs, dirs = [], []
     for member in OmegaConf.load(pack_dir / MANIFEST).members:

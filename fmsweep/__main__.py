@@ -45,6 +45,9 @@ def task(cfg: DictConfig) -> float:
             return packing.run(run_dir, hydra_cfg)
         return train.run(cfg, run_dir)
     except Interrupted as exc:
+        if multirun and exc.signum == signal.SIGTERM:  # a cancelled sweep job: none of its runs is completed
+            for stopped_dir, stopped_at in exc.stopped.items():
+                tracking.record_cancelled(stopped_dir, exc.signum, stopped_at)
         print(f"fmsweep: stopped by {signal.Signals(exc.signum).name}, {run_dir / 'last.pt'} saved; "
               f"resume with: {resume_command(multirun, hydra_cfg)}", file=sys.stderr)
         sys.exit(128 + exc.signum)  # also ends a sweep of the basic launcher, which goes on past exceptions
@@ -80,10 +83,12 @@ def main() -> None:
 
 
 def resume_command(multirun: bool, hydra_cfg: DictConfig) -> str:
-    """The command line that continues this run (or sweep) in the same directory."""
-    key, directory = ("hydra.sweep.dir", hydra_cfg.sweep.dir) if multirun else ("hydra.run.dir", hydra_cfg.runtime.output_dir)
-    args = [arg for arg in sys.argv[1:] if not arg.startswith(f"{key}=")]
-    return shlex.join(["python", "-m", "fmsweep", *args, f"{key}={directory}"])
+    """The command that continues this run in the same directory; in a sweep, the sweep's (its record names the
+    command line: a job's own arguments are its launcher's)."""
+    if multirun:
+        return shlex.join(["fmsweep", "resume", str(hydra_cfg.sweep.dir)])
+    args = [arg for arg in sys.argv[1:] if not arg.startswith("hydra.run.dir=")]
+    return shlex.join(["python", "-m", "fmsweep", *args, f"hydra.run.dir={hydra_cfg.runtime.output_dir}"])
 
 
 register_sweeper()

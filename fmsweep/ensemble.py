@@ -43,7 +43,7 @@ class Member:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = ArgumentParser(prog="python -m fmsweep.ensemble", description=__doc__)
+    parser = ArgumentParser(prog="fmsweep ensemble", description=__doc__)
     parser.add_argument("paths", nargs="+", type=Path, help="a sweep dir (every run below it) or run dirs")
     parser.add_argument("--split", choices=("test", "valid"), default="test",
                         help="test (default), or valid: the valid split the members share (one seed, "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 
@@ -16,11 +17,13 @@ def exit_with(error: Exception, code: int = 2) -> NoReturn:
 
 
 class Interrupted(Exception):
-    """A stop signal arrived; the run saved its last.pt and can be resumed."""
+    """A stop signal arrived; the run saved its last.pt and can be resumed. `stopped`: where each run of the pack
+    that had not finished stood then (train.run_pack fills it in), for what a sweep job records of it."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
+        self.stopped: dict[Path, str] = {}
 
 
 class TrainingDiverged(Exception):

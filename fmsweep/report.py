@@ -316,7 +316,7 @@ def write_report(sweep_dir: Path) -> tuple[str, list[Path], str]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = ArgumentParser(prog="python -m fmsweep.report", description=__doc__)
+    parser = ArgumentParser(prog="fmsweep report", description=__doc__)
     parser.add_argument("sweep_dir", type=Path, help="a sweep dir (or a folder of sweeps, or a run dir)")
     return parser.parse_args(argv)
 

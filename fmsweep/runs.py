@@ -24,9 +24,10 @@ HYDRA_DIR = ".hydra"
 SEED_KEY = "seed"
 # The config keys the sweep tools read from a run's .hydra/config.yaml.
 CONFIG_KEYS = ("seed", "epochs", "model._target_", "data.root", "data.download", "data.valid_ratio", "data.subset")
-# metrics.json's statuses (tracking.Tracker.final, tracking.record_failure); a finished run's metrics.json (completed,
-# or pruned by a search) holds these numbers too (train.RunState.finish).
-STATUSES = ("completed", "pruned", "failed")
+# metrics.json's statuses (tracking.Tracker.final, tracking.record_failure, tracking.record_cancelled: a sweep job
+# stopped by a cancel, resumable); a finished run's metrics.json (completed, or pruned by a search) holds these numbers
+# too (train.RunState.finish).
+STATUSES = ("completed", "pruned", "failed", "cancelled")
 FINAL_METRICS = ("best_epoch", "valid_loss", "valid_acc", "test_loss", "test_acc", "num_params", "train_seconds",
                  "epochs_run")
 
@@ -103,7 +104,7 @@ class Run:
 
     @property
     def status(self) -> str:
-        """metrics.json's status (completed, failed, ...); else how far the run got."""
+        """metrics.json's status (completed, failed, cancelled, ...); else how far the run got."""
         if self.metrics.get("stopped_early") is not None:
             return f"{self.metrics['status']} (early stop at epoch {self.metrics['stopped_early']})"
         if self.metrics.get("pruned") is not None:
@@ -150,7 +151,7 @@ def read_run_metrics(path: Path) -> dict[str, Any]:
     if status not in STATUSES:
         raise NotARun(f"metrics.json holds no status {'/'.join(STATUSES)}")
     missing = [key for key in FINAL_METRICS if not is_number(metrics.get(key))]
-    if status != "failed" and missing:
+    if status in ("completed", "pruned") and missing:
         raise NotARun(f"metrics.json of a {status} run lacks the number(s) {', '.join(missing)}")
     return metrics
 

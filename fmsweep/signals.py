@@ -1,5 +1,9 @@
 """Stop requests: SIGINT, SIGTERM and SIGUSR2 become a flag that the training loop checks between steps,
-so that it can save a fresh last.pt before it stops or before a cluster launcher requeues the job."""
+so that it can save a fresh last.pt before it stops or before a cluster launcher requeues the job.
+
+Inside a submitit job, submitit installed its handlers before ours: SIGUSR2 checkpoints and requeues the job (its
+`scontrol requeue` then sends the job a SIGTERM), SIGTERM only logs ("bypass"). A SIGTERM without an earlier SIGUSR2
+is thus a plain cancel (`scancel`): the run stops rather than train on until SLURM's KillWait kills it."""
 from __future__ import annotations
 
 import signal
@@ -11,10 +15,13 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 
 
 class StopRequest:
-    """Context manager that records the last stop signal received; `handle` acts on it once saved."""
+    """Context manager that records the stop signal received; `handle` (or `check`) acts on it once saved.
+
+    A SIGTERM does not replace a SIGUSR2 not yet handled: the requeue it asks for would be lost."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.requeue_asked = False  # a SIGUSR2 came: a SIGTERM from now on is the requeue's own
         self.previous: dict[int, object] = {}
 
     def __enter__(self) -> StopRequest:
@@ -27,14 +34,24 @@ class StopRequest:
             signal.signal(sig, handler)
 
     def _record(self, signum: int, frame: FrameType | None) -> None:
-        self.signum = signum
+        if signum == signal.SIGUSR2:
+            self.requeue_asked = True
+        if not (signum == signal.SIGTERM and self.signum == signal.SIGUSR2):
+            self.signum = signum
 
     def handle(self) -> None:
-        """Call after saving: hand the signal to the handler installed before ours (submitit's requeue on
-        SIGUSR2, its bypass of SIGTERM) and go on if it returns; without one, raise Interrupted."""
+        """Call after saving: raise Interrupted, unless the handler installed before ours takes the signal and
+        returns (submitit's requeue on SIGUSR2, its bypass of a SIGTERM that follows a SIGUSR2). A SIGTERM without
+        an earlier SIGUSR2 is a cancel: it raises Interrupted whatever handler was there."""
         signum, self.signum = self.signum, None
         previous = self.previous.get(signum)
-        if callable(previous) and previous is not signal.default_int_handler:
+        cancel = signum == signal.SIGTERM and not self.requeue_asked
+        if callable(previous) and previous is not signal.default_int_handler and not cancel:
             previous(signum, None)
             return
         raise Interrupted(signum)
+
+    def check(self) -> None:
+        """`handle` the stop signal received, if any: call where everything the run did is saved."""
+        if self.signum is not None:
+            self.handle()

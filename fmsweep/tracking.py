@@ -5,6 +5,9 @@ import contextlib
 import csv
 import io
 import json
+import os
+import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -87,8 +90,9 @@ class Tracker:
         self.writer.add_image("test/confusion_matrix", figures.to_rgb(figures.confusion(matrix, title)), step,
                               dataformats="HWC")
 
-    def final(self, metrics: dict[str, Any], hparams: dict[str, str | float]) -> None:
-        """Log the best model's valid and test scalars and the run's hparams; write metrics.json."""
+    def final(self, metrics: dict[str, Any], hparams: dict[str, str | float], commit: Callable[[], None]) -> None:
+        """Log the best model's valid and test scalars and the run's hparams; call `commit` (it may raise: a stop
+        signal that came until then, so that the run is not recorded completed), then write metrics.json."""
         step = metrics["best_epoch"]
         for tag, key in METRIC_TAGS.items():
             self.writer.add_scalar(tag, metrics[key], step)
@@ -103,6 +107,7 @@ class Tracker:
         for summary in (session_start, session_end):
             self.writer.file_writer.add_summary(summary, step)
         self.writer.close()
+        commit()
         atomic_write(self.run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
 
 
@@ -153,9 +158,22 @@ def completed(run_dir: Path) -> bool:
     return (read_metrics(run_dir) or {}).get("status") in ("completed", "pruned")
 
 
+def record_end(run_dir: Path, status: str, error: str) -> None:
+    """Write metrics.json of a run that ended without its final metrics: its status and why, under `error`;
+    unless it already holds a completed result."""
+    if run_dir.is_dir() and not completed(run_dir):
+        with contextlib.suppress(UserError):  # the disk may be what failed; the error is reported anyway
+            atomic_write(run_dir / "metrics.json", json.dumps({"status": status, "error": error}, indent=2) + "\n")
+
+
 def record_failure(run_dir: Path, exc: BaseException) -> None:
     """Mark a run as failed in metrics.json, unless it already holds a completed result."""
-    if run_dir.is_dir() and not completed(run_dir):
-        failure = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-        with contextlib.suppress(UserError):  # the disk may be what failed; the error is reported anyway
-            atomic_write(run_dir / "metrics.json", json.dumps(failure, indent=2) + "\n")
+    record_end(run_dir, "failed", f"{type(exc).__name__}: {exc}")
+
+
+def record_cancelled(run_dir: Path, signum: int, stopped_at: str) -> None:
+    """Mark a run that a cancel stopped (train.RunState.stopped_at says where) as cancelled in metrics.json, unless
+    it already holds a completed result: `cancelled by SIGTERM (scancel) in epoch 3 of 10; last.pt saved: resume
+    to finish it`. Resuming it writes its final metrics over this, as for any unfinished run."""
+    by = signal.Signals(signum).name + (" (scancel)" if "SLURM_JOB_ID" in os.environ else "")
+    record_end(run_dir, "cancelled", f"cancelled by {by} {stopped_at}")

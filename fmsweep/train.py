@@ -30,7 +30,7 @@ from fmsweep.sweep import lock
 from fmsweep.augment import FlipAffine
 from fmsweep.config import device_name, resolve_device, validate
 from fmsweep.data import Raw, Splits, load_fashion_mnist, prepare, raw_folder
-from fmsweep.errors import TrainingDiverged, UserError
+from fmsweep.errors import Interrupted, TrainingDiverged, UserError
 from fmsweep.loader import Source, TrainLoader
 from fmsweep.models import Classifier, l2_penalty, num_parameters, seed_dropout, seek_dropout
 from fmsweep.runs import command, read_overrides
@@ -236,8 +236,24 @@ class RunState:
             self.save_best()
         self.tracker.epoch(self.history)
 
-    def finish(self) -> float:
-        """Evaluate the best model on the valid and test splits, write metrics.json; return the best valid loss."""
+    def stopped_at(self) -> str:
+        """Where a stop left the run, for its record: `in epoch 3 of 10; last.pt saved: resume to finish it`."""
+        epochs = self.cfg.epochs
+        if not (self.run_dir / checkpoint.LAST).is_file():
+            return "before its first epoch; resume to run it"
+        if self.done:
+            where = f"after its last epoch ({self.epoch} of {epochs}), before its final evaluation"
+        elif self.partial:
+            where = f"in epoch {self.epoch + 1} of {epochs}"
+        else:
+            where = f"after epoch {self.epoch} of {epochs}"
+        return f"{where}; last.pt saved: resume to finish it"
+
+    def finish(self, stop: StopRequest) -> float:
+        """Evaluate the best model on the valid and test splits, write metrics.json; return the best valid loss.
+        A stop signal received before metrics.json is written stops the run instead (`stop.check`): it is not
+        recorded completed. last.pt holds every epoch, so a resumed run only finishes."""
+        stop.check()
         best = checkpoint.load_model(self.run_dir, self.data.test_x.device)
         valid_loss, valid_acc = evaluate(best, self.data.valid_x, self.data.valid_y)
         test_logits = predict(best, self.data.test_x)
@@ -248,7 +264,7 @@ class RunState:
                    "train_seconds": self.train_seconds, "epochs_run": len(self.history),
                    "stopped_early": self.stopped_early, "pruned": self.pruned}
         self.tracker.predictions(self.data.test_x, self.data.test_y, test_logits.argmax(1), self.best_epoch)
-        self.tracker.final(metrics, tracking.hparams(self.cfg, read_overrides(self.run_dir)))
+        self.tracker.final(metrics, tracking.hparams(self.cfg, read_overrides(self.run_dir)), stop.check)
         log.info("%sdone: best epoch %d of %d, test accuracy %.2f %% | results in %s", self.label, self.best_epoch,
                  len(self.history), 100 * test_acc, self.run_dir)
         return valid_loss
@@ -366,62 +382,63 @@ def stacked(device: torch.device, cfg: DictConfig, size: int) -> bool:
     return size > 1 and (cfg.stack is True or (cfg.stack == "auto" and device.type == "cuda"))
 
 
-def train(pack: list[RunState], until: tuple[int, int] | None = None) -> dict[RunState, TrainingDiverged]:
+def train(pack: list[RunState], stop: StopRequest,
+          until: tuple[int, int] | None = None) -> dict[RunState, TrainingDiverged]:
     """Train the runs of `pack`, which stand at one position, to their last epoch, or only up to position `until`
     (where other runs of the pack stand); return those that diverged, each marked failed in its run dir, with
     their error.
 
-    A stop signal saves every run's last.pt within the epoch, then stops (or lets submitit requeue the job)."""
+    A stop signal (recorded by `stop`) saves every run's last.pt within the epoch, then stops (or lets submitit
+    requeue the job)."""
     cfg, device, K = pack[0].cfg, pack[0].generator.device, len(pack)
     loader = TrainLoader([run.source() for run in pack], cfg.batch_size)
     step = PackStep(pack, stacked(device, cfg, K), loader.num_batches)
     show_bar = sys.stdout.isatty()
-    with StopRequest() as stop:
-        for epoch in range(pack[0].epoch + 1, cfg.epochs + 1):
-            for run in pack:
-                run.model.train()
-            if pack[0].partial:  # resume inside the epoch, where a stop saved it
-                rng = loader.plan([run.partial["rng"] for run in pack])
-                first, elapsed = pack[0].partial["next"], pack[0].partial["seconds"]
-                losses = torch.stack([run.partial["losses"] for run in pack]).to(device)
-                correct = torch.stack([run.partial["correct"] for run in pack]).to(device)
-            else:
-                rng, first, elapsed = loader.plan(), 0, 0.0
-                losses = torch.zeros(K, loader.num_batches, device=device)  # summed loss of each batch
-                correct = torch.zeros(K, device=device)
-            t0 = time.perf_counter() - elapsed
-            step.seek((epoch - 1) * loader.num_batches + first)
-            batches = tqdm(loader.batches(first), desc=f"epoch {epoch}", total=loader.num_batches, initial=first,
-                           leave=False, disable=not show_bar)
-            for b, x, y in batches:
-                loss, n_correct = step(x, y)
-                losses[:, b] = loss * y.shape[1]
-                correct += n_correct
-                if show_bar and b % 20 == 0:  # a host sync: only for the bar
-                    seen = min((b + 1) * cfg.batch_size, loader.n)
-                    batches.set_postfix(loss=f"{losses.sum().item() / seen / K:.4f}",
-                                        acc=f"{correct.sum().item() / seen / K:.4f}")
-                if stop.signum is not None or until == (epoch - 1, b + 1):
-                    for k, run in enumerate(pack):
-                        run.partial = {"next": b + 1, "rng": rng[k], "losses": losses[k].cpu(),
-                                       "correct": correct[k].cpu(), "seconds": time.perf_counter() - t0}
-                        run.save()
-                    if stop.signum is None:
-                        return {}
-                    log.warning("Signal %d: saved %s in epoch %d after batch %d", stop.signum,
-                                ", ".join(str(run.run_dir / checkpoint.LAST) for run in pack), epoch, b + 1)
-                    stop.handle()
-            seconds, failed = time.perf_counter() - t0, {}
-            for k, run in enumerate(pack):
-                try:
-                    run.end_epoch(losses[k], correct[k].item(), seconds)
-                except TrainingDiverged as exc:
-                    if run.label:  # a lone run's error is the command's error
-                        log.error("%s%s", run.label, exc)
-                    tracking.record_failure(run.run_dir, exc)
-                    failed[run] = exc
-            if failed or until == (epoch, 0) or any(run.done for run in pack):
-                return failed
+    for epoch in range(pack[0].epoch + 1, cfg.epochs + 1):
+        for run in pack:
+            run.model.train()
+        if pack[0].partial:  # resume inside the epoch, where a stop saved it
+            rng = loader.plan([run.partial["rng"] for run in pack])
+            first, elapsed = pack[0].partial["next"], pack[0].partial["seconds"]
+            losses = torch.stack([run.partial["losses"] for run in pack]).to(device)
+            correct = torch.stack([run.partial["correct"] for run in pack]).to(device)
+        else:
+            rng, first, elapsed = loader.plan(), 0, 0.0
+            losses = torch.zeros(K, loader.num_batches, device=device)  # summed loss of each batch
+            correct = torch.zeros(K, device=device)
+        t0 = time.perf_counter() - elapsed
+        step.seek((epoch - 1) * loader.num_batches + first)
+        batches = tqdm(loader.batches(first), desc=f"epoch {epoch}", total=loader.num_batches, initial=first,
+                       leave=False, disable=not show_bar)
+        for b, x, y in batches:
+            loss, n_correct = step(x, y)
+            losses[:, b] = loss * y.shape[1]
+            correct += n_correct
+            if show_bar and b % 20 == 0:  # a host sync: only for the bar
+                seen = min((b + 1) * cfg.batch_size, loader.n)
+                batches.set_postfix(loss=f"{losses.sum().item() / seen / K:.4f}",
+                                    acc=f"{correct.sum().item() / seen / K:.4f}")
+            if stop.signum is not None or until == (epoch - 1, b + 1):
+                for k, run in enumerate(pack):
+                    run.partial = {"next": b + 1, "rng": rng[k], "losses": losses[k].cpu(),
+                                   "correct": correct[k].cpu(), "seconds": time.perf_counter() - t0}
+                    run.save()
+                if stop.signum is None:
+                    return {}
+                log.warning("Signal %d: saved %s in epoch %d after batch %d", stop.signum,
+                            ", ".join(str(run.run_dir / checkpoint.LAST) for run in pack), epoch, b + 1)
+                stop.handle()
+        seconds, failed = time.perf_counter() - t0, {}
+        for k, run in enumerate(pack):
+            try:
+                run.end_epoch(losses[k], correct[k].item(), seconds)
+            except TrainingDiverged as exc:
+                if run.label:  # a lone run's error is the command's error
+                    log.error("%s%s", run.label, exc)
+                tracking.record_failure(run.run_dir, exc)
+                failed[run] = exc
+        if failed or until == (epoch, 0) or any(run.done for run in pack):
+            return failed
     return {}
 
 
@@ -429,15 +446,19 @@ def run_pack(cfgs: list[DictConfig], run_dirs: list[Path]) -> list[float | None]
     """Train each config in its run dir (resuming from its last.pt), all together as one pack, holding each run
     dir's lock (fmsweep.sweep.lock) meanwhile; return each run's best valid loss, None for a run that diverged (a lone run
     raises its TrainingDiverged). The configs differ only where shapes and steps do not (see fmsweep.sweep.packing); a
-    lone run is a pack of one. Each run ends with its final evaluation as soon as it trained its last epoch."""
+    lone run is a pack of one. Each run ends with its final evaluation as soon as it trained its last epoch.
+
+    A stop signal from the start until a run's metrics.json is written stops the runs not yet finished (raising
+    Interrupted, see fmsweep.signals), each with its last.pt saved where it got (or none, before its first batch)."""
     for cfg in cfgs:
         validate(cfg)
-    with lock.hold(run_dirs):  # one writer per run dir: a second process for one of them stops here
-        return train_pack(cfgs, run_dirs)
+    # the stop handlers first: a signal while the lock is taken or the data loads is not lost
+    with StopRequest() as stop, lock.hold(run_dirs):  # one writer per run dir: a second process for one stops here
+        return train_pack(cfgs, run_dirs, stop)
 
 
-def train_pack(cfgs: list[DictConfig], run_dirs: list[Path]) -> list[float | None]:
-    """run_pack, once its run dirs are its own."""
+def train_pack(cfgs: list[DictConfig], run_dirs: list[Path], stop: StopRequest) -> list[float | None]:
+    """run_pack, once its run dirs are its own; a stop names in its Interrupted where each unfinished run stood."""
     device = resolve_device(cfgs[0].device)
     raw = load_fashion_mnist(cfgs[0].data.root, cfgs[0].data.download)
     runs = [RunState(cfg, run_dir, device, raw, f"{run_dir.name}: " if len(cfgs) > 1 else "")
@@ -456,21 +477,27 @@ def train_pack(cfgs: list[DictConfig], run_dirs: list[Path]) -> list[float | Non
     results: dict[Path, float | None] = {run.run_dir: tracking.read_metrics(run.run_dir)["valid_loss"]
                                          for run in runs if run.finished}
     pending = [run for run in runs if run.run_dir not in results]
-    while pending:
-        # Stacked, the runs train together, from one position: if an attempt stopped while saving them one by one,
-        # those behind catch up first. Otherwise each trains alone, which keeps its weights in the CPU's caches.
-        lead = min(run.position for run in pending)
-        group = [run for run in pending if run.position == lead][: None if together else 1]
-        ahead = [run.position for run in pending if run.position > lead]
-        failed = train(group, min(ahead, default=None) if together else None)
-        if failed and len(runs) == 1:
-            raise failed[runs[0]]
-        for run in group:
-            if run in failed:
-                results[run.run_dir] = None
-            elif run.done:
-                results[run.run_dir] = run.finish()
-        pending = [run for run in pending if run.run_dir not in results]
+    try:
+        while pending:
+            stop.check()  # a stop while the data loaded or another run finished: nothing more is trained
+            # Stacked, the runs train together, from one position: if an attempt stopped while saving them one by
+            # one, those behind catch up first. Otherwise each trains alone, which keeps its weights in the CPU's
+            # caches.
+            lead = min(run.position for run in pending)
+            group = [run for run in pending if run.position == lead][: None if together else 1]
+            ahead = [run.position for run in pending if run.position > lead]
+            failed = train(group, stop, min(ahead, default=None) if together else None)
+            if failed and len(runs) == 1:
+                raise failed[runs[0]]
+            for run in group:
+                if run in failed:
+                    results[run.run_dir] = None
+                elif run.done:
+                    results[run.run_dir] = run.finish(stop)
+            pending = [run for run in pending if run.run_dir not in results]
+    except Interrupted as exc:
+        exc.stopped = {run.run_dir: run.stopped_at() for run in pending if run.run_dir not in results}
+        raise
     return [results[run.run_dir] for run in runs]
 
 

@@ -1,13 +1,15 @@
-"""`python -m fmsweep.bench` as a smoke test on the tiny data set: both pipelines train, both files appear.
-No timing is asserted (other processes share the machine)."""
+"""`python -m fmsweep.bench` as a smoke test on the tiny data set: both pipelines train, both files appear; and
+`python -m fmsweep.bench_startup --grid`, which times sweeps to their first job. No timing is asserted (other
+processes share the machine)."""
 import json
+import re
 import statistics
 from pathlib import Path
 
 import pytest
 import torch
 
-from fmsweep import bench, train
+from fmsweep import bench, bench_startup, train
 
 
 def test_bench_drives_the_real_train_step_in_both_pipelines_and_reports_what_it_timed(
@@ -39,3 +41,16 @@ def test_bench_drives_the_real_train_step_in_both_pipelines_and_reports_what_it_
     assert f"| linear | 400 | {linear['median_seconds']['practical']:.3f} |" in table
     assert f"| {linear['speedup']:.2f}× |" in table and "| fancy_cnn+flip_affine | 32 * |" in table
     assert "train on 1 batches per epoch" in table
+
+
+def test_bench_startup_times_sweeps_to_their_first_job(data_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bench_startup.main(["--grid", "2", "--repeat", "1", f"data.root={data_root}", "data.download=false", "device=cpu"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("CPUs), medians of 1:")
+    assert [re.sub(r"\d+\.\d\d", "T", line) for line in lines[1:]] == [
+        "  2 jobs of model=linear epochs=1 to the first: T s  (all: T)"]
+
+
+def test_bench_startup_says_why_a_sweep_ended_before_its_first_job(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="the sweep ended before its first job:\n.*fmsweep: error: "):
+        bench_startup.main(["--grid", "2", "--repeat", "1", f"data.root={tmp_path}", "data.download=false"])

@@ -96,9 +96,9 @@ def test_a_run_says_where_it_writes_on_which_device_and_where_its_results_are(da
         (["hydra/sweepr=optuna"], "hydra/sweepr=optuna: unknown config key hydra/sweepr; did you mean hydra/sweeper?"),
         (["hydra.job.chdr=true"],
          "hydra.job.chdr=true: unknown config key hydra.job.chdr; did you mean hydra.job.chdir?"),
-        (["-m", "hydra.sweeper.max_batch_sz=2", "seed=0,1"],  # the default sweeper: grid
-         ("hydra.sweeper.max_batch_sz=2: unknown config key hydra.sweeper.max_batch_sz; "
-          "did you mean hydra.sweeper.max_batch_size?")),
+        (["-m", "hydra.sweeper.detatch=true", "seed=0,1"],  # the default sweeper: grid
+         ("hydra.sweeper.detatch=true: unknown config key hydra.sweeper.detatch; "
+          "did you mean hydra.sweeper.detach?")),
         (["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trial=5", "optimizer.lr=tag(log,interval(1e-4,1e-1))"],
          "hydra.sweeper.n_trial=5: unknown config key hydra.sweeper.n_trial; did you mean hydra.sweeper.n_trials?"),
         *[(["-m", f"hydra/launcher={launcher}", "hydra.launcher.timeout_mins=5", "seed=0,1"],

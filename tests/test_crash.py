@@ -160,8 +160,12 @@ def interrupt_after_first_epoch(command: list[str], last: Path, sig: signal.Sign
 
 
 def resume_command(err: str) -> list[str]:
+    """The resume command a stopped run printed, to run here: `python -m fmsweep ...` for a run, `fmsweep resume
+    DIR` for a sweep (through its module, with this interpreter)."""
     [line] = [line for line in err.splitlines() if line.startswith("fmsweep: stopped by")]
     resume = shlex.split(line.split("resume with: ")[1])
+    if resume[:2] == ["fmsweep", "resume"]:
+        return [sys.executable, "-m", "fmsweep.cli", *resume[1:]]
     assert resume[:3] == ["python", "-m", "fmsweep"]
     return [sys.executable, *resume[1:]]
 
@@ -189,7 +193,7 @@ def test_an_interrupted_sweep_prints_the_command_that_finishes_it(data_root: Pat
     err = interrupt_after_first_epoch([sys.executable, "-m", "fmsweep", "-m", *args, f"hydra.sweep.dir={tmp_path}"],
                                       first_job / checkpoint.LAST, signal.SIGINT)
     resume = resume_command(err)
-    assert resume[-1] == f"hydra.sweep.dir={tmp_path}" and "-m" in resume
+    assert resume[-3:] == ["fmsweep.cli", "resume", str(tmp_path)]
     assert not (tmp_path / "1_batch_size=8,epochs=15,model=fc,seed=1").exists()  # the sweep stopped there
     done = subprocess.run(resume, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

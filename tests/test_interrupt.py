@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
-from omegaconf import OmegaConf
 
-from hydra_plugins.fmsweep_sweeper.reporting_sweeper import interrupted_line
+from fmsweep.sweep.launch import interrupted_line
 
 
 @pytest.mark.slow
@@ -31,9 +30,8 @@ def test_ctrl_c_in_a_submitit_local_sweep_is_one_line_and_its_jobs_stop_resumabl
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGINT, err
     assert "Traceback" not in err
-    resume = " ".join(["python", "-m", "fmsweep", *command[3:]])
     assert err.splitlines() == [f"fmsweep: interrupted; the sweep's jobs got the Ctrl-C too and stopped, each "
-                                f"resumable from its last.pt; resume the sweep with: {resume}"]
+                                f"resumable from its last.pt; resume the sweep with: fmsweep resume {tmp_path}"]
     assert len(list(tmp_path.glob("*/last.pt"))) == 2
     deadline = time.time() + 5  # the jobs' controllers ended before the line; a job killed by its controller dies
     while subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True).returncode == 0:
@@ -41,10 +39,7 @@ def test_ctrl_c_in_a_submitit_local_sweep_is_one_line_and_its_jobs_stop_resumabl
         time.sleep(0.1)
 
 
-def test_ctrl_c_in_a_slurm_sweep_names_its_jobs_and_how_to_watch_and_cancel_them(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sys, "argv", ["fmsweep", "-m", "hydra/launcher=slurm", "seed=0,1"])
-    line = interrupted_line(True, ["12_0", "12_1"], OmegaConf.create({"sweep": {"dir": "/s"}}))
-    assert line == ("fmsweep: interrupted; the sweep's SLURM jobs 12_0,12_1 keep running (watch: squeue -j 12_0,12_1; "
-                    "cancel: scancel 12_0 12_1); once they ended, resume the sweep with: "
-                    "python -m fmsweep -m hydra/launcher=slurm seed=0,1 hydra.sweep.dir=/s")
+def test_ctrl_c_in_a_slurm_sweep_names_its_jobs_and_how_to_watch_and_cancel_them() -> None:
+    line = interrupted_line(True, ["12_0", "12_1"], Path("/s"))
+    assert line == ("fmsweep: interrupted; the sweep's SLURM jobs 12 (array of 2) keep running (watch: fmsweep status "
+                    "/s --watch; cancel: fmsweep cancel /s); once they ended, resume the sweep with: fmsweep resume /s")

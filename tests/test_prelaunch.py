@@ -1,14 +1,170 @@
-"""The checks of a sweep before anything is submitted (fmsweep.sweep.prelaunch) that need no SLURM: the time limit
-against SLURM's stop warning."""
+"""The checks of a sweep before anything is submitted (fmsweep.sweep.prelaunch) that need no SLURM: every job's
+config, composed as Hydra composes it (by a shortcut, see prelaunch.SweepComposer), and the time limit against
+SLURM's stop warning."""
+from __future__ import annotations
+
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import ROOT
+from conftest import CONF, ROOT
+from hydra import initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.config_loader import ConfigLoader
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException
+from hydra.types import RunMode
+from omegaconf import DictConfig, ListConfig, Node, OmegaConf, open_dict
 
 from fmsweep.sweep import prelaunch
 from fmsweep.errors import UserError
+
+# jobs of a sweep mixing every kind of override: group choices (shared by several jobs, or alone), plain values
+# (numbers, lists, a dict, a quoted string, an interpolation, ++key), hydra.* values and groups, and the kinds that
+# go through Hydra's full composition: +key and ~key on app keys, +key on hydra keys
+MIXED_JOBS = [
+    ["model=fc", "seed=0", "optimizer.lr=0.01"],
+    ["model=fc", "seed=1", "optimizer.lr=0.02", "model.hidden=[32]"],
+    ["seed=2", "model=linear", "reg.l2=0.001"],
+    ["experiment=fc", "seed=3", "early_stop={patience: 2}"],
+    ["model=fc", "seed=4", "model.dropout=${reg.input_dropout}", "data.normalize='global'"],
+    ["model=fc", "seed=5", "hydra.job.config.override_dirname.kv_sep=:"],
+    ["hydra/launcher=submitit_local", "seed=6"],
+    ["+data.subset=1000", "seed=7"],
+    ["++epochs=2", "seed=8"],
+    ["model=fc", "~model.input_dropout", "seed=9"],
+    ["+hydra.job.env_set.FOO=bar", "seed=10"],
+    ["seed=11", "optimizer=sgd", "optimizer.momentum=0.5"],
+    ["seed=12", "model=linear", "reg.l2=0.01"],
+]
+
+
+@pytest.fixture
+def sweep(data_root: Path, tmp_path: Path) -> Iterator[tuple[ConfigLoader, DictConfig, list[str]]]:
+    """Hydra's config loader and the master config of `fmsweep -m ... seed=0,1`, as fmsweep's sweepers get them,
+    and the overrides that every job of that sweep has."""
+    common = [f"data.root={data_root}", "data.download=false", "device=cpu", "epochs=1"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3", job_name="fmsweep"):
+        loader = GlobalHydra.instance().hydra.config_loader
+        master = loader.load_configuration(
+            "config", [f"hydra.sweep.dir={tmp_path}", "hydra.mode=MULTIRUN", *common, "seed=0,1"],
+            run_mode=RunMode.MULTIRUN)
+        yield loader, master, common
+
+
+def hydra_configs(loader: ConfigLoader, master: DictConfig, jobs: list[list[str]], first_num: int) -> list[DictConfig]:
+    """The jobs' configs by Hydra's own composition, numbered as check_jobs numbers them."""
+    configs = []
+    for num, overrides in enumerate(jobs, first_num):
+        cfg = loader.load_sweep_config(master, overrides)
+        with open_dict(cfg):
+            cfg.hydra.job.num = num
+        configs.append(cfg)
+    return configs
+
+
+def hydra_compositions(loader: ConfigLoader, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The overrides of each composition by Hydra (`load_sweep_config`) from now on, in order."""
+    calls: list[list[str]] = []
+    compose = loader.load_sweep_config
+
+    def counted(config: DictConfig, overrides: list[str]) -> DictConfig:
+        calls.append(list(overrides))
+        return compose(config, overrides)
+
+    monkeypatch.setattr(loader, "load_sweep_config", counted)
+    return calls
+
+
+def nodes(node: Node, path: str = "") -> Iterator[tuple[str, str, dict[str, Any], Any]]:
+    """Every node of a config: its path, class, metadata (types, flags) and, for a value, its raw value (an
+    interpolation unresolved)."""
+    metadata = {k: v for k, v in vars(node._metadata).items() if k != "resolver_cache"}
+    content = node._content if isinstance(node, (DictConfig, ListConfig)) else node._value()
+    yield path, type(node).__name__, metadata, content if not isinstance(content, (dict, list)) else None
+    children = content.items() if isinstance(content, dict) else enumerate(content) if isinstance(content, list) else ()
+    for key, child in children:
+        yield from nodes(child, f"{path}.{key}")
+
+
+def resolved(cfg: DictConfig) -> dict[str, Any]:
+    """The whole config resolved, with the output dir that Hydra sets when the job starts (the hydra node's logging
+    refers to it)."""
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = "/job"
+    tree = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(tree, dict)
+    return tree
+
+
+def assert_as_hydra_composes(got: list[DictConfig], want: list[DictConfig]) -> None:
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert OmegaConf.to_container(g) == OmegaConf.to_container(w)
+        assert list(nodes(g)) == list(nodes(w))
+        assert g._metadata.resolver_cache == w._metadata.resolver_cache  # the master's: the same timestamps
+        assert resolved(g) == resolved(w)
+
+
+def test_the_jobs_of_a_mixed_sweep_are_composed_as_hydra_composes_them(
+        sweep: tuple[ConfigLoader, DictConfig, list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    loader, master, common = sweep
+    jobs = [[*common, *job] for job in MIXED_JOBS]
+    want = hydra_configs(loader, master, jobs, 3)
+    compositions = hydra_compositions(loader, monkeypatch)
+    got = prelaunch.check_jobs(loader, master, jobs, first_num=3)
+    assert_as_hydra_composes(got, want)
+    # Hydra composed each combination of group choices and hydra.* values once, and each job with a +key or ~key
+    assert compositions == [["model=fc"], ["model=linear"], ["experiment=fc"],
+                            ["model=fc", "hydra.job.config.override_dirname.kv_sep=:"],
+                            ["hydra/launcher=submitit_local"], jobs[7], [], jobs[9], jobs[10], ["optimizer=sgd"]]
+    assert [str(c.hydra.sweep.subdir) for c in got[:2]] == [
+        "3_epochs=1,model=fc,optimizer.lr=0.01,seed=0",
+        "4_epochs=1,model.hidden=[32],model=fc,optimizer.lr=0.02,seed=1"]
+    assert str(got[5].hydra.sweep.subdir) == "8_epochs:1,model:fc,seed:5"
+
+
+def test_a_grid_is_composed_once_for_each_combination_of_its_group_choices(
+        sweep: tuple[ConfigLoader, DictConfig, list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    loader, master, common = sweep
+    parser = OverridesParser.create(config_loader=loader)  # the jobs as Hydra's basic sweeper expands the grid
+    grid = parser.parse_overrides([*common, "model=linear,fc", "optimizer.lr=0.01,0.1", "seed=range(5)"])
+    jobs = [list(job) for batch in BasicSweeper.split_arguments(grid, None) for job in batch]
+    want = hydra_configs(loader, master, jobs, 0)
+    compositions = hydra_compositions(loader, monkeypatch)
+    got = prelaunch.check_jobs(loader, master, jobs)
+    assert_as_hydra_composes(got, want)
+    assert compositions == [["model=linear"], ["model=fc"]]
+    assert [int(c.hydra.job.num) for c in got] == list(range(20))
+    got[0].seed = 99  # each job's config is its own
+    assert [int(c.seed) for c in got[:3]] == [99, 1, 2]
+
+
+def test_a_bad_job_is_one_user_error_naming_it(sweep: tuple[ConfigLoader, DictConfig, list[str]]) -> None:
+    loader, master, common = sweep
+    jobs = [[*common, "seed=0"], [*common, "seed=1", "model=fc", "model.dropout=2"]]
+    with pytest.raises(UserError) as error:
+        prelaunch.check_jobs(loader, master, jobs, first_num=7)
+    assert str(error.value) == ("job 8_epochs=1,model.dropout=2,model=fc,seed=1: model.dropout must be a number in "
+                                "[0, 1), got 2; nothing was launched")
+
+
+@pytest.mark.parametrize("bad", ["no_such_key=1", "model.no_such_key=1", "+seed=3", "~no_such_key", "model=nope"])
+def test_a_job_that_hydra_cannot_compose_fails_with_hydras_own_error(
+        sweep: tuple[ConfigLoader, DictConfig, list[str]], bad: str) -> None:
+    loader, master, common = sweep
+    jobs = [[*common, "seed=0"], [*common, "seed=1", bad]]
+    with pytest.raises(ConfigCompositionException) as hydra_error:
+        loader.load_sweep_config(master, jobs[1])
+    with pytest.raises(ConfigCompositionException) as error:
+        prelaunch.check_jobs(loader, master, jobs)
+    assert str(error.value) == str(hydra_error.value)
+    assert str(error.value.__cause__) == str(hydra_error.value.__cause__)
 
 
 @pytest.mark.parametrize(("timeout_min", "signal_delay_s", "least_min"),

@@ -3,11 +3,10 @@
 In a sweep with pack=K, jobs that differ only in their seed, optimizer settings (not its class), regularization
 (reg.l2; dropout rates where the model has no dropout), lr schedule, early stopping and augmentation settings (not
 its kind) have the same tensor shapes: the sweeper groups them, in job order, into packs of at most K. A pack of two
-or more is launched as one job of the launcher (and once any jobs pack, so is every lone job, as a pack of one),
-with the overrides of its first member, in its own folder below the sweep dir (`packs/<first>-<last>`, no .hydra/
-there); `pack.yaml` there holds every member's config as the launcher would have composed it. The pack job writes
-each member's .hydra/ as Hydra would have, and trains the members together (train.run_pack), each into the job dir
-it would have had alone.
+or more is launched as one job of the launcher, in its own folder below the sweep dir (`packs/<first>-<last>`, no
+.hydra/ there), whose `pack.yaml` holds every member's config as the sweep composed it. The pack job writes each
+member's .hydra/ as Hydra would have, and trains the members together (train.run_pack), each into the job dir it
+would have had alone.
 """
 from __future__ import annotations
 
@@ -62,27 +61,20 @@ def pack_dir_name(members: list[DictConfig]) -> str:
     return f"{PACKS}/{first}" if first == last else f"{PACKS}/{first}-{last}"
 
 
-def launch_overrides(sweep_dir: Path, job_overrides: list[list[str]], configs: list[DictConfig],
-                     packs: list[list[int]]) -> list[list[str]]:
-    """The overrides of each job to launch, one per pack: without packing, each job's own; else, for each pack
-    (a lone job too: the launcher would number it by its place among the packs), its first member's, in the pack's
-    folder, whose pack.yaml (written here) names every member."""
-    if len(packs) == len(job_overrides):
-        return [list(job) for job in job_overrides]
-    launched = []
-    for members in packs:
-        name = pack_dir_name([configs[i] for i in members])
-        folder = sweep_dir / name
-        folder.mkdir(parents=True, exist_ok=True)
-        manifest = []
-        for i in members:
-            config = OmegaConf.to_container(configs[i])
-            # resolved here: ${now:...} in the sweep dir would give another time in the job
-            config["hydra"]["sweep"] = {"dir": str(sweep_dir), "subdir": str(configs[i].hydra.sweep.subdir)}
-            manifest.append({"name": str(configs[i].hydra.sweep.subdir), "config": config})
-        atomic_write(folder / MANIFEST, OmegaConf.to_yaml(OmegaConf.create({"members": manifest})))
-        launched.append([*job_overrides[members[0]], f"hydra.sweep.subdir={name}", "hydra.output_subdir=null"])
-    return launched
+def write_pack(sweep_dir: Path, members: list[DictConfig]) -> str:
+    """Write the pack.yaml of a pack of jobs (their composed configs) into its folder below `sweep_dir`; return
+    the folder's name."""
+    name = pack_dir_name(members)
+    folder = sweep_dir / name
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = []
+    for cfg in members:
+        config = OmegaConf.to_container(cfg)
+        # resolved here: ${now:...} in the sweep dir would give another time in the job
+        config["hydra"]["sweep"] = {"dir": str(sweep_dir), "subdir": str(cfg.hydra.sweep.subdir)}
+        manifest.append({"name": str(cfg.hydra.sweep.subdir), "config": config})
+    atomic_write(folder / MANIFEST, OmegaConf.to_yaml(OmegaConf.create({"members": manifest})))
+    return name
 
 
 def member_dirs(pack_dir: Path) -> list[Path]:
@@ -102,7 +94,8 @@ def pack_of(sweep_dir: Path, job_dir: Path) -> Path | None:
 def run(pack_dir: Path, hydra_cfg: DictConfig) -> float:
     """The pack job: write each member's .hydra/ as Hydra writes a job's (with this job's id, so that the sweep's
     tools find its launcher logs), train all members together, and return the best of their valid losses.
-    A member that fails is marked failed in its job dir; then the pack job fails too, once the others are done."""
+    A member that fails is marked failed in its job dir; then the pack job fails too, once the others are done.
+    A cancel (SIGTERM) stops them all: each member not finished is then marked cancelled (fmsweep.__main__.task)."""
     from fmsweep import train
     from fmsweep.errors import Interrupted, TrainingDiverged
     from fmsweep.sweep.lock import RunDirBusy

@@ -138,3 +138,126 @@ class Trial:
             return False
         self.trial.report(value, epoch)
         return self.trial.should_prune()
+
+
+def check_settings(n_trials: Any, n_jobs: Any, objective: Any, seed: Any, pruner: Any, detach: Any) -> None:
+    """The search's own settings (hydra.sweeper.*): a bad one is a UserError naming it and what it takes."""
+    for name, value, ok in (("n_trials", n_trials, isinstance(n_trials, int) and n_trials >= 1),
+                            ("n_jobs", n_jobs, isinstance(n_jobs, int) and n_jobs >= 1),
+                            ("objective", objective, objective in OBJECTIVES),
+                            ("pruner", pruner, pruner in PRUNERS),
+                            ("seed", seed, isinstance(seed, int))):
+        if not ok:
+            expected = {"objective": ", ".join(OBJECTIVES), "pruner": ", ".join(PRUNERS)}.get(
+                name, "an integer >= 1" if name != "seed" else "an integer")
+            raise UserError(f"hydra.sweeper.{name} must be {expected}, got {value!r}")
+    if detach:
+        raise UserError("hydra.sweeper.detach=true: a search cannot be detached yet (this command asks each trial as "
+                        "the earlier ones end); run it attached, e.g. in a SLURM job of its own; nothing was launched")
+
+
+def corners(fixed: list[str], space: dict[str, Any]) -> list[list[str]]:
+    """Trial overrides to check a search space with: every key at its low end, then at its high end, then each
+    choice of each category (the other keys low)."""
+    def ends(pick: int) -> dict[str, Any]:
+        return {k: d.choices[pick] if hasattr(d, "choices") else (d.low, d.high)[pick] for k, d in space.items()}
+
+    trials = [ends(0), ends(-1)]
+    trials += [{**ends(0), key: choice} for key, d in space.items() for choice in getattr(d, "choices", ())]
+    return [[*fixed, *(f"{k}={override_value(v)}" for k, v in trial.items())] for trial in trials]
+
+
+def run_search(sweeper: Any, arguments: list[str]) -> None:
+    """Run `n_trials` trials, `n_jobs` at a time: each batch asks the study for parameters, checks and records the
+    trials as jobs of the sweep (sweep.json), launches them, and tells the study each one's `objective`
+    (valid_loss, minimized, or valid_acc, maximized), or that it was pruned or failed. The study is continued
+    where the sweep dir already holds one: finished trials count, trials a killed search left running are launched
+    again (they resume from their last.pt)."""
+    import os
+    import sys
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from fmsweep import tracking
+    from fmsweep.errors import exit_with
+    from fmsweep.sweep import launch, manifest, prelaunch
+    from fmsweep.sweep.grid import is_slurm
+    from fmsweep.sweep.summary import report
+
+    loader, launcher = sweeper.hydra_context.config_loader, sweeper.launcher
+    sweep_dir = Path(sweeper.config.hydra.sweep.dir)
+    try:
+        check_settings(sweeper.n_trials, sweeper.n_jobs, sweeper.objective, sweeper.seed, sweeper.pruner,
+                       sweeper.detach)
+        fixed, space = split(arguments)
+        # the space's corners, checked before the study exists: a bad key or value of the space is one line
+        checked = prelaunch.check_jobs(loader, sweeper.config, corners(fixed, space))
+        if is_slurm(launcher):
+            prelaunch.check_slurm_request(launcher.params)
+        record = manifest.load(sweep_dir)
+        if record is not None and record.kind != "search":
+            raise UserError(f"{sweep_dir} holds a {record.kind} sweep, not a search: choose another hydra.sweep.dir; "
+                            f"nothing was launched")
+    except UserError as exc:
+        exit_with(exc)
+    if sweeper.pruner == "halving" and min(int(c.epochs) for c in checked) < Halving.RATE:
+        print(f"fmsweep: note: pruner=halving stops trials at epochs 1, 3, 9, ... up to a third of their run: "
+              f"trials of fewer than {Halving.RATE} epochs are never pruned")
+    record = record or manifest.Manifest(sweep_dir=sweep_dir, kind="search", launcher="", command=[], cwd="")
+    record.launcher, record.command, record.cwd = manifest.LAUNCHERS[type(launcher).__name__], sys.argv[1:], os.getcwd()
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name=STUDY, storage=storage(sweep_dir), load_if_exists=True,
+        direction=OBJECTIVES[sweeper.objective], sampler=optuna.samplers.TPESampler(seed=sweeper.seed))
+    # the trials prune themselves, from inside their jobs (Trial), with the pruner named here
+    study.set_user_attr("objective", sweeper.objective)
+    study.set_user_attr("pruner", sweeper.pruner)
+    error = None
+    while True:
+        trials = study.get_trials(deepcopy=False)
+        ended = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) for t in trials)
+        left_running = [t.number for t in trials if t.state == TrialState.RUNNING]
+        if ended >= sweeper.n_trials and not left_running:
+            break
+        # trials a killed search left running go first, as one batch of theirs: they resume in their job dirs
+        numbers = left_running[: sweeper.n_jobs] or [
+            study.ask(space).number for _ in range(min(sweeper.n_jobs, sweeper.n_trials - ended))]
+        configs = {}
+        for n in numbers:
+            overrides = [*fixed, *(f"{k}={override_value(v)}" for k, v in study.trials[n].params.items())]
+            try:
+                cfg = prelaunch.check_jobs(loader, sweeper.config, [overrides], first_num=n)[0]
+            except UserError as exc:
+                for m in numbers:
+                    study.tell(m, state=TrialState.FAIL)
+                exit_with(exc)
+            configs[n] = cfg
+            if record.job(n) is None:
+                record.jobs.append(manifest.JobRecord(num=n, name=str(cfg.hydra.sweep.subdir), overrides=overrides,
+                                                      epochs=int(cfg.epochs)))
+        record.save()
+        not_asked = ["pending"] * max(sweeper.n_trials - len(study.get_trials(deepcopy=False)), 0)
+        error = launch.launch(launcher, record, configs, others=not_asked) or error
+        for n, cfg in configs.items():
+            metrics = tracking.read_metrics(sweep_dir / str(cfg.hydra.sweep.subdir)) or {}
+            if metrics.get("status") == "completed":
+                study.tell(n, metrics[sweeper.objective])
+            else:
+                study.tell(n, state=TrialState.PRUNED if metrics.get("status") == "pruned" else TrialState.FAIL)
+    print_best(study, sweeper.objective)
+    report(sweep_dir, error)
+
+
+def print_best(study: Any, objective: str) -> None:
+    """The search's counts of trials by how they ended, and its best trial."""
+    from optuna.trial import TrialState
+
+    counts = {state.name.lower(): sum(t.state == state for t in study.trials)
+              for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    print(f"fmsweep: search of {len(study.trials)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    if counts["complete"]:
+        best = study.best_trial
+        print(f"fmsweep: best trial {best.number}: {objective} {best.value:.4f} with "
+              + " ".join(f"{k}={v}" for k, v in best.params.items()))

@@ -1,5 +1,5 @@
-"""The closing summary of a sweep: its report (fmsweep.report) and best setting on validation, which jobs failed or
-did not finish (a job a search pruned did finish), and where their logs are."""
+"""The closing summary of a sweep: its results (report, best setting on validation, ensemble), which jobs failed, were
+cancelled or did not finish (a job a search pruned did finish), and where their logs are."""
 from __future__ import annotations
 
 import sys
@@ -21,29 +21,29 @@ def job_logs(sweep_dir: Path, job_dir: Path) -> list[Path]:
     return logs + sorted((sweep_dir / ".submitit" / str(job_id)).glob("*_log.*"))
 
 
-def write_report(sweep_dir: Path) -> None:
-    """Write the sweep's report and print its best setting and where the report is. A report that cannot be
-    written is one line: the sweep's own outcome, printed next, matters more."""
-    from fmsweep import report as sweep_report
+def write_results(sweep_dir: Path) -> None:
+    """Write the sweep's results (fmsweep.sweep.finish) and print what was written: the best setting, the report,
+    the ensemble. What could not be written is a line each on stderr: the sweep's own outcome, printed next,
+    matters more."""
+    from fmsweep.sweep.finish import results
 
-    try:
-        _, written, best = sweep_report.write_report(sweep_dir)
-    except Exception as exc:  # noqa: BLE001 (any failure of the report is reported, none ends the sweep's summary)
-        print(f"fmsweep: the report of {sweep_dir} could not be written ({type(exc).__name__}: {exc}); "
-              f"try: python -m fmsweep.report {sweep_dir}", file=sys.stderr)
-        return
-    print(f"fmsweep: {best}\nfmsweep: report: {written[0]} (with {', '.join(p.name for p in written[1:])})")
+    written, missing = results(sweep_dir)
+    for line in missing:
+        print(f"fmsweep: {line}", file=sys.stderr)
+    for line in written:
+        print(f"fmsweep: {line}")
 
 
 def report(sweep_dir: Path, error: Exception | None) -> None:
-    """Write the sweep's report and name its best setting; print which jobs of the sweep did not complete, with
-    their error and log paths; exit 1 if any."""
+    """Write the sweep's report and name its best setting; print which jobs of the sweep did not complete, each as
+    `<job>: <status>: <error>` (`cancelled: cancelled by SIGTERM ...` for a cancelled one) with its log paths; exit 1
+    if any."""
     try:
         problems = [run for run in find_runs(sweep_dir) if not run.completed and run.metrics.get("status") != "pruned"]
     except UserError:  # not one job got as far as its directory
         problems = []
     else:
-        write_report(sweep_dir)
+        write_results(sweep_dir)
     if not problems and error is None:
         print(f"fmsweep: all jobs of {sweep_dir} completed")
         return

@@ -1,0 +1,4 @@
+from fmsweep.sweep.status import main
+
+if __name__ == "__main__":
+    main()

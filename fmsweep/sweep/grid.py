@@ -1,0 +1,94 @@
+"""A grid sweep (every combination of the command line's sweeps, as Hydra's basic sweeper expands them), made
+durable: every job checked before anything launches, the sweep recorded in its sweep dir, and a rerun of it (the
+same command, or `fmsweep resume DIR`) launching only the jobs that are neither completed nor alive."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from fmsweep import tracking
+from fmsweep.errors import UserError, exit_with
+from fmsweep.sweep import launch, manifest, prelaunch, status
+from fmsweep.sweep.manifest import JobRecord, Manifest
+
+SHOWN_NAMES = 5  # job names listed in a line about skipped jobs
+
+
+def is_slurm(launcher: Any) -> bool:
+    return type(launcher).__name__ == "SlurmLauncher"
+
+
+def check_detach(detach: bool, launcher: Any) -> None:
+    """A detached sweep needs jobs that outlive the command: SLURM's."""
+    if detach and not is_slurm(launcher):
+        name = manifest.LAUNCHERS.get(type(launcher).__name__, type(launcher).__name__)
+        raise UserError(f"hydra.sweeper.detach=true needs hydra/launcher=slurm: the jobs of the {name} launcher "
+                        f"end with the command that launched them; nothing was launched")
+
+
+def record(sweep_dir: Path, kind: str, launcher: Any, detach: bool, configs: list[DictConfig],
+           job_overrides: list[list[str]]) -> Manifest:
+    """The sweep's record for these checked jobs. Where the sweep dir already records a sweep, it must be the same
+    one (the same jobs, each with the same overrides; UserError naming the first difference), and what it knows of
+    each job (pack, launcher job, cancelled) is kept."""
+    jobs = [JobRecord(num=int(cfg.hydra.job.num), name=str(cfg.hydra.sweep.subdir), overrides=list(overrides),
+                      epochs=int(cfg.epochs)) for cfg, overrides in zip(configs, job_overrides)]
+    old = manifest.load(sweep_dir)
+    if old is not None:
+        again = f"rerun it with its own command (fmsweep resume {sweep_dir}) or choose another hydra.sweep.dir"
+        if old.kind != kind or len(old.jobs) != len(jobs):
+            raise UserError(f"{sweep_dir} holds another sweep ({old.kind} of {len(old.jobs)} jobs; this command "
+                            f"makes a {kind} of {len(jobs)}): {again}; nothing was launched")
+        for job, before in zip(jobs, old.jobs):
+            difference = manifest.differences(before, job.overrides)
+            if difference:
+                raise UserError(f"job {before.num} of the sweep in {sweep_dir} ({before.name}) differs: "
+                                f"{difference}: {again}; nothing was launched")
+            job.pack, job.launcher_job, job.cancelled = before.pack, before.launcher_job, before.cancelled
+    return Manifest(sweep_dir=sweep_dir, kind=kind, launcher=manifest.LAUNCHERS[type(launcher).__name__],
+                    command=sys.argv[1:], cwd=os.getcwd(), detach=detach, jobs=jobs,
+                    finish_job=old.finish_job if old else None)
+
+
+def names(jobs: list[JobRecord]) -> str:
+    shown = ", ".join(job.name for job in jobs[:SHOWN_NAMES])
+    return shown + (f", … ({len(jobs) - SHOWN_NAMES} more)" if len(jobs) > SHOWN_NAMES else "")
+
+
+def to_launch(sweep: Manifest, configs: list[DictConfig]) -> dict[int, DictConfig]:
+    """The configs of the jobs to launch, by number: all but the completed ones (skipped without a launcher job)
+    and those still alive from an earlier launch (left to it); a line says which were left out."""
+    done = [job for job in sweep.jobs if tracking.completed(sweep.sweep_dir / job.name)]
+    alive = status.alive(sweep) - {job.num for job in done}
+    living = [job for job in sweep.jobs if job.num in alive]
+    if done:
+        print(f"fmsweep: {len(done)} of {len(sweep.jobs)} jobs completed before, skipped: {names(done)}")
+    if living:
+        ids = sorted({job.launcher_job for job in living if job.launcher_job})
+        print(f"fmsweep: {len(living)} job(s) still alive from an earlier launch, left to it: {names(living)}"
+              + (f" (launcher jobs {', '.join(ids)})" if ids else ""))
+    skipped = {job.num for job in [*done, *living]}
+    return {int(cfg.hydra.job.num): cfg for cfg in configs if int(cfg.hydra.job.num) not in skipped}
+
+
+def sweep(sweeper: Any, job_overrides: list[list[str]], detach: bool) -> None:
+    """Check, record and launch the grid's jobs (see the module); attached, end with the sweep's summary."""
+    from fmsweep.sweep.summary import report
+
+    launcher, config = sweeper.launcher, sweeper.config
+    sweep_dir = Path(config.hydra.sweep.dir)
+    try:
+        check_detach(detach, launcher)
+        configs = prelaunch.check_jobs(sweeper.hydra_context.config_loader, config, job_overrides)
+        if is_slurm(launcher):
+            prelaunch.check_slurm_request(launcher.params)
+        sweep_record = record(sweep_dir, "grid", launcher, detach, configs, job_overrides)
+    except UserError as exc:
+        exit_with(exc)
+    error = launch.launch(launcher, sweep_record, to_launch(sweep_record, configs), detach=detach)
+    if not detach:
+        report(sweep_dir, error)

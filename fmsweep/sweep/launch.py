@@ -1,0 +1,359 @@
+"""Launching the checked jobs of a sweep: each job, or pack of jobs, with the config composed for it in the
+launching process (no launcher composes it again), through the sweep's launcher: here, one after another (basic),
+or as submitit jobs (submitit_local; SLURM, in arrays of at most MaxArraySize, named after the sweep), each one's
+id written into the sweep's record as soon as it is known. Attached, the live status runs until every job of the
+sweep ended; detached (SLURM), the command returns once the jobs and the job that writes the results are
+submitted."""
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup_globals
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from fmsweep.sweep import packing
+from fmsweep.sweep.manifest import Manifest
+
+# how long a Ctrl-C'd sweep of submitit_local waits for its jobs, which got the Ctrl-C too, to save and stop:
+# submitit's controller of a job gives it 1 s after SIGINT, then kills it
+LOCAL_STOP_S = 10
+# how often an attached sweep looks whether the jobs an earlier launch left running have ended
+ALIVE_POLL_S = 5.0
+DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's default MaxArraySize
+
+
+class Unit:
+    """What one launcher job runs: Hydra's job (run dir, .hydra/, logging, callbacks, the task function) with a
+    config composed in the launching process: a job's own, or its pack's (whose folder's pack.yaml names the
+    members). Submitit calls `checkpoint` when the job is about to be requeued: it runs again as it is."""
+
+    def __init__(self, hydra_context: Any, task_function: Any, config: DictConfig,
+                 singleton_state: dict[Any, Any]) -> None:
+        self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
+        self.singleton_state = singleton_state
+
+    def __call__(self, job_id: str | None = None) -> JobReturn:
+        """Run the job; `job_id` is the launcher's id of it (submitit's, read in the job when None)."""
+        if job_id is None:
+            import submitit
+
+            Singleton.set_state(self.singleton_state)
+            setup_globals()
+            job_id = submitit.JobEnvironment().job_id
+        config = copy.deepcopy(self.config)
+        with open_dict(config):
+            config.hydra.job.id = job_id
+        return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=config,
+                       job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+
+    def checkpoint(self, *args: Any) -> Any:
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args)
+
+
+def units(launcher: Any, manifest: Manifest, configs: dict[int, DictConfig]) -> list[tuple[list[int], Unit]]:
+    """The launcher jobs for the jobs `configs` holds (by number): packs as `pack` says (a pack's folder and
+    pack.yaml are written here, and its members' records name it), each job alone otherwise."""
+    nums = sorted(configs)
+    packs = packing.plan([configs[n] for n in nums])
+    sweep_dir = manifest.sweep_dir
+    state = Singleton.get_state()  # Hydra's singletons, for the jobs run in other processes: once, not per job
+    out = []
+    for members in packs:
+        member_nums = [nums[i] for i in members]
+        config = copy.deepcopy(configs[member_nums[0]])
+        name = str(config.hydra.sweep.subdir)
+        pack = None
+        if len(members) > 1:
+            pack = packing.write_pack(sweep_dir, [configs[n] for n in member_nums])
+            name = pack
+        with open_dict(config):
+            # resolved here: ${now:...} in the sweep dir would give another time in the job
+            config.hydra.sweep.dir = str(sweep_dir)
+            config.hydra.sweep.subdir = name
+            if pack is not None:
+                config.hydra.output_subdir = None  # a pack's folder is no job dir: the members get their .hydra/
+        for num in member_nums:
+            record = manifest.job(num)
+            assert record is not None
+            record.pack, record.launcher_job, record.cancelled = pack, None, False
+        out.append((member_nums, Unit(launcher.hydra_context, launcher.task_function, config, state)))
+    return out
+
+
+def launcher_settings(params: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The submitit executor parameters of a hydra-submitit launcher's `params`, as the launcher passes them: its
+    generic keys as they are, the others prefixed with `<kind>_` (slurm_, local_)."""
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+    generic = set(OmegaConf.structured(BaseQueueConf).keys())
+    return {k if k in generic else f"{kind}_{k}": v for k, v in params.items()
+            if k not in ("submitit_folder", "max_num_timeout")}
+
+
+def executor(launcher: Any, job_name: str) -> Any:
+    """A submitit executor as the hydra-submitit launcher builds it, its jobs named `job_name` unless the sweep
+    named them itself (hydra.launcher.name)."""
+    import submitit
+
+    kind, params = launcher._EXECUTOR, launcher.params
+    requeues = {f"{kind}_max_num_timeout": params["max_num_timeout"]} if "max_num_timeout" in params else {}
+    result = submitit.AutoExecutor(cluster=kind, folder=params["submitit_folder"], **requeues)
+    settings = launcher_settings(params, kind)
+    if settings.get("name") in (None, launcher.config.hydra.job.name):
+        settings["name"] = job_name
+    result.update_parameters(**settings)
+    return result
+
+
+def max_array_size() -> int:
+    """SLURM's MaxArraySize: an array's task indices must stay below it."""
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return DEFAULT_MAX_ARRAY_SIZE
+    for line in out.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "MaxArraySize" and value.strip().isdigit():
+            return int(value.strip())
+    return DEFAULT_MAX_ARRAY_SIZE
+
+
+def job_name(sweep_dir: Path) -> str:
+    return f"fmsweep:{sweep_dir.name}"
+
+
+def submit(launcher: Any, manifest: Manifest, planned: list[tuple[list[int], Unit]]) -> list[Any]:
+    """Submit the units as submitit jobs (on SLURM, arrays of at most MaxArraySize tasks) and record each one's id
+    in the manifest, saved after each submission; return the submitit jobs."""
+    if not planned:
+        return []
+    ex = executor(launcher, job_name(manifest.sweep_dir))
+    chunk = max_array_size() if launcher._EXECUTOR == "slurm" else len(planned)
+    jobs: list[Any] = []
+    for first in range(0, len(planned), chunk):
+        part = planned[first : first + chunk]
+        submitted = ex.submit_array([unit for _, unit in part]) if len(part) > 1 else [ex.submit(part[0][1])]
+        for (nums, _), job in zip(part, submitted):
+            for num in nums:
+                record = manifest.job(num)
+                assert record is not None
+                record.launcher_job = str(job.job_id)
+        manifest.save()
+        jobs += submitted
+    return jobs
+
+
+def run_here(launcher: Any, planned: list[tuple[list[int], Unit]]) -> Exception | None:
+    """Run the units in this process, one after another, as Hydra's basic launcher does; the first failed job's
+    error."""
+    setup_globals()
+    error = None
+    for nums, unit in planned:
+        configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+        result = unit(str(nums[0]))
+        if result.status == JobStatus.FAILED and error is None:
+            error = result._return_value
+    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    return error
+
+
+def wait(jobs: list[Any]) -> Exception | None:
+    """Wait for every submitit job to end; the first failed one's error (the job's own, not through its return
+    value, which would print "Error executing job")."""
+    error = None
+    for job in jobs:
+        try:
+            result = job.results()[0]
+        except Exception as exc:  # noqa: BLE001 (killed, cancelled, or failed outside Hydra's job: reported)
+            error = error or exc
+            continue
+        if result.status == JobStatus.FAILED:
+            error = error or result._return_value
+    return error
+
+
+def ids_text(ids: list[str]) -> str:
+    """`123_[0-3]` style summary of SLURM ids: arrays by their id and task count, lone jobs as they are."""
+    arrays: dict[str, int] = {}
+    for job_id in ids:
+        arrays[job_id.partition("_")[0]] = arrays.get(job_id.partition("_")[0], 0) + ("_" in job_id)
+    return ", ".join(f"{a} (array of {n})" if n else a for a, n in arrays.items())
+
+
+def launch(launcher: Any, manifest: Manifest, configs: dict[int, DictConfig], detach: bool = False,
+           others: list[str] | None = None) -> Exception | None:
+    """Launch the jobs `configs` holds (by number; the manifest records them) and, attached, show the live status
+    until every job of the sweep has ended (those launched here, and any an earlier launch left alive); return the
+    first failed job's error. `others`: the live-status states of a search's trials the manifest does not hold."""
+    from fmsweep.sweep import status
+    from fmsweep.sweep.live_status import LiveStatus
+
+    sweep_dir, kind = manifest.sweep_dir, type(launcher).__name__
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(launcher.config, sweep_dir / "multirun.yaml")
+    planned = units(launcher, manifest, configs)
+    manifest.save()
+    if len(planned) < len(configs):
+        print(f"fmsweep: {len(configs)} jobs in {len(planned)} launcher jobs "
+              f"(pack={max(int(c.pack) for c in configs.values())})")
+    if detach:
+        submitted = submit(launcher, manifest, planned)
+        finish = submit_finish(launcher, manifest)
+        print(detached_lines(manifest, [str(j.job_id) for j in submitted], finish))
+        return None
+    earlier = status.alive(manifest) - set(configs)
+    # jobs of the basic launcher print their own progress here: their status comes one line per change
+    stream = sys.stdout if kind != "BasicLauncher" else _Lines(sys.stdout)
+    quiet = _quiet_controllers(sweep_dir) if kind == "LocalLauncher" else nullcontext()
+    error, submitted = None, []
+    with LiveStatus(manifest, list(configs), stream=stream, others=others or []), quiet:
+        try:
+            if kind == "BasicLauncher":
+                error = run_here(launcher, planned)
+            else:
+                submitted = submit(launcher, manifest, planned)
+                if kind == "SlurmLauncher" and submitted:
+                    ids = [str(j.job_id) for j in submitted]
+                    print(f"fmsweep: submitted {len(ids)} SLURM job(s): {ids_text(ids)}; watch from any shell: "
+                          f"fmsweep status {sweep_dir}; cancel: fmsweep cancel {sweep_dir}")
+                error = wait(submitted)
+            while earlier & status.alive(manifest):
+                time.sleep(ALIVE_POLL_S)
+        except KeyboardInterrupt:
+            if kind == "BasicLauncher":  # its jobs run here and handle SIGINT themselves (fmsweep.__main__.task)
+                raise
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while the line is made: no traceback
+            print(interrupted_line(kind == "SlurmLauncher", [str(j.job_id) for j in submitted], sweep_dir),
+                  file=sys.stderr)
+            sys.exit(128 + signal.SIGINT)
+    return error
+
+
+def submit_finish(launcher: Any, manifest: Manifest) -> str | None:
+    """Submit the SLURM job that writes the sweep's results once all its live jobs ended (afterany), in place of
+    one an earlier launch left waiting; record its id. None when no job of the sweep is alive."""
+    import submitit
+
+    from fmsweep.sweep import finish, status
+
+    alive_jobs = sorted({manifest.job(n).launcher_job.partition("_")[0] for n in status.alive(manifest)
+                         if manifest.job(n) is not None and manifest.job(n).launcher_job})
+    if manifest.finish_job and manifest.finish_job not in alive_jobs:
+        subprocess.run(["scancel", manifest.finish_job], capture_output=True, timeout=30)
+    if not alive_jobs:
+        return None
+    params = launcher.params
+    ex = submitit.AutoExecutor(cluster="slurm", folder=params["submitit_folder"])
+    optional = {f"slurm_{k}": params[k] for k in ("partition", "account", "qos") if params.get(k)}
+    ex.update_parameters(name=f"{job_name(manifest.sweep_dir)}:results", timeout_min=30, cpus_per_task=1,
+                         mem_gb=4, **optional, slurm_additional_parameters={"dependency":
+                                                                            f"afterany:{':'.join(alive_jobs)}"})
+    job = ex.submit(finish.finish, str(manifest.sweep_dir))
+    manifest.finish_job = str(job.job_id)
+    manifest.save()
+    return manifest.finish_job
+
+
+def detached_lines(manifest: Manifest, ids: list[str], finish_job: str | None) -> str:
+    """What a detached launch prints: the sweep dir, its SLURM jobs, and how to watch, cancel and resume it."""
+    sweep_dir = manifest.sweep_dir
+    lines = [f"fmsweep: detached sweep {sweep_dir}: {len(manifest.jobs)} jobs"]
+    lines.append(f"fmsweep: submitted SLURM job(s) {ids_text(ids)}" if ids else "fmsweep: nothing to submit")
+    if finish_job:
+        lines.append(f"fmsweep: job {finish_job} writes the report (and ensemble) once they end")
+    lines.append(f"fmsweep: watch: fmsweep status {sweep_dir} --watch; cancel: fmsweep cancel {sweep_dir}; "
+                 f"resume: fmsweep resume {sweep_dir}")
+    return "\n".join(lines)
+
+
+def interrupted_line(slurm: bool, job_ids: list[str], sweep_dir: Path) -> str:
+    """The one line of a sweep whose launching command got Ctrl-C while its submitit jobs (`job_ids`) ran. SLURM
+    jobs keep running: how to watch or cancel them. The processes of submitit_local got the Ctrl-C too (they are in
+    the terminal's process group): they save their last.pt and stop, which is awaited; those that did not (SIGINT
+    sent to this process alone) keep running, and are named. Then how to resume the sweep."""
+    resume = f"fmsweep resume {sweep_dir}"
+    if not job_ids:
+        return f"fmsweep: interrupted before a job was submitted; resume the sweep with: {resume}"
+    if slurm:
+        return (f"fmsweep: interrupted; the sweep's SLURM jobs {ids_text(job_ids)} keep running (watch: fmsweep "
+                f"status {sweep_dir} --watch; cancel: fmsweep cancel {sweep_dir}); once they ended, resume the "
+                f"sweep with: {resume}")
+    running = _wait_for_children([int(i) for i in job_ids], LOCAL_STOP_S)
+    if running:
+        pids = " ".join(map(str, running))
+        return (f"fmsweep: interrupted; the sweep's submitit_local jobs (pids {pids}) keep running (stop them: "
+                f"fmsweep cancel {sweep_dir}); once they ended, resume the sweep with: {resume}")
+    return (f"fmsweep: interrupted; the sweep's jobs got the Ctrl-C too and stopped, each resumable from its last.pt; "
+            f"resume the sweep with: {resume}")
+
+
+def _wait_for_children(pids: list[int], timeout_s: float) -> list[int]:
+    """Wait up to `timeout_s` for the child processes `pids` to end; return those still running."""
+    deadline, running = time.monotonic() + timeout_s, list(pids)
+    while running and time.monotonic() < deadline:
+        time.sleep(0.1)
+        running = [pid for pid in running if _running(pid)]
+    return running
+
+
+def _running(pid: int) -> bool:
+    """Whether the child process `pid` still runs (reaping it if it ended)."""
+    try:
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:  # already reaped (by submitit), or not our child
+        return False
+
+
+@contextmanager
+def _quiet_controllers(sweep_dir: Path) -> Iterator[None]:
+    """Start submitit_local's job controllers with their stderr in sweep_dir/.submitit/controllers.err instead of
+    this terminal: a Ctrl-C reaches them too, and each would print a KeyboardInterrupt traceback after the sweep's
+    line. (What the jobs write goes to their own logs.)"""
+    from submitit.local import local
+
+    start = local.start_controller
+
+    def start_quietly(*args: Any, **kwargs: Any) -> Any:
+        (sweep_dir / ".submitit").mkdir(parents=True, exist_ok=True)
+        with open(sweep_dir / ".submitit" / "controllers.err", "ab") as err:
+            terminal = os.dup(2)
+            os.dup2(err.fileno(), 2)  # the controller inherits fd 2
+            try:
+                return start(*args, **kwargs)
+            finally:
+                os.dup2(terminal, 2)
+                os.close(terminal)
+
+    local.start_controller = start_quietly
+    try:
+        yield
+    finally:
+        local.start_controller = start
+
+
+class _Lines:
+    """A stream that says it is no terminal, so that the live status writes lines instead of redrawing."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return False

@@ -1,0 +1,110 @@
+"""The sweep's record on disk: `sweep.json` in the sweep dir names every job (its number, overrides, job dir, pack),
+the launcher and each job's launcher job id, the command that made the sweep, and, once written, the job that
+finishes it. It is written before anything is launched and rewritten (atomically) as jobs are submitted; with the
+job dirs it is all that `fmsweep status`, `resume` and `cancel` need, with no process of the sweep alive."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fmsweep.errors import UserError
+from fmsweep.files import atomic_write
+
+FILE = "sweep.json"
+FORMAT = 1
+# the launchers' names as hydra/launcher=... chooses them, by the launcher plugin's class name
+LAUNCHERS = {"BasicLauncher": "basic", "LocalLauncher": "submitit_local", "SlurmLauncher": "slurm"}
+
+
+@dataclass
+class JobRecord:
+    """One job of the sweep: its number, its overrides (as the sweep expanded them), its job dir below the sweep dir,
+    its epochs, the pack folder that trains it (None when it trains alone) and the id of the launcher job that runs
+    it (a SLURM job id, `<array id>_<index>` in an array; a pid under submitit_local; None under the basic
+    launcher or before submission). `cancelled` is set by `fmsweep cancel`."""
+
+    num: int
+    name: str
+    overrides: list[str]
+    epochs: int
+    pack: str | None = None
+    launcher_job: str | None = None
+    cancelled: bool = False
+
+
+@dataclass
+class Manifest:
+    """A sweep as its sweep dir records it. `kind` is grid or search; `command` the arguments of the command line
+    that made it (after the program name), run again from `cwd` by `fmsweep resume`; `finish_job` the SLURM job
+    that writes the results of a detached sweep once its jobs ended."""
+
+    sweep_dir: Path
+    kind: str
+    launcher: str
+    command: list[str]
+    cwd: str
+    detach: bool = False
+    jobs: list[JobRecord] = field(default_factory=list)
+    finish_job: str | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.sweep_dir / FILE
+
+    def save(self) -> None:
+        """Write sweep.json atomically: a reader sees the previous record or this one."""
+        data = {"format": FORMAT, **{k: v for k, v in asdict(self).items() if k != "sweep_dir"}}
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.path, json.dumps(data, indent=1) + "\n")
+
+    def job(self, num: int) -> JobRecord | None:
+        return next((job for job in self.jobs if job.num == num), None)
+
+    def launcher_jobs(self) -> list[str]:
+        """The distinct launcher job ids of the sweep's jobs, in job order."""
+        return list(dict.fromkeys(job.launcher_job for job in self.jobs if job.launcher_job))
+
+
+def load(sweep_dir: Path) -> Manifest | None:
+    """The sweep recorded in `sweep_dir`, None when it holds no sweep.json; UserError when it cannot be read."""
+    path = Path(sweep_dir) / FILE
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise UserError(f"{path} is not an fmsweep sweep record (format {FORMAT})")
+    try:
+        jobs = [JobRecord(**job) for job in data["jobs"]]
+        return Manifest(sweep_dir=Path(sweep_dir), kind=data["kind"], launcher=data["launcher"],
+                        command=list(data["command"]), cwd=data["cwd"], detach=bool(data["detach"]), jobs=jobs,
+                        finish_job=data.get("finish_job"))
+    except (KeyError, TypeError) as exc:
+        raise UserError(f"{path} is not an fmsweep sweep record: {exc}") from None
+
+
+def require(sweep_dir: Path) -> Manifest:
+    """The sweep recorded in `sweep_dir`; UserError when there is none."""
+    if not Path(sweep_dir).is_dir():
+        raise UserError(f"{sweep_dir} is not a directory (expected an fmsweep sweep dir)")
+    manifest = load(sweep_dir)
+    if manifest is None:
+        raise UserError(f"{sweep_dir} holds no {FILE}: not an fmsweep sweep dir (or one made before sweeps were "
+                        f"recorded)")
+    return manifest
+
+
+def differences(recorded: JobRecord, overrides: list[str]) -> str:
+    """How `overrides` differ from the job's recorded ones, e.g. `optimizer.lr=0.1 instead of optimizer.lr=0.01`;
+    "" when they are the same (in any order)."""
+    if sorted(recorded.overrides) == sorted(overrides):
+        return ""
+    new = [o for o in overrides if o not in recorded.overrides]
+    old = [o for o in recorded.overrides if o not in overrides]
+    if new and old:
+        return f"{' '.join(new)} instead of {' '.join(old)}"
+    return f"{' '.join(new)} added" if new else f"without {' '.join(old)}"

@@ -1,0 +1,531 @@
+"""What each job of a sweep is doing, read from the sweep dir alone: its record (sweep.json), the job dirs, the
+run-dir locks, and SLURM's queue and accounting where it answers. The one reading code behind `fmsweep status`,
+the live status of a launching command and the rerun logic (`alive`).
+
+`fmsweep status DIR [--watch] [--interval SECONDS]` prints the table; with --watch it follows the sweep until it is
+over. Nothing here imports torch, Hydra or OmegaConf: the command answers at once, on a laptop holding a copy of
+the sweep dir too (without SLURM's commands the files alone decide)."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Collection, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, NoReturn, TextIO
+
+from fmsweep.errors import UserError, exit_with
+from fmsweep.sweep import lock
+from fmsweep.sweep.manifest import JobRecord, Manifest, load, require
+
+STATES = ("pending", "running", "completed", "pruned", "failed", "cancelled", "stopped")
+FINAL = ("completed", "pruned", "failed", "cancelled", "stopped")  # nothing of the job runs any more
+SHOWN_FIRST = ("running", "failed", "stopped", "cancelled", "pending", "completed", "pruned")  # the block's order
+ALWAYS_COUNTED = ("pending", "running", "completed", "failed")  # the counts name the others only when there are any
+ERROR_CHARS = 120  # of an error or a cancel's reason: `cancelled by SIGTERM (scancel) in epoch 3 of 10; ...`
+SLURM_TIMEOUT_S = 10
+# SLURM's states of a job that ended (squeue lists them for a while after the end, sacct for good)
+SLURM_ENDED = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
+               "DEADLINE", "SPECIAL_EXIT", "REVOKED"}
+SLURM_FAILED = {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
+PROC_LOCKS = Path("/proc/locks")
+CONFIG = Path(".hydra") / "config.yaml"  # written as a job starts
+HISTORY, METRICS = "history.csv", "metrics.json"
+
+
+@dataclass(frozen=True)
+class Status:
+    """What is known of a job: its state (one of STATES) and a detail: SLURM's reason for a pending job, the
+    progress of a running one, the test accuracy of a completed one, the error of a failed one, the reason of a
+    cancelled one, the epoch a stopped one reached."""
+
+    state: str
+    detail: str = ""
+
+    def text(self, progress: bool = True) -> str:
+        """`pending (Priority)`, `running: epoch 2 of 10, ...`; without `progress`, a running job is `running`."""
+        if not self.detail or (self.state == "running" and not progress):
+            return self.state
+        return f"pending ({self.detail})" if self.state == "pending" else f"{self.state}: {self.detail}"
+
+
+class SlurmJob(NamedTuple):
+    """SLURM's view of a job: its state (the first word of sacct's `CANCELLED by 0`), squeue's reason or sacct's
+    whole state, and sacct's exit code ("" from squeue)."""
+
+    state: str
+    reason: str
+    exit_code: str = ""
+
+    def text(self) -> str:
+        """`PENDING (Dependency)`, `RUNNING`, `CANCELLED by 0`, `FAILED, exit code 1:0`."""
+        if self.state in SLURM_ENDED:
+            return self.reason + (f", exit code {self.exit_code}" if self.exit_code not in ("", "0:0") else "")
+        return self.state + (f" ({self.reason})" if self.reason not in ("", "None") else "")
+
+
+@dataclass(frozen=True)
+class View:
+    """One look at a sweep: each job's status by number, the jobs that something still runs or queues (their
+    launcher job, a process holding their run dir), and the finish job's SLURM state (None without one) and
+    whether SLURM still queues or runs it."""
+
+    statuses: dict[int, Status]
+    alive: set[int]
+    finish: str | None = None
+    finish_alive: bool = False
+
+
+class Stale(Collection[int]):
+    """Jobs being launched again now, with what stood for them when this was made: a failed, cancelled or stopped
+    result of theirs belongs to the earlier launch until something of the new one shows: the run took its run dir's
+    lock (which rewrites the lock file), wrote a metrics.json, or the record names a new launcher job for it.
+    Hydra's rewriting .hydra/ is not enough: a run takes its lock only after its imports, and the earlier failure
+    would show meanwhile. A plain collection of job numbers, read at once, counts as unchanged."""
+
+    def __init__(self, manifest: Manifest, nums: Iterable[int]) -> None:
+        jobs = {job.num: job for job in manifest.jobs}
+        self.marks = {num: _mark(manifest.sweep_dir, jobs[num]) if num in jobs else None for num in nums}
+
+    def __contains__(self, num: object) -> bool:
+        return num in self.marks
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.marks)
+
+    def __len__(self) -> int:
+        return len(self.marks)
+
+    def changed(self, sweep_dir: Path, job: JobRecord) -> bool:
+        return job.num in self.marks and self.marks[job.num] != _mark(sweep_dir, job)
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
+def _mark(sweep_dir: Path, job: JobRecord) -> tuple[int | str | None, ...]:
+    run_dir = sweep_dir / job.name
+    return _mtime(run_dir / lock.LOCK), _mtime(run_dir / METRICS), job.launcher_job
+
+
+def _slurm(args: list[str]) -> str | None:
+    """The output of a SLURM command; None when it fails or does not exist. An unknown job id is an answer: squeue
+    fails on a list of only those, once SLURM forgot them."""
+    try:
+        return subprocess.run(args, capture_output=True, text=True, timeout=SLURM_TIMEOUT_S, check=True).stdout
+    except subprocess.CalledProcessError as exc:
+        return "" if "Invalid job id" in (exc.stderr or "") else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def squeue(job_ids: list[str]) -> dict[str, SlurmJob] | None:
+    """SLURM's state and reason of each job it still lists, by job id; None when squeue does not answer. `-r` gives
+    each array task its own line: without it, pending tasks share one (`12_[0-5%64]`)."""
+    out = _slurm(["squeue", "-h", "-r", "-o", "%i|%T|%r", "-j", ",".join(job_ids)])
+    if out is None:
+        return None
+    fields = (line.split("|") for line in out.splitlines())
+    # the reason of a job that ended is no reason: its state stands in for it, as in sacct's view
+    return {f[0]: SlurmJob(f[1], f[1] if f[1] in SLURM_ENDED else f[2]) for f in fields if len(f) == 3}
+
+
+def sacct(job_ids: list[str]) -> dict[str, SlurmJob] | None:
+    """SLURM's accounting of each job: its state (`CANCELLED by 0` as reason) and exit code; None without answer."""
+    out = _slurm(["sacct", "-n", "-P", "-X", "-o", "JobID,State,ExitCode,Reason", "-j", ",".join(job_ids)])
+    if out is None:
+        return None
+    fields = (line.split("|") for line in out.splitlines())
+    return {f[0]: SlurmJob(f[1].split()[0], f[1], f[2]) for f in fields if len(f) == 4 and f[1]}
+
+
+def slurm_view(job_ids: list[str], accounting: bool = True) -> dict[str, SlurmJob]:
+    """SLURM's view of `job_ids`: squeue's, and for the jobs it no longer lists (or lists as ended), sacct's; {}
+    for what neither answers."""
+    if not job_ids:
+        return {}
+    view = squeue(job_ids) or {}
+    ended = [i for i in job_ids if i not in view or view[i].state in SLURM_ENDED]
+    if accounting and ended:
+        view.update(sacct(ended) or {})
+    return view
+
+
+def _pid_alive(job_id: str | None) -> bool:
+    """Whether the process `job_id` names (a pid, under submitit_local) exists."""
+    try:
+        pid = int(job_id or "")
+    except ValueError:
+        return False
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+class Locks:
+    """Which run dirs' locks are held now. /proc/locks lists every lock held on this machine: reading it disturbs
+    none, whereas taking a lock to test it, even for an instant, can make a job that starts at that instant find its
+    run dir busy. Where /proc/locks cannot say (no /proc, or a file system whose device numbers it names apart from
+    stat's), lock.check_free tests the lock."""
+
+    def __init__(self) -> None:
+        self.held: set[tuple[int, int, int]] | None = None
+        self.inodes: set[int] = set()
+        try:
+            text = PROC_LOCKS.read_text()
+        except OSError:
+            return
+        self.held = set()
+        for line in text.splitlines():
+            fields = line.split()  # `3: FLOCK  ADVISORY  WRITE 14710 fe:00:2154518 0 EOF`; `-> ` marks a waiter
+            with contextlib.suppress(ValueError, IndexError):
+                if fields[1] != "->":
+                    major, minor, inode = fields[5].split(":")
+                    self.held.add((int(major, 16), int(minor, 16), int(inode)))
+                    self.inodes.add(int(inode))
+
+    def held_in(self, run_dir: Path) -> bool:
+        try:
+            st = os.stat(run_dir / lock.LOCK)
+        except OSError:
+            return False
+        if self.held is not None:
+            if (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) in self.held:
+                return True
+            if st.st_ino not in self.inodes:
+                return False
+        try:
+            lock.check_free(run_dir)
+        except lock.RunDirBusy:
+            return True
+        except OSError:
+            return False
+        return False
+
+
+def _metrics(run_dir: Path) -> dict[str, Any]:
+    """metrics.json of a run; {} when it has none (yet) or it cannot be read."""
+    try:
+        metrics = json.loads((run_dir / METRICS).read_text())
+    except (OSError, ValueError):
+        return {}
+    return metrics if isinstance(metrics, dict) else {}
+
+
+def _history(run_dir: Path) -> tuple[int, float | None] | None:
+    """(the last epoch, the best valid accuracy) of history.csv; (0, None) before the first epoch ends; None when it
+    cannot be read."""
+    try:
+        with open(run_dir / HISTORY, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if not rows:
+            return 0, None
+        return int(float(rows[-1]["epoch"])), max(float(row["valid_acc"]) for row in rows)
+    except FileNotFoundError:
+        return 0, None
+    except (OSError, ValueError, KeyError, TypeError, csv.Error):
+        return None
+
+
+def _percent(value: object) -> str:
+    return f"{100 * value:.2f}" if isinstance(value, (int, float)) else "?"
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text or "").split())[:ERROR_CHARS]
+
+
+def _running(run_dir: Path, epochs: int) -> Status:
+    """`epoch k of N, best valid acc 87.12 %` from history.csv; `starting` before the first epoch ends."""
+    history = _history(run_dir)
+    if history is None:
+        return Status("running", "history.csv unreadable")
+    epoch, best = history
+    return Status("running", f"epoch {epoch} of {epochs}, best valid acc {_percent(best)} %" if epoch else "starting")
+
+
+def _short(metrics: dict[str, Any], job: JobRecord) -> bool:
+    """Whether a completed result ran fewer epochs than the record asks (a sweep that continues it to more)."""
+    run = metrics.get("epochs_run")
+    return isinstance(run, int) and run < job.epochs and not metrics.get("stopped_early")
+
+
+def job_status(sweep_dir: Path, job: JobRecord, slurm: SlurmJob | None, alive: bool, stale: Stale | None) -> Status:
+    """The status of one job by read's rules; `slurm` is SLURM's view of its launcher job, `alive` whether its
+    process runs or holds its run dir's lock, `stale` given when the job is being launched again."""
+    run_dir = sweep_dir / job.name
+    metrics = _metrics(run_dir)
+    result = metrics.get("status")
+    if result == "completed" and not _short(metrics, job):
+        return Status("completed", f"test acc {_percent(metrics.get('test_acc'))} %")
+    if result == "pruned":
+        return Status("pruned", f"at epoch {metrics.get('pruned', '?')}")
+    queued = slurm is not None and slurm.state not in SLURM_ENDED
+    if queued and slurm.state == "PENDING":
+        return Status("pending", slurm.reason if slurm.reason != "None" else "")
+    if queued or alive:
+        return _running(run_dir, job.epochs)
+    ended = slurm.state if slurm is not None else ""
+    if result == "cancelled":
+        status = Status("cancelled", _one_line(metrics.get("reason") or metrics.get("error")))
+    elif job.cancelled:
+        status = Status("cancelled", "by fmsweep cancel")
+    elif ended == "CANCELLED":
+        status = Status("cancelled", f"SLURM {slurm.text()}")
+    elif result == "failed":
+        status = Status("failed", _one_line(metrics.get("error")))
+    elif ended in SLURM_FAILED:
+        code = f", exit code {slurm.exit_code}" if slurm.exit_code else ""
+        status = Status("failed", f"SLURM {slurm.reason}{code}")
+    elif os.path.exists(run_dir / CONFIG):
+        history = _history(run_dir)
+        status = Status("stopped", f"epoch {history[0] if history else '?'} of {job.epochs}")
+    else:
+        return Status("pending")
+    if stale is not None and not stale.changed(sweep_dir, job):
+        return Status("pending")  # the earlier launch's result: this launch has not reached the job yet
+    return status
+
+
+def look(manifest: Manifest, stale: Collection[int] = (), accounting: bool = True) -> View:
+    """One look at the sweep: one squeue call (and one sacct call, with `accounting`) under SLURM, a pid test per
+    launcher job under submitit_local, the held locks, then each job's dir."""
+    slurm: dict[str, SlurmJob] = {}
+    ids = manifest.launcher_jobs()
+    if manifest.launcher == "slurm":
+        slurm = slurm_view([*ids, *([manifest.finish_job] if manifest.finish_job else [])], accounting)
+    pids = {i: _pid_alive(i) for i in ids} if manifest.launcher == "submitit_local" else {}
+    locks = Locks()
+    marks = stale if isinstance(stale, Stale) else Stale(manifest, stale)
+    statuses, alive = {}, set()
+    for job in manifest.jobs:
+        run_dir = manifest.sweep_dir / job.name
+        queued = slurm.get(job.launcher_job or "")
+        process = bool(pids.get(job.launcher_job or "")) or locks.held_in(run_dir)
+        if process or (queued is not None and queued.state not in SLURM_ENDED):
+            alive.add(job.num)
+        statuses[job.num] = job_status(manifest.sweep_dir, job, queued, process, marks if job.num in marks else None)
+    if not manifest.finish_job:
+        return View(statuses, alive)
+    finish = slurm.get(manifest.finish_job)
+    if finish is None:
+        return View(statuses, alive, "unknown (SLURM does not answer)")
+    return View(statuses, alive, finish.text(), finish.state not in SLURM_ENDED)
+
+
+def read(manifest: Manifest, stale: Collection[int] = ()) -> dict[int, Status]:
+    """Each job's status by job number. The rules, in order: metrics.json completed (unless it ran fewer epochs
+    than recorded) or pruned; SLURM's PENDING (with its reason); running while SLURM lists the job in any other
+    state that is not an end, its process (submitit_local's pid) lives, or its run dir's lock is held; cancelled
+    (metrics.json, the record's `cancelled`, sacct's CANCELLED); failed (metrics.json's error, or sacct's FAILED,
+    TIMEOUT, OUT_OF_MEMORY, ... with its exit code); stopped (started: .hydra/config.yaml, but none of the above);
+    else pending. A failed, cancelled or stopped job in `stale` is pending until its new launch shows (see Stale)."""
+    return look(manifest, stale).statuses
+
+
+def alive(manifest: Manifest) -> set[int]:
+    """The jobs that something still queues or runs: their launcher job is pending or running (squeue, or the
+    pid under submitit_local), or a process holds their run dir's lock. A rerun must skip them."""
+    return look(manifest, accounting=False).alive
+
+
+def counts(states: Iterable[str]) -> str:
+    """`3 pending, 2 running, 1 completed, 0 failed`; pruned, cancelled and stopped only when there are any."""
+    n = Counter(states)
+    return ", ".join(f"{n[state]} {state}" for state in STATES if state in ALWAYS_COUNTED or n[state])
+
+
+def left_out(states: list[str]) -> str:
+    """`… 14 more (2 running, 12 pending)`: the jobs a block too tall for the terminal leaves out, by state."""
+    n = Counter(states)
+    return f"… {len(states)} more ({', '.join(f'{n[state]} {state}' for state in SHOWN_FIRST if n[state])})"
+
+
+def job_lines(jobs: list[tuple[str, Status]]) -> list[str]:
+    """`name  state: detail` per job, the names padded to one width."""
+    width = max((len(name) for name, _ in jobs), default=0)
+    return [f"{name.ljust(width)}  {status.text()}" for name, status in jobs]
+
+
+def fit(head: list[str], jobs: list[tuple[str, Status]], tail: list[str], width: int, height: int) -> list[str]:
+    """A block for a terminal of `height` rows and `width` columns: `head`, the jobs that need watching first (by
+    SHOWN_FIRST, else in their order), a line counting those left out where they do not all fit, `tail`."""
+    jobs = sorted(jobs, key=lambda job: SHOWN_FIRST.index(job[1].state))
+    lines = job_lines(jobs)
+    room = height - len(head) - len(tail)
+    if len(lines) > room:
+        shown = max(room - 1, 0)
+        lines = [*lines[:shown], left_out([status.state for _, status in jobs[shown:]])]
+    return [line[:width] for line in [*head, *lines, *tail][:height]]
+
+
+def terminal() -> tuple[int, int]:
+    """The columns and rows a block may use: a line as wide as the terminal would wrap, and the row below the block
+    stays free (the cursor's): a block that scrolled would leave a copy of itself in the scrollback at each redraw."""
+    size = shutil.get_terminal_size()
+    return size.columns - 1, max(size.lines - 1, 1)
+
+
+class Screen:
+    """A block of lines on a terminal, redrawn in place over the previous one when it changed."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.drawn: list[str] = []
+
+    def draw(self, lines: list[str]) -> None:
+        if lines == self.drawn:
+            return
+        up = f"\x1b[{len(self.drawn)}F" if self.drawn else ""
+        clear = "\x1b[J" if len(lines) < len(self.drawn) else ""  # the rows a taller block left below this one
+        self.stream.write(up + "".join(f"\x1b[2K{line}\n" for line in lines) + clear)
+        self.stream.flush()
+        self.drawn = lines
+
+
+class Changes:
+    """Off a terminal: one line per job whose state changed since it was last reported, with the counts after that
+    change (`fmsweep: 0_lr=0.1 running (2 pending, 1 running, 0 completed, 0 failed)`)."""
+
+    def __init__(self, reported: dict[str, str] | None = None) -> None:
+        self.reported = dict(reported or {})  # the state each job was last reported in; pending when absent
+
+    def write(self, stream: TextIO, jobs: list[tuple[str, Status]], others: Iterable[str] = ()) -> None:
+        others, changed = list(others), False
+        for name, status in jobs:
+            if status.state != self.reported.get(name, "pending"):
+                reported = {**self.reported, name: status.state}
+                total = counts([*others, *(reported.get(n, "pending") for n, _ in jobs)])
+                stream.write(f"fmsweep: {name} {status.text(progress=False)} ({total})\n")
+                self.reported, changed = reported, True  # after the write: a failed one is retried at the next poll
+        if changed:
+            stream.flush()
+
+
+def results(sweep_dir: Path) -> list[str]:
+    """The sweep's results once written: report.md and its line naming the best setting, ensemble.json's accuracy."""
+    lines = []
+    report = sweep_dir / "report.md"
+    with contextlib.suppress(OSError, ValueError):
+        best = next((line.strip().strip("*") for line in report.read_text().splitlines()
+                     if line.startswith(("**Best setting on validation", "**One setting"))), "")
+        lines.append(f"report: {report}" + (f": {best}" if best else ""))
+    ensemble = sweep_dir / "ensemble.json"
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
+        data = json.loads(ensemble.read_text())
+        lines.append(f"ensemble: {ensemble}: {len(data['members'])} models on the {data['split']} split, "
+                     f"accuracy {_percent(data['average']['acc'])} %")
+    return lines
+
+
+def table(manifest: Manifest, view: View) -> tuple[str, list[tuple[str, Status]], list[str]]:
+    """The status table as its header line, its jobs (name and status, in the sweep's order) and its closing lines
+    (the results, the finish job of a detached sweep, how to resume the stopped, cancelled and failed jobs once
+    nothing runs)."""
+    jobs = [(job.name, view.statuses[job.num]) for job in manifest.jobs]
+    # the counts before the sweep dir, whose path may be long: a terminal's block cuts lines at its width
+    header = (f"{len(jobs)} job{'s' * (len(jobs) != 1)} ({manifest.launcher}): "
+              f"{counts(status.state for _, status in jobs)}; sweep dir {manifest.sweep_dir}")
+    tail = results(manifest.sweep_dir)
+    if manifest.detach and manifest.finish_job:
+        tail.append(f"finish job {manifest.finish_job} (writes the results): {view.finish}")
+    unfinished = sum(status.state in ("stopped", "cancelled", "failed") for _, status in jobs)
+    if unfinished and not view.alive:
+        tail.append(f"resume the {unfinished} unfinished job{'s' * (unfinished != 1)} with: "
+                    f"fmsweep resume {manifest.sweep_dir}")
+    return header, jobs, tail
+
+
+def render(manifest: Manifest, view: View) -> str:
+    header, jobs, tail = table(manifest, view)
+    return "\n".join([header, *job_lines(jobs), *tail]) + "\n"
+
+
+def over(view: View) -> bool:
+    """Whether nothing of the sweep runs or waits any more: every job ended (or stopped) and nothing is alive."""
+    return not view.alive and not view.finish_alive and all(status.state in FINAL for status in view.statuses.values())
+
+
+def watch(manifest: Manifest, stream: TextIO, interval: float) -> int:
+    """Show the sweep until it is over: on a terminal a block redrawn in place, never taller than the terminal;
+    elsewhere the table, a line per change of a job's state, and the table again at the end if it changed. The exit
+    code: 0 when every job completed (or was pruned), else 1."""
+    screen = Screen(stream) if stream.isatty() else None
+    changes, first = None, ""
+    while True:
+        with contextlib.suppress(UserError):
+            manifest = load(manifest.sweep_dir) or manifest  # the launching code records job ids as it submits
+        view = look(manifest)
+        header, jobs, tail = table(manifest, view)
+        if screen is not None:
+            screen.draw(fit([header], jobs, tail, *terminal()))
+        elif changes is None:
+            first = render(manifest, view)
+            stream.write(first)
+            stream.flush()
+            changes = Changes({name: status.state for name, status in jobs})
+        else:
+            changes.write(stream, jobs)
+        if over(view):
+            if screen is None and render(manifest, view) != first:
+                stream.write(render(manifest, view))
+            stream.flush()
+            return 0 if all(s.state in ("completed", "pruned") for s in view.statuses.values()) else 1
+        time.sleep(interval)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad command line is a UserError, as fmsweep.runs.ArgumentParser: importing that module
+    would load torch, which this command never needs."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{self.prog}: {message}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`fmsweep status DIR [--watch] [--interval SECONDS]`; a bad DIR or command line is one line, exit code 2."""
+    parser = ArgumentParser(prog="fmsweep status", description="What each job of a sweep is doing: pending, running "
+                            "(its epoch), completed (its test accuracy), pruned, failed (its error), cancelled or "
+                            "stopped (resumable with fmsweep resume DIR), and the sweep's results once written.")
+    parser.add_argument("sweep_dir", type=Path, metavar="DIR", help="the sweep dir (hydra.sweep.dir)")
+    parser.add_argument("--watch", action="store_true",
+                        help="follow the sweep until it is over; exit 0 if every job completed, else 1")
+    parser.add_argument("--interval", type=float, default=2.0, metavar="SECONDS",
+                        help="seconds between looks with --watch (default: %(default)s)")
+    try:
+        args = parser.parse_args(argv)
+        if args.interval <= 0:
+            raise UserError(f"fmsweep status: --interval must be > 0, got {args.interval}")
+        manifest = require(args.sweep_dir)
+    except UserError as exc:
+        exit_with(exc)
+    if not args.watch:
+        sys.stdout.write(render(manifest, look(manifest)))
+        return
+    try:
+        code = watch(manifest, sys.stdout, args.interval)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

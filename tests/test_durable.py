@@ -1,0 +1,178 @@
+"""A sweep that outlives its terminal, on the real SLURM cluster: detached and watched with `fmsweep status`, its
+results written by a job that depends on the others; an attached one whose command dies (SIGHUP) rerun without a
+second SLURM job for any job; a job cancelled with a plain scancel and resumed with `fmsweep resume`; `fmsweep
+cancel` on a running sweep. And, without SLURM: a rerun that differs from the record is refused."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, fast_overrides, make_fashion_root
+from test_slurm import CPU_SLURM, job_dirs, needs_cluster, sweep
+
+
+def fmsweep(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fmsweep.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def record(sweep_dir: Path) -> dict:
+    return json.loads((sweep_dir / "sweep.json").read_text())
+
+
+def sacct_jobs(sweep_dir: Path) -> list[tuple[str, str]]:
+    """(job id, state) of every SLURM job named after the sweep (its dir name is unique), array tasks one by one,
+    from accounting."""
+    out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,JobName,State", "--name",
+                          f"fmsweep:{sweep_dir.name}", "-S", "now-1hour"], capture_output=True, text=True,
+                         check=True).stdout
+    return [(f[0], f[2]) for f in (line.split("|") for line in out.splitlines()) if len(f) == 3]
+
+
+def jobs_of(sweep_dir: Path) -> list[Path]:
+    """The sweep's job dirs so far ([] before the sweep dir exists)."""
+    return job_dirs(sweep_dir) if sweep_dir.is_dir() else []
+
+
+def wait_for(what: str, condition, timeout: float = 300, every: float = 0.5) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(every)
+
+
+def history_epochs(job: Path) -> list[int]:
+    lines = (job / "history.csv").read_text().splitlines()[1:]
+    return [int(float(line.split(",")[0])) for line in lines]
+
+
+def tensorboard_epochs(job: Path) -> list[int]:
+    """The epochs of the valid accuracy scalar over all of the job's event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    steps = []
+    for events in sorted(job.glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        tag = next(t for t in acc.Tags()["scalars"] if "valid" in t and "acc" in t)
+        steps += [e.step for e in acc.Scalars(tag)]
+    return sorted(steps)
+
+
+@pytest.mark.slurm
+@needs_cluster
+def test_a_detached_grid_returns_at_once_and_its_status_follows_it_to_its_results(tmp_path: Path) -> None:
+    data_root = make_fashion_root(tmp_path / "data", n_test=1000)  # enough test images for an ensemble
+    sweep_dir = tmp_path / "detached"
+    t0 = time.perf_counter()
+    proc = sweep(*CPU_SLURM, *fast_overrides(data_root), "epochs=2", "model=linear", "seed=0,1,2,3",
+                 "hydra.sweeper.detach=true", f"hydra.sweep.dir={sweep_dir}")
+    wall = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert wall <= 10, wall
+    assert "fmsweep status" in proc.stdout and "fmsweep cancel" in proc.stdout
+    sweep_record = record(sweep_dir)
+    assert len(sweep_record["jobs"]) == 4 and all(job["launcher_job"] for job in sweep_record["jobs"])
+    assert sweep_record["finish_job"]
+    watched = fmsweep("status", str(sweep_dir), "--watch", "--interval", "1")
+    assert watched.returncode == 0, watched.stdout[-2000:] + watched.stderr[-2000:]
+    assert (sweep_dir / "report.md").is_file() and (sweep_dir / "report.png").is_file()
+    assert len(json.loads((sweep_dir / "ensemble.json").read_text())["members"]) == 4
+    final = fmsweep("status", str(sweep_dir))
+    assert "4 completed" in final.stdout and "report.md" in final.stdout and "ensemble" in final.stdout, final.stdout
+    assert f"finish job {sweep_record['finish_job']} (writes the results): COMPLETED" in final.stdout
+    print(f"\ndetached 4-job grid: the command returned in {wall:.1f} s\n{proc.stdout}\n{final.stdout}")
+
+
+@pytest.mark.slurm
+@needs_cluster
+def test_a_rerun_after_the_command_died_submits_no_second_job_for_a_live_or_completed_one(data_root: Path,
+                                                                                        tmp_path: Path) -> None:
+    sweep_dir = tmp_path / f"hup-{time.time_ns()}"  # a name of its own: sacct finds its jobs by it
+    args = [*CPU_SLURM, *fast_overrides(data_root), "model=linear", "epochs=1,12", "batch_size=8",
+            f"hydra.sweep.dir={sweep_dir}"]
+    proc = subprocess.Popen([sys.executable, "-m", "fmsweep", "-m", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for("one job completed and the other training", lambda: any(
+            (j / "metrics.json").is_file() for j in jobs_of(sweep_dir)) and any(
+            (j / "history.csv").is_file() and len(history_epochs(j)) >= 2 for j in jobs_of(sweep_dir)))
+        os.killpg(proc.pid, signal.SIGHUP)  # the terminal (an SSH session) went away
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    before = sacct_jobs(sweep_dir)
+    again = sweep(*args)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "completed before, skipped" in again.stdout and "still alive from an earlier launch" in again.stdout
+    after = sacct_jobs(sweep_dir)
+    assert len(after) == len(before) == 2, (before, after)
+    for job, epochs in zip(job_dirs(sweep_dir), (1, 12)):
+        assert json.loads((job / "metrics.json").read_text())["status"] == "completed"
+        assert history_epochs(job) == list(range(1, epochs + 1))
+        assert tensorboard_epochs(job) == list(range(1, epochs + 1))
+    print(f"\nrerun after SIGHUP: sacct before {before}, after {after}\n{again.stdout}")
+
+
+@pytest.mark.slurm
+@needs_cluster
+def test_a_scancelled_job_is_recorded_cancelled_and_resume_finishes_it(data_root: Path, tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "scancel"
+    args = [*CPU_SLURM, *fast_overrides(data_root), "model=linear", "epochs=10", "batch_size=8", "seed=0,1",
+            "hydra.sweeper.detach=true", f"hydra.sweep.dir={sweep_dir}"]
+    assert sweep(*args).returncode == 0
+    wait_for("job 0 training", lambda: any(j.name.startswith("0_") and (j / "history.csv").is_file()
+                                            and len(history_epochs(j)) >= 1 for j in jobs_of(sweep_dir)))
+    job0 = record(sweep_dir)["jobs"][0]
+    subprocess.run(["scancel", job0["launcher_job"]], check=True)
+    t0 = time.time()
+    wait_for("the cancelled job to leave squeue", lambda: not subprocess.run(
+        ["squeue", "-h", "-j", job0["launcher_job"]], capture_output=True, text=True).stdout.strip(), timeout=60,
+        every=0.2)
+    stopped_s = time.time() - t0
+    assert stopped_s < 15, stopped_s
+    job_dir = sweep_dir / job0["name"]
+    shown = fmsweep("status", str(sweep_dir))
+    assert f"{job0['name']}  cancelled" in shown.stdout, shown.stdout
+    assert json.loads((job_dir / "metrics.json").read_text())["status"] == "cancelled"
+    other = sweep_dir / record(sweep_dir)["jobs"][1]["name"]
+    wait_for("the other job", lambda: (other / "metrics.json").is_file())
+    resumed = fmsweep("resume", str(sweep_dir), "--attach")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert json.loads((job_dir / "metrics.json").read_text())["status"] == "completed"
+    assert history_epochs(job_dir) == list(range(1, 11))
+    assert "Resuming from" in "".join(p.read_text() for p in job_dir.glob("*.log"))
+    print(f"\nscancel: the job left squeue {stopped_s:.1f} s after it; status said:\n{shown.stdout}")
+
+
+@pytest.mark.slurm
+@needs_cluster
+def test_fmsweep_cancel_leaves_no_job_of_a_running_sweep_alive(data_root: Path, tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "cancel"
+    assert sweep(*CPU_SLURM, *fast_overrides(data_root), "model=linear", "epochs=30", "batch_size=8", "seed=0,1,2",
+                 "hydra.sweeper.detach=true", f"hydra.sweep.dir={sweep_dir}").returncode == 0
+    wait_for("a job training", lambda: any((j / "history.csv").is_file() for j in jobs_of(sweep_dir)))
+    cancelled = fmsweep("cancel", str(sweep_dir))
+    assert cancelled.returncode == 0, cancelled.stderr
+    ids = [job["launcher_job"] for job in record(sweep_dir)["jobs"]]
+    assert not subprocess.run(["squeue", "-h", "-j", ",".join(ids)], capture_output=True, text=True).stdout.strip()
+    shown = fmsweep("status", str(sweep_dir))
+    for job in record(sweep_dir)["jobs"]:
+        assert job["cancelled"] or json.loads((sweep_dir / job["name"] / "metrics.json").read_text())["status"] == "completed"
+        assert f"{job['name']}  cancelled" in shown.stdout or f"{job['name']}  completed" in shown.stdout, shown.stdout
+
+
+def test_a_rerun_whose_overrides_differ_from_the_record_is_refused(data_root: Path, tmp_path: Path) -> None:
+    args = [*fast_overrides(data_root), "model=linear", "data.subset=600", f"hydra.sweep.dir={tmp_path}"]
+    assert sweep(*args, "seed=0,1").returncode == 0
+    written = (tmp_path / "sweep.json").read_bytes()
+    refused = sweep(*args, "seed=0,2")
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [refused.stderr.strip()]
+    assert "seed=2 instead of seed=1" in refused.stderr and "nothing was launched" in refused.stderr
+    assert (tmp_path / "sweep.json").read_bytes() == written

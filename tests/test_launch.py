@@ -1,0 +1,78 @@
+"""Submitting a sweep's launcher jobs: SLURM arrays no larger than MaxArraySize, each job's id recorded as soon as
+its array is submitted; and the ids as the sweep's lines show them."""
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from fmsweep.sweep import launch
+from fmsweep.sweep.manifest import JobRecord, Manifest
+
+
+class FakeExecutor:
+    """Records the size of each submission and numbers arrays as SLURM does: `<array id>_<task>`."""
+
+    def __init__(self, sweep_dir: Path) -> None:
+        self.sizes: list[int] = []
+        self.sweep_dir = sweep_dir
+        self.recorded_before: list[int] = []
+
+    def submit_array(self, units: list) -> list:
+        array_id = 100 + len(self.sizes)
+        self.sizes.append(len(units))
+        # what the record held when this array was submitted: the arrays before it, all with their ids
+        saved = json.loads((self.sweep_dir / "sweep.json").read_text())
+        self.recorded_before.append(sum(job["launcher_job"] is not None for job in saved["jobs"]))
+        return [SimpleNamespace(job_id=f"{array_id}_{i}") for i in range(len(units))]
+
+    def submit(self, unit: object) -> SimpleNamespace:
+        self.sizes.append(1)
+        return SimpleNamespace(job_id=str(100 + len(self.sizes) - 1))
+
+
+@pytest.mark.parametrize(("jobs", "sizes"), [(7, [3, 3, 1]), (6, [3, 3]), (1, [1])])
+def test_slurm_jobs_go_in_arrays_of_at_most_max_array_size_and_each_id_is_recorded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jobs: int, sizes: list[int]) -> None:
+    fake = FakeExecutor(tmp_path)
+    monkeypatch.setattr(launch, "executor", lambda launcher, name: fake)
+    monkeypatch.setattr(launch, "max_array_size", lambda: 3)
+    manifest = Manifest(sweep_dir=tmp_path, kind="grid", launcher="slurm", command=[], cwd=str(tmp_path),
+                        jobs=[JobRecord(num=n, name=f"{n}_seed={n}", overrides=[f"seed={n}"], epochs=1)
+                              for n in range(jobs)])
+    manifest.save()
+    submitted = launch.submit(SimpleNamespace(_EXECUTOR="slurm"), manifest, [([n], object()) for n in range(jobs)])
+    assert fake.sizes == sizes
+    assert len(submitted) == jobs
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    assert [job["launcher_job"] for job in saved["jobs"]] == [str(j.job_id) for j in submitted]
+    if len(sizes) > 1:  # each array submitted after the ids of those before it were saved
+        assert len(fake.recorded_before) >= 2
+        assert fake.recorded_before == [3 * i for i in range(len(fake.recorded_before))]
+
+
+def test_a_pack_shares_its_launcher_job_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeExecutor(tmp_path)
+    monkeypatch.setattr(launch, "executor", lambda launcher, name: fake)
+    monkeypatch.setattr(launch, "max_array_size", lambda: 1001)
+    manifest = Manifest(sweep_dir=tmp_path, kind="grid", launcher="slurm", command=[], cwd=str(tmp_path),
+                        jobs=[JobRecord(num=n, name=str(n), overrides=[], epochs=1) for n in range(3)])
+    manifest.save()
+    launch.submit(SimpleNamespace(_EXECUTOR="slurm"), manifest, [([0, 1], object()), ([2], object())])
+    assert [job.launcher_job for job in manifest.jobs] == ["100_0", "100_0", "100_1"]
+
+
+def test_ids_are_shown_by_array() -> None:
+    assert launch.ids_text(["7_0", "7_1", "7_2", "9"]) == "7 (array of 3), 9"
+
+
+def test_max_array_size_is_read_from_slurm_or_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(launch.subprocess, "run", lambda *a, **k: SimpleNamespace(
+        stdout="KillWait                = 30 sec\nMaxArraySize            = 40\n"))
+    assert launch.max_array_size() == 40
+
+    def missing(*args: object, **kwargs: object) -> None:
+        raise FileNotFoundError("scontrol")
+
+    monkeypatch.setattr(launch.subprocess, "run", missing)
+    assert launch.max_array_size() == launch.DEFAULT_MAX_ARRAY_SIZE

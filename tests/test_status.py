@@ -1,0 +1,523 @@
+"""fmsweep.sweep.status on fake sweep dirs: each rule of `read`, held run-dir locks (this process's and another's),
+stale results of relaunched jobs, SLURM's view from faked squeue/sacct commands (and from the real cluster, marker
+`slurm`), pids under submitit_local, `alive`, the table, `fmsweep status` and its --watch."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fmsweep.files import atomic_write
+from fmsweep.sweep import lock, status
+from fmsweep.sweep.manifest import JobRecord, Manifest
+from fmsweep.sweep.status import Stale, Status, View
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADER = "epoch,train_loss,train_acc,valid_loss,valid_acc,lr,epoch_seconds\n"
+# a job dir per letter: p never started, r running (its lock held), c completed, f failed, s stopped, x cancelled,
+# u pruned
+LETTERS = "prcfsxu"
+
+
+def start(job_dir: Path) -> None:
+    """What Hydra writes as a job starts."""
+    (job_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    (job_dir / ".hydra" / "config.yaml").write_text("epochs: 3\n")
+
+
+def history(job_dir: Path, valid_accs: list[float]) -> None:
+    rows = "".join(f"{epoch},0.5,0.8,0.4,{acc},0.01,1.5\n" for epoch, acc in enumerate(valid_accs, 1))
+    atomic_write(job_dir / "history.csv", HEADER + rows)
+
+
+def metrics(job_dir: Path, **values: object) -> None:
+    atomic_write(job_dir / "metrics.json", json.dumps(values))
+
+
+def sweep(sweep_dir: Path, n: int, launcher: str = "basic", epochs: int = 3, **fields: object) -> Manifest:
+    """A recorded sweep of `n` jobs `<i>_lr=<i>` (none started)."""
+    jobs = [JobRecord(num=i, name=f"{i}_lr={i}", overrides=[f"lr={i}"], epochs=epochs) for i in range(n)]
+    manifest = Manifest(sweep_dir=sweep_dir, kind="grid", launcher=launcher, command=["-m", "lr=0,1"],
+                        cwd=str(sweep_dir), jobs=jobs, **fields)
+    manifest.save()
+    return manifest
+
+
+def set_states(manifest: Manifest, letters: str, held: contextlib.ExitStack) -> None:
+    """Make each job's dir show the state its letter (LETTERS) names; `held` holds the running jobs' locks."""
+    for job, letter in zip(manifest.jobs, letters, strict=True):
+        job_dir = manifest.sweep_dir / job.name
+        if letter == "p":
+            continue
+        start(job_dir)
+        history(job_dir, [0.8])
+        if letter == "r":
+            held.enter_context(lock.hold([job_dir]))
+        elif letter == "c":
+            metrics(job_dir, status="completed", test_acc=0.9, epochs_run=job.epochs)
+        elif letter == "f":
+            metrics(job_dir, status="failed", error="ValueError: bad")
+        elif letter == "x":
+            metrics(job_dir, status="cancelled", reason="cancelled by SIGTERM")
+        elif letter == "u":
+            metrics(job_dir, status="pruned", pruned=1)
+
+
+@pytest.fixture
+def held() -> Iterator[contextlib.ExitStack]:
+    with contextlib.ExitStack() as stack:
+        yield stack
+
+
+@contextlib.contextmanager
+def held_by_another_process(run_dir: Path) -> Iterator[subprocess.Popen]:
+    """A process holding `run_dir`'s lock as a training run does, until the block ends."""
+    code = ("import sys\nfrom pathlib import Path\nfrom fmsweep.sweep.lock import hold\n"
+            "with hold([Path(sys.argv[1])]):\n    print('held', flush=True)\n    sys.stdin.read()\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline() == "held\n"
+        yield proc
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
+
+
+def fake_slurm(bin_dir: Path, monkeypatch: pytest.MonkeyPatch, squeue: str = "", sacct: str = "",
+               squeue_rc: int = 0, sacct_rc: int = 0, stderr: str = "") -> Path:
+    """squeue and sacct commands first on PATH that print the given output and log their arguments; the log."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    log = bin_dir / "calls.log"
+    for name, out, rc in (("squeue", squeue, squeue_rc), ("sacct", sacct, sacct_rc)):
+        (bin_dir / f"{name}.out").write_text(out)
+        script = bin_dir / name
+        script.write_text(f'#!/bin/sh\necho "{name} $*" >> {log}\ncat {bin_dir / name}.out\n'
+                          f'echo "{stderr}" >&2\nexit {rc}\n')
+        script.chmod(0o755)
+    log.touch()
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return log
+
+
+def texts(manifest: Manifest, stale: object = ()) -> list[str]:
+    statuses = status.read(manifest, stale)
+    return [statuses[job.num].text() for job in manifest.jobs]
+
+
+def test_read_each_rule_from_the_job_dirs(tmp_path: Path, held: contextlib.ExitStack) -> None:
+    manifest = sweep(tmp_path, 13)
+    job = [tmp_path / j.name for j in manifest.jobs]
+    for d in job[:12]:
+        start(d)
+    metrics(job[0], status="completed", test_acc=0.9123, epochs_run=3)
+    metrics(job[1], status="pruned", pruned=2, epochs_run=2)
+    history(job[2], [0.8, 0.85])
+    held.enter_context(lock.hold([job[2], job[3]]))  # job 3: running, before its first epoch ends
+    error = "RuntimeError: CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported " + "x" * 120
+    metrics(job[4], status="failed", error=error)
+    metrics(job[5], status="cancelled", reason="cancelled by SIGTERM (scancel)")
+    manifest.jobs[6].cancelled = True  # fmsweep cancel: the record says it, whatever the dir holds
+    history(job[6], [0.8])
+    history(job[7], [0.8, 0.82])  # started, not alive, not finished: stopped
+    # job 8 started, no history: stopped at epoch 0
+    history(job[9], [0.8, 0.8, 0.8])  # completed with 3 epochs of a sweep now asking 5: to be continued
+    metrics(job[9], status="completed", test_acc=0.8, epochs_run=3)
+    manifest.jobs[9].epochs = 5
+    metrics(job[10], status="completed", test_acc=0.85, epochs_run=2, stopped_early=2)  # early stop: completed
+    (job[11] / "metrics.json").write_text('{"status": "compl')  # a metrics.json that cannot be read: no result
+    held.enter_context(lock.hold([job[0]]))  # a run holds its lock while writing metrics.json: completed first
+    assert texts(manifest) == [
+        "completed: test acc 91.23 %",
+        "pruned: at epoch 2",
+        "running: epoch 2 of 3, best valid acc 85.00 %",
+        "running: starting",
+        f"failed: {' '.join(error.split())[:status.ERROR_CHARS]}",
+        "cancelled: cancelled by SIGTERM (scancel)",
+        "cancelled: by fmsweep cancel",
+        "stopped: epoch 2 of 3",
+        "stopped: epoch 0 of 3",
+        "stopped: epoch 3 of 5",
+        "completed: test acc 85.00 %",
+        "stopped: epoch 0 of 3",
+        "pending",  # never started
+    ]
+    assert status.alive(manifest) == {0, 2, 3}
+
+
+def test_a_garbled_history_is_no_error(tmp_path: Path, held: contextlib.ExitStack) -> None:
+    manifest = sweep(tmp_path, 2)
+    for job in manifest.jobs:
+        start(tmp_path / job.name)
+        (tmp_path / job.name / "history.csv").write_text(HEADER + "1,0.5,zz\x00,\n2,")
+    held.enter_context(lock.hold([tmp_path / manifest.jobs[0].name]))
+    assert texts(manifest) == ["running: history.csv unreadable", "stopped: epoch ? of 3"]
+
+
+def test_a_lock_held_by_another_process_is_a_running_job(tmp_path: Path) -> None:
+    manifest = sweep(tmp_path, 1)
+    run_dir = tmp_path / manifest.jobs[0].name
+    start(run_dir)
+    with held_by_another_process(run_dir):
+        assert texts(manifest) == ["running: starting"]
+        assert status.alive(manifest) == {0}
+    assert texts(manifest) == ["stopped: epoch 0 of 3"]  # the process ended without a result: killed, Ctrl-C'd
+    assert status.alive(manifest) == set()
+
+
+def test_locks_are_read_from_proc_locks_without_taking_them(tmp_path: Path, held: contextlib.ExitStack,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Taking a lock to test it could make a run that starts at that instant find its dir busy: /proc/locks says
+    it without that; where there is no /proc/locks, lock.check_free decides."""
+    manifest = sweep(tmp_path, 3)
+    set_states(manifest, "rsp", held)
+    (tmp_path / manifest.jobs[1].name / lock.LOCK).touch()  # a lock file that nothing holds
+
+    def no_test_lock(run_dir: Path) -> None:
+        raise AssertionError(f"check_free({run_dir}) called")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(lock, "check_free", no_test_lock)
+        assert [s.state for s in status.read(manifest).values()] == ["running", "stopped", "pending"]
+    monkeypatch.setattr(status, "PROC_LOCKS", tmp_path / "no-proc-locks")
+    assert [s.state for s in status.read(manifest).values()] == ["running", "stopped", "pending"]
+
+
+def test_stale_results_of_relaunched_jobs_wait_for_their_new_launch(tmp_path: Path,
+                                                                   held: contextlib.ExitStack) -> None:
+    manifest = sweep(tmp_path, 6)
+    set_states(manifest, "fxssc" + "p", held)
+    manifest.jobs[2].cancelled = True
+    manifest.save()
+    before = ["failed: ValueError: bad", "cancelled: cancelled by SIGTERM", "cancelled: by fmsweep cancel",
+              "stopped: epoch 1 of 3", "completed: test acc 90.00 %", "pending"]
+    assert texts(manifest) == before
+    launched = ["pending"] * 4 + ["completed: test acc 90.00 %", "pending"]  # a completed result stands
+    assert texts(manifest, stale=range(6)) == launched
+    stale = Stale(manifest, range(6))
+    assert len(stale) == 6 and 3 in stale and 6 not in stale
+    dirs = [tmp_path / job.name for job in manifest.jobs]
+    start(dirs[0])  # Hydra rewrites .hydra/ as the job starts; the run takes its lock only after its imports
+    start(dirs[5])
+    assert texts(manifest, stale) == launched
+    with lock.hold([dirs[0]]):  # the run took its lock: it runs, and its outcome is this launch's
+        assert texts(manifest, stale)[0] == "running: epoch 1 of 3, best valid acc 80.00 %"
+    metrics(dirs[1], status="failed", error="OSError: disk full")  # a new result
+    manifest.jobs[3].launcher_job = "4242"  # a new launcher job
+    assert texts(manifest, stale) == ["failed: ValueError: bad",  # its run ended without a new result: killed
+                                      "failed: OSError: disk full", "pending", "stopped: epoch 1 of 3",
+                                      "completed: test acc 90.00 %", "pending"]
+
+
+def test_slurm_state_from_one_squeue_and_one_sacct_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ids = ["40_0", "40_1", "40_2", "40_3", "41", "41", "42", "43", "44", "45", "46", None, "47", "48"]
+    manifest = sweep(tmp_path / "sweep", len(ids), launcher="slurm", detach=True, finish_job="49")
+    for job, job_id in zip(manifest.jobs, ids):
+        job.launcher_job = job_id
+    manifest.jobs[4].pack = manifest.jobs[5].pack = "packs/4-5"
+    manifest.save()
+    dirs = [manifest.sweep_dir / job.name for job in manifest.jobs]
+    for i in (3, 4, 5, 8, 9, 13):
+        start(dirs[i])
+    history(dirs[4], [0.7])
+    history(dirs[8], [0.7, 0.75])
+    metrics(dirs[3], status="completed", test_acc=0.9, epochs_run=3)
+    metrics(dirs[5], status="completed", test_acc=0.91, epochs_run=3)  # its pack still trains the other member
+    metrics(dirs[13], status="failed", error="ValueError: bad")
+    log = fake_slurm(tmp_path / "bin", monkeypatch, squeue=(
+        "40_0|PENDING|Priority\n40_1|RUNNING|None\n40_2|CONFIGURING|None\n40_3|COMPLETING|None\n41|RUNNING|None\n"
+        "46|CANCELLED|None\n47|PENDING|None\n49|PENDING|Dependency\n"), sacct=(
+        "42|CANCELLED by 0|0:0|None\n43|FAILED|1:0|None\n44|TIMEOUT|0:0|None\n45|COMPLETED|0:0|None\n"
+        "46|CANCELLED by 1000|0:15|None\n48|FAILED|1:0|None\n"))
+    view = status.look(manifest)
+    assert [view.statuses[job.num].text() for job in manifest.jobs] == [
+        "pending (Priority)",
+        "running: starting",
+        "running: starting",  # CONFIGURING: not pending, not ended
+        "completed: test acc 90.00 %",  # metrics.json first: COMPLETING
+        "running: epoch 1 of 3, best valid acc 70.00 %",  # a pack's SLURM job is its members'
+        "completed: test acc 91.00 %",
+        "cancelled: SLURM CANCELLED by 0",
+        "failed: SLURM FAILED, exit code 1:0",
+        "failed: SLURM TIMEOUT, exit code 0:0",
+        "stopped: epoch 0 of 3",  # SLURM's COMPLETED without a result
+        "cancelled: SLURM CANCELLED by 1000, exit code 0:15",  # squeue lists an ended job for a while
+        "pending",  # not submitted yet
+        "pending",
+        "failed: ValueError: bad",  # metrics.json's error before sacct's
+    ]
+    assert view.alive == {0, 1, 2, 3, 4, 5, 12} and view.finish == "PENDING (Dependency)" and view.finish_alive
+    calls = log.read_text().splitlines()
+    assert calls == ["squeue -h -r -o %i|%T|%r -j 40_0,40_1,40_2,40_3,41,42,43,44,45,46,47,48,49",
+                     "sacct -n -P -X -o JobID,State,ExitCode,Reason -j 42,43,44,45,46,48"]
+    log.write_text("")
+    assert status.alive(manifest) == {0, 1, 2, 3, 4, 5, 12}
+    assert log.read_text().startswith("squeue ") and "sacct" not in log.read_text()  # alive needs no accounting
+
+
+def test_jobs_slurm_forgot_are_asked_of_sacct(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """squeue fails on a list of only job ids it no longer knows: that is an answer, and sacct tells the rest."""
+    manifest = sweep(tmp_path / "sweep", 1, launcher="slurm")
+    manifest.jobs[0].launcher_job = "7"
+    manifest.save()
+    log = fake_slurm(tmp_path / "bin", monkeypatch, squeue_rc=1,
+                     stderr="slurm_load_jobs error: Invalid job id specified", sacct="7|OUT_OF_MEMORY|0:125|None\n")
+    assert texts(manifest) == ["failed: SLURM OUT_OF_MEMORY, exit code 0:125"]
+    assert len(log.read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("without", ["failing", "missing"])
+def test_without_slurm_the_files_decide(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held: contextlib.ExitStack,
+                                        without: str) -> None:
+    manifest = sweep(tmp_path / "sweep", 4, launcher="slurm", detach=True, finish_job="30")
+    for job in manifest.jobs:
+        job.launcher_job = str(20 + job.num)
+    manifest.save()
+    set_states(manifest, "csfp", held)
+    if without == "failing":
+        fake_slurm(tmp_path / "bin", monkeypatch, squeue_rc=1, sacct_rc=1,
+                   stderr="slurm_load_jobs error: Unable to contact slurm controller (connect failure)")
+    else:  # a sweep dir copied to a laptop
+        (tmp_path / "empty").mkdir()
+        monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    view = status.look(manifest)
+    assert [s.text() for s in view.statuses.values()] == ["completed: test acc 90.00 %", "stopped: epoch 1 of 3",
+                                                          "failed: ValueError: bad", "pending"]
+    assert view.finish == "unknown (SLURM does not answer)" and view.alive == set()
+
+
+def test_a_copied_sweep_dir_on_a_machine_without_slurm(tmp_path: Path, held: contextlib.ExitStack) -> None:
+    manifest = sweep(tmp_path / "sweep", 2, launcher="slurm")
+    manifest.jobs[0].launcher_job, manifest.jobs[1].launcher_job = "5", "6"
+    manifest.save()
+    set_states(manifest, "cs", held)
+    copy = tmp_path / "laptop" / "sweep"
+    shutil.copytree(manifest.sweep_dir, copy)
+    (tmp_path / "empty").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "fmsweep.status", str(copy)], capture_output=True, text=True,
+                          env={**os.environ, "PATH": str(tmp_path / "empty")}, timeout=60)
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert proc.stdout.splitlines() == ["2 jobs (slurm): 0 pending, 0 running, 1 completed, 0 failed, 1 stopped; "
+                                        f"sweep dir {copy}", "0_lr=0  completed: test acc 90.00 %",
+                                        "1_lr=1  stopped: epoch 1 of 3", f"resume the 1 unfinished job with: "
+                                        f"fmsweep resume {copy}"]
+
+
+def test_a_live_pid_under_submitit_local_is_a_running_job(tmp_path: Path) -> None:
+    manifest = sweep(tmp_path, 2, launcher="submitit_local")
+    for job in manifest.jobs:
+        start(tmp_path / job.name)
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    with subprocess.Popen(["sleep", "30"]) as live:
+        try:
+            manifest.jobs[0].launcher_job, manifest.jobs[1].launcher_job = str(live.pid), str(ended.pid)
+            assert texts(manifest) == ["running: starting", "stopped: epoch 0 of 3"]
+            assert status.alive(manifest) == {0}
+        finally:
+            live.kill()
+
+
+def results(sweep_dir: Path) -> None:
+    """What fmsweep.report and fmsweep.ensemble write, as far as the table reads it."""
+    (sweep_dir / "report.md").write_text(f"# Sweep report: {sweep_dir}\n\n4 jobs: 2 completed\n\n**Best setting on "
+                                         "validation: lr=0, mean valid acc 90.00 % over 1 job.**\n\n## Settings\n")
+    (sweep_dir / "ensemble.json").write_text(json.dumps({"split": "test", "members": [{}, {}],
+                                                          "average": {"loss": 0.3, "acc": 0.9123, "images": 10}}))
+
+
+def test_the_table(tmp_path: Path, held: contextlib.ExitStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    manifest = sweep(tmp_path / "sweep", 5, launcher="slurm", detach=True, finish_job="90")
+    manifest.jobs[4].launcher_job = "89"
+    manifest.save()
+    set_states(manifest, "crfsp", held)
+    history(manifest.sweep_dir / manifest.jobs[1].name, [0.8, 0.875])
+    fake_slurm(tmp_path / "bin", monkeypatch, squeue="89|PENDING|Resources\n90|PENDING|Dependency\n")
+    sweep_dir = manifest.sweep_dir
+    expected = [f"5 jobs (slurm): 1 pending, 1 running, 1 completed, 1 failed, 1 stopped; sweep dir {sweep_dir}",
+                "0_lr=0  completed: test acc 90.00 %",
+                "1_lr=1  running: epoch 2 of 3, best valid acc 87.50 %",
+                "2_lr=2  failed: ValueError: bad",
+                "3_lr=3  stopped: epoch 1 of 3",
+                "4_lr=4  pending (Resources)",
+                "finish job 90 (writes the results): PENDING (Dependency)"]
+    assert status.render(manifest, status.look(manifest)).splitlines() == expected
+    results(sweep_dir)
+    held.close()  # job 1 ends: nothing alive, the stopped jobs can be resumed
+    fake_slurm(tmp_path / "bin", monkeypatch, sacct="89|CANCELLED by 0|0:0|None\n90|COMPLETED|0:0|None\n")
+    assert status.render(manifest, status.look(manifest)).splitlines() == [
+        f"5 jobs (slurm): 0 pending, 0 running, 1 completed, 1 failed, 1 cancelled, 2 stopped; sweep dir {sweep_dir}",
+        "0_lr=0  completed: test acc 90.00 %",
+        "1_lr=1  stopped: epoch 2 of 3",
+        "2_lr=2  failed: ValueError: bad",
+        "3_lr=3  stopped: epoch 1 of 3",
+        "4_lr=4  cancelled: SLURM CANCELLED by 0",
+        f"report: {sweep_dir / 'report.md'}: Best setting on validation: lr=0, mean valid acc 90.00 % over 1 job.",
+        f"ensemble: {sweep_dir / 'ensemble.json'}: 2 models on the test split, accuracy 91.23 %",
+        "finish job 90 (writes the results): COMPLETED",
+        f"resume the 4 unfinished jobs with: fmsweep resume {sweep_dir}",
+    ]
+
+
+def test_counts_name_the_rarer_states_only_when_there_are_any() -> None:
+    assert status.counts(["pending", "running", "pending"]) == "2 pending, 1 running, 0 completed, 0 failed"
+    assert status.counts(["stopped", "pruned", "cancelled"]) == (
+        "0 pending, 0 running, 0 completed, 1 pruned, 0 failed, 1 cancelled, 1 stopped")
+    assert Status("pending", "Priority").text() == "pending (Priority)"
+    assert Status("running", "epoch 1 of 3").text(progress=False) == "running"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["{tmp}/nothing"], "{tmp}/nothing is not a directory (expected an fmsweep sweep dir)"),
+    (["{tmp}"], "{tmp} holds no sweep.json: not an fmsweep sweep dir (or one made before sweeps were recorded)"),
+    ([], "fmsweep status: the following arguments are required: DIR"),
+    (["{tmp}", "--interval", "0"], "fmsweep status: --interval must be > 0, got 0.0"),
+    (["{tmp}", "--wtach"], "fmsweep status: unrecognized arguments: --wtach"),
+])
+def test_a_bad_command_line_is_one_line_and_exit_code_2(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                        argv: list[str], message: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        status.main([arg.format(tmp=tmp_path) for arg in argv])
+    assert exit_info.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"fmsweep: error: {message.format(tmp=tmp_path)}\n"
+
+
+def test_a_broken_sweep_record_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "sweep.json").write_text('{"format": 1, "jobs": [')
+    with pytest.raises(SystemExit) as exit_info:
+        status.main([str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith(f"fmsweep: error: cannot read {tmp_path / 'sweep.json'}: ")
+
+
+def test_main_prints_the_table(tmp_path: Path, held: contextlib.ExitStack, capsys: pytest.CaptureFixture) -> None:
+    manifest = sweep(tmp_path, 2)
+    set_states(manifest, "cp", held)
+    status.main([str(tmp_path)])
+    assert capsys.readouterr().out == status.render(manifest, View({0: Status("completed", "test acc 90.00 %"),
+                                                                    1: Status("pending")}, set()))
+
+
+def test_watch_follows_the_sweep_until_nothing_is_alive(tmp_path: Path, held: contextlib.ExitStack) -> None:
+    manifest = sweep(tmp_path, 2)
+    set_states(manifest, "cp", held)
+    running = tmp_path / manifest.jobs[1].name
+    start(running)
+    with held_by_another_process(running):
+        watch = subprocess.Popen([sys.executable, "-m", "fmsweep.status", str(tmp_path), "--watch", "--interval",
+                                  "0.05"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first = [watch.stdout.readline() for _ in range(3)]
+        assert first[0] == f"2 jobs (basic): 0 pending, 1 running, 1 completed, 0 failed; sweep dir {tmp_path}\n"
+        time.sleep(0.2)
+        assert watch.poll() is None  # a job runs: the watch goes on
+        history(running, [0.8, 0.9, 0.95])
+        metrics(running, status="completed", test_acc=0.93, epochs_run=3)
+    out, err = watch.communicate(timeout=30)
+    assert watch.returncode == 0 and err == ""
+    assert out.splitlines() == [
+        "fmsweep: 1_lr=1 completed: test acc 93.00 % (0 pending, 0 running, 2 completed, 0 failed)",
+        f"2 jobs (basic): 0 pending, 0 running, 2 completed, 0 failed; sweep dir {tmp_path}",
+        "0_lr=0  completed: test acc 90.00 %",
+        "1_lr=1  completed: test acc 93.00 %",
+    ]
+
+
+def test_watch_exits_1_when_a_job_did_not_complete(tmp_path: Path, held: contextlib.ExitStack) -> None:
+    manifest = sweep(tmp_path, 3)
+    set_states(manifest, "cus", held)
+    proc = subprocess.run([sys.executable, "-m", "fmsweep.status", str(tmp_path), "--watch"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 1  # job 2 stopped
+    assert proc.stdout == status.render(manifest, status.look(manifest))  # over at once: the table once
+
+
+def test_watch_on_a_terminal_is_one_block_never_taller_than_it(tmp_path: Path, held: contextlib.ExitStack,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    class Terminal(list):
+        def isatty(self) -> bool:
+            return True
+
+        def write(self, text: str) -> None:
+            self.append(text)
+
+        def flush(self) -> None:
+            pass
+
+    manifest = sweep(tmp_path, 12)
+    set_states(manifest, "ccccccfccccc", held)
+    results(tmp_path)
+    monkeypatch.setattr(status.shutil, "get_terminal_size", lambda: os.terminal_size((60, 8)))
+    out = Terminal()
+    assert status.watch(manifest, out, 0.01) == 1
+    lines = re.sub(r"\x1b\[(\d+F|2K|J)", "", "".join(out)).splitlines()
+    assert lines == [line[:59] for line in [
+        f"12 jobs (basic): 0 pending, 0 running, 11 completed, 1 failed; sweep dir {tmp_path}",
+        "6_lr=6    failed: ValueError: bad",
+        "0_lr=0    completed: test acc 90.00 %",
+        "… 10 more (10 completed)",
+        f"report: {tmp_path / 'report.md'}: Best setting on validation",
+        f"ensemble: {tmp_path / 'ensemble.json'}: 2 models on the test split",
+        f"resume the 1 unfinished job with: fmsweep resume {tmp_path}"]]
+
+
+def test_fmsweep_status_imports_neither_torch_nor_hydra() -> None:
+    """`fmsweep status` answers at once: nothing of training is imported."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "fmsweep.status", "--help"], capture_output=True,
+                          text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: fmsweep status")
+    modules = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert not {m for m in modules if m.split(".")[0] in ("torch", "hydra", "omegaconf", "yaml", "numpy")}
+
+
+def cluster_answers() -> bool:
+    if not (shutil.which("sbatch") and shutil.which("sinfo")):
+        return False
+    try:
+        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(not cluster_answers(), reason="no SLURM cluster answers (sbatch/sinfo); start one with "
+                                                  "tests/slurm/start.sh")
+def test_read_sees_real_slurm_jobs_pending_running_and_cancelled(tmp_path: Path) -> None:
+    """Two jobs that each want every CPU of the node: the first runs, the second pends; a third, held, is
+    cancelled before it ever runs, which only sacct remembers once squeue forgets it."""
+    cpus = max(int(n) for n in subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True,
+                                              check=True).stdout.split())
+
+    def sbatch(*args: str) -> str:
+        return subprocess.run(["sbatch", "--parsable", f"--cpus-per-task={cpus}", "-o", "/dev/null", "-J",
+                               "fmsweep-status-test", *args, "--wrap", "sleep 30"], capture_output=True, text=True,
+                              check=True, cwd=tmp_path).stdout.strip().split(";")[0]
+
+    ids = [sbatch(), sbatch(), sbatch("--hold")]
+    try:
+        subprocess.run(["scancel", ids[2]], check=True)
+        manifest = sweep(tmp_path / "sweep", 3, launcher="slurm")
+        for job, job_id in zip(manifest.jobs, ids):
+            job.launcher_job = job_id
+        manifest.save()
+        deadline = time.monotonic() + 120  # other jobs on the cluster may hold the node a while
+        while True:
+            statuses = status.read(manifest)
+            if statuses[0].state == "running" and statuses[2].state == "cancelled" or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert statuses[0] == Status("running", "starting")
+        assert statuses[1].state == "pending" and statuses[1].detail in ("Resources", "Priority")
+        assert statuses[2] == Status("cancelled", "SLURM CANCELLED by " + str(os.getuid()))
+        assert status.alive(manifest) == {0, 1}
+    finally:
+        subprocess.run(["scancel", *ids], check=False)

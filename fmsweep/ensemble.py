@@ -19,9 +19,9 @@ from omegaconf import OmegaConf
 from fmsweep import checkpoint
 from fmsweep.config import resolve_device
 from fmsweep.data import load_fashion_mnist, split_indices
-from fmsweep.errors import UserError
+from fmsweep.errors import ArgumentParser, UserError
 from fmsweep.files import atomic_write
-from fmsweep.runs import ArgumentParser, Run, find_runs, is_run, markdown_table
+from fmsweep.runs import Run, find_runs, is_run, markdown_table
 from fmsweep.train import predict, scores
 
 OUT_NAME = "ensemble.json"

@@ -1,6 +1,7 @@
 """The one exception type for mistakes of the user (bad config, wrong folder, bad file)."""
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -8,6 +9,13 @@ from typing import NoReturn
 
 class UserError(Exception):
     """Something the user gave is wrong; entry points print it as one line and exit with code 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad command line is a UserError (one line on stderr, exit 2) like any other."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{self.prog}: {message}")
 
 
 def exit_with(error: Exception, code: int = 2) -> NoReturn:

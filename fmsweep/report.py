@@ -21,9 +21,9 @@ from matplotlib.figure import Figure
 
 from fmsweep import figures
 from fmsweep.sweep import search
-from fmsweep.errors import UserError
+from fmsweep.errors import ArgumentParser, UserError
 from fmsweep.files import atomic_write
-from fmsweep.runs import SEED_KEY, ArgumentParser, Run, command, find_runs, markdown_table, override_key
+from fmsweep.runs import SEED_KEY, Run, command, find_runs, markdown_table, override_key
 
 METRICS = ("valid_loss", "valid_acc", "test_loss", "test_acc")
 MISSING = "–"

@@ -2,7 +2,6 @@
 the markdown tables and command-line parsing that the sweep tools (ensemble, report) share."""
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import json
@@ -11,7 +10,7 @@ import sys
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -34,13 +33,6 @@ FINAL_METRICS = ("best_epoch", "valid_loss", "valid_acc", "test_loss", "test_acc
 
 class NotARun(Exception):
     """A dir with a .hydra/config.yaml that is no complete fmsweep run dir; the message says what is wrong."""
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad command line is a UserError (one line on stderr, exit 2) like any other."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UserError(f"{self.prog}: {message}")
 
 
 def override_key(override: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -151,3 +152,17 @@ def tiny_sweep(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     """A finished sweep (SWEEP_JOBS) by the real command line. Do not write into it; tests that change it work on
     a copy."""
     return sweep_jobs(data_root, tmp_path_factory.mktemp("sweep"))
+
+
+def cluster_answers() -> bool:
+    """Whether a SLURM cluster answers here (sbatch and sinfo on the PATH, sinfo succeeding)."""
+    if not (shutil.which("sbatch") and shutil.which("sinfo")):
+        return False
+    try:
+        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+needs_cluster = pytest.mark.skipif(not cluster_answers(),
+                                   reason="no SLURM cluster answers (sbatch/sinfo); start one with tests/slurm/start.sh")

@@ -271,8 +271,8 @@ def test_cancel_on_slurm_scancels_the_sweeps_jobs_and_records_them(tmp_path: Pat
         make_sweep(tmp_path, "slurm", [*ids, None], completed=(3,))
         proc = fmsweep_cli("cancel", str(tmp_path))
         assert proc.returncode == 0, proc.stderr
-        assert proc.stdout == (f"fmsweep: cancelled 3 SLURM jobs of {tmp_path} ({' '.join(ids)}); 3 jobs recorded "
-                               f"cancelled, 1 completed before; resume with: fmsweep resume {tmp_path}\n")
+        assert proc.stdout == (f"fmsweep: cancelled 3 SLURM jobs of {tmp_path} ({array} (array of 2), {plain}); 3 "
+                               f"jobs recorded cancelled, 1 completed before; resume with: fmsweep resume {tmp_path}\n")
         assert not squeue_ids() & set(ids)
         states = sacct_states([array, plain])
         assert plain in states and any(job.startswith(f"{array}_") for job in states), states

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from fmsweep.sweep import launch
+from fmsweep.sweep import launch, manifest
 from fmsweep.sweep.manifest import JobRecord, Manifest
 
 
@@ -63,7 +63,7 @@ def test_a_pack_shares_its_launcher_job_id(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_ids_are_shown_by_array() -> None:
-    assert launch.ids_text(["7_0", "7_1", "7_2", "9"]) == "7 (array of 3), 9"
+    assert manifest.ids_text(["7_0", "7_1", "7_2", "9"]) == "7 (array of 3), 9"
 
 
 def test_max_array_size_is_read_from_slurm_or_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

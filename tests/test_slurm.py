@@ -2,7 +2,6 @@
 import csv
 import json
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -11,19 +10,8 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
-from conftest import ROOT, fast_overrides
+from conftest import ROOT, fast_overrides, needs_cluster
 
-
-def cluster_answers() -> bool:
-    if not (shutil.which("sbatch") and shutil.which("sinfo")):
-        return False
-    try:
-        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10).returncode == 0
-    except subprocess.TimeoutExpired:
-        return False
-
-
-needs_cluster = pytest.mark.skipif(not cluster_answers(), reason="no SLURM cluster answers (sbatch/sinfo); start one with tests/slurm/start.sh")
 
 # The GPU preset on a CPU-only test node: no GPU, one core and little memory per job.
 CPU_SLURM = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1",

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import needs_cluster
+
 from fmsweep.files import atomic_write
 from fmsweep.sweep import lock, status
 from fmsweep.sweep.manifest import JobRecord, Manifest
@@ -479,18 +481,8 @@ def test_fmsweep_status_imports_neither_torch_nor_hydra() -> None:
     assert not {m for m in modules if m.split(".")[0] in ("torch", "hydra", "omegaconf", "yaml", "numpy")}
 
 
-def cluster_answers() -> bool:
-    if not (shutil.which("sbatch") and shutil.which("sinfo")):
-        return False
-    try:
-        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10).returncode == 0
-    except subprocess.TimeoutExpired:
-        return False
-
-
 @pytest.mark.slurm
-@pytest.mark.skipif(not cluster_answers(), reason="no SLURM cluster answers (sbatch/sinfo); start one with "
-                                                  "tests/slurm/start.sh")
+@needs_cluster
 def test_read_sees_real_slurm_jobs_pending_running_and_cancelled(tmp_path: Path) -> None:
     """Two jobs that each want every CPU of the node: the first runs, the second pends; a third, held, is
     cancelled before it ever runs, which only sacct remembers once squeue forgets it."""

@@ -14,8 +14,7 @@ import time
 from collections.abc import Callable, Collection
 from pathlib import Path
 
-from fmsweep.errors import UserError, exit_with
-from fmsweep.runs import ArgumentParser
+from fmsweep.errors import ArgumentParser, UserError, exit_with
 from fmsweep.sweep import manifest
 from fmsweep.sweep.manifest import Manifest
 
@@ -79,11 +78,11 @@ def is_local_job(pid: int) -> bool:
 def record(sweep_dir: Path) -> tuple[int, int]:
     """Mark every job of the sweep that did not complete (or get pruned) cancelled in sweep.json; the numbers of
     jobs cancelled and completed. Read afresh: a launcher that still submits may have rewritten it."""
-    from fmsweep import tracking
+    from fmsweep.sweep.status import metrics_of
 
     sweep = manifest.require(sweep_dir)
     for job in sweep.jobs:
-        job.cancelled = not tracking.completed(sweep_dir / job.name)
+        job.cancelled = metrics_of(sweep_dir / job.name).get("status") not in ("completed", "pruned")
     sweep.save()
     cancelled = sum(job.cancelled for job in sweep.jobs)
     return cancelled, len(sweep.jobs) - cancelled
@@ -115,7 +114,7 @@ def cancel(sweep: Manifest, shown: str) -> str:
         if not targets and not finish:
             return f"fmsweep: nothing to cancel: no SLURM job of {shown} is queued or running"
         slurm("scancel", *targets, *([finish] if finish else []))
-        what = f"{count(len(targets), 'SLURM job')} of {shown}" + (f" ({' '.join(targets)})" if targets else "")
+        what = f"{count(len(targets), 'SLURM job')} of {shown}" + (f" ({manifest.ids_text(targets)})" if targets else "")
         if finish:
             what += f" and its finish job {finish}"
 

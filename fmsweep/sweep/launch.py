@@ -22,7 +22,7 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fmsweep.sweep import packing
-from fmsweep.sweep.manifest import Manifest
+from fmsweep.sweep.manifest import Manifest, ids_text
 
 # how long a Ctrl-C'd sweep of submitit_local waits for its jobs, which got the Ctrl-C too, to save and stop:
 # submitit's controller of a job gives it 1 s after SIGINT, then kills it
@@ -182,14 +182,6 @@ def wait(jobs: list[Any]) -> Exception | None:
         if result.status == JobStatus.FAILED:
             error = error or result._return_value
     return error
-
-
-def ids_text(ids: list[str]) -> str:
-    """`123_[0-3]` style summary of SLURM ids: arrays by their id and task count, lone jobs as they are."""
-    arrays: dict[str, int] = {}
-    for job_id in ids:
-        arrays[job_id.partition("_")[0]] = arrays.get(job_id.partition("_")[0], 0) + ("_" in job_id)
-    return ", ".join(f"{a} (array of {n})" if n else a for a, n in arrays.items())
 
 
 def launch(launcher: Any, manifest: Manifest, configs: dict[int, DictConfig], detach: bool = False,

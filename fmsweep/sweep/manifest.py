@@ -108,3 +108,11 @@ def differences(recorded: JobRecord, overrides: list[str]) -> str:
     if new and old:
         return f"{' '.join(new)} instead of {' '.join(old)}"
     return f"{' '.join(new)} added" if new else f"without {' '.join(old)}"
+
+
+def ids_text(ids: list[str]) -> str:
+    """`123_[0-3]` style summary of SLURM ids: arrays by their id and task count, lone jobs as they are."""
+    arrays: dict[str, int] = {}
+    for job_id in ids:
+        arrays[job_id.partition("_")[0]] = arrays.get(job_id.partition("_")[0], 0) + ("_" in job_id)
+    return ", ".join(f"{a} (array of {n})" if n else a for a, n in arrays.items())

@@ -160,19 +160,16 @@ def check_slurm_request(params: dict[str, Any]) -> None:
     launcher's resource request (`sbatch --test-only` on the batch script submitit would submit); an impossible
     request is a UserError quoting SLURM."""
     import submitit
-    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
     from submitit.slurm.slurm import _make_sbatch_string  # the script submitit itself would submit
+
+    from fmsweep.sweep.launch import launcher_settings
 
     check_slurm_timeout(params)
     if shutil.which("sbatch") is None:
         raise UserError("hydra/launcher=slurm needs SLURM's sbatch, which is not on this machine's PATH")
-    # as hydra-submitit-launcher passes them: its generic keys as they are, the others prefixed with slurm_
-    generic = set(OmegaConf.structured(BaseQueueConf).keys())
-    settings = {k if k in generic else f"slurm_{k}": v for k, v in params.items()
-                if k not in ("submitit_folder", "max_num_timeout")}
     with tempfile.TemporaryDirectory() as folder:
         executor = submitit.AutoExecutor(cluster="slurm", folder=folder)
-        executor.update_parameters(**settings)
+        executor.update_parameters(**launcher_settings(params, "slurm"))
         script = Path(folder) / "test.sh"
         script.write_text(_make_sbatch_string(command="true", folder=folder, **executor._executor.parameters))
         proc = subprocess.run(["sbatch", "--test-only", str(script)], capture_output=True, text=True, timeout=60)

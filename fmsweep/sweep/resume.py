@@ -12,8 +12,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from fmsweep.errors import UserError, exit_with
-from fmsweep.runs import ArgumentParser, override_key
+from fmsweep.errors import ArgumentParser, UserError, exit_with
+from fmsweep.runs import override_key
 from fmsweep.sweep import manifest
 
 SWEEP_DIR = "hydra.sweep.dir"

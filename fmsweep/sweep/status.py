@@ -7,7 +7,6 @@ over. Nothing here imports torch, Hydra or OmegaConf: the command answers at onc
 the sweep dir too (without SLURM's commands the files alone decide)."""
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import json
@@ -20,9 +19,9 @@ from collections import Counter
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, NoReturn, TextIO
+from typing import Any, NamedTuple, TextIO
 
-from fmsweep.errors import UserError, exit_with
+from fmsweep.errors import ArgumentParser, UserError, exit_with
 from fmsweep.sweep import lock
 from fmsweep.sweep.manifest import JobRecord, Manifest, load, require
 
@@ -221,7 +220,7 @@ class Locks:
         return False
 
 
-def _metrics(run_dir: Path) -> dict[str, Any]:
+def metrics_of(run_dir: Path) -> dict[str, Any]:
     """metrics.json of a run; {} when it has none (yet) or it cannot be read."""
     try:
         metrics = json.loads((run_dir / METRICS).read_text())
@@ -272,7 +271,7 @@ def job_status(sweep_dir: Path, job: JobRecord, slurm: SlurmJob | None, alive: b
     """The status of one job by read's rules; `slurm` is SLURM's view of its launcher job, `alive` whether its
     process runs or holds its run dir's lock, `stale` given when the job is being launched again."""
     run_dir = sweep_dir / job.name
-    metrics = _metrics(run_dir)
+    metrics = metrics_of(run_dir)
     result = metrics.get("status")
     if result == "completed" and not _short(metrics, job):
         return Status("completed", f"test acc {_percent(metrics.get('test_acc'))} %")
@@ -490,14 +489,6 @@ def watch(manifest: Manifest, stream: TextIO, interval: float) -> int:
             stream.flush()
             return 0 if all(s.state in ("completed", "pruned") for s in view.statuses.values()) else 1
         time.sleep(interval)
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad command line is a UserError, as fmsweep.runs.ArgumentParser: importing that module
-    would load torch, which this command never needs."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UserError(f"{self.prog}: {message}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -241,15 +241,17 @@ def squeue_ids() -> set[str]:
                               check=True).stdout.split())
 
 
-def sacct_states(job_ids: list[str], timeout_s: float = 30) -> dict[str, str]:
-    """Accounting's state of each job, once none is pending or running there; an array's tasks that never
-    started share one line (`123_[1-3]`)."""
+def sacct_states(job_ids: list[str], timeout_s: float = 60) -> dict[str, str]:
+    """Accounting's state of each job (each job id listed, as itself or by its tasks), once none is pending or
+    running there: slurmdbd may take a while under load. An array's tasks that never started share one line
+    (`123_[1-3]`)."""
     deadline = time.time() + timeout_s
     while True:
         out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
                              capture_output=True, text=True).stdout
         states = dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
-        ended = states and all(s not in ("PENDING", "RUNNING", "REQUEUED") for s in states.values())
+        every = all(any(job == i or job.startswith(f"{i}_") for job in states) for i in job_ids)
+        ended = every and all(s not in ("PENDING", "RUNNING", "REQUEUED") for s in states.values())
         if ended or time.time() > deadline:
             return states
         time.sleep(0.5)

@@ -93,7 +93,8 @@ def test_a_detached_grid_returns_at_once_and_its_status_follows_it_to_its_result
 def test_a_rerun_after_the_command_died_submits_no_second_job_for_a_live_or_completed_one(data_root: Path,
                                                                                         tmp_path: Path) -> None:
     sweep_dir = tmp_path / f"hup-{time.time_ns()}"  # a name of its own: sacct finds its jobs by it
-    args = [*CPU_SLURM, *fast_overrides(data_root), "model=linear", "epochs=1,12", "batch_size=8",
+    # job 1 trains long enough to be alive when the rerun looks, under load too
+    args = [*CPU_SLURM, *fast_overrides(data_root), "model=linear", "epochs=1,40", "batch_size=8",
             f"hydra.sweep.dir={sweep_dir}"]
     proc = subprocess.Popen([sys.executable, "-m", "fmsweep", "-m", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -112,7 +113,7 @@ def test_a_rerun_after_the_command_died_submits_no_second_job_for_a_live_or_comp
     assert "completed before, skipped" in again.stdout and "still alive from an earlier launch" in again.stdout
     after = sacct_jobs(sweep_dir)
     assert len(after) == len(before) == 2, (before, after)
-    for job, epochs in zip(job_dirs(sweep_dir), (1, 12)):
+    for job, epochs in zip(job_dirs(sweep_dir), (1, 40)):
         assert json.loads((job / "metrics.json").read_text())["status"] == "completed"
         assert history_epochs(job) == list(range(1, epochs + 1))
         assert tensorboard_epochs(job) == list(range(1, epochs + 1))

@@ -145,6 +145,26 @@ def test_a_grid_is_composed_once_for_each_combination_of_its_group_choices(
     assert [int(c.seed) for c in got[:3]] == [99, 1, 2]
 
 
+def test_hydra_overrides_of_the_command_line_that_add_keys_keep_the_grid_shared(
+        data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`+hydra.launcher.additional_parameters={hold:true}` (any +hydra key) on the command line is in every job's
+    composition, the shared one too: the grid is still composed once per group choice, as Hydra composes it."""
+    common = [f"data.root={data_root}", "data.download=false", "device=cpu", "epochs=1"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3", job_name="fmsweep"):
+        loader = GlobalHydra.instance().hydra.config_loader
+        master = loader.load_configuration(
+            "config", [f"hydra.sweep.dir={tmp_path}", "hydra.mode=MULTIRUN", "hydra/launcher=submitit_local",
+                       "+hydra.launcher.additional_parameters={hold:true}", "+hydra.job.env_set.FOO=bar", *common,
+                       "seed=0,1"], run_mode=RunMode.MULTIRUN)
+        jobs = [[*common, "model=fc", f"seed={seed}"] for seed in range(4)]
+        want = hydra_configs(loader, master, jobs, 0)
+        compositions = hydra_compositions(loader, monkeypatch)
+        got = prelaunch.check_jobs(loader, master, jobs)
+    assert_as_hydra_composes(got, want)
+    assert compositions == [["model=fc"]]
+    assert got[0].hydra.launcher.additional_parameters == {"hold": True}
+
+
 def test_a_bad_job_is_one_user_error_naming_it(sweep: tuple[ConfigLoader, DictConfig, list[str]]) -> None:
     loader, master, common = sweep
     jobs = [[*common, "seed=0"], [*common, "seed=1", "model=fc", "model.dropout=2"]]

@@ -204,6 +204,10 @@ def launch(launcher: Any, manifest: Manifest, configs: dict[int, DictConfig], de
         submitted = submit(launcher, manifest, planned)
         finish = submit_finish(launcher, manifest)
         print(detached_lines(manifest, [str(j.job_id) for j in submitted], finish))
+        if finish is None:  # nothing left to wait for: the results are written now
+            from fmsweep.sweep.summary import write_results
+
+            write_results(sweep_dir)
         return None
     earlier = status.alive(manifest) - set(configs)
     # jobs of the basic launcher print their own progress here: their status comes one line per change

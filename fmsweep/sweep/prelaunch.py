@@ -67,10 +67,9 @@ class SweepComposer:
         self.parsed: dict[str, Override] = {}
         self.groups: dict[str, bool] = {}
         self.bases: dict[tuple[str, ...], DictConfig | None] = {}
-        hydra_overrides = list(master.hydra.overrides.hydra)
-        # a search path beyond the primary config's changes which keys are config groups
-        self.enabled = (isinstance(loader, ConfigLoaderImpl) and not master.hydra.searchpath
-                        and all(self._kind(o) == "shared" for o in self._parse(hydra_overrides)))
+        # a search path beyond the primary config's changes which keys are config groups. The command line's
+        # hydra overrides (+hydra.launcher.x=... too) are in every job's composition, the shared ones included
+        self.enabled = isinstance(loader, ConfigLoaderImpl) and not master.hydra.searchpath
 
     def compose(self, overrides: list[str]) -> DictConfig:
         """The job's config, as `loader.load_sweep_config(master, overrides)` returns it."""

@@ -72,12 +72,12 @@ def units(launcher: Any, manifest: Manifest, configs: dict[int, DictConfig]) -> 
     out = []
     for members in packs:
         member_nums = [nums[i] for i in members]
-        config = copy.deepcopy(configs[member_nums[0]])
+        config = configs[member_nums[0]]  # a lone job's own: what is set below is what it resolves to
         name = str(config.hydra.sweep.subdir)
         pack = None
         if len(members) > 1:
             pack = packing.write_pack(sweep_dir, [configs[n] for n in member_nums])
-            name = pack
+            config, name = copy.deepcopy(config), pack
         with open_dict(config):
             # resolved here: ${now:...} in the sweep dir would give another time in the job
             config.hydra.sweep.dir = str(sweep_dir)

@@ -41,6 +41,8 @@ def pack_key(cfg: DictConfig) -> str:
 def plan(configs: list[DictConfig]) -> list[list[int]]:
     """The sweep's jobs (by index) grouped into packs of at most `pack` jobs each, in job order: a job joins the
     newest pack of its kind while that has room. Jobs with pack=1 stay alone."""
+    if all(cfg.pack == 1 for cfg in configs):
+        return [[index] for index in range(len(configs))]
     packs: list[list[int]] = []
     open_pack: dict[str, list[int]] = {}
     for index, cfg in enumerate(configs):

@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=5, help="timed runs of each (default: %(default)s)")
     parser.add_argument("--grid", type=grids, metavar="N,...",
                         help="instead: sweeps of N runs (seed=range(N)), from the command to their first job")
-    parser.add_argument("overrides", nargs="*", help="config overrides of the run, e.g. data.root=DIR data.download=false")
+    parser.add_argument("overrides", nargs="*",
+                        help="config overrides of the run, e.g. data.root=DIR data.download=false")
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be >= 1")

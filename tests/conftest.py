@@ -164,5 +164,5 @@ def cluster_answers() -> bool:
         return False
 
 
-needs_cluster = pytest.mark.skipif(not cluster_answers(),
-                                   reason="no SLURM cluster answers (sbatch/sinfo); start one with tests/slurm/start.sh")
+needs_cluster = pytest.mark.skipif(
+    not cluster_answers(), reason="no SLURM cluster answers (sbatch/sinfo); start one with tests/slurm/start.sh")

@@ -114,7 +114,8 @@ def cancel(sweep: Manifest, shown: str) -> str:
         if not targets and not finish:
             return f"fmsweep: nothing to cancel: no SLURM job of {shown} is queued or running"
         slurm("scancel", *targets, *([finish] if finish else []))
-        what = f"{count(len(targets), 'SLURM job')} of {shown}" + (f" ({manifest.ids_text(targets)})" if targets else "")
+        what = f"{count(len(targets), 'SLURM job')} of {shown}"
+        what += f" ({manifest.ids_text(targets)})" if targets else ""
         if finish:
             what += f" and its finish job {finish}"
 

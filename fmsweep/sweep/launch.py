@@ -213,7 +213,7 @@ def launch(launcher: Any, manifest: Manifest, configs: dict[int, DictConfig], de
     # jobs of the basic launcher print their own progress here: their status comes one line per change
     stream = sys.stdout if kind != "BasicLauncher" else _Lines(sys.stdout)
     quiet = _quiet_controllers(sweep_dir) if kind == "LocalLauncher" else nullcontext()
-    error, submitted = None, []
+    error = None
     with LiveStatus(manifest, list(configs), stream=stream, others=others or []), quiet:
         try:
             if kind == "BasicLauncher":
@@ -231,8 +231,10 @@ def launch(launcher: Any, manifest: Manifest, configs: dict[int, DictConfig], de
             if kind == "BasicLauncher":  # its jobs run here and handle SIGINT themselves (fmsweep.__main__.task)
                 raise
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while the line is made: no traceback
-            print(interrupted_line(kind == "SlurmLauncher", [str(j.job_id) for j in submitted], sweep_dir),
-                  file=sys.stderr)
+            # the record has the ids of what was submitted, also when the Ctrl-C came amid the submission
+            ids = list(dict.fromkeys(job.launcher_job for job in manifest.jobs if job.num in configs
+                                     and job.launcher_job))
+            print(interrupted_line(kind == "SlurmLauncher", ids, sweep_dir), file=sys.stderr)
             sys.exit(128 + signal.SIGINT)
     return error
 

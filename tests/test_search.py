@@ -12,6 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 from conftest import ROOT
+from omegaconf import OmegaConf
 from optuna.trial import TrialState
 from test_slurm import CPU_SLURM, needs_cluster
 
@@ -178,3 +179,118 @@ def test_a_search_on_slurm(data_root: Path, tmp_path: Path) -> None:
     trials = study(tmp_path).trials
     assert len(trials) == 3 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     assert len(list((tmp_path / ".submitit").glob("*/*_log.out"))) == 3
+
+
+SETUP_SPACE = ["optimizer.lr=tag(log,interval(1e-5,1e-1))", "reg.l2=tag(log,interval(1e-6,1e-2))"]
+
+
+def open_study(sweep_dir: Path, seed: int = 0) -> optuna.Study:
+    """The study of an fc search over lr and L2, opened as run_search opens it."""
+    fixed, space = search.split(["model=fc", "epochs=4", *SETUP_SPACE])
+    return search.open_study(sweep_dir, search.setup("valid_loss", fixed, space, []), seed, "none", {})
+
+
+def ask(study: optuna.Study, n: int) -> list[dict]:
+    """Ask `n` trials of the study's space, telling each a made-up objective."""
+    space = search.split(SETUP_SPACE)[1]
+    params = []
+    for _ in range(n):
+        trial = study.ask(space)
+        study.tell(trial, trial.params["optimizer.lr"] + trial.params["reg.l2"])
+        params.append(trial.params)
+    return params
+
+
+def test_a_continued_search_asks_new_settings_and_a_fresh_one_what_its_seed_says(tmp_path: Path) -> None:
+    first = ask(open_study(tmp_path / "a"), 8)
+    # a fresh search asks what TPESampler(seed) asks, as before continuations were seeded apart
+    plain = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    assert first == ask(plain, 8)
+    continued = ask(open_study(tmp_path / "a"), 4)
+    assert all(p not in first for p in continued)
+    assert len({tuple(p.values()) for p in first + continued}) == 12
+    # deterministic: the same search continued elsewhere asks the same new settings
+    ask(open_study(tmp_path / "b"), 8)
+    assert ask(open_study(tmp_path / "b"), 4) == continued
+
+
+def test_a_continuation_of_another_setup_is_refused_before_any_trial(data_root: Path, tmp_path: Path) -> None:
+    args = ["model=fc", "epochs=1", *SETUP_SPACE]
+    assert run(data_root, tmp_path, *args, "hydra.sweeper.n_trials=1").returncode == 0
+    journal = (tmp_path / search.JOURNAL).read_bytes()
+    for other, words in [
+        (["model=linear", "data.subset=500", "epochs=2", *SETUP_SPACE],
+         "fixed overrides epochs=1 model=fc in the study, data.subset=500 epochs=2 model=linear here"),
+        (["model=fc", "epochs=1", "optimizer.lr=interval(1e-5,1e-1)", SETUP_SPACE[1]],
+         "optimizer.lr: log interval(1e-05, 0.1) in the study, interval(1e-05, 0.1) here"),
+        ([*args, "hydra.sweeper.objective=valid_acc"], "objective=valid_loss in the study, objective=valid_acc here"),
+    ]:
+        proc = run(data_root, tmp_path, *other, "hydra.sweeper.n_trials=2")
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith(f"fmsweep: error: the search in {tmp_path} was started with another setup: ")
+        assert proc.stderr.count("\n") == 1 and words in proc.stderr
+        assert "(data.root, data.download, device, cuda.bf16, cuda.graph, stack, pack may differ)" in proc.stderr
+        assert (tmp_path / search.JOURNAL).read_bytes() == journal
+    # the same setup continues, whatever the machine-only keys say
+    proc = run(data_root, tmp_path, *args, "stack=false", "hydra.sweeper.n_trials=2")
+    assert proc.returncode == 0, proc.stderr
+    assert [t.state for t in study(tmp_path).trials] == [TrialState.COMPLETE] * 2
+
+
+def default_pruners() -> dict:
+    return OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "hydra" / "sweeper" / "optuna.yaml"))
+
+
+@pytest.mark.parametrize("pruner,settings,attrs", [
+    ("median", {"startup_trials": 7, "warmup_epochs": 2}, {"_n_startup_trials": 7, "_n_warmup_steps": 3}),
+    ("halving", {"min_epochs": 2, "reduction_factor": 4}, {"min_epochs": 2, "reduction_factor": 4, "epochs": 9}),
+])
+def test_the_pruner_built_in_a_job_has_the_recorded_settings(tmp_path: Path, pruner: str, settings: dict,
+                                                             attrs: dict) -> None:
+    fixed, space = search.split(["model=fc", *SETUP_SPACE])
+    study = search.open_study(tmp_path, search.setup("valid_loss", fixed, space, []), 0, pruner, settings)
+    study.ask(space)
+    built = search.Trial(tmp_path, 0, epochs=9).study.pruner
+    assert {key: getattr(built, key) for key in attrs} == attrs
+
+
+@pytest.mark.parametrize("key,value,words", [
+    ("median.startup_trials", -1, "hydra.sweeper.median.startup_trials must be an integer >= 0, got -1"),
+    ("median.warmup_epochs", 0.5, "hydra.sweeper.median.warmup_epochs must be an integer >= 0, got 0.5"),
+    ("halving.reduction_factor", 1, "hydra.sweeper.halving.reduction_factor must be an integer >= 2, got 1"),
+    ("halving.min_epochs", 0, "hydra.sweeper.halving.min_epochs must be an integer >= 1, got 0"),
+])
+def test_a_bad_pruner_setting_is_refused(key: str, value: object, words: str) -> None:
+    conf = default_pruners()
+    OmegaConf.update(conf := OmegaConf.create(conf), key, value)
+    with pytest.raises(search.UserError, match=re.escape(words)):
+        search.check_settings(4, 2, "valid_loss", 0, "median", False, {"median": conf.median, "halving": conf.halving})
+
+
+def test_a_bad_pruner_setting_is_one_line_before_any_trial(data_root: Path, tmp_path: Path) -> None:
+    proc = run(data_root, tmp_path / "sweep", *SPACE, "hydra.sweeper.pruner=median",
+               "hydra.sweeper.median.startup_trials=-1")
+    assert proc.returncode == 2
+    assert proc.stderr == "fmsweep: error: hydra.sweeper.median.startup_trials must be an integer >= 0, got -1\n"
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_by_default_the_median_pruner_waits_for_its_startup_trials() -> None:
+    settings = default_pruners()["median"]
+    study = optuna.create_study(pruner=search.make_pruner("median", settings, epochs=4))
+    for completed in range(settings["startup_trials"] + 1):
+        # a trial far worse than all completed ones: pruned only once startup_trials trials completed, and never
+        # within its warm-up epochs
+        hopeless = study.ask()
+        decisions = []
+        for epoch in range(1, 4):
+            hopeless.report(100.0, epoch)
+            decisions.append(hopeless.should_prune())
+        study.tell(hopeless, state=TrialState.FAIL)
+        past_warmup = [False] * settings["warmup_epochs"] + [completed >= settings["startup_trials"]] * (
+            3 - settings["warmup_epochs"])
+        assert decisions == past_warmup, completed
+        good = study.ask()
+        for epoch in range(1, 5):
+            good.report(1.0 / epoch, epoch)
+        study.tell(good, 0.25)

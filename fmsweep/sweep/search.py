@@ -6,11 +6,16 @@ filesystem; running the same command with that sweep dir continues it. Trial n i
 `<n>_<overrides>` as in a grid sweep. With pruning, each trial reports its objective to the study after every
 epoch from inside its job (`Trial`, read from the job dir's place in the sweep dir) and stops once the pruner
 rejects it.
+
+A continuation must continue the same search: the study records what its trials train (the objective, the fixed
+overrides but for machine-only keys, the space) and a command that differs in any of them is refused. Its sampler
+is seeded from the seed and the number of trials the study holds, so it draws new settings, not the first launch's.
 """
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +30,9 @@ JOURNAL = "optuna.journal"
 STUDY = "fmsweep"
 OBJECTIVES = {"valid_loss": "minimize", "valid_acc": "maximize"}
 PRUNERS = ("none", "median", "halving")
+# each pruner's settings (hydra.sweeper.<pruner>.<key>) and the least value each takes
+PRUNER_SETTINGS = {"median": {"startup_trials": 0, "warmup_epochs": 0},
+                   "halving": {"min_epochs": 1, "reduction_factor": 2}}
 
 
 def storage(sweep_dir: Path) -> Any:
@@ -33,36 +41,36 @@ def storage(sweep_dir: Path) -> Any:
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(sweep_dir / JOURNAL)))
 
 
-def make_pruner(name: str, epochs: int) -> Any:
+def make_pruner(name: str, settings: dict[str, int], epochs: int) -> Any:
     """The pruner of a search, for a trial of `epochs` epochs: median stops a trial worse than the median of the
-    others at the same epoch (after 2 trials finished); halving is successive halving (`Halving`); none never
-    prunes."""
+    others at the same epoch, once `startup_trials` trials completed and past the trial's first `warmup_epochs`
+    epochs; halving is successive halving (`Halving`); none never prunes."""
     import optuna
 
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+        # epochs are reported as steps 1, 2, ...: a trial can be pruned at step n_warmup_steps and later
+        return optuna.pruners.MedianPruner(n_startup_trials=settings["startup_trials"],
+                                           n_warmup_steps=settings["warmup_epochs"] + 1)
     if name == "halving":
-        return Halving(epochs)
+        return Halving(epochs, settings["min_epochs"], settings["reduction_factor"])
     return optuna.pruners.NopPruner()
 
 
 class Halving:
-    """Asynchronous successive halving over a run's epochs: at rungs of 1, 3, 9, ... epochs a trial goes on only if
-    it is among the best third of the trials that reached the rung. The rungs stop at a third of the run: past the
-    last one a trial trains to the end, as in Hyperband's brackets, whose top rung is the whole run (a trial
-    stopped later would have cost most of a run and saved little)."""
+    """Asynchronous successive halving over a run's epochs: at rungs of m, m*r, m*r^2, ... epochs (m min_epochs,
+    r reduction_factor) a trial goes on only if it is among the best 1/r of the trials that reached the rung. The
+    rungs stop at 1/r of the run: past the last one a trial trains to the end, as in Hyperband's brackets, whose top
+    rung is the whole run (a trial stopped later would have cost most of a run and saved little)."""
 
-    RATE = 3
-
-    def __init__(self, epochs: int) -> None:
+    def __init__(self, epochs: int, min_epochs: int = 1, reduction_factor: int = 3) -> None:
         import optuna
 
-        self.rungs = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=self.RATE)
-        self.epochs = epochs
+        self.rungs = optuna.pruners.SuccessiveHalvingPruner(min_resource=min_epochs, reduction_factor=reduction_factor)
+        self.epochs, self.min_epochs, self.reduction_factor = epochs, min_epochs, reduction_factor
 
     def prune(self, study: Any, trial: Any) -> bool:
         step = trial.last_step
-        return step is not None and step * self.RATE <= self.epochs and self.rungs.prune(study, trial)
+        return step is not None and step * self.reduction_factor <= self.epochs and self.rungs.prune(study, trial)
 
 
 def distribution(override: Override) -> Any:
@@ -102,6 +110,89 @@ def split(arguments: list[str]) -> tuple[list[str], dict[str, Any]]:
     return fixed, space
 
 
+def describe(dist: Any) -> str:
+    """A distribution in words, e.g. `log interval(1e-05, 0.1)`, `int interval(1, 8) step 2`, `choice(fc, cnn)`."""
+    from optuna.distributions import IntDistribution
+
+    if hasattr(dist, "choices"):
+        return f"choice({', '.join(map(str, dist.choices))})"
+    words = ["log"] * dist.log + ["int"] * isinstance(dist, IntDistribution)
+    words.append(f"interval({dist.low!r}, {dist.high!r})")
+    if dist.step is not None and not (isinstance(dist, IntDistribution) and dist.step == 1):
+        words.append(f"step {dist.step!r}")
+    return " ".join(words)
+
+
+def setup(objective: str, fixed: list[str], space: dict[str, Any], machine_keys: list[str]) -> dict[str, Any]:
+    """What a search's trials train, as the study records it (user attrs) and a continuation must match: the
+    objective, the sorted fixed overrides but those of `machine_keys` (where data is, which device: conf/config.yaml's
+    hydra.job.config.override_dirname.exclude_keys), and each searched key's distribution as Optuna's JSON."""
+    from optuna.distributions import distribution_to_json
+
+    kept = [o.input_line for o in OverridesParser.create().parse_overrides(fixed) if o.key_or_group not in machine_keys]
+    return {"objective": objective, "fixed": sorted(kept),
+            "space": {key: distribution_to_json(dist) for key, dist in sorted(space.items())}}
+
+
+def differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """How the setup a study recorded differs from this command's, one phrase each; keys the study did not record
+    (a study of an older fmsweep) are taken as they are."""
+    from optuna.distributions import json_to_distribution
+
+    found = []
+    if recorded.get("objective", wanted["objective"]) != wanted["objective"]:
+        found.append(f"objective={recorded['objective']} in the study, objective={wanted['objective']} here")
+    if "fixed" in recorded and recorded["fixed"] != wanted["fixed"]:
+        theirs = [o for o in recorded["fixed"] if o not in wanted["fixed"]]
+        ours = [o for o in wanted["fixed"] if o not in recorded["fixed"]]
+        found.append(f"fixed overrides {' '.join(theirs) or 'none'} in the study, {' '.join(ours) or 'none'} here")
+    if "space" in recorded:
+        theirs = {k: json_to_distribution(v) for k, v in recorded["space"].items()}
+        ours = {k: json_to_distribution(v) for k, v in wanted["space"].items()}
+        for key in sorted(theirs.keys() | ours.keys()):
+            if theirs.get(key) != ours.get(key):
+                study_side, here = (describe(side[key]) if key in side else "not searched" for side in (theirs, ours))
+                found.append(f"{key}: {study_side} in the study, {here} here")
+    return found
+
+
+def sampler_seed(seed: int, trials: int) -> int:
+    """The TPE sampler's seed for a launch of a search whose study holds `trials` trials: `seed` for a fresh search,
+    a seed drawn from both for a continuation (the same seed again would replay the first launch's draws)."""
+    import numpy as np
+
+    return seed if trials == 0 else int(np.random.SeedSequence([seed, trials]).generate_state(1)[0])
+
+
+def open_study(sweep_dir: Path, wanted: dict[str, Any], seed: int, pruner: str, settings: dict[str, int],
+               machine_keys: Sequence[str] = ()) -> Any:
+    """The search's study in `sweep_dir`: created with the setup `wanted` recorded, or continued when the setup it
+    recorded is the same (else a UserError naming the differences and that `machine_keys` may differ, before
+    anything is written); its sampler seeded by `sampler_seed`. The pruner and its settings are recorded on every
+    launch: the trials build it from them."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    journal = sweep_dir / JOURNAL
+    if journal.is_file() and STUDY in optuna.get_all_study_names(storage(sweep_dir)):
+        study = optuna.load_study(study_name=STUDY, storage=storage(sweep_dir))
+        found = differences(study.user_attrs, wanted)
+        if found:
+            free = f" ({', '.join(machine_keys)} may differ)" if machine_keys else ""
+            raise UserError(f"the search in {sweep_dir} was started with another setup: {'; '.join(found)}; continue "
+                            f"it with the same one{free} or choose another hydra.sweep.dir; nothing was launched")
+        study.sampler = optuna.samplers.TPESampler(seed=sampler_seed(seed, len(study.get_trials(deepcopy=False))))
+    else:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        study = optuna.create_study(study_name=STUDY, storage=storage(sweep_dir),
+                                    direction=OBJECTIVES[wanted["objective"]],
+                                    sampler=optuna.samplers.TPESampler(seed=seed))
+    for key, value in {**wanted, "pruner": pruner, "pruner_settings": settings}.items():
+        if study.user_attrs.get(key) != value:
+            study.set_user_attr(key, value)
+    return study
+
+
 def override_value(value: Any) -> str:
     """A sampled value as a Hydra override value."""
     return repr(value) if isinstance(value, float) else str(value)
@@ -115,7 +206,8 @@ class Trial:
         import optuna
 
         self.study = optuna.load_study(study_name=STUDY, storage=storage(sweep_dir))
-        self.study.pruner = make_pruner(self.study.user_attrs["pruner"], epochs)
+        attrs = self.study.user_attrs
+        self.study.pruner = make_pruner(attrs["pruner"], attrs.get("pruner_settings", {}), epochs)
         self.objective = self.study.user_attrs["objective"]
         self.trial_id = self.study._storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
         self.trial = optuna.Trial(self.study, self.trial_id)
@@ -140,20 +232,34 @@ class Trial:
         return self.trial.should_prune()
 
 
-def check_settings(n_trials: Any, n_jobs: Any, objective: Any, seed: Any, pruner: Any, detach: Any) -> None:
-    """The search's own settings (hydra.sweeper.*): a bad one is a UserError naming it and what it takes."""
-    for name, value, ok in (("n_trials", n_trials, isinstance(n_trials, int) and n_trials >= 1),
-                            ("n_jobs", n_jobs, isinstance(n_jobs, int) and n_jobs >= 1),
+def check_settings(n_trials: Any, n_jobs: Any, objective: Any, seed: Any, pruner: Any, detach: Any,
+                   pruners: dict[str, Any]) -> dict[str, int]:
+    """The search's own settings (hydra.sweeper.*; `pruners`: each pruner's settings by name): a bad one is a
+    UserError naming it and what it takes. The settings of the chosen pruner, as plain ints."""
+    def integer(value: Any, least: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+    for name, value, ok in (("n_trials", n_trials, integer(n_trials, 1)),
+                            ("n_jobs", n_jobs, integer(n_jobs, 1)),
                             ("objective", objective, objective in OBJECTIVES),
                             ("pruner", pruner, pruner in PRUNERS),
-                            ("seed", seed, isinstance(seed, int))):
+                            ("seed", seed, integer(seed, 0) and seed < 2**32)):
         if not ok:
-            expected = {"objective": ", ".join(OBJECTIVES), "pruner": ", ".join(PRUNERS)}.get(
-                name, "an integer >= 1" if name != "seed" else "an integer")
+            expected = {"objective": ", ".join(OBJECTIVES), "pruner": ", ".join(PRUNERS),
+                        "seed": "an integer in [0, 2**32)"}.get(name, "an integer >= 1")
             raise UserError(f"hydra.sweeper.{name} must be {expected}, got {value!r}")
+    for name, least in PRUNER_SETTINGS.items():
+        given = pruners.get(name)
+        if not isinstance(given, Mapping) or set(given) != set(least):
+            keys = ", ".join(given) if isinstance(given, Mapping) else repr(given)
+            raise UserError(f"hydra.sweeper.{name} takes {', '.join(least)}, got {keys or 'none'}")
+        for key, value in given.items():
+            if not integer(value, least[key]):
+                raise UserError(f"hydra.sweeper.{name}.{key} must be an integer >= {least[key]}, got {value!r}")
     if detach:
         raise UserError("hydra.sweeper.detach=true: a search cannot be detached yet (this command asks each trial as "
                         "the earlier ones end); run it attached, e.g. in a SLURM job of its own; nothing was launched")
+    return {key: int(value) for key, value in pruners.get(pruner, {}).items()}
 
 
 def corners(fixed: list[str], space: dict[str, Any]) -> list[list[str]]:
@@ -176,7 +282,6 @@ def run_search(sweeper: Any, arguments: list[str]) -> None:
     import os
     import sys
 
-    import optuna
     from optuna.trial import TrialState
 
     from fmsweep import tracking
@@ -188,8 +293,8 @@ def run_search(sweeper: Any, arguments: list[str]) -> None:
     loader, launcher = sweeper.hydra_context.config_loader, sweeper.launcher
     sweep_dir = Path(sweeper.config.hydra.sweep.dir)
     try:
-        check_settings(sweeper.n_trials, sweeper.n_jobs, sweeper.objective, sweeper.seed, sweeper.pruner,
-                       sweeper.detach)
+        settings = check_settings(sweeper.n_trials, sweeper.n_jobs, sweeper.objective, sweeper.seed, sweeper.pruner,
+                                  sweeper.detach, {"median": sweeper.median, "halving": sweeper.halving})
         fixed, space = split(arguments)
         # the space's corners, checked before the study exists: a bad key or value of the space is one line
         checked = prelaunch.check_jobs(loader, sweeper.config, corners(fixed, space))
@@ -199,21 +304,20 @@ def run_search(sweeper: Any, arguments: list[str]) -> None:
         if record is not None and record.kind != "search":
             raise UserError(f"{sweep_dir} holds a {record.kind} sweep, not a search: choose another hydra.sweep.dir; "
                             f"nothing was launched")
+        machine_keys = list(OmegaConf.select(sweeper.config, "hydra.job.config.override_dirname.exclude_keys") or [])
+        # the trials prune themselves, from inside their jobs (Trial), with the pruner recorded here
+        study = open_study(sweep_dir, setup(sweeper.objective, fixed, space, machine_keys), sweeper.seed,
+                           sweeper.pruner, settings, machine_keys)
     except UserError as exc:
         exit_with(exc)
-    if sweeper.pruner == "halving" and min(int(c.epochs) for c in checked) < Halving.RATE:
-        print(f"fmsweep: note: pruner=halving stops trials at epochs 1, 3, 9, ... up to a third of their run: "
-              f"trials of fewer than {Halving.RATE} epochs are never pruned")
+    if sweeper.pruner == "halving":
+        first, factor = settings["min_epochs"], settings["reduction_factor"]
+        if min(int(c.epochs) for c in checked) < first * factor:
+            print(f"fmsweep: note: pruner=halving stops trials at epochs {first}, {first * factor}, "
+                  f"{first * factor ** 2}, ... up to 1/{factor} of their run: trials of fewer than {first * factor} "
+                  f"epochs are never pruned")
     record = record or manifest.Manifest(sweep_dir=sweep_dir, kind="search", launcher="", command=[], cwd="")
     record.launcher, record.command, record.cwd = manifest.LAUNCHERS[type(launcher).__name__], sys.argv[1:], os.getcwd()
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        study_name=STUDY, storage=storage(sweep_dir), load_if_exists=True,
-        direction=OBJECTIVES[sweeper.objective], sampler=optuna.samplers.TPESampler(seed=sweeper.seed))
-    # the trials prune themselves, from inside their jobs (Trial), with the pruner named here
-    study.set_user_attr("objective", sweeper.objective)
-    study.set_user_attr("pruner", sweeper.pruner)
     error = None
     while True:
         trials = study.get_trials(deepcopy=False)

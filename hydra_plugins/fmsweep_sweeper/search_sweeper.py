@@ -9,11 +9,13 @@ from hydra.plugins.sweeper import Sweeper
 
 class SearchSweeper(Sweeper):
     """Runs `n_trials` trials, `n_jobs` at a time, each asked from the study, launched as a job of the sweep and
-    told its `objective` (valid_loss or valid_acc) once it ended; pruned by `pruner` (none, median, halving)."""
+    told its `objective` (valid_loss or valid_acc) once it ended; pruned by `pruner` (none, median, halving) with
+    that pruner's settings (`median`, `halving`)."""
 
-    def __init__(self, n_trials: int, n_jobs: int, objective: str, seed: int, pruner: str,
+    def __init__(self, n_trials: int, n_jobs: int, objective: str, seed: int, pruner: str, median: Any, halving: Any,
                  detach: bool = False) -> None:
         self.n_trials, self.n_jobs, self.objective, self.seed, self.pruner = n_trials, n_jobs, objective, seed, pruner
+        self.median, self.halving = median, halving
         self.detach = detach
         self.config: Any = None
         self.launcher: Any = None

@@ -27,6 +27,9 @@ test "$(python -c 'import json; print(json.load(open("run/metrics.json"))["statu
 step fmsweep -m "${data[@]}" epochs=1 seed=0,1 hydra.sweep.dir=sweep
 step python -m fmsweep.ensemble sweep --data-root "$work/data"
 step python -m fmsweep.report sweep
+step fmsweep report sweep >/dev/null
+step fmsweep status sweep | grep -q "2 completed"
+step python -m fmsweep.status sweep >/dev/null
 for f in ensemble.json report.md report.png; do
   test -f "sweep/$f" || { echo "check_wheel: sweep/$f missing" >&2; exit 1; }
 done

@@ -444,9 +444,9 @@ def train(pack: list[RunState], stop: StopRequest,
 
 def run_pack(cfgs: list[DictConfig], run_dirs: list[Path]) -> list[float | None]:
     """Train each config in its run dir (resuming from its last.pt), all together as one pack, holding each run
-    dir's lock (fmsweep.sweep.lock) meanwhile; return each run's best valid loss, None for a run that diverged (a lone run
-    raises its TrainingDiverged). The configs differ only where shapes and steps do not (see fmsweep.sweep.packing); a
-    lone run is a pack of one. Each run ends with its final evaluation as soon as it trained its last epoch.
+    dir's lock (fmsweep.sweep.lock) meanwhile; return each run's best valid loss, None for a run that diverged (a
+    lone run raises its TrainingDiverged). The configs differ only where shapes and steps do not (see
+    fmsweep.sweep.packing); a lone run is a pack of one. Each run ends with its final evaluation as soon as it trained its last epoch.
 
     A stop signal from the start until a run's metrics.json is written stops the runs not yet finished (raising
     Interrupted, see fmsweep.signals), each with its last.pt saved where it got (or none, before its first batch)."""

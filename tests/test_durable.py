@@ -164,7 +164,8 @@ def test_fmsweep_cancel_leaves_no_job_of_a_running_sweep_alive(data_root: Path, 
     assert not subprocess.run(["squeue", "-h", "-j", ",".join(ids)], capture_output=True, text=True).stdout.strip()
     shown = fmsweep("status", str(sweep_dir))
     for job in record(sweep_dir)["jobs"]:
-        assert job["cancelled"] or json.loads((sweep_dir / job["name"] / "metrics.json").read_text())["status"] == "completed"
+        metrics = sweep_dir / job["name"] / "metrics.json"  # read only for a job not cancelled: it completed
+        assert job["cancelled"] or json.loads(metrics.read_text())["status"] == "completed"
         assert f"{job['name']}  cancelled" in shown.stdout or f"{job['name']}  completed" in shown.stdout, shown.stdout
 
 

@@ -177,4 +177,5 @@ def check_slurm_request(params: dict[str, Any]) -> None:
         shown = ("partition", "nodes", "tasks_per_node", "cpus_per_task", "gpus_per_node", "mem_gb", "timeout_min")
         request = ", ".join(f"{k}={params[k]}" for k in shown if params.get(k) is not None)
         raise UserError(f"SLURM cannot run this sweep's jobs ({request}): {answer}; "
-                        f"change hydra.launcher.* (e.g. cpus_per_task, mem_gb, gpus_per_node, partition); nothing was submitted")
+                        f"change hydra.launcher.* (e.g. cpus_per_task, mem_gb, gpus_per_node, partition); "
+                        f"nothing was submitted")

@@ -107,12 +107,16 @@ def test_a_rerun_after_the_command_died_submits_no_second_job_for_a_live_or_comp
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    submitted = [job["launcher_job"] for job in record(sweep_dir)["jobs"]]  # the first launch's SLURM jobs
     before = sacct_jobs(sweep_dir)
     again = sweep(*args)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "completed before, skipped" in again.stdout and "still alive from an earlier launch" in again.stdout
+    assert [job["launcher_job"] for job in record(sweep_dir)["jobs"]] == submitted
+    # accounting may lag behind SLURM under load: wait until it lists the jobs that ended
+    wait_for("accounting", lambda: {job_id for job_id, _ in sacct_jobs(sweep_dir)} >= set(submitted), timeout=60)
     after = sacct_jobs(sweep_dir)
-    assert len(after) == len(before) == 2, (before, after)
+    assert sorted(job_id for job_id, _ in after) == sorted(submitted), (before, after)
     for job, epochs in zip(job_dirs(sweep_dir), (1, 40)):
         assert json.loads((job / "metrics.json").read_text())["status"] == "completed"
         assert history_epochs(job) == list(range(1, epochs + 1))

@@ -20,7 +20,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from fmsweep import figures
-from fmsweep.sweep import search
+from fmsweep.sweep import search, space
 from fmsweep.errors import ArgumentParser, UserError
 from fmsweep.files import atomic_write
 from fmsweep.runs import SEED_KEY, Run, command, find_runs, markdown_table, override_key
@@ -69,14 +69,15 @@ def job_rows(runs: list[Run]) -> list[dict[str, Any]]:
 
 
 def job_table(runs: list[Run], rows: list[dict[str, Any]]) -> str:
-    """The jobs in job order, each named by the overrides it does not share with every other job."""
+    """The jobs in job order, each named by the overrides it does not share with every other job (floats
+    rounded for people)."""
     shared = shared_overrides(runs)
     header = ["job", "overrides", "status", "best epoch", "valid loss", "valid acc (%)", "test loss", "test acc (%)",
               "params", "train s"]
     lines = []
     for run, r in zip(runs, rows):
         metrics = [metric_text(k, r[k]) if r[k] != "" else MISSING for k in METRICS]
-        own = ",".join(o for o in run.overrides if o not in shared)
+        own = ",".join(space.display_overrides([o for o in run.overrides if o not in shared]))
         lines.append([r["job"], own or "(shared overrides only)", r["status"], str(r["best_epoch"]) or MISSING,
                       *metrics, str(r["num_params"]) or MISSING,
                       f"{r['train_seconds']:.1f}" if r["train_seconds"] != "" else MISSING])
@@ -167,9 +168,10 @@ def shared_overrides(runs: list[Run]) -> list[str]:
 
 
 def label(run: Run, shared: list[str]) -> str:
-    """The job's setting as the figure labels it: its overrides without the seed and the shared ones."""
-    own = ",".join(o for o in run.overrides if override_key(o) != SEED_KEY and o not in shared)
-    return own or ("(shared overrides only)" if shared else "(defaults)")
+    """The job's setting as the figure labels it: its overrides without the seed and the shared ones, floats
+    rounded for people."""
+    own = [o for o in run.overrides if override_key(o) != SEED_KEY and o not in shared]
+    return ",".join(space.display_overrides(own)) or ("(shared overrides only)" if shared else "(defaults)")
 
 
 def figure(runs: list[Run], stats: dict[str, dict[str, Any]], order: list[str], objective: str,
@@ -190,23 +192,23 @@ def figure(runs: list[Run], stats: dict[str, dict[str, Any]], order: list[str], 
 
 def objective_of(sweep_dir: Path) -> tuple[str, bool]:
     """What ranks the settings: a search's objective and direction, else the valid loss, minimized."""
-    if not (sweep_dir / search.JOURNAL).is_file():
+    study = search.find_study(sweep_dir)
+    if study is None:
         return DEFAULT_OBJECTIVE
     import optuna
 
-    study = optuna.load_study(study_name=search.STUDY, storage=search.storage(sweep_dir))
     return study.user_attrs["objective"], study.direction == optuna.study.StudyDirection.MINIMIZE
 
 
 def search_section(sweep_dir: Path, runs: list[Run]) -> tuple[str, Figure] | None:
     """For a search's sweep dir: its trials sorted by objective (pruned and failed ones after), with their searched
     values and status, the best trial and the command that trains it again, and search.png."""
-    if not (sweep_dir / search.JOURNAL).is_file():
+    study = search.find_study(sweep_dir)
+    if study is None:
         return None
     import optuna
     from optuna.distributions import FloatDistribution, IntDistribution
 
-    study = optuna.load_study(study_name=search.STUDY, storage=search.storage(sweep_dir))
     objective, minimize = study.user_attrs["objective"], study.direction == optuna.study.StudyDirection.MINIMIZE
     by_num = {run.num: run for run in runs if run.path.parent == sweep_dir}
     trials = study.trials
@@ -224,7 +226,8 @@ def search_section(sweep_dir: Path, runs: list[Run]) -> tuple[str, Figure] | Non
         return (0, v if minimize else -v) if t.state.name == "COMPLETE" else (1, t.number)
 
     rows = [[str(t.number), by_num[t.number].status if t.number in by_num else t.state.name.lower(),
-             f"{t.value:.4f}" if t.value is not None else MISSING, *(str(t.params.get(n, MISSING)) for n in names)]
+             f"{t.value:.4f}" if t.value is not None else MISSING,
+             *(space.readable(t.params[n]) if n in t.params else MISSING for n in names)]
             for t in sorted(trials, key=order)]
     lines = ["## Search", "", f"{len(trials)} trials, objective {objective} ({'minimized' if minimize else 'maximized'}), "
              "best first; a pruned trial stopped at the epoch its status names, with its last reported value.", "",

@@ -223,3 +223,24 @@ def test_a_slurm_sweep_with_too_short_a_time_limit_is_one_line_and_submits_nothi
         "comes hydra.launcher.signal_delay_s=120 s before the time limit; it needs at least 120 s: set "
         "hydra.launcher.timeout_min=4 or more; nothing was submitted"]
     assert not sweep_dir.exists()
+
+
+@pytest.mark.parametrize("kind", ["shortcut", "full composition"])
+def test_a_job_named_by_display_overrides_keeps_its_full_values_in_its_config(
+        sweep: tuple[ConfigLoader, DictConfig, list[str]], kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A search names a trial's job dir by its values rounded for people (space.display_overrides); its config
+    trains with the full values, by the shortcut and by Hydra's full composition (+key) alike."""
+    loader, master, common = sweep
+    extra = ["+data.subset=1000"] if kind == "full composition" else []
+    job = [*common, *extra, "model=fc", "optimizer.lr=0.006431172050131994", "reg.l2=1.2345678e-05"]
+    names = [*common, *extra, "model=fc", "optimizer.lr=0.006431", "reg.l2=1.235e-05"]
+    compositions = hydra_compositions(loader, monkeypatch)
+    cfg, plain = prelaunch.check_jobs(loader, master, [job, job], first_num=4, names=[names, job])
+    assert (job in compositions) == bool(extra)
+    assert cfg.optimizer.lr == 0.006431172050131994 and cfg.reg.l2 == 1.2345678e-05
+    assert list(cfg.hydra.overrides.task) == job
+    shown = ["+data.subset=1000"] * bool(extra) + ["epochs=1", "model=fc", "optimizer.lr=0.006431", "reg.l2=1.235e-05"]
+    assert str(cfg.hydra.job.override_dirname) == ",".join(shown)
+    assert str(cfg.hydra.sweep.subdir) == f"4_{cfg.hydra.job.override_dirname}"
+    assert str(plain.hydra.sweep.subdir) == "5_" + str(plain.hydra.job.override_dirname)
+    assert "optimizer.lr=0.006431172050131994" in str(plain.hydra.job.override_dirname)

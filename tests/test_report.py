@@ -299,3 +299,28 @@ def test_a_sweep_of_seeds_alone_names_its_one_setting(sweep_copy: Path) -> None:
     _, _, best = report.write_report(sweep_copy)
     assert best.startswith("one setting: batch_size=64,epochs=2,model=fc, mean valid loss ")
     assert best.endswith(" over 2 jobs")
+
+
+def test_searched_floats_are_shown_rounded_and_kept_whole_in_the_csv(sweep_copy: Path) -> None:
+    """A search's trials carry full floats (optimizer.lr=0.006431172050131994): report.md and report.png show them
+    to 4 significant digits, report.csv and jobs.csv keep them whole."""
+    full = {"linear": "0.006431172050131994", "fc": "1.2345678e-05"}
+    for d in job_dirs(sweep_copy):
+        recorded = list(OmegaConf.load(d / ".hydra" / "overrides.yaml"))
+        model = next(o.partition("=")[2] for o in recorded if o.startswith("model="))
+        recorded.append(f"optimizer.lr={full[model]}")
+        OmegaConf.save(OmegaConf.create(recorded), d / ".hydra" / "overrides.yaml")
+    markdown, _, _ = report.write_report(sweep_copy)
+    shown = {"model=linear,optimizer.lr=0.006431", "model=fc,optimizer.lr=1.235e-05"}
+    assert {row[1] for row in table_rows(markdown, "Settings")} == shown
+    assert {row[1].rpartition(",seed=")[0] for row in table_rows(markdown, "Jobs")} == shown
+    assert full["linear"] not in markdown and full["fc"] not in markdown
+    settings = list(csv.DictReader(io.StringIO((sweep_copy / "report.csv").read_text())))
+    assert {r["optimizer.lr"] for r in settings} == set(full.values())
+    jobs = list(csv.DictReader(io.StringIO((sweep_copy / "jobs.csv").read_text())))
+    assert all(f"optimizer.lr={full[r['model']]}" in r["overrides"] for r in jobs)
+    runs = find_runs(sweep_copy)
+    stats = report.setting_stats(runs)
+    fig = report.figure(runs, stats, report.ranked(stats, "valid_loss", True), "valid_loss", True)
+    texts = " ".join(t.get_text() for t in fig.findobj(Text))
+    assert all(label in texts for label in shown) and full["linear"] not in texts

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from test_slurm import CPU_SLURM, needs_cluster
 
 from fmsweep import report
-from fmsweep.sweep import search
+from fmsweep.sweep import search, space, storage
 from fmsweep.runs import find_runs
 
 SPACE = ["model=fc", "optimizer.lr=tag(log,interval(1e-5,1))"]
@@ -33,7 +33,7 @@ def run(data_root: Path, sweep_dir: Path, *args: str) -> subprocess.CompletedPro
 
 
 def study(sweep_dir: Path) -> optuna.Study:
-    return optuna.load_study(study_name=search.STUDY, storage=search.storage(sweep_dir))
+    return search.find_study(sweep_dir)
 
 
 def test_a_search_runs_its_trials_as_job_dirs_and_tells_the_study(data_root: Path, tmp_path: Path) -> None:
@@ -90,7 +90,7 @@ def test_the_pruner_stops_hopeless_trials_which_keep_their_checkpoints(data_root
     # the settings (one trial each) ranked by the search's objective: the best setting is the best trial, named at
     # the sweep's end with where its report is
     assert best_setting.startswith("best setting on validation: ") and "mean valid acc" in best_setting
-    assert f"optimizer.lr={best.params['optimizer.lr']}" in best_setting
+    assert f"optimizer.lr={space.readable(best.params['optimizer.lr'])}" in best_setting
     assert f"fmsweep: {best_setting}\nfmsweep: report: {tmp_path / 'report.md'}" in proc.stdout
 
 
@@ -142,7 +142,7 @@ def test_a_search_packs_its_trials_through_submitit_local(data_root: Path, tmp_p
     proc = run(data_root, tmp_path, *SPACE, "epochs=2", "pack=2", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=4",
                "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10")
     assert proc.returncode == 0, proc.stderr
-    assert "4 jobs in 2 launcher jobs (pack=2)" in proc.stdout
+    assert "2 workers for 4 trials, each training up to 2 trials together (pack=2)" in proc.stdout
     assert [t.state for t in study(tmp_path).trials] == [TrialState.COMPLETE] * 4
     assert sorted(p.name for p in (tmp_path / "packs").iterdir()) == ["0-1", "2-3"]
     assert all(json.loads((r.path / "metrics.json").read_text())["status"] == "completed" for r in find_runs(tmp_path))
@@ -178,7 +178,7 @@ def test_a_search_on_slurm(data_root: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     trials = study(tmp_path).trials
     assert len(trials) == 3 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
-    assert len(list((tmp_path / ".submitit").glob("*/*_log.out"))) == 3
+    assert len(list((tmp_path / ".submitit").glob("*/*_log.out"))) == 2  # a worker job per slot
 
 
 SETUP_SPACE = ["optimizer.lr=tag(log,interval(1e-5,1e-1))", "reg.l2=tag(log,interval(1e-6,1e-2))"]
@@ -186,26 +186,27 @@ SETUP_SPACE = ["optimizer.lr=tag(log,interval(1e-5,1e-1))", "reg.l2=tag(log,inte
 
 def open_study(sweep_dir: Path, seed: int = 0) -> optuna.Study:
     """The study of an fc search over lr and L2, opened as run_search opens it."""
-    fixed, space = search.split(["model=fc", "epochs=4", *SETUP_SPACE])
-    return search.open_study(sweep_dir, search.setup("valid_loss", fixed, space, []), seed, "none", {})
+    fixed, searched = space.split(["model=fc", "epochs=4", *SETUP_SPACE])
+    return search.open_study(sweep_dir, None, search.setup("valid_loss", fixed, searched, []), seed, "tpe", "none", {})
 
 
 def ask(study: optuna.Study, n: int) -> list[dict]:
-    """Ask `n` trials of the study's space, telling each a made-up objective."""
-    space = search.split(SETUP_SPACE)[1]
+    """Ask `n` trials of the study's space as a worker asks them, telling each a made-up objective."""
+    searched = space.split(SETUP_SPACE)[1]
     params = []
     for _ in range(n):
-        trial = study.ask(space)
-        study.tell(trial, trial.params["optimizer.lr"] + trial.params["reg.l2"])
+        trial = study.trials[search.ask(study, searched)]
+        study.tell(trial.number, trial.params["optimizer.lr"] + trial.params["reg.l2"])
         params.append(trial.params)
     return params
 
 
 def test_a_continued_search_asks_new_settings_and_a_fresh_one_what_its_seed_says(tmp_path: Path) -> None:
     first = ask(open_study(tmp_path / "a"), 8)
-    # a fresh search asks what TPESampler(seed) asks, as before continuations were seeded apart
+    # the first trial is what TPESampler(seed) asks first
     plain = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
-    assert first == ask(plain, 8)
+    assert first[0] == plain.ask(space.split(SETUP_SPACE)[1]).params
+    assert ask(open_study(tmp_path / "c", seed=1), 1) != first[:1]
     continued = ask(open_study(tmp_path / "a"), 4)
     assert all(p not in first for p in continued)
     assert len({tuple(p.values()) for p in first + continued}) == 12
@@ -217,7 +218,7 @@ def test_a_continued_search_asks_new_settings_and_a_fresh_one_what_its_seed_says
 def test_a_continuation_of_another_setup_is_refused_before_any_trial(data_root: Path, tmp_path: Path) -> None:
     args = ["model=fc", "epochs=1", *SETUP_SPACE]
     assert run(data_root, tmp_path, *args, "hydra.sweeper.n_trials=1").returncode == 0
-    journal = (tmp_path / search.JOURNAL).read_bytes()
+    journal = (tmp_path / storage.JOURNAL).read_bytes()
     for other, words in [
         (["model=linear", "data.subset=500", "epochs=2", *SETUP_SPACE],
          "fixed overrides epochs=1 model=fc in the study, data.subset=500 epochs=2 model=linear here"),
@@ -230,7 +231,7 @@ def test_a_continuation_of_another_setup_is_refused_before_any_trial(data_root: 
         assert proc.stderr.startswith(f"fmsweep: error: the search in {tmp_path} was started with another setup: ")
         assert proc.stderr.count("\n") == 1 and words in proc.stderr
         assert "(data.root, data.download, device, cuda.bf16, cuda.graph, stack, pack may differ)" in proc.stderr
-        assert (tmp_path / search.JOURNAL).read_bytes() == journal
+        assert (tmp_path / storage.JOURNAL).read_bytes() == journal
     # the same setup continues, whatever the machine-only keys say
     proc = run(data_root, tmp_path, *args, "stack=false", "hydra.sweeper.n_trials=2")
     assert proc.returncode == 0, proc.stderr
@@ -247,10 +248,11 @@ def default_pruners() -> dict:
 ])
 def test_the_pruner_built_in_a_job_has_the_recorded_settings(tmp_path: Path, pruner: str, settings: dict,
                                                              attrs: dict) -> None:
-    fixed, space = search.split(["model=fc", *SETUP_SPACE])
-    study = search.open_study(tmp_path, search.setup("valid_loss", fixed, space, []), 0, pruner, settings)
-    study.ask(space)
-    built = search.Trial(tmp_path, 0, epochs=9).study.pruner
+    fixed, searched = space.split(["model=fc", *SETUP_SPACE])
+    study = search.open_study(tmp_path, None, search.setup("valid_loss", fixed, searched, []), 0, "tpe", pruner,
+                              settings)
+    study.ask(searched)
+    built = search.Trial(tmp_path, None, 0, epochs=9).study.pruner
     assert {key: getattr(built, key) for key in attrs} == attrs
 
 
@@ -264,7 +266,7 @@ def test_a_bad_pruner_setting_is_refused(key: str, value: object, words: str) ->
     conf = default_pruners()
     OmegaConf.update(conf := OmegaConf.create(conf), key, value)
     with pytest.raises(search.UserError, match=re.escape(words)):
-        search.check_settings(4, 2, "valid_loss", 0, "median", False, {"median": conf.median, "halving": conf.halving})
+        search.check_settings(4, 2, "valid_loss", 0, "median", {"median": conf.median, "halving": conf.halving})
 
 
 def test_a_bad_pruner_setting_is_one_line_before_any_trial(data_root: Path, tmp_path: Path) -> None:

@@ -179,7 +179,7 @@ def wait(jobs: list[Any]) -> Exception | None:
         except Exception as exc:  # noqa: BLE001 (killed, cancelled, or failed outside Hydra's job: reported)
             error = error or exc
             continue
-        if result.status == JobStatus.FAILED:
+        if isinstance(result, JobReturn) and result.status == JobStatus.FAILED:  # a search's worker returns a count
             error = error or result._return_value
     return error
 
@@ -239,15 +239,82 @@ def launch(launcher: Any, manifest: Manifest, configs: dict[int, DictConfig], de
     return error
 
 
-def submit_finish(launcher: Any, manifest: Manifest) -> str | None:
-    """Submit the SLURM job that writes the sweep's results once all its live jobs ended (afterany), in place of
-    one an earlier launch left waiting; record its id. None when no job of the sweep is alive."""
+def launch_workers(launcher: Any, manifest: Manifest, workers: list[Any], detach: bool = False) -> Exception | None:
+    """Run a search's workers: here, one after another (basic), or as submitit jobs recorded in the manifest as
+    soon as submitted (`workers`); attached, with the live status until they ended (and any worker an earlier launch
+    left alive); detached (SLURM), return once they and the job that writes the results are submitted. The first
+    failed worker's error."""
+    from fmsweep.sweep import status
+    from fmsweep.sweep.live_status import LiveStatus
+    from fmsweep.sweep.manifest import load, locked
+    from fmsweep.sweep.worker import local_id
+
+    sweep_dir, kind = manifest.sweep_dir, type(launcher).__name__
+    OmegaConf.save(launcher.config, sweep_dir / "multirun.yaml")
+
+    def submit_all() -> list[Any]:
+        if not workers:
+            return []
+        submitted = executor(launcher, job_name(sweep_dir)).submit_array(workers)
+        with locked(sweep_dir):
+            record = load(sweep_dir) or manifest
+            record.workers += [str(job.job_id) for job in submitted]
+            record.save()
+        manifest.workers = record.workers
+        return submitted
+
+    if detach:
+        ids = [str(job.job_id) for job in submit_all()]
+        finish = submit_finish(launcher, manifest, ids)
+        print(f"fmsweep: detached search {sweep_dir}: {manifest.trials} trials, {len(ids)} worker(s)")
+        print(f"fmsweep: submitted SLURM worker job(s) {ids_text(ids)}" if ids else "fmsweep: nothing to submit")
+        if finish:
+            print(f"fmsweep: job {finish} writes the report (and ensemble) once they end")
+        print(f"fmsweep: watch: fmsweep status {sweep_dir} --watch; cancel: fmsweep cancel {sweep_dir}; "
+              f"resume: fmsweep resume {sweep_dir}")
+        return None
+    earlier = set(manifest.workers)
+    stream = sys.stdout if kind != "BasicLauncher" else _Lines(sys.stdout)
+    quiet = _quiet_controllers(sweep_dir) if kind == "LocalLauncher" else nullcontext()
+    error = None
+    with LiveStatus(manifest, [], stream=stream), quiet:
+        try:
+            if kind == "BasicLauncher":
+                setup_globals()
+                for worker in workers:
+                    worker(local_id())
+                configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+            else:
+                submitted = submit_all()
+                if kind == "SlurmLauncher" and submitted:
+                    print(f"fmsweep: submitted {len(submitted)} SLURM worker job(s): "
+                          f"{ids_text([str(j.job_id) for j in submitted])}; watch from any shell: "
+                          f"fmsweep status {sweep_dir}; cancel: fmsweep cancel {sweep_dir}")
+                error = wait(submitted)
+            while earlier and status.look(load(sweep_dir) or manifest, accounting=False).workers_alive:
+                time.sleep(ALIVE_POLL_S)
+        except KeyboardInterrupt:
+            if kind == "BasicLauncher":
+                raise
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            print(interrupted_line(kind == "SlurmLauncher", list(manifest.workers), sweep_dir), file=sys.stderr)
+            sys.exit(128 + signal.SIGINT)
+    return error
+
+
+def submit_finish(launcher: Any, manifest: Manifest, waits: list[str] = ()) -> str | None:
+    """Submit the SLURM job that writes the sweep's results once all its live jobs and `waits` (a search's new
+    workers) ended (afterany), in place of one an earlier launch left waiting; record its id. None when nothing of
+    the sweep is alive."""
     import submitit
 
     from fmsweep.sweep import finish, status
+    from fmsweep.sweep.manifest import load, locked
 
-    alive_jobs = sorted({manifest.job(n).launcher_job.partition("_")[0] for n in status.alive(manifest)
-                         if manifest.job(n) is not None and manifest.job(n).launcher_job})
+    view = status.look(manifest, accounting=False)
+    alive_jobs = sorted({manifest.job(n).launcher_job.partition("_")[0] for n in view.alive
+                         if manifest.job(n) is not None and manifest.job(n).launcher_job}
+                        | {job.partition("_")[0] for job in waits})
     if manifest.finish_job and manifest.finish_job not in alive_jobs:
         subprocess.run(["scancel", manifest.finish_job], capture_output=True, timeout=30)
     if not alive_jobs:
@@ -259,8 +326,10 @@ def submit_finish(launcher: Any, manifest: Manifest) -> str | None:
                          mem_gb=4, **optional, slurm_additional_parameters={"dependency":
                                                                             f"afterany:{':'.join(alive_jobs)}"})
     job = ex.submit(finish.finish, str(manifest.sweep_dir))
-    manifest.finish_job = str(job.job_id)
-    manifest.save()
+    with locked(manifest.sweep_dir):  # a search's workers may have added trials since `manifest` was read
+        record = load(manifest.sweep_dir) or manifest
+        record.finish_job = manifest.finish_job = str(job.job_id)
+        record.save()
     return manifest.finish_job
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 from typing import TextIO
 
 from fmsweep.sweep import manifest as records
@@ -30,12 +30,11 @@ class LiveStatus:
     `launched` are the jobs this process launches now: what an earlier launch of the sweep dir left of them (a
     failure, a stop) counts only once their new launch shows (status.Stale). The record's other jobs (finished
     earlier, or still alive from an earlier launch) are shown too; off a terminal those already over at the first
-    poll are counted, not reported. `others` are the states of a search's trials the record does not hold yet:
-    counted only."""
+    poll are counted, not reported. A search's trials that no worker asked yet are counted as pending."""
 
     def __init__(self, manifest: Manifest, launched: Collection[int], stream: TextIO = sys.stdout,
-                 interval: float = 2.0, others: Iterable[str] = ()) -> None:
-        self.manifest, self.stream, self.interval, self.others = manifest, stream, interval, list(others)
+                 interval: float = 2.0) -> None:
+        self.manifest, self.stream, self.interval = manifest, stream, interval
         self.stale = Stale(manifest, launched)
         self.statuses: dict[int, Status] = {}
         self._changes: reading.Changes | None = None  # off a terminal, from the first poll on
@@ -62,14 +61,14 @@ class LiveStatus:
         self.statuses = reading.read(self.manifest, self.stale)
         jobs = [(job.name, self.statuses[job.num]) for job in self.manifest.jobs]
         if self.stream.isatty():
-            total = reading.counts([*self.others, *(status.state for _, status in jobs)])
+            total = reading.counts(["pending"] * self.manifest.not_asked() + [status.state for _, status in jobs])
             self._screen.draw(reading.fit([total], jobs, [], *reading.terminal()))
             return
         if self._changes is None:
             self._changes = reading.Changes({job.name: self.statuses[job.num].state for job in self.manifest.jobs
                                              if job.num not in self.stale
                                              and self.statuses[job.num].state in reading.FINAL})
-        self._changes.write(self.stream, jobs, self.others)
+        self._changes.write(self.stream, jobs, ["pending"] * self.manifest.not_asked())
 
     def _run(self) -> None:
         # the first poll after one interval: the launcher's own opening lines come before the first block

@@ -1,10 +1,15 @@
 """The sweep's record on disk: `sweep.json` in the sweep dir names every job (its number, overrides, job dir, pack),
 the launcher and each job's launcher job id, the command that made the sweep, and, once written, the job that
 finishes it. It is written before anything is launched and rewritten (atomically) as jobs are submitted; with the
-job dirs it is all that `fmsweep status`, `resume` and `cancel` need, with no process of the sweep alive."""
+job dirs it is all that `fmsweep status`, `resume` and `cancel` need, with no process of the sweep alive. A search's
+workers add their trials to it as they ask them: every writer of a search's record rewrites it under `locked`."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +18,7 @@ from fmsweep.errors import UserError
 from fmsweep.files import atomic_write
 
 FILE = "sweep.json"
+LOCK = ".sweep.json.lock"
 FORMAT = 1
 # the launchers' names as hydra/launcher=... chooses them, by the launcher plugin's class name
 LAUNCHERS = {"BasicLauncher": "basic", "LocalLauncher": "submitit_local", "SlurmLauncher": "slurm"}
@@ -38,7 +44,9 @@ class JobRecord:
 class Manifest:
     """A sweep as its sweep dir records it. `kind` is grid or search; `command` the arguments of the command line
     that made it (after the program name), run again from `cwd` by `fmsweep resume`; `finish_job` the SLURM job
-    that writes the results of a detached sweep once its jobs ended."""
+    that writes the results of a detached sweep once its jobs ended. A search also records how many trials it
+    runs (`trials`: those not asked yet are pending) and the launcher jobs of its `workers`, each of which runs
+    trials one after another (a trial's `launcher_job` is the worker that trains it)."""
 
     sweep_dir: Path
     kind: str
@@ -48,6 +56,8 @@ class Manifest:
     detach: bool = False
     jobs: list[JobRecord] = field(default_factory=list)
     finish_job: str | None = None
+    trials: int | None = None
+    workers: list[str] = field(default_factory=list)
 
     @property
     def path(self) -> Path:
@@ -63,8 +73,25 @@ class Manifest:
         return next((job for job in self.jobs if job.num == num), None)
 
     def launcher_jobs(self) -> list[str]:
-        """The distinct launcher job ids of the sweep's jobs, in job order."""
-        return list(dict.fromkeys(job.launcher_job for job in self.jobs if job.launcher_job))
+        """The distinct launcher job ids of the sweep's jobs, in job order, then a search's workers."""
+        return list(dict.fromkeys([*(job.launcher_job for job in self.jobs if job.launcher_job), *self.workers]))
+
+    def not_asked(self) -> int:
+        """How many trials of a search no worker asked yet (0 for a grid)."""
+        return max((self.trials or 0) - len(self.jobs), 0)
+
+
+@contextlib.contextmanager
+def locked(sweep_dir: Path) -> Iterator[None]:
+    """Hold the sweep record's lock while the block runs: a search's workers and its launching command read, change
+    and rewrite the record one at a time (flock; a POSIX lock on the server over NFS)."""
+    Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+    fd = os.open(Path(sweep_dir) / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def load(sweep_dir: Path) -> Manifest | None:
@@ -82,7 +109,8 @@ def load(sweep_dir: Path) -> Manifest | None:
         jobs = [JobRecord(**job) for job in data["jobs"]]
         return Manifest(sweep_dir=Path(sweep_dir), kind=data["kind"], launcher=data["launcher"],
                         command=list(data["command"]), cwd=data["cwd"], detach=bool(data["detach"]), jobs=jobs,
-                        finish_job=data.get("finish_job"))
+                        finish_job=data.get("finish_job"), trials=data.get("trials"),
+                        workers=list(data.get("workers", [])))
     except (KeyError, TypeError) as exc:
         raise UserError(f"{path} is not an fmsweep sweep record: {exc}") from None
 

@@ -25,14 +25,19 @@ from fmsweep.errors import UserError
 
 
 def check_jobs(loader: ConfigLoader, config: DictConfig, job_overrides: Sequence[Sequence[str]],
-               first_num: int = 0) -> list[DictConfig]:
+               first_num: int = 0, *, names: Sequence[Sequence[str]] | None = None) -> list[DictConfig]:
     """Compose and validate the config of every job (numbered from `first_num`, as the launchers number them); the
     first bad one is a UserError naming the job as its dir is named. Then fetch the data set once for all jobs that
-    may download it. Returns the composed configs, each what `loader.load_sweep_config` composes (see SweepComposer)."""
+    may download it. Returns the composed configs, each what `loader.load_sweep_config` composes (see SweepComposer);
+    with `names` (per job, the overrides its dir is named by, e.g. a search's values rounded for people), each job's
+    hydra.job.override_dirname is made of those instead of its overrides."""
     composer = SweepComposer(loader, config)
     configs, roots = [], set()
-    for num, overrides in enumerate(job_overrides, first_num):
+    named = job_overrides if names is None else names
+    for num, (overrides, name_overrides) in enumerate(zip(job_overrides, named, strict=True), first_num):
         cfg = composer.compose(list(overrides))
+        if names is not None:
+            name_dir(cfg, composer.parse(list(name_overrides)))
         with open_dict(cfg):
             cfg.hydra.job.num = num
         name = str(cfg.hydra.sweep.subdir)
@@ -74,7 +79,7 @@ class SweepComposer:
     def compose(self, overrides: list[str]) -> DictConfig:
         """The job's config, as `loader.load_sweep_config(master, overrides)` returns it."""
         if self.enabled:
-            parsed = self._parse(overrides)
+            parsed = self.parse(overrides)
             kinds = [self._kind(o) for o in parsed]
             if None not in kinds:
                 shared = tuple(o.input_line for o, kind in zip(parsed, kinds) if kind == "shared")
@@ -102,17 +107,15 @@ class SweepComposer:
         master config's resolver cache, as `load_sweep_config` copies it."""
         cfg = copy.deepcopy(base)
         ConfigLoaderImpl._apply_overrides_to_config(plain, cfg)
-        app = [o for o in parsed if not o.is_hydra_override()]
         cfg.hydra.overrides.task.clear()
-        for override in app:
-            cfg.hydra.overrides.task.append(override.input_line)
-        dirname = cfg.hydra.job.config.override_dirname
-        cfg.hydra.job.override_dirname = get_overrides_dirname(
-            overrides=app, kv_sep=dirname.kv_sep, item_sep=dirname.item_sep, exclude_keys=dirname.exclude_keys)
+        for override in parsed:
+            if not override.is_hydra_override():
+                cfg.hydra.overrides.task.append(override.input_line)
+        name_dir(cfg, parsed)
         OmegaConf.copy_cache(from_config=self.master, to_config=cfg)
         return cfg
 
-    def _parse(self, overrides: list[str]) -> list[Override]:
+    def parse(self, overrides: list[str]) -> list[Override]:
         """Hydra's parse of each override, once per distinct string (a grid repeats most of them in every job)."""
         for line in overrides:
             if line not in self.parsed:
@@ -133,6 +136,14 @@ class SweepComposer:
         if override.type not in (OverrideType.CHANGE, OverrideType.FORCE_ADD) or override.package is not None:
             return None
         return "shared" if key == "hydra" or key.startswith(("hydra.", "hydra/")) else "plain"
+
+
+def name_dir(cfg: DictConfig, overrides: list[Override]) -> None:
+    """Set the job's hydra.job.override_dirname from the app overrides among `overrides`, as Hydra names it."""
+    dirname = cfg.hydra.job.config.override_dirname
+    cfg.hydra.job.override_dirname = get_overrides_dirname(
+        overrides=[o for o in overrides if not o.is_hydra_override()], kv_sep=dirname.kv_sep,
+        item_sep=dirname.item_sep, exclude_keys=dirname.exclude_keys)
 
 
 # the least training time a SLURM job must have between its start and the stop warning

@@ -1,15 +1,16 @@
-"""Optuna search for `hydra/sweeper=optuna`: the search space from Hydra's sweep overrides, the study in the sweep
-dir, and the trial side of pruning.
+"""Optuna search for `hydra/sweeper=optuna`: its checks, its study, the launch of its workers, and the trial side
+of pruning.
 
 The study lives in `<sweep dir>/optuna.journal`, Optuna's journal file storage, which is safe on a cluster's shared
-filesystem; running the same command with that sweep dir continues it. Trial n is job n: its job dir is
-`<n>_<overrides>` as in a grid sweep. With pruning, each trial reports its objective to the study after every
-epoch from inside its job (`Trial`, read from the job dir's place in the sweep dir) and stops once the pruner
-rejects it.
+filesystem, or in the storage `hydra.sweeper.storage` names (fmsweep.sweep.storage); running the same command with
+that sweep dir continues it. Trial n is job n: its job dir is `<n>_<overrides>` as in a grid sweep. The trials are
+run by workers (fmsweep.sweep.worker), each a slot that asks a new trial as soon as its last one ended. With
+pruning, each trial reports its objective to the study after every epoch from inside its job (`Trial`, found from
+its job dir's .hydra/) and stops once the pruner rejects it.
 
 A continuation must continue the same search: the study records what its trials train (the objective, the fixed
-overrides but for machine-only keys, the space) and a command that differs in any of them is refused. Its sampler
-is seeded from the seed and the number of trials the study holds, so it draws new settings, not the first launch's.
+overrides but for machine-only keys, the space) and a command that differs in any of them is refused. Each trial is
+drawn by a sampler seeded from the seed and the trial's number: a continuation draws new settings.
 """
 from __future__ import annotations
 
@@ -20,13 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep, Transformer
 from omegaconf import OmegaConf
 
 from fmsweep.errors import UserError
+from fmsweep.sweep.space import describe
 
 log = logging.getLogger(__name__)
-JOURNAL = "optuna.journal"
 STUDY = "fmsweep"
 OBJECTIVES = {"valid_loss": "minimize", "valid_acc": "maximize"}
 PRUNERS = ("none", "median", "halving")
@@ -35,10 +35,6 @@ PRUNER_SETTINGS = {"median": {"startup_trials": 0, "warmup_epochs": 0},
                    "halving": {"min_epochs": 1, "reduction_factor": 2}}
 
 
-def storage(sweep_dir: Path) -> Any:
-    import optuna
-
-    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(sweep_dir / JOURNAL)))
 
 
 def make_pruner(name: str, settings: dict[str, int], epochs: int) -> Any:
@@ -73,54 +69,10 @@ class Halving:
         return step is not None and step * self.reduction_factor <= self.epochs and self.rungs.prune(study, trial)
 
 
-def distribution(override: Override) -> Any:
-    """The Optuna distribution of a sweep override, as Hydra's Optuna sweeper reads them: interval(a,b) a float
-    range (tag int: integers; tag log: log scale), range(a,b[,step]) integers, a,b,c or choice(...) a category."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    value = override.value()
-    try:
-        if isinstance(value, IntervalSweep):
-            log_scale = "log" in value.tags
-            if "int" in value.tags:
-                return IntDistribution(int(value.start), int(value.end), log=log_scale)
-            return FloatDistribution(float(value.start), float(value.end), log=log_scale)
-        if isinstance(value, RangeSweep):
-            stop = value.stop - value.step
-            if all(float(v).is_integer() for v in (value.start, value.stop, value.step)):
-                return IntDistribution(int(value.start), int(stop), step=int(value.step))
-            return FloatDistribution(float(value.start), float(stop), step=float(value.step))
-        if isinstance(value, ChoiceSweep):
-            return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
-    except ValueError as exc:
-        raise UserError(f"{override.input_line}: not a search space ({exc})") from None
-    raise UserError(f"{override.input_line}: not a search space (use interval(a,b), range(a,b), choice(a,b) or a,b)")
 
 
-def split(arguments: list[str]) -> tuple[list[str], dict[str, Any]]:
-    """The command line's fixed overrides, and the search space of its sweep overrides (key -> distribution)."""
-    fixed, space = [], {}
-    for override in OverridesParser.create().parse_overrides(arguments):
-        if override.is_sweep_override():
-            space[override.get_key_element()] = distribution(override)
-        else:
-            fixed.append(override.input_line)
-    if not space:
-        raise UserError("hydra/sweeper=optuna needs a search space: e.g. 'optimizer.lr=tag(log,interval(1e-4,1e-1))'")
-    return fixed, space
 
 
-def describe(dist: Any) -> str:
-    """A distribution in words, e.g. `log interval(1e-05, 0.1)`, `int interval(1, 8) step 2`, `choice(fc, cnn)`."""
-    from optuna.distributions import IntDistribution
-
-    if hasattr(dist, "choices"):
-        return f"choice({', '.join(map(str, dist.choices))})"
-    words = ["log"] * dist.log + ["int"] * isinstance(dist, IntDistribution)
-    words.append(f"interval({dist.low!r}, {dist.high!r})")
-    if dist.step is not None and not (isinstance(dist, IntDistribution) and dist.step == 1):
-        words.append(f"step {dist.step!r}")
-    return " ".join(words)
 
 
 def setup(objective: str, fixed: list[str], space: dict[str, Any], machine_keys: list[str]) -> dict[str, Any]:
@@ -157,55 +109,91 @@ def differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
 
 
 def sampler_seed(seed: int, trials: int) -> int:
-    """The TPE sampler's seed for a launch of a search whose study holds `trials` trials: `seed` for a fresh search,
-    a seed drawn from both for a continuation (the same seed again would replay the first launch's draws)."""
+    """The sampler's seed for asking the trial after `trials` trials: `seed` for the first, a seed drawn from both
+    for the others. Each ask gets a sampler of its own, so that a trial's draw depends on the seed and its number
+    alone: workers asking side by side never draw alike, and a continued search never replays earlier draws."""
     import numpy as np
 
     return seed if trials == 0 else int(np.random.SeedSequence([seed, trials]).generate_state(1)[0])
 
 
-def open_study(sweep_dir: Path, wanted: dict[str, Any], seed: int, pruner: str, settings: dict[str, int],
-               machine_keys: Sequence[str] = ()) -> Any:
-    """The search's study in `sweep_dir`: created with the setup `wanted` recorded, or continued when the setup it
-    recorded is the same (else a UserError naming the differences and that `machine_keys` may differ, before
-    anything is written); its sampler seeded by `sampler_seed`. The pruner and its settings are recorded on every
-    launch: the trials build it from them."""
+def study_name(spec: str | None, sweep_dir: Path) -> str:
+    """The study's name: `fmsweep` in the sweep dir's own journal; in a shared storage (a URL), one per sweep dir."""
+    return STUDY if spec is None else f"{STUDY}:{Path(sweep_dir).resolve()}"
+
+
+def open_study(sweep_dir: Path, spec: str | None, wanted: dict[str, Any], seed: int, sampler: str, pruner: str,
+               settings: dict[str, int], machine_keys: Sequence[str] = ()) -> Any:
+    """The search's study in its storage (`spec`: fmsweep.sweep.storage): created with the setup `wanted`
+    recorded, or continued when the setup it recorded is the same (else a UserError naming the differences and that
+    `machine_keys` may differ, before anything is written). The sampler, its seed (`sampler_seed`) and the pruner
+    with its settings are recorded on every launch: the workers draw with them, the trials prune with them."""
     import optuna
 
+    from fmsweep.sweep import storage
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    journal = sweep_dir / JOURNAL
-    if journal.is_file() and STUDY in optuna.get_all_study_names(storage(sweep_dir)):
-        study = optuna.load_study(study_name=STUDY, storage=storage(sweep_dir))
+    name = study_name(spec, sweep_dir)
+    # opening a journal creates its file: a sweep dir without one holds no study, and a refusal writes nothing
+    where = storage.open(spec, sweep_dir) if spec or (sweep_dir / storage.JOURNAL).is_file() else None
+    if where is not None and name in optuna.get_all_study_names(where):
+        study = optuna.load_study(study_name=name, storage=where)
         found = differences(study.user_attrs, wanted)
         if found:
             free = f" ({', '.join(machine_keys)} may differ)" if machine_keys else ""
             raise UserError(f"the search in {sweep_dir} was started with another setup: {'; '.join(found)}; continue "
                             f"it with the same one{free} or choose another hydra.sweep.dir; nothing was launched")
-        study.sampler = optuna.samplers.TPESampler(seed=sampler_seed(seed, len(study.get_trials(deepcopy=False))))
     else:
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        study = optuna.create_study(study_name=STUDY, storage=storage(sweep_dir),
-                                    direction=OBJECTIVES[wanted["objective"]],
-                                    sampler=optuna.samplers.TPESampler(seed=seed))
-    for key, value in {**wanted, "pruner": pruner, "pruner_settings": settings}.items():
+        study = optuna.create_study(study_name=name, storage=where or storage.open(spec, sweep_dir),
+                                    direction=OBJECTIVES[wanted["objective"]])
+    drawn = {"sampler": sampler, "seed": seed, "pruner": pruner, "pruner_settings": settings}
+    for key, value in {**wanted, **drawn}.items():
         if study.user_attrs.get(key) != value:
             study.set_user_attr(key, value)
     return study
 
 
-def override_value(value: Any) -> str:
-    """A sampled value as a Hydra override value."""
-    return repr(value) if isinstance(value, float) else str(value)
+def ask(study: Any, searched: dict[str, Any]) -> int:
+    """Ask the study for a new trial of the space `searched` with the sampler its launch recorded, seeded for this
+    trial (`sampler_seed`); its number."""
+    from fmsweep.sweep import space
+
+    attrs = study.user_attrs
+    trials = len(study.get_trials(deepcopy=False))
+    study.sampler = space.make_sampler(attrs["sampler"], sampler_seed(attrs["seed"], trials))
+    return study.ask(searched).number
+
+
+def find_study(sweep_dir: Path) -> Any | None:
+    """The study of the search in `sweep_dir`, in the storage its multirun.yaml names; None when it holds no
+    search."""
+    import optuna
+
+    from fmsweep.sweep import storage
+
+    saved, spec = sweep_dir / "multirun.yaml", None
+    if saved.is_file():
+        config = OmegaConf.load(saved)
+        if not str(OmegaConf.select(config, "hydra.sweeper._target_", default="")).endswith(".SearchSweeper"):
+            return None
+        spec = storage.spec(config)
+    if spec is None and not (sweep_dir / storage.JOURNAL).is_file():
+        return None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.load_study(study_name=study_name(spec, sweep_dir), storage=storage.open(spec, sweep_dir))
 
 
 class Trial:
     """The study's side of one trial, seen from its job: report the objective after each epoch, and whether the
     study's pruner stops it there."""
 
-    def __init__(self, sweep_dir: Path, number: int, epochs: int) -> None:
+    def __init__(self, sweep_dir: Path, spec: str | None, number: int, epochs: int) -> None:
         import optuna
 
-        self.study = optuna.load_study(study_name=STUDY, storage=storage(sweep_dir))
+        from fmsweep.sweep import storage
+
+        self.study = optuna.load_study(study_name=study_name(spec, sweep_dir), storage=storage.open(spec, sweep_dir))
         attrs = self.study.user_attrs
         self.study.pruner = make_pruner(attrs["pruner"], attrs.get("pruner_settings", {}), epochs)
         self.objective = self.study.user_attrs["objective"]
@@ -215,11 +203,16 @@ class Trial:
     @classmethod
     def of(cls, run_dir: Path, epochs: int) -> Trial | None:
         """The trial that `run_dir` is the job dir of, when it belongs to a search that prunes (without a pruner
-        the study needs only the final objective, which the sweeper reads from metrics.json)."""
+        the study needs only the final objective, which the worker reads from metrics.json)."""
+        from fmsweep.sweep import storage
+
         hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
-        if not (run_dir.parent / JOURNAL).is_file() or not hydra_yaml.is_file():
+        if not hydra_yaml.is_file():
             return None
-        trial = cls(run_dir.parent, int(OmegaConf.load(hydra_yaml).hydra.job.num), epochs)
+        hydra = OmegaConf.load(hydra_yaml)
+        if not str(OmegaConf.select(hydra, "hydra.sweeper._target_", default="")).endswith(".SearchSweeper"):
+            return None
+        trial = cls(run_dir.parent, storage.spec(hydra), int(hydra.hydra.job.num), epochs)
         return trial if trial.study.user_attrs["pruner"] != "none" else None
 
     def prune(self, epoch: int, row: dict[str, float]) -> bool:
@@ -232,7 +225,7 @@ class Trial:
         return self.trial.should_prune()
 
 
-def check_settings(n_trials: Any, n_jobs: Any, objective: Any, seed: Any, pruner: Any, detach: Any,
+def check_settings(n_trials: Any, n_jobs: Any, objective: Any, seed: Any, pruner: Any,
                    pruners: dict[str, Any]) -> dict[str, int]:
     """The search's own settings (hydra.sweeper.*; `pruners`: each pruner's settings by name): a bad one is a
     UserError naming it and what it takes. The settings of the chosen pruner, as plain ints."""
@@ -256,58 +249,48 @@ def check_settings(n_trials: Any, n_jobs: Any, objective: Any, seed: Any, pruner
         for key, value in given.items():
             if not integer(value, least[key]):
                 raise UserError(f"hydra.sweeper.{name}.{key} must be an integer >= {least[key]}, got {value!r}")
-    if detach:
-        raise UserError("hydra.sweeper.detach=true: a search cannot be detached yet (this command asks each trial as "
-                        "the earlier ones end); run it attached, e.g. in a SLURM job of its own; nothing was launched")
     return {key: int(value) for key, value in pruners.get(pruner, {}).items()}
 
 
-def corners(fixed: list[str], space: dict[str, Any]) -> list[list[str]]:
-    """Trial overrides to check a search space with: every key at its low end, then at its high end, then each
-    choice of each category (the other keys low)."""
-    def ends(pick: int) -> dict[str, Any]:
-        return {k: d.choices[pick] if hasattr(d, "choices") else (d.low, d.high)[pick] for k, d in space.items()}
-
-    trials = [ends(0), ends(-1)]
-    trials += [{**ends(0), key: choice} for key, d in space.items() for choice in getattr(d, "choices", ())]
-    return [[*fixed, *(f"{k}={override_value(v)}" for k, v in trial.items())] for trial in trials]
 
 
 def run_search(sweeper: Any, arguments: list[str]) -> None:
-    """Run `n_trials` trials, `n_jobs` at a time: each batch asks the study for parameters, checks and records the
-    trials as jobs of the sweep (sweep.json), launches them, and tells the study each one's `objective`
-    (valid_loss, minimized, or valid_acc, maximized), or that it was pruned or failed. The study is continued
-    where the sweep dir already holds one: finished trials count, trials a killed search left running are launched
-    again (they resume from their last.pt)."""
+    """Check the search (its settings, the corners of its space, the storage, a continued study's setup), record it
+    (sweep.json) and run it: at most `n_jobs` workers (fmsweep.sweep.worker) at once, each asking, training and
+    telling trials until the study holds `n_trials` ended trials; the basic launcher runs one worker, here. Attached,
+    the live status runs until the workers ended, then the best trial and the report; detached (SLURM), the command
+    returns once the workers and the job that writes the results are submitted. A continued study's trials that a
+    killed launch left running are resumed from their last.pt by the workers."""
     import os
     import sys
 
-    from optuna.trial import TrialState
-
-    from fmsweep import tracking
     from fmsweep.errors import exit_with
-    from fmsweep.sweep import launch, manifest, prelaunch
-    from fmsweep.sweep.grid import is_slurm
+    from fmsweep.sweep import launch, manifest, prelaunch, space, storage, worker
+    from fmsweep.sweep.grid import check_detach, is_slurm
     from fmsweep.sweep.summary import report
 
     loader, launcher = sweeper.hydra_context.config_loader, sweeper.launcher
     sweep_dir = Path(sweeper.config.hydra.sweep.dir)
     try:
         settings = check_settings(sweeper.n_trials, sweeper.n_jobs, sweeper.objective, sweeper.seed, sweeper.pruner,
-                                  sweeper.detach, {"median": sweeper.median, "halving": sweeper.halving})
-        fixed, space = split(arguments)
+                                  {"median": sweeper.median, "halving": sweeper.halving})
+        space.make_sampler(sweeper.sampler, sweeper.seed)
+        check_detach(bool(sweeper.detach), launcher)
+        fixed, searched = space.split(arguments, sweeper.params)
         # the space's corners, checked before the study exists: a bad key or value of the space is one line
-        checked = prelaunch.check_jobs(loader, sweeper.config, corners(fixed, space))
+        checked = prelaunch.check_jobs(loader, sweeper.config, space.corners(fixed, searched))
         if is_slurm(launcher):
             prelaunch.check_slurm_request(launcher.params)
+        spec = storage.spec(sweeper.config)
+        storage.check(spec)
         record = manifest.load(sweep_dir)
         if record is not None and record.kind != "search":
             raise UserError(f"{sweep_dir} holds a {record.kind} sweep, not a search: choose another hydra.sweep.dir; "
                             f"nothing was launched")
         machine_keys = list(OmegaConf.select(sweeper.config, "hydra.job.config.override_dirname.exclude_keys") or [])
         # the trials prune themselves, from inside their jobs (Trial), with the pruner recorded here
-        study = open_study(sweep_dir, setup(sweeper.objective, fixed, space, machine_keys), sweeper.seed,
-                           sweeper.pruner, settings, machine_keys)
+        study = open_study(sweep_dir, spec, setup(sweeper.objective, fixed, searched, machine_keys), sweeper.seed,
+                           sweeper.sampler, sweeper.pruner, settings, machine_keys)
     except UserError as exc:
         exit_with(exc)
     if sweeper.pruner == "halving":
@@ -316,41 +299,34 @@ def run_search(sweeper: Any, arguments: list[str]) -> None:
             print(f"fmsweep: note: pruner=halving stops trials at epochs {first}, {first * factor}, "
                   f"{first * factor ** 2}, ... up to 1/{factor} of their run: trials of fewer than {first * factor} "
                   f"epochs are never pruned")
-    record = record or manifest.Manifest(sweep_dir=sweep_dir, kind="search", launcher="", command=[], cwd="")
-    record.launcher, record.command, record.cwd = manifest.LAUNCHERS[type(launcher).__name__], sys.argv[1:], os.getcwd()
-    error = None
-    while True:
-        trials = study.get_trials(deepcopy=False)
-        ended = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) for t in trials)
-        left_running = [t.number for t in trials if t.state == TrialState.RUNNING]
-        if ended >= sweeper.n_trials and not left_running:
-            break
-        # trials a killed search left running go first, as one batch of theirs: they resume in their job dirs
-        numbers = left_running[: sweeper.n_jobs] or [
-            study.ask(space).number for _ in range(min(sweeper.n_jobs, sweeper.n_trials - ended))]
-        configs = {}
-        for n in numbers:
-            overrides = [*fixed, *(f"{k}={override_value(v)}" for k, v in study.trials[n].params.items())]
-            try:
-                cfg = prelaunch.check_jobs(loader, sweeper.config, [overrides], first_num=n)[0]
-            except UserError as exc:
-                for m in numbers:
-                    study.tell(m, state=TrialState.FAIL)
-                exit_with(exc)
-            configs[n] = cfg
-            if record.job(n) is None:
-                record.jobs.append(manifest.JobRecord(num=n, name=str(cfg.hydra.sweep.subdir), overrides=overrides,
-                                                      epochs=int(cfg.epochs)))
+    print(f"fmsweep: study {study.study_name} in {storage.describe(spec, sweep_dir)}")
+    plan = worker.Plan(sweep_dir=sweep_dir, storage=spec, study_name=study.study_name, fixed=fixed, space=searched,
+                       objective=sweeper.objective, n_trials=sweeper.n_trials, pack=max(int(checked[0].pack), 1))
+    with manifest.locked(sweep_dir):
+        record = manifest.load(sweep_dir) or manifest.Manifest(sweep_dir=sweep_dir, kind="search", launcher="",
+                                                               command=[], cwd="")
+        record.launcher, record.command, record.cwd = (manifest.LAUNCHERS[type(launcher).__name__], sys.argv[1:],
+                                                       os.getcwd())
+        record.trials, record.detach = sweeper.n_trials, bool(sweeper.detach)
         record.save()
-        not_asked = ["pending"] * max(sweeper.n_trials - len(study.get_trials(deepcopy=False)), 0)
-        error = launch.launch(launcher, record, configs, others=not_asked) or error
-        for n, cfg in configs.items():
-            metrics = tracking.read_metrics(sweep_dir / str(cfg.hydra.sweep.subdir)) or {}
-            if metrics.get("status") == "completed":
-                study.tell(n, metrics[sweeper.objective])
-            else:
-                study.tell(n, state=TrialState.PRUNED if metrics.get("status") == "pruned" else TrialState.FAIL)
+    left = sweeper.n_trials - worker.ended(study.get_trials(deepcopy=False))
+    slots = min(sweeper.n_jobs, -(-left // plan.pack)) if left > 0 else 0
+    if type(launcher).__name__ == "BasicLauncher" and slots > 1:
+        print(f"fmsweep: the basic launcher runs one trial at a time (hydra.sweeper.n_jobs={sweeper.n_jobs} needs "
+              f"hydra/launcher=submitit_local or slurm)")
+    if slots:
+        together = f", each training up to {plan.pack} trials together (pack={plan.pack})" if plan.pack > 1 else ""
+        print(f"fmsweep: {slots} worker{'s' * (slots > 1)} for {left} trial{'s' * (left > 1)}{together}")
+    error = launch.launch_workers(launcher, record, [worker.Worker(launcher, plan) for _ in range(slots)],
+                                  bool(sweeper.detach))
+    if sweeper.detach:
+        return
+    study = plan.study()
     print_best(study, sweeper.objective)
+    unfinished = sweeper.n_trials - worker.ended(study.get_trials(deepcopy=False))
+    if unfinished > 0:
+        print(f"fmsweep: {unfinished} of the {sweeper.n_trials} trials did not end; continue the search with: "
+              f"fmsweep resume {sweep_dir}", file=sys.stderr)
     report(sweep_dir, error)
 
 

@@ -75,12 +75,13 @@ class SlurmJob(NamedTuple):
 class View:
     """One look at a sweep: each job's status by number, the jobs that something still runs or queues (their
     launcher job, a process holding their run dir), and the finish job's SLURM state (None without one) and
-    whether SLURM still queues or runs it."""
+    whether SLURM still queues or runs it; how many of a search's workers are queued or run."""
 
     statuses: dict[int, Status]
     alive: set[int]
     finish: str | None = None
     finish_alive: bool = False
+    workers_alive: int = 0
 
 
 class Stale(Collection[int]):
@@ -318,16 +319,20 @@ def look(manifest: Manifest, stale: Collection[int] = (), accounting: bool = Tru
     for job in manifest.jobs:
         run_dir = manifest.sweep_dir / job.name
         queued = slurm.get(job.launcher_job or "")
-        process = bool(pids.get(job.launcher_job or "")) or locks.held_in(run_dir)
+        held = locks.held_in(run_dir)
+        process = bool(pids.get(job.launcher_job or "")) or held
+        if manifest.kind == "search" and not held and metrics_of(run_dir).get("status") in ("failed", "cancelled"):
+            queued, process = None, False  # its worker lives on with other trials: the trial itself ended
         if process or (queued is not None and queued.state not in SLURM_ENDED):
             alive.add(job.num)
         statuses[job.num] = job_status(manifest.sweep_dir, job, queued, process, marks if job.num in marks else None)
+    workers = sum(bool(pids.get(w)) or (w in slurm and slurm[w].state not in SLURM_ENDED) for w in manifest.workers)
     if not manifest.finish_job:
-        return View(statuses, alive)
+        return View(statuses, alive, workers_alive=workers)
     finish = slurm.get(manifest.finish_job)
     if finish is None:
-        return View(statuses, alive, "unknown (SLURM does not answer)")
-    return View(statuses, alive, finish.text(), finish.state not in SLURM_ENDED)
+        return View(statuses, alive, "unknown (SLURM does not answer)", workers_alive=workers)
+    return View(statuses, alive, finish.text(), finish.state not in SLURM_ENDED, workers)
 
 
 def read(manifest: Manifest, stale: Collection[int] = ()) -> dict[int, Status]:
@@ -440,9 +445,11 @@ def table(manifest: Manifest, view: View) -> tuple[str, list[tuple[str, Status]]
     (the results, the finish job of a detached sweep, how to resume the stopped, cancelled and failed jobs once
     nothing runs)."""
     jobs = [(job.name, view.statuses[job.num]) for job in manifest.jobs]
+    states = ["pending"] * manifest.not_asked() + [status.state for _, status in jobs]
+    noun = "trial" if manifest.kind == "search" else "job"
     # the counts before the sweep dir, whose path may be long: a terminal's block cuts lines at its width
-    header = (f"{len(jobs)} job{'s' * (len(jobs) != 1)} ({manifest.launcher}): "
-              f"{counts(status.state for _, status in jobs)}; sweep dir {manifest.sweep_dir}")
+    header = (f"{len(states)} {noun}{'s' * (len(states) != 1)} ({manifest.launcher}): "
+              f"{counts(states)}; sweep dir {manifest.sweep_dir}")
     tail = results(manifest.sweep_dir)
     if manifest.detach and manifest.finish_job:
         tail.append(f"finish job {manifest.finish_job} (writes the results): {view.finish}")
@@ -460,7 +467,8 @@ def render(manifest: Manifest, view: View) -> str:
 
 def over(view: View) -> bool:
     """Whether nothing of the sweep runs or waits any more: every job ended (or stopped) and nothing is alive."""
-    return not view.alive and not view.finish_alive and all(status.state in FINAL for status in view.statuses.values())
+    return (not view.alive and not view.finish_alive and not view.workers_alive
+            and all(status.state in FINAL for status in view.statuses.values()))
 
 
 def watch(manifest: Manifest, stream: TextIO, interval: float) -> int:

@@ -8,14 +8,15 @@ from hydra.plugins.sweeper import Sweeper
 
 
 class SearchSweeper(Sweeper):
-    """Runs `n_trials` trials, `n_jobs` at a time, each asked from the study, launched as a job of the sweep and
-    told its `objective` (valid_loss or valid_acc) once it ended; pruned by `pruner` (none, median, halving) with
-    that pruner's settings (`median`, `halving`)."""
+    """Runs `n_trials` trials of the space `params` and the command line's sweeps, at most `n_jobs` at a time,
+    each drawn by `sampler` from the study in `storage`, trained as a job of the sweep and told its `objective`
+    (valid_loss or valid_acc) once it ended; pruned by `pruner` (none, median, halving) with that pruner's settings
+    (`median`, `halving`). `detach` (SLURM): the workers that run the trials are submitted and the command returns."""
 
-    def __init__(self, n_trials: int, n_jobs: int, objective: str, seed: int, pruner: str, median: Any, halving: Any,
-                 detach: bool = False) -> None:
-        self.n_trials, self.n_jobs, self.objective, self.seed, self.pruner = n_trials, n_jobs, objective, seed, pruner
-        self.median, self.halving = median, halving
+    def __init__(self, params: Any, n_trials: int, n_jobs: int, objective: str, seed: int, sampler: str,
+                 storage: str | None, pruner: str, median: Any, halving: Any, detach: bool = False) -> None:
+        self.params, self.n_trials, self.n_jobs, self.objective, self.seed = params, n_trials, n_jobs, objective, seed
+        self.sampler, self.storage, self.pruner, self.median, self.halving = sampler, storage, pruner, median, halving
         self.detach = detach
         self.config: Any = None
         self.launcher: Any = None

@@ -1,0 +1,164 @@
+"""A search's worker: one slot of an Optuna search, run as one launcher job (a SLURM or submitit_local job, or the
+launching process under the basic launcher). It asks the study for a trial (`pack` trials together), trains it in
+its job dir, tells the study how it ended, and asks again, until the study holds `n_trials` ended trials: a slot is
+never idle while another trial waits, and no process has to watch the search.
+
+Taking trials, under the sweep record's lock (manifest.locked) so that two workers never take the same one:
+1. its own trials that are still running in the study: the worker was requeued (preempted, or out of time) and
+   resumes them from their last.pt;
+2. orphans: trials running in the study whose worker is gone for good (SLURM no longer queues it, its process is
+   dead) and whose run dir nobody holds: they resume from their last.pt here;
+3. new trials, while the trials ended and running are fewer than `n_trials`.
+A trial's record in sweep.json names the worker that trains it (`launcher_job`), so `fmsweep status` and `cancel`
+see it."""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobStatus, configure_log, setup_globals
+from omegaconf import DictConfig
+
+from fmsweep import tracking
+from fmsweep.errors import UserError
+from fmsweep.sweep import launch, manifest, prelaunch, search, space, status
+from fmsweep.sweep.lock import RunDirBusy
+
+
+@dataclass
+class Plan:
+    """What every worker of a search shares: the sweep dir, the study's storage as the config writes it (never
+    resolved here: this object is pickled into the cluster's job files), the trials' fixed overrides and space, the
+    objective told to the study, the number of trials, and how many trials a worker trains together (pack)."""
+
+    sweep_dir: Path
+    storage: str | None
+    study_name: str
+    fixed: list[str]
+    space: dict[str, Any]
+    objective: str
+    n_trials: int
+    pack: int
+
+    def study(self) -> Any:
+        import optuna
+
+        from fmsweep.sweep import storage
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        return optuna.load_study(study_name=self.study_name, storage=storage.open(self.storage, self.sweep_dir))
+
+    def overrides(self, params: dict[str, Any]) -> list[str]:
+        """A trial's overrides: the fixed ones, then its sampled values in full."""
+        return [*self.fixed, *(f"{k}={space.override_value(v)}" for k, v in params.items())]
+
+
+def ended(trials: list[Any]) -> int:
+    from optuna.trial import TrialState
+
+    return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) for t in trials)
+
+
+class Worker:
+    """One slot of the search (see the module's doc). `launcher` is the sweep's launcher plugin (it carries Hydra's
+    context, the task function and the config the trials are composed from). Submitit calls `checkpoint` when the
+    job is about to be requeued: the worker starts again and takes its own running trials first."""
+
+    def __init__(self, launcher: Any, plan: Plan) -> None:
+        self.launcher, self.plan = launcher, plan
+        self.singleton_state = Singleton.get_state()
+
+    def __call__(self, worker_id: str | None = None) -> int:
+        """Train trials until the search has none left for this worker; return how many it trained."""
+        if worker_id is None:  # in a submitit job
+            import submitit
+
+            Singleton.set_state(self.singleton_state)
+            setup_globals()
+            worker_id = str(submitit.JobEnvironment().job_id)
+        study = self.plan.study()
+        trained = 0
+        while True:
+            with manifest.locked(self.plan.sweep_dir):
+                record = manifest.require(self.plan.sweep_dir)
+                taken = self.take(study, record, worker_id)
+                planned = launch.units(self.launcher, record, taken)
+                for num in taken:
+                    record.job(num).launcher_job = worker_id
+                record.save()
+            if not taken:
+                return trained
+            print(f"fmsweep: worker {worker_id}: trial{'s' * (len(taken) > 1)} {', '.join(map(str, taken))}",
+                  flush=True)
+            for nums, unit in planned:
+                result = unit(worker_id)
+                configure_log(self.launcher.config.hydra.hydra_logging, self.launcher.config.hydra.verbose)
+                if isinstance(result._return_value, RunDirBusy):
+                    continue  # another process trains it: that one tells the study
+                for num in nums:
+                    self.tell(study, num, result.status == JobStatus.FAILED)
+                trained += len(nums)
+
+    def take(self, study: Any, record: manifest.Manifest, worker_id: str) -> dict[int, DictConfig]:
+        """The trials this worker trains next (see the module's doc), each with its composed config; new ones are
+        asked from the study and added to the record."""
+        from optuna.trial import TrialState
+
+        trials = study.get_trials(deepcopy=False)
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        mine = [t.number for t in running if (job := record.job(t.number)) and job.launcher_job == worker_id]
+        if not mine:
+            alive = status.alive(record)
+            mine = [t.number for t in running if t.number not in alive][: self.plan.pack]
+        if not mine:
+            room = self.plan.n_trials - ended(trials) - len(running)
+            mine = [search.ask(study, self.plan.space) for _ in range(min(self.plan.pack, max(room, 0)))]
+        configs = {}
+        for num in mine:
+            job = record.job(num)
+            overrides = job.overrides if job else self.plan.overrides(study.trials[num].params)
+            try:
+                configs[num] = self.compose(num, overrides)
+            except UserError as exc:
+                print(f"fmsweep: trial {num} failed its check: {exc}", flush=True)
+                study.tell(num, state=TrialState.FAIL, skip_if_finished=True)
+                continue
+            if job is None:
+                record.jobs.append(manifest.JobRecord(num=num, name=str(configs[num].hydra.sweep.subdir),
+                                                      overrides=overrides, epochs=int(configs[num].epochs)))
+        return configs
+
+    def compose(self, num: int, overrides: list[str]) -> DictConfig:
+        """Trial `num`'s config, checked as every job of a sweep is; its job dir named with readable values."""
+        config = self.launcher.config
+        return prelaunch.check_jobs(self.launcher.hydra_context.config_loader, config, [overrides], first_num=num,
+                                    names=[space.display_overrides(overrides)])[0]
+
+    def tell(self, study: Any, num: int, failed: bool) -> None:
+        """Tell the study how trial `num` ended, from its metrics.json: its objective, pruned, or failed. A trial
+        that was stopped (cancelled, interrupted) is not told: it stays running, to be resumed."""
+        from optuna.trial import TrialState
+
+        job = manifest.require(self.plan.sweep_dir).job(num)
+        metrics = (tracking.read_metrics(self.plan.sweep_dir / job.name) if job else None) or {}
+        result = metrics.get("status")
+        if result == "completed":
+            study.tell(num, metrics[self.plan.objective], skip_if_finished=True)
+        elif result == "pruned":
+            study.tell(num, state=TrialState.PRUNED, skip_if_finished=True)
+        elif result == "failed" or (failed and result is None):
+            study.tell(num, state=TrialState.FAIL, skip_if_finished=True)
+
+    def checkpoint(self, *args: Any) -> Any:
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(copy.copy(self), *args)
+
+
+def local_id() -> str:
+    """The id of a worker run in the launching process (the basic launcher): its pid."""
+    return str(os.getpid())

@@ -4,6 +4,7 @@ exists, what was probably meant."""
 from __future__ import annotations
 
 import difflib
+import re
 import shlex
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ValueType
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 CONF = Path(__file__).resolve().parent / "conf"
 
@@ -126,6 +128,10 @@ def one_line(exc: BaseException, argv: list[str]) -> str | None:
                     f"did you mean {added[0].lstrip('+')}?")
     if isinstance(exc, OverrideParseException):
         return f"cannot parse the override {exc.override!r}: {exc.message.strip().splitlines()[0]}"
+    missing = re.search(r"Environment variable '([^']+)' not found", message)
+    if isinstance(exc, InterpolationResolutionError) and missing:
+        return (f"the config reads the environment variable {missing[1]} (${{oc.env:{missing[1]}}}), which is not "
+                f"set: export {missing[1]}=... here and where the jobs run")
     if isinstance(exc, ValueError) and message.startswith("Config group override must be a string or a list"):
         nulls = [arg for arg in argv if arg.split("=")[0] in groups() and arg.endswith("=null")]
         group = nulls[0].split("=")[0] if nulls else "a config group"

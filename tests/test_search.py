@@ -296,3 +296,39 @@ def test_by_default_the_median_pruner_waits_for_its_startup_trials() -> None:
         for epoch in range(1, 5):
             good.report(1.0 / epoch, epoch)
         study.tell(good, 0.25)
+
+
+def log_span(run_dir: Path) -> tuple[float, float]:
+    """When a trial's job started and ended: its job log's first and last timestamps (ms), in seconds."""
+    stamps = [time.mktime(time.strptime(line[1:20], "%Y-%m-%d %H:%M:%S")) + int(line[21:24]) / 1000
+              for line in (run_dir / "__main__.log").read_text().splitlines() if line.startswith("[")]
+    return stamps[0], stamps[-1]
+
+
+@pytest.mark.slow
+def test_a_slot_asks_its_next_trial_as_soon_as_its_trial_ended(data_root: Path, tmp_path: Path) -> None:
+    # the random sampler seeded 17 draws 40 epochs for trial 0 and 2 for trials 1-3 (whichever worker asks them):
+    # the slot beside trial 0 runs trials 1, 2 and 3 while trial 0 trains
+    proc = run(data_root, tmp_path, "model=fc", "epochs=choice(2,40)", "hydra.sweeper.sampler=random",
+               "hydra.sweeper.seed=17", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
+               "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10")
+    assert proc.returncode == 0, proc.stderr
+    trials = study(tmp_path).trials
+    assert [t.params["epochs"] for t in trials] == [40, 2, 2, 2]
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    spans = {r.num: log_span(r.path) for r in find_runs(tmp_path)}
+    assert spans[1][0] < spans[0][1]  # trial 1 ran beside trial 0
+    assert spans[1][1] <= spans[2][0] < spans[3][0] < spans[0][1]  # and its slot went on at once, twice
+    workers = json.loads((tmp_path / "sweep.json").read_text())["workers"]
+    assert len(workers) == 2
+
+
+def test_a_continued_search_asks_no_setting_twice(data_root: Path, tmp_path: Path) -> None:
+    args = ["model=fc", "epochs=1", *SETUP_SPACE]
+    assert run(data_root, tmp_path, *args, "hydra.sweeper.n_trials=3").returncode == 0
+    first = [t.params for t in study(tmp_path).trials]
+    proc = run(data_root, tmp_path, *args, "hydra.sweeper.n_trials=6")
+    assert proc.returncode == 0, proc.stderr
+    trials = study(tmp_path).trials
+    assert [t.params for t in trials[:3]] == first and [t.state for t in trials] == [TrialState.COMPLETE] * 6
+    assert len({tuple(t.params.values()) for t in trials}) == 6

@@ -19,7 +19,6 @@ if TYPE_CHECKING:
 # the names hydra.sweeper.sampler takes: Optuna's built-in samplers that need no package beyond fmsweep's own
 # (CmaEsSampler needs cmaes, GPSampler and QMCSampler scipy; BruteForceSampler takes no continuous range)
 SAMPLERS = ("tpe", "random", "nsgaii")
-NOTHING_SEARCHED = "hydra/sweeper=optuna needs a search space: e.g. 'optimizer.lr=tag(log,interval(1e-4,1e-1))'"
 
 
 @functools.cache
@@ -89,7 +88,7 @@ def split(arguments: list[str], params: Mapping[str, Any] | None = None) -> tupl
         else:
             fixed.append(override.input_line)
     if not space:
-        raise UserError(NOTHING_SEARCHED)
+        raise UserError("hydra/sweeper=optuna needs a search space: e.g. 'optimizer.lr=tag(log,interval(1e-4,1e-1))'")
     return fixed, space
 
 

@@ -244,14 +244,16 @@ def test_jobs_of_an_earlier_launch(tmp_path: Path, held: contextlib.ExitStack) -
         "fmsweep: 1_lr=1 completed: test acc 85.00 % (2 pending, 1 running, 2 completed, 0 failed)"]
 
 
-def test_others_are_counted(tmp_path: Path) -> None:
+def test_a_search_counts_the_trials_not_asked_yet_as_pending(tmp_path: Path) -> None:
     manifest = sweep(tmp_path, 1)
+    manifest.kind, manifest.trials = "search", 4
+    manifest.save()
     out = io.StringIO()
-    live = LiveStatus(manifest, [0], stream=out, others=["completed", "pruned", "running"])
+    live = LiveStatus(manifest, [0], stream=out)
     start(tmp_path / manifest.jobs[0].name)
     with lock.hold([tmp_path / manifest.jobs[0].name]):
         live.update()
-    assert out.getvalue() == "fmsweep: 0_lr=0 running (0 pending, 2 running, 1 completed, 1 pruned, 0 failed)\n"
+    assert out.getvalue() == "fmsweep: 0_lr=0 running (3 pending, 1 running, 0 completed, 0 failed)\n"
 
 
 def test_the_thread_polls_and_exit_shows_the_final_state(tmp_path: Path) -> None:

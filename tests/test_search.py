@@ -195,7 +195,8 @@ def ask(study: optuna.Study, n: int) -> list[dict]:
     searched = space.split(SETUP_SPACE)[1]
     params = []
     for _ in range(n):
-        trial = study.trials[search.ask(study, searched)]
+        number = search.ask(study, searched)
+        trial = study.trials[number]
         study.tell(trial.number, trial.params["optimizer.lr"] + trial.params["reg.l2"])
         params.append(trial.params)
     return params

@@ -184,11 +184,10 @@ def wait(jobs: list[Any]) -> Exception | None:
     return error
 
 
-def launch(launcher: Any, manifest: Manifest, configs: dict[int, DictConfig], detach: bool = False,
-           others: list[str] | None = None) -> Exception | None:
+def launch(launcher: Any, manifest: Manifest, configs: dict[int, DictConfig], detach: bool = False) -> Exception | None:
     """Launch the jobs `configs` holds (by number; the manifest records them) and, attached, show the live status
     until every job of the sweep has ended (those launched here, and any an earlier launch left alive); return the
-    first failed job's error. `others`: the live-status states of a search's trials the manifest does not hold."""
+    first failed job's error."""
     from fmsweep.sweep import status
     from fmsweep.sweep.live_status import LiveStatus
 
@@ -214,7 +213,7 @@ def launch(launcher: Any, manifest: Manifest, configs: dict[int, DictConfig], de
     stream = sys.stdout if kind != "BasicLauncher" else _Lines(sys.stdout)
     quiet = _quiet_controllers(sweep_dir) if kind == "LocalLauncher" else nullcontext()
     error = None
-    with LiveStatus(manifest, list(configs), stream=stream, others=others or []), quiet:
+    with LiveStatus(manifest, list(configs), stream=stream), quiet:
         try:
             if kind == "BasicLauncher":
                 error = run_here(launcher, planned)

@@ -30,12 +30,14 @@ class LiveStatus:
     `launched` are the jobs this process launches now: what an earlier launch of the sweep dir left of them (a
     failure, a stop) counts only once their new launch shows (status.Stale). The record's other jobs (finished
     earlier, or still alive from an earlier launch) are shown too; off a terminal those already over at the first
-    poll are counted, not reported. A search's trials that no worker asked yet are counted as pending."""
+    poll are counted, not reported. A search's trials that no worker asked yet are counted as pending; those asked
+    after this began are reported as any launched job."""
 
     def __init__(self, manifest: Manifest, launched: Collection[int], stream: TextIO = sys.stdout,
                  interval: float = 2.0) -> None:
         self.manifest, self.stream, self.interval = manifest, stream, interval
         self.stale = Stale(manifest, launched)
+        self.recorded = {job.num for job in manifest.jobs}  # a search's trials asked later are this launch's
         self.statuses: dict[int, Status] = {}
         self._changes: reading.Changes | None = None  # off a terminal, from the first poll on
         self._screen = reading.Screen(stream)
@@ -66,7 +68,7 @@ class LiveStatus:
             return
         if self._changes is None:
             self._changes = reading.Changes({job.name: self.statuses[job.num].state for job in self.manifest.jobs
-                                             if job.num not in self.stale
+                                             if job.num in self.recorded and job.num not in self.stale
                                              and self.statuses[job.num].state in reading.FINAL})
         self._changes.write(self.stream, jobs, ["pending"] * self.manifest.not_asked())
 

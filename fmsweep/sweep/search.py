@@ -314,6 +314,7 @@ def run_search(sweeper: Any, arguments: list[str]) -> None:
     if type(launcher).__name__ == "BasicLauncher" and slots > 1:
         print(f"fmsweep: the basic launcher runs one trial at a time (hydra.sweeper.n_jobs={sweeper.n_jobs} needs "
               f"hydra/launcher=submitit_local or slurm)")
+        slots = 1
     if slots:
         together = f", each training up to {plan.pack} trials together (pack={plan.pack})" if plan.pack > 1 else ""
         print(f"fmsweep: {slots} worker{'s' * (slots > 1)} for {left} trial{'s' * (left > 1)}{together}")

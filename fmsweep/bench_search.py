@@ -6,7 +6,9 @@ with each checkout, alternating which goes first so that load from other process
 fresh process with PYTHONPATH=<checkout> (that checkout's fmsweep, conf and hydra_plugins win over the installed
 ones: checked once at start) in a fresh sweep dir under --out. Per run: the command's wall time; each trial's time,
 from the first to the last timestamped line of its job's log (millisecond stamps); busy = the trials' seconds /
-(wall x n_jobs); how the trials ended (metrics.json `status`) and the best completed trial's valid_loss. Prints a
+(wall x n_jobs), and the same over the trials' span (from the first trial's first line to the last one's last:
+the command's start-up and its report left out); how the trials ended (metrics.json `status`) and the best
+completed trial's valid_loss. Prints a
 line per run, then a table of medians over the rounds (also in <out>/bench_search.md; the raw numbers in
 <out>/bench_search.json) with the targets: busy >= 85 % and baseline wall / current wall >= 1.4.
 """
@@ -50,12 +52,15 @@ TAIL_LINES = 20
 
 @dataclasses.dataclass
 class Trial:
-    """One job of a search: its number, how it ended, its logged seconds and (when completed) its valid_loss."""
+    """One job of a search: its number, how it ended, its logged seconds and (when completed) its valid_loss; its
+    log's first and last stamps (seconds since the epoch; None without lines)."""
     number: int
     status: str
     seconds: float
     valid_loss: float | None
     overrides: list[str]
+    start: float | None = None
+    end: float | None = None
 
 
 def override_key(override: str) -> str:
@@ -71,11 +76,17 @@ def merge_overrides(defaults: list[str], extra: list[str]) -> list[str]:
     return merged + [override for override in extra if override_key(override) in given]
 
 
+def log_span(log: Path) -> tuple[float, float] | None:
+    """The first and last timestamped lines of a job log, in seconds since the epoch (None without any)."""
+    stamps = [datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+              for match in map(STAMP.match, log.read_text(errors="replace").splitlines()) if match]
+    return (stamps[0], stamps[-1]) if stamps else None
+
+
 def log_seconds(log: Path) -> float:
     """Seconds from the first to the last timestamped line of a job log (0 with fewer than two)."""
-    stamps = [datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f")
-              for match in map(STAMP.match, log.read_text(errors="replace").splitlines()) if match]
-    return (stamps[-1] - stamps[0]).total_seconds() if stamps else 0.0
+    span = log_span(log)
+    return span[1] - span[0] if span else 0.0
 
 
 def read_trial(job_dir: Path, number: int, fixed: set[str]) -> Trial:
@@ -86,9 +97,11 @@ def read_trial(job_dir: Path, number: int, fixed: set[str]) -> Trial:
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     overrides = (yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else None) or []
     status = metrics.get("status", "none")
+    spans = [span for span in map(log_span, logs) if span]
     return Trial(number, status, sum(log_seconds(log) for log in logs),
                  metrics.get("valid_loss") if status == "completed" else None,
-                 [override for override in overrides if override not in fixed])
+                 [override for override in overrides if override not in fixed],
+                 min((a for a, _ in spans), default=None), max((b for _, b in spans), default=None))
 
 
 def read_trials(sweep_dir: Path, fixed: set[str]) -> list[Trial]:
@@ -105,8 +118,11 @@ def measure(code: str, round_: int, sweep_dir: Path, wall: float, overrides: lis
     trial_seconds = sum(trial.seconds for trial in trials)
     completed = [(trial.valid_loss, trial) for trial in trials if trial.valid_loss is not None]
     best = min(completed, key=lambda pair: pair[0])[1] if completed else None
+    starts, ends = [t.start for t in trials if t.start is not None], [t.end for t in trials if t.end is not None]
+    span = max(ends) - min(starts) if starts else 0.0
     return {"code": code, "round": round_, "sweep_dir": str(sweep_dir), "wall_s": wall, "n_jobs": n_jobs,
-            "trial_seconds": trial_seconds, "busy": trial_seconds / (wall * n_jobs),
+            "trial_seconds": trial_seconds, "busy": trial_seconds / (wall * n_jobs), "span_s": span,
+            "busy_span": trial_seconds / (span * n_jobs) if span > 0 else 0.0,
             "statuses": dict(Counter(trial.status for trial in trials)),
             "best_valid_loss": best.valid_loss if best else None, "best_overrides": best.overrides if best else None,
             "trials": [dataclasses.asdict(trial) for trial in trials]}
@@ -121,7 +137,8 @@ def run_line(run: dict[str, Any]) -> str:
             f"best valid_loss {run['best_valid_loss']:.4f} ({' '.join(run['best_overrides'])})")
     return (f"round {run['round']} {run['code']:<8}: wall {run['wall_s']:.1f} s, {len(run['trials'])} trials "
             f"({ended}{others}), trial-s {run['trial_seconds']:.1f}, busy {100 * run['busy']:.1f} % "
-            f"of {run['n_jobs']} slots, {best}")
+            f"of {run['n_jobs']} slots ({100 * run['busy_span']:.1f} % over the trials' span of "
+            f"{run['span_s']:.1f} s), {best}")
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -134,10 +151,12 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         codes[code] = {"runs": len(mine), "wall_s": statistics.median(run["wall_s"] for run in mine),
                        "trial_seconds": statistics.median(run["trial_seconds"] for run in mine),
                        "busy": statistics.median(run["busy"] for run in mine),
+                       "busy_span": statistics.median(run["busy_span"] for run in mine),
                        "best_valid_loss_median": statistics.median(bests) if bests else None,
                        "best_valid_loss_min": min(bests) if bests else None}
     ratio = codes["baseline"]["wall_s"] / codes["current"]["wall_s"]
     return {"codes": codes, "ratio": ratio, "busy_met": codes["current"]["busy"] >= TARGET_BUSY,
+            "busy_span_met": codes["current"]["busy_span"] >= TARGET_BUSY,
             "ratio_met": ratio >= TARGET_RATIO}
 
 
@@ -147,19 +166,22 @@ def loss(value: float | None) -> str:
 
 def table(summary: dict[str, Any], machine: str, command: str) -> str:
     """The markdown report of a summary."""
-    lines = ["| code | runs | median wall s | median trial-s sum | median busy % | best valid loss: median | "
-             "best of rounds |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| code | runs | median wall s | median trial-s sum | median busy % of the wall | median busy % of the "
+             "trials' span | best valid loss: median | best of rounds |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for code, numbers in summary["codes"].items():
         lines.append(f"| {code} | {numbers['runs']} | {numbers['wall_s']:.1f} | {numbers['trial_seconds']:.1f} | "
-                     f"{100 * numbers['busy']:.1f} | {loss(numbers['best_valid_loss_median'])} | "
+                     f"{100 * numbers['busy']:.1f} | {100 * numbers['busy_span']:.1f} | "
+                     f"{loss(numbers['best_valid_loss_median'])} | "
                      f"{loss(numbers['best_valid_loss_min'])} |")
     met = {True: "met", False: "missed"}
     return "\n".join([
         *lines, "",
         f"baseline wall / current wall (medians): {summary['ratio']:.2f}× (target ≥ {TARGET_RATIO}×: "
         f"{met[summary['ratio_met']]})",
-        f"current busy: {100 * summary['codes']['current']['busy']:.1f} % (target ≥ {100 * TARGET_BUSY:.0f} %: "
-        f"{met[summary['busy_met']]})", "",
+        f"current busy: {100 * summary['codes']['current']['busy']:.1f} % of the command's wall, "
+        f"{100 * summary['codes']['current']['busy_span']:.1f} % of the trials' span, from the first trial's first "
+        f"log line to the last one's last (target ≥ {100 * TARGET_BUSY:.0f} %: {met[summary['busy_met']]} of the wall, "
+        f"{met[summary['busy_span_met']]} of the span)", "",
         f"machine: {machine}", f"command: `{command}`", ""])
 
 

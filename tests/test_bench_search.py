@@ -64,12 +64,14 @@ def test_a_run_is_measured_from_its_job_logs_and_metrics(tmp_path: Path) -> None
         (0, "completed", 7.25), (1, "pruned", 2.5), (2, "failed", 0.0), (10, "completed", 1.25)]
     assert run["n_jobs"] == 2 and run["trial_seconds"] == pytest.approx(11.0)
     assert run["busy"] == pytest.approx(11.0 / (10.0 * 2))
+    # the trials' span: from 10:00:00 to the pruned trial's last line, past midnight
+    assert run["span_s"] == pytest.approx(14 * 3600 + 1.0) and run["busy_span"] == pytest.approx(11.0 / (2 * 50401))
     assert run["statuses"] == {"completed": 2, "pruned": 1, "failed": 1}
     # the pruned trial's 0.3 is no result: the best is the completed 0.4, with what the command did not fix
     assert (run["best_valid_loss"], run["best_overrides"]) == (0.4, ["optimizer.lr=0.001"])
     assert bench_search.run_line(run) == (
         "round 1 baseline: wall 10.0 s, 4 trials (2 completed, 1 pruned, 1 failed), trial-s 11.0, busy 55.0 % "
-        "of 2 slots, best valid_loss 0.4000 (optimizer.lr=0.001)")
+        "of 2 slots (0.0 % over the trials' span of 50401.0 s), best valid_loss 0.4000 (optimizer.lr=0.001)")
 
 
 def test_a_job_without_metrics_counts_as_none_and_no_completed_trial_has_no_best(tmp_path: Path) -> None:
@@ -81,12 +83,15 @@ def test_a_job_without_metrics_counts_as_none_and_no_completed_trial_has_no_best
     assert (run["statuses"], run["trial_seconds"], run["busy"]) == ({"none": 1}, 3.0, 0.25)
     assert (run["best_valid_loss"], run["best_overrides"]) == (None, None)
     assert bench_search.run_line(run).endswith("(0 completed, 0 pruned, 0 failed, 1 none), trial-s 3.0, "
-                                               "busy 25.0 % of 3 slots, no completed trial")
+                                               "busy 25.0 % of 3 slots (33.3 % over the trials' span of 3.0 s), "
+                                               "no completed trial")
 
 
 def runs(code: str, walls: list[float], seconds: list[float], bests: list[float | None]) -> list[dict[str, Any]]:
+    """Runs of 2 slots whose trials span their wall but 1 s."""
     return [{"code": code, "wall_s": wall, "trial_seconds": trial_seconds, "busy": trial_seconds / (2 * wall),
-             "best_valid_loss": best} for wall, trial_seconds, best in zip(walls, seconds, bests)]
+             "busy_span": trial_seconds / (2 * (wall - 1)), "best_valid_loss": best}
+            for wall, trial_seconds, best in zip(walls, seconds, bests)]
 
 
 def test_the_summary_takes_medians_per_code_and_checks_the_targets() -> None:
@@ -100,10 +105,12 @@ def test_the_summary_takes_medians_per_code_and_checks_the_targets() -> None:
     assert (current["best_valid_loss_median"], current["best_valid_loss_min"]) == (None, None)
     assert summary["ratio"] == pytest.approx(20 / 12) and summary["ratio_met"] and summary["busy_met"]
     report = bench_search.table(summary, "CPU X, 2 cores, torch 2.0", "python -m fmsweep.bench_search --rounds 3")
-    assert "| baseline | 3 | 20.0 | 16.0 | 40.0 | 0.4000 | 0.3000 |" in report
-    assert "| current | 3 | 12.0 | 20.6 | 86.0 | – | – |" in report
+    assert (baseline["busy_span"], current["busy_span"]) == (pytest.approx(16 / 38), pytest.approx(20.64 / 22))
+    assert "| baseline | 3 | 20.0 | 16.0 | 40.0 | 42.1 | 0.4000 | 0.3000 |" in report
+    assert "| current | 3 | 12.0 | 20.6 | 86.0 | 93.8 | – | – |" in report
     assert "baseline wall / current wall (medians): 1.67× (target ≥ 1.4×: met)" in report
-    assert "current busy: 86.0 % (target ≥ 85 %: met)" in report
+    assert ("current busy: 86.0 % of the command's wall, 93.8 % of the trials' span, from the first trial's first "
+            "log line to the last one's last (target ≥ 85 %: met of the wall, met of the span)") in report
     assert "machine: CPU X, 2 cores, torch 2.0\ncommand: `python -m fmsweep.bench_search --rounds 3`" in report
 
 
@@ -112,7 +119,9 @@ def test_targets_are_missed_below_them() -> None:
                                       *runs("current", [10.0], [16.9], [0.5])])
     assert (summary["ratio"], summary["ratio_met"], summary["busy_met"]) == (pytest.approx(1.39), False, False)
     report = bench_search.table(summary, "m", "c")
-    assert "1.39× (target ≥ 1.4×: missed)" in report and "84.5 % (target ≥ 85 %: missed)" in report
+    assert summary["busy_span_met"] and "1.39× (target ≥ 1.4×: missed)" in report
+    assert "84.5 % of the command's wall, 93.9 % of the trials' span" in report
+    assert "(target ≥ 85 %: missed of the wall, met of the span)" in report
 
 
 def test_overrides_after_the_dashes_replace_the_defaults_keys() -> None:

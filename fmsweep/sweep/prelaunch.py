@@ -25,13 +25,15 @@ from fmsweep.errors import UserError
 
 
 def check_jobs(loader: ConfigLoader, config: DictConfig, job_overrides: Sequence[Sequence[str]],
-               first_num: int = 0, *, names: Sequence[Sequence[str]] | None = None) -> list[DictConfig]:
+               first_num: int = 0, *, names: Sequence[Sequence[str]] | None = None,
+               composer: SweepComposer | None = None) -> list[DictConfig]:
     """Compose and validate the config of every job (numbered from `first_num`, as the launchers number them); the
     first bad one is a UserError naming the job as its dir is named. Then fetch the data set once for all jobs that
     may download it. Returns the composed configs, each what `loader.load_sweep_config` composes (see SweepComposer);
     with `names` (per job, the overrides its dir is named by, e.g. a search's values rounded for people), each job's
-    hydra.job.override_dirname is made of those instead of its overrides."""
-    composer = SweepComposer(loader, config)
+    hydra.job.override_dirname is made of those instead of its overrides. `composer`: one kept from earlier calls
+    (a search's worker composes trial after trial), else a new one."""
+    composer = composer or SweepComposer(loader, config)
     configs, roots = [], set()
     named = job_overrides if names is None else names
     for num, (overrides, name_overrides) in enumerate(zip(job_overrides, named, strict=True), first_num):

@@ -474,7 +474,7 @@ def over(view: View) -> bool:
 def watch(manifest: Manifest, stream: TextIO, interval: float) -> int:
     """Show the sweep until it is over: on a terminal a block redrawn in place, never taller than the terminal;
     elsewhere the table, a line per change of a job's state, and the table again at the end if it changed. The exit
-    code: 0 when every job completed (or was pruned), else 1."""
+    code: 0 when every job completed (or was pruned), and a search asked all its trials, else 1."""
     screen = Screen(stream) if stream.isatty() else None
     changes, first = None, ""
     while True:
@@ -495,7 +495,8 @@ def watch(manifest: Manifest, stream: TextIO, interval: float) -> int:
             if screen is None and render(manifest, view) != first:
                 stream.write(render(manifest, view))
             stream.flush()
-            return 0 if all(s.state in ("completed", "pruned") for s in view.statuses.values()) else 1
+            ended = all(s.state in ("completed", "pruned") for s in view.statuses.values())
+            return 0 if ended and not manifest.not_asked() else 1
         time.sleep(interval)
 
 

@@ -81,11 +81,13 @@ class Worker:
             setup_globals()
             worker_id = str(submitit.JobEnvironment().job_id)
         study = self.plan.study()
+        # Hydra composes each combination of group choices once per worker: a trial's config then takes a few ms
+        composer = prelaunch.SweepComposer(self.launcher.hydra_context.config_loader, self.launcher.config)
         trained = 0
         while True:
             with manifest.locked(self.plan.sweep_dir):
                 record = manifest.require(self.plan.sweep_dir)
-                taken = self.take(study, record, worker_id)
+                taken = self.take(study, record, worker_id, composer)
                 planned = launch.units(self.launcher, record, taken)
                 for num in taken:
                     record.job(num).launcher_job = worker_id
@@ -103,7 +105,8 @@ class Worker:
                     self.tell(study, num, result.status == JobStatus.FAILED)
                 trained += len(nums)
 
-    def take(self, study: Any, record: manifest.Manifest, worker_id: str) -> dict[int, DictConfig]:
+    def take(self, study: Any, record: manifest.Manifest, worker_id: str,
+             composer: prelaunch.SweepComposer) -> dict[int, DictConfig]:
         """The trials this worker trains next (see the module's doc), each with its composed config; new ones are
         asked from the study and added to the record."""
         from optuna.trial import TrialState
@@ -122,7 +125,7 @@ class Worker:
             job = record.job(num)
             overrides = job.overrides if job else self.plan.overrides(study.trials[num].params)
             try:
-                configs[num] = self.compose(num, overrides)
+                configs[num] = self.compose(num, overrides, composer)
             except UserError as exc:
                 print(f"fmsweep: trial {num} failed its check: {exc}", flush=True)
                 study.tell(num, state=TrialState.FAIL, skip_if_finished=True)
@@ -132,11 +135,10 @@ class Worker:
                                                       overrides=overrides, epochs=int(configs[num].epochs)))
         return configs
 
-    def compose(self, num: int, overrides: list[str]) -> DictConfig:
+    def compose(self, num: int, overrides: list[str], composer: prelaunch.SweepComposer) -> DictConfig:
         """Trial `num`'s config, checked as every job of a sweep is; its job dir named with readable values."""
-        config = self.launcher.config
-        return prelaunch.check_jobs(self.launcher.hydra_context.config_loader, config, [overrides], first_num=num,
-                                    names=[space.display_overrides(overrides)])[0]
+        return prelaunch.check_jobs(self.launcher.hydra_context.config_loader, self.launcher.config, [overrides],
+                                    first_num=num, names=[space.display_overrides(overrides)], composer=composer)[0]
 
     def tell(self, study: Any, num: int, failed: bool) -> None:
         """Tell the study how trial `num` ended, from its metrics.json: its objective, pruned, or failed. A trial

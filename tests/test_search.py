@@ -333,3 +333,10 @@ def test_a_continued_search_asks_no_setting_twice(data_root: Path, tmp_path: Pat
     trials = study(tmp_path).trials
     assert [t.params for t in trials[:3]] == first and [t.state for t in trials] == [TrialState.COMPLETE] * 6
     assert len({tuple(t.params.values()) for t in trials}) == 6
+
+
+def test_a_detached_search_needs_slurm(data_root: Path, tmp_path: Path) -> None:
+    proc = run(data_root, tmp_path / "sweep", *SPACE, "hydra.sweeper.detach=true")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("fmsweep: error: hydra.sweeper.detach=true needs hydra/launcher=slurm")
+    assert proc.stderr.count("\n") == 1 and not (tmp_path / "sweep").exists()

@@ -3,6 +3,7 @@ of the journal and sqlite storages; with the MariaDB server of the test cluster 
 processes, a wrong password, and a whole search through the command line whose password ends up nowhere."""
 from __future__ import annotations
 
+import json
 import secrets
 import subprocess
 import sys
@@ -265,6 +266,10 @@ def test_a_search_keeps_its_study_in_mariadb_and_its_password_nowhere(database: 
     assert [path for path, data in files.items() if database.password.encode() in data] == []
     # what the sweep records of its storage is the URL as written
     assert any(database.url().encode() in data for data in files.values())
-    study = optuna.load_study(study_name=search.STUDY, storage=storage.open(database.url(), sweep_dir))
+    study = search.find_study(sweep_dir)  # from the storage multirun.yaml names, as the report finds it
+    assert study.study_name == f"fmsweep:{sweep_dir.resolve()}"
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+    # both workers trained trials, at once
+    workers = {job["launcher_job"] for job in json.loads((sweep_dir / "sweep.json").read_text())["jobs"]}
+    assert len(workers) == 2, workers
     assert not (sweep_dir / storage.JOURNAL).exists()

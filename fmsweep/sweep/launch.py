@@ -29,6 +29,8 @@ from fmsweep.sweep.manifest import Manifest, ids_text
 LOCAL_STOP_S = 10
 # how often an attached sweep looks whether the jobs an earlier launch left running have ended
 ALIVE_POLL_S = 5.0
+# how often an attached sweep looks whether a submitit job it waits for has ended
+JOB_POLL_S = 0.2
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's default MaxArraySize
 
 
@@ -174,6 +176,8 @@ def wait(jobs: list[Any]) -> Exception | None:
     value, which would print "Error executing job")."""
     error = None
     for job in jobs:
+        while not job.done():  # submitit's own wait looks once a second
+            time.sleep(JOB_POLL_S)
         try:
             result = job.results()[0]
         except Exception as exc:  # noqa: BLE001 (killed, cancelled, or failed outside Hydra's job: reported)

@@ -24,7 +24,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from fmsweep.errors import UserError
-from fmsweep.sweep.space import describe
+from fmsweep.sweep.space import describe, readable
 
 log = logging.getLogger(__name__)
 STUDY = "fmsweep"
@@ -341,4 +341,4 @@ def print_best(study: Any, objective: str) -> None:
     if counts["complete"]:
         best = study.best_trial
         print(f"fmsweep: best trial {best.number}: {objective} {best.value:.4f} with "
-              + " ".join(f"{k}={v}" for k, v in best.params.items()))
+              + " ".join(f"{k}={readable(v)}" for k, v in best.params.items()))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -114,8 +114,10 @@ class Worker:
         trials = study.get_trials(deepcopy=False)
         running = [t for t in trials if t.state == TrialState.RUNNING]
         mine = [t.number for t in running if (job := record.job(t.number)) and job.launcher_job == worker_id]
-        if not mine:
-            alive = status.alive(record)
+        if not mine and running:
+            # one look at what runs the others' trials (SLURM's queue, pids, run dir locks): those of no one are orphans
+            numbers = {t.number for t in running}
+            alive = status.alive(replace(record, jobs=[job for job in record.jobs if job.num in numbers]))
             mine = [t.number for t in running if t.number not in alive][: self.plan.pack]
         if not mine:
             room = self.plan.n_trials - ended(trials) - len(running)

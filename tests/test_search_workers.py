@@ -1,15 +1,16 @@
-"""A detached search on the real SLURM cluster: its workers ask, train and tell trials with no process watching,
+"""A search's workers on the real SLURM cluster: detached, they ask, train and tell trials with no process watching,
 until the study holds exactly n_trials ended trials, also when one worker is cancelled for good mid-trial (its
 trial is taken over by the other worker and resumed from its last.pt); `fmsweep status` follows it and its results
-are written by the job that waits for the workers."""
+are written by the job that waits for the workers. A preempted worker (USR2) is requeued and resumes its trial."""
 import json
 import subprocess
 from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
+from conftest import fast_overrides
 from test_durable import fmsweep, history_epochs, record, wait_for
-from test_slurm import CPU_SLURM, needs_cluster, sweep
+from test_slurm import CPU_SLURM, needs_cluster, sweep, usr2_after_two_epochs
 
 from fmsweep.sweep import search
 
@@ -57,3 +58,21 @@ def test_a_detached_search_ends_with_its_trials_when_a_worker_is_cancelled_for_g
     assert (sweep_dir / "report.md").is_file() and "## Search" in (sweep_dir / "report.md").read_text()
     print(f"\ndetached 12-trial search, worker {workers[0]} cancelled in trial {orphan['num']}:\n"
           f"{proc.stdout}\n{watched.stdout[-1500:]}")
+
+
+@pytest.mark.slurm
+@needs_cluster
+def test_a_preempted_worker_is_requeued_and_resumes_its_own_trial(data_root: Path, tmp_path: Path) -> None:
+    epochs = 12
+    args = [*CPU_SLURM, *fast_overrides(data_root), f"epochs={epochs}", "model=vanilla_cnn", "batch_size=8",
+            "optimizer.lr=tag(log,interval(1e-3,1e-2))", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.n_jobs=1"]
+    proc, out, [first], _ = usr2_after_two_epochs(args, tmp_path, jobs=1)
+    assert proc.returncode == 0, out[-3000:]
+    trials = search.find_study(tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    [worker] = record(tmp_path)["workers"]
+    assert {job["launcher_job"] for job in record(tmp_path)["jobs"]} == {worker}  # the same worker, requeued
+    log = (first / "__main__.log").read_text()
+    assert "Signal 12: saved" in log and "Resuming from" in log
+    assert history_epochs(first) == list(range(1, epochs + 1))

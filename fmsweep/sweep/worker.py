@@ -13,7 +13,6 @@ A trial's record in sweep.json names the worker that trains it (`launcher_job`),
 see it."""
 from __future__ import annotations
 
-import copy
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -83,11 +82,11 @@ class Worker:
         study = self.plan.study()
         # Hydra composes each combination of group choices once per worker: a trial's config then takes a few ms
         composer = prelaunch.SweepComposer(self.launcher.hydra_context.config_loader, self.launcher.config)
-        trained = 0
+        trained, busy = 0, set()
         while True:
             with manifest.locked(self.plan.sweep_dir):
                 record = manifest.require(self.plan.sweep_dir)
-                taken = self.take(study, record, worker_id, composer)
+                taken = self.take(study, record, worker_id, composer, busy)
                 planned = launch.units(self.launcher, record, taken)
                 for num in taken:
                     record.job(num).launcher_job = worker_id
@@ -100,25 +99,26 @@ class Worker:
                 result = unit(worker_id)
                 configure_log(self.launcher.config.hydra.hydra_logging, self.launcher.config.hydra.verbose)
                 if isinstance(result._return_value, RunDirBusy):
-                    continue  # another process trains it: that one tells the study
+                    busy.update(nums)  # another process trains them: that one tells the study
+                    continue
                 for num in nums:
                     self.tell(study, num, result.status == JobStatus.FAILED)
                 trained += len(nums)
 
-    def take(self, study: Any, record: manifest.Manifest, worker_id: str,
-             composer: prelaunch.SweepComposer) -> dict[int, DictConfig]:
+    def take(self, study: Any, record: manifest.Manifest, worker_id: str, composer: prelaunch.SweepComposer,
+             busy: set[int]) -> dict[int, DictConfig]:
         """The trials this worker trains next (see the module's doc), each with its composed config; new ones are
-        asked from the study and added to the record."""
+        asked from the study and added to the record. `busy`: trials found in another process's hands, left to it."""
         from optuna.trial import TrialState
 
         trials = study.get_trials(deepcopy=False)
         running = [t for t in trials if t.state == TrialState.RUNNING]
-        mine = [t.number for t in running if (job := record.job(t.number)) and job.launcher_job == worker_id]
-        if not mine and running:
+        candidates = [t.number for t in running if t.number not in busy]
+        mine = [n for n in candidates if (job := record.job(n)) and job.launcher_job == worker_id]
+        if not mine and candidates:
             # one look at what runs the others' trials (SLURM's queue, pids, run dir locks): those of no one are orphans
-            numbers = {t.number for t in running}
-            alive = status.alive(replace(record, jobs=[job for job in record.jobs if job.num in numbers]))
-            mine = [t.number for t in running if t.number not in alive][: self.plan.pack]
+            alive = status.alive(replace(record, jobs=[job for job in record.jobs if job.num in candidates]))
+            mine = [n for n in candidates if n not in alive][: self.plan.pack]
         if not mine:
             room = self.plan.n_trials - ended(trials) - len(running)
             mine = [search.ask(study, self.plan.space) for _ in range(min(self.plan.pack, max(room, 0)))]
@@ -160,7 +160,7 @@ class Worker:
     def checkpoint(self, *args: Any) -> Any:
         import submitit
 
-        return submitit.helpers.DelayedSubmission(copy.copy(self), *args)
+        return submitit.helpers.DelayedSubmission(self, *args)
 
 
 def local_id() -> str:

@@ -513,3 +513,15 @@ def test_read_sees_real_slurm_jobs_pending_running_and_cancelled(tmp_path: Path)
         assert status.alive(manifest) == {0, 1}
     finally:
         subprocess.run(["scancel", *ids], check=False)
+
+
+def test_a_search_counts_its_trials_not_asked_and_says_how_to_finish_them(tmp_path: Path) -> None:
+    manifest = sweep(tmp_path, 1, trials=4, workers=["4242424"], launcher="submitit_local")  # a pid of no process
+    manifest.kind = "search"
+    start(tmp_path / manifest.jobs[0].name)
+    metrics(tmp_path / manifest.jobs[0].name, status="completed", test_acc=0.9, epochs_run=3)
+    view = status.look(manifest)
+    assert view.workers_alive == 0 and status.over(view)
+    text = status.render(manifest, view)
+    assert text.startswith("4 trials (submitit_local): 3 pending, 0 running, 1 completed, 0 failed; ")
+    assert f"resume the 3 unfinished trials with: fmsweep resume {tmp_path}" in text

@@ -453,9 +453,10 @@ def table(manifest: Manifest, view: View) -> tuple[str, list[tuple[str, Status]]
     tail = results(manifest.sweep_dir)
     if manifest.detach and manifest.finish_job:
         tail.append(f"finish job {manifest.finish_job} (writes the results): {view.finish}")
-    unfinished = sum(status.state in ("stopped", "cancelled", "failed") for _, status in jobs)
-    if unfinished and not view.alive:
-        tail.append(f"resume the {unfinished} unfinished job{'s' * (unfinished != 1)} with: "
+    # a search's trials not asked yet are unfinished too once no worker is left to ask them
+    unfinished = sum(status.state in ("stopped", "cancelled", "failed") for _, status in jobs) + manifest.not_asked()
+    if unfinished and not view.alive and not view.workers_alive:
+        tail.append(f"resume the {unfinished} unfinished {noun}{'s' * (unfinished != 1)} with: "
                     f"fmsweep resume {manifest.sweep_dir}")
     return header, jobs, tail
 

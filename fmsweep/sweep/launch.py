@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -305,7 +305,7 @@ def launch_workers(launcher: Any, manifest: Manifest, workers: list[Any], detach
     return error
 
 
-def submit_finish(launcher: Any, manifest: Manifest, waits: list[str] = ()) -> str | None:
+def submit_finish(launcher: Any, manifest: Manifest, waits: Sequence[str] = ()) -> str | None:
     """Submit the SLURM job that writes the sweep's results once all its live jobs and `waits` (a search's new
     workers) ended (afterany), in place of one an earlier launch left waiting; record its id. None when nothing of
     the sweep is alive."""

@@ -274,7 +274,7 @@ def run_search(sweeper: Any, arguments: list[str]) -> None:
     try:
         settings = check_settings(sweeper.n_trials, sweeper.n_jobs, sweeper.objective, sweeper.seed, sweeper.pruner,
                                   {"median": sweeper.median, "halving": sweeper.halving})
-        space.make_sampler(sweeper.sampler, sweeper.seed)
+        space.make_sampler(sweeper.sampler, sweeper.seed)  # an unknown sampler is one line, here
         check_detach(bool(sweeper.detach), launcher)
         fixed, searched = space.split(arguments, sweeper.params)
         # the space's corners, checked before the study exists: a bad key or value of the space is one line

@@ -94,10 +94,13 @@ def test_a_rerun_after_the_command_died_submits_no_second_job_for_a_live_or_comp
                                                                                         tmp_path: Path) -> None:
     sweep_dir = tmp_path / f"hup-{time.time_ns()}"  # a name of its own: sacct finds its jobs by it
     # job 1 trains long enough to be alive when the rerun looks, under load too
-    args = [*CPU_SLURM, *fast_overrides(data_root), "model=linear", "epochs=1,300", "batch_size=8",
+    args = [*CPU_SLURM, *fast_overrides(data_root), "model=linear", "epochs=1,150", "batch_size=8",
             f"hydra.sweep.dir={sweep_dir}"]
+    # SIGHUP as a terminal's command gets it: by default it ends the process (also where the tests run under nohup,
+    # which makes every child ignore it)
     proc = subprocess.Popen([sys.executable, "-m", "fmsweep", "-m", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+                            stderr=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     try:
         wait_for("one job completed and the other training", lambda: any(
             (j / "metrics.json").is_file() for j in jobs_of(sweep_dir)) and any(
@@ -117,7 +120,7 @@ def test_a_rerun_after_the_command_died_submits_no_second_job_for_a_live_or_comp
     wait_for("accounting", lambda: {job_id for job_id, _ in sacct_jobs(sweep_dir)} >= set(submitted), timeout=60)
     after = sacct_jobs(sweep_dir)
     assert sorted(job_id for job_id, _ in after) == sorted(submitted), (before, after)
-    for job, epochs in zip(job_dirs(sweep_dir), (1, 300)):
+    for job, epochs in zip(job_dirs(sweep_dir), (1, 150)):
         assert json.loads((job / "metrics.json").read_text())["status"] == "completed"
         assert history_epochs(job) == list(range(1, epochs + 1))
         assert tensorboard_epochs(job) == list(range(1, epochs + 1))

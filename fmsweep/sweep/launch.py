@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -193,9 +193,8 @@ def launch(launcher: Any, manifest: Manifest, configs: dict[int, DictConfig], de
     until every job of the sweep has ended (those launched here, and any an earlier launch left alive); return the
     first failed job's error."""
     from fmsweep.sweep import status
-    from fmsweep.sweep.live_status import LiveStatus
 
-    sweep_dir, kind = manifest.sweep_dir, type(launcher).__name__
+    sweep_dir = manifest.sweep_dir
     sweep_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(launcher.config, sweep_dir / "multirun.yaml")
     planned = units(launcher, manifest, configs)
@@ -213,31 +212,44 @@ def launch(launcher: Any, manifest: Manifest, configs: dict[int, DictConfig], de
             write_results(sweep_dir)
         return None
     earlier = status.alive(manifest) - set(configs)
+    return attend(launcher, manifest, list(configs), lambda: run_here(launcher, planned),
+                  lambda: submit(launcher, manifest, planned), lambda: bool(earlier & status.alive(manifest)),
+                  # the record has the ids of what was submitted, also when the Ctrl-C came amid the submission
+                  lambda: list(dict.fromkeys(job.launcher_job for job in manifest.jobs
+                                             if job.num in configs and job.launcher_job)))
+
+
+def attend(launcher: Any, manifest: Manifest, launched: list[int], here: Callable[[], Exception | None],
+           submit_all: Callable[[], list[Any]], earlier_alive: Callable[[], bool],
+           submitted_ids: Callable[[], list[str]]) -> Exception | None:
+    """An attached launch: with the live status shown, run the launch `here` (basic launcher) or `submit_all` its
+    submitit jobs and wait for them, then for what an earlier launch left alive; the first failed job's error. A
+    Ctrl-C is one line naming what keeps running (`submitted_ids`) and how to resume, exit code 130."""
+    from fmsweep.sweep.live_status import LiveStatus
+
+    sweep_dir, kind = manifest.sweep_dir, type(launcher).__name__
     # jobs of the basic launcher print their own progress here: their status comes one line per change
     stream = sys.stdout if kind != "BasicLauncher" else _Lines(sys.stdout)
     quiet = _quiet_controllers(sweep_dir) if kind == "LocalLauncher" else nullcontext()
     error = None
-    with LiveStatus(manifest, list(configs), stream=stream), quiet:
+    with LiveStatus(manifest, launched, stream=stream), quiet:
         try:
             if kind == "BasicLauncher":
-                error = run_here(launcher, planned)
+                error = here()
             else:
-                submitted = submit(launcher, manifest, planned)
+                submitted = submit_all()
                 if kind == "SlurmLauncher" and submitted:
                     ids = [str(j.job_id) for j in submitted]
                     print(f"fmsweep: submitted {len(ids)} SLURM job(s): {ids_text(ids)}; watch from any shell: "
                           f"fmsweep status {sweep_dir}; cancel: fmsweep cancel {sweep_dir}")
                 error = wait(submitted)
-            while earlier & status.alive(manifest):
+            while earlier_alive():
                 time.sleep(ALIVE_POLL_S)
         except KeyboardInterrupt:
             if kind == "BasicLauncher":  # its jobs run here and handle SIGINT themselves (fmsweep.__main__.task)
                 raise
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while the line is made: no traceback
-            # the record has the ids of what was submitted, also when the Ctrl-C came amid the submission
-            ids = list(dict.fromkeys(job.launcher_job for job in manifest.jobs if job.num in configs
-                                     and job.launcher_job))
-            print(interrupted_line(kind == "SlurmLauncher", ids, sweep_dir), file=sys.stderr)
+            print(interrupted_line(kind == "SlurmLauncher", submitted_ids(), sweep_dir), file=sys.stderr)
             sys.exit(128 + signal.SIGINT)
     return error
 
@@ -248,11 +260,10 @@ def launch_workers(launcher: Any, manifest: Manifest, workers: list[Any], detach
     left alive); detached (SLURM), return once they and the job that writes the results are submitted. The first
     failed worker's error."""
     from fmsweep.sweep import status
-    from fmsweep.sweep.live_status import LiveStatus
     from fmsweep.sweep.manifest import load, locked
     from fmsweep.sweep.worker import local_id
 
-    sweep_dir, kind = manifest.sweep_dir, type(launcher).__name__
+    sweep_dir = manifest.sweep_dir
     OmegaConf.save(launcher.config, sweep_dir / "multirun.yaml")
 
     def submit_all() -> list[Any]:
@@ -268,41 +279,19 @@ def launch_workers(launcher: Any, manifest: Manifest, workers: list[Any], detach
 
     if detach:
         ids = [str(job.job_id) for job in submit_all()]
-        finish = submit_finish(launcher, manifest, ids)
-        print(f"fmsweep: detached search {sweep_dir}: {manifest.trials} trials, {len(ids)} worker(s)")
-        print(f"fmsweep: submitted SLURM worker job(s) {ids_text(ids)}" if ids else "fmsweep: nothing to submit")
-        if finish:
-            print(f"fmsweep: job {finish} writes the report (and ensemble) once they end")
-        print(f"fmsweep: watch: fmsweep status {sweep_dir} --watch; cancel: fmsweep cancel {sweep_dir}; "
-              f"resume: fmsweep resume {sweep_dir}")
+        print(detached_lines(manifest, ids, submit_finish(launcher, manifest, ids)))
         return None
-    earlier = set(manifest.workers)
-    stream = sys.stdout if kind != "BasicLauncher" else _Lines(sys.stdout)
-    quiet = _quiet_controllers(sweep_dir) if kind == "LocalLauncher" else nullcontext()
-    error = None
-    with LiveStatus(manifest, [], stream=stream), quiet:
-        try:
-            if kind == "BasicLauncher":
-                setup_globals()
-                for worker in workers:
-                    worker(local_id())
-                configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
-            else:
-                submitted = submit_all()
-                if kind == "SlurmLauncher" and submitted:
-                    print(f"fmsweep: submitted {len(submitted)} SLURM worker job(s): "
-                          f"{ids_text([str(j.job_id) for j in submitted])}; watch from any shell: "
-                          f"fmsweep status {sweep_dir}; cancel: fmsweep cancel {sweep_dir}")
-                error = wait(submitted)
-            while earlier and status.look(load(sweep_dir) or manifest, accounting=False).workers_alive:
-                time.sleep(ALIVE_POLL_S)
-        except KeyboardInterrupt:
-            if kind == "BasicLauncher":
-                raise
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            print(interrupted_line(kind == "SlurmLauncher", list(manifest.workers), sweep_dir), file=sys.stderr)
-            sys.exit(128 + signal.SIGINT)
-    return error
+
+    def here() -> None:
+        setup_globals()
+        for worker in workers:
+            worker(local_id())
+        configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+
+    earlier = bool(manifest.workers)
+    return attend(launcher, manifest, [], here, submit_all,
+                  lambda: earlier and bool(status.look(load(sweep_dir) or manifest, accounting=False).workers_alive),
+                  lambda: list(manifest.workers))
 
 
 def submit_finish(launcher: Any, manifest: Manifest, waits: Sequence[str] = ()) -> str | None:
@@ -337,9 +326,13 @@ def submit_finish(launcher: Any, manifest: Manifest, waits: Sequence[str] = ()) 
 
 
 def detached_lines(manifest: Manifest, ids: list[str], finish_job: str | None) -> str:
-    """What a detached launch prints: the sweep dir, its SLURM jobs, and how to watch, cancel and resume it."""
+    """What a detached launch prints: the sweep dir, its SLURM jobs (a search's workers), and how to watch, cancel
+    and resume it."""
     sweep_dir = manifest.sweep_dir
-    lines = [f"fmsweep: detached sweep {sweep_dir}: {len(manifest.jobs)} jobs"]
+    if manifest.kind == "search":
+        lines = [f"fmsweep: detached search {sweep_dir}: {manifest.trials} trials, {len(ids)} worker(s)"]
+    else:
+        lines = [f"fmsweep: detached sweep {sweep_dir}: {len(manifest.jobs)} jobs"]
     lines.append(f"fmsweep: submitted SLURM job(s) {ids_text(ids)}" if ids else "fmsweep: nothing to submit")
     if finish_job:
         lines.append(f"fmsweep: job {finish_job} writes the report (and ensemble) once they end")

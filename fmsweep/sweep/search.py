@@ -165,11 +165,19 @@ def ask(study: Any, searched: dict[str, Any]) -> int:
     return study.ask(searched).number
 
 
+def load_study(spec: str | None, sweep_dir: Path) -> Any:
+    """The study of the search in `sweep_dir` whose storage is `spec` (fmsweep.sweep.storage)."""
+    import optuna
+
+    from fmsweep.sweep import storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.load_study(study_name=study_name(spec, sweep_dir), storage=storage.open(spec, sweep_dir))
+
+
 def find_study(sweep_dir: Path) -> Any | None:
     """The study of the search in `sweep_dir`, in the storage its multirun.yaml names; None when it holds no
     search."""
-    import optuna
-
     from fmsweep.sweep import storage
 
     saved, spec = sweep_dir / "multirun.yaml", None
@@ -180,8 +188,7 @@ def find_study(sweep_dir: Path) -> Any | None:
         spec = storage.spec(config)
     if spec is None and not (sweep_dir / storage.JOURNAL).is_file():
         return None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.load_study(study_name=study_name(spec, sweep_dir), storage=storage.open(spec, sweep_dir))
+    return load_study(spec, sweep_dir)
 
 
 class Trial:
@@ -191,9 +198,7 @@ class Trial:
     def __init__(self, sweep_dir: Path, spec: str | None, number: int, epochs: int) -> None:
         import optuna
 
-        from fmsweep.sweep import storage
-
-        self.study = optuna.load_study(study_name=study_name(spec, sweep_dir), storage=storage.open(spec, sweep_dir))
+        self.study = load_study(spec, sweep_dir)
         attrs = self.study.user_attrs
         self.study.pruner = make_pruner(attrs["pruner"], attrs.get("pruner_settings", {}), epochs)
         self.objective = self.study.user_attrs["objective"]
@@ -300,7 +305,7 @@ def run_search(sweeper: Any, arguments: list[str]) -> None:
                   f"{first * factor ** 2}, ... up to 1/{factor} of their run: trials of fewer than {first * factor} "
                   f"epochs are never pruned")
     print(f"fmsweep: study {study.study_name} in {storage.describe(spec, sweep_dir)}")
-    plan = worker.Plan(sweep_dir=sweep_dir, storage=spec, study_name=study.study_name, fixed=fixed, space=searched,
+    plan = worker.Plan(sweep_dir=sweep_dir, storage=spec, fixed=fixed, space=searched,
                        objective=sweeper.objective, n_trials=sweeper.n_trials, pack=max(int(checked[0].pack), 1))
     with manifest.locked(sweep_dir):
         record = manifest.load(sweep_dir) or manifest.Manifest(sweep_dir=sweep_dir, kind="search", launcher="",

@@ -36,7 +36,6 @@ class Plan:
 
     sweep_dir: Path
     storage: str | None
-    study_name: str
     fixed: list[str]
     space: dict[str, Any]
     objective: str
@@ -44,12 +43,7 @@ class Plan:
     pack: int
 
     def study(self) -> Any:
-        import optuna
-
-        from fmsweep.sweep import storage
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        return optuna.load_study(study_name=self.study_name, storage=storage.open(self.storage, self.sweep_dir))
+        return search.load_study(self.storage, self.sweep_dir)
 
     def overrides(self, params: dict[str, Any]) -> list[str]:
         """A trial's overrides: the fixed ones, then its sampled values in full."""
@@ -102,7 +96,7 @@ class Worker:
                     busy.update(nums)  # another process trains them: that one tells the study
                     continue
                 for num in nums:
-                    self.tell(study, num, result.status == JobStatus.FAILED)
+                    self.tell(study, record.job(num), result.status == JobStatus.FAILED)
                 trained += len(nums)
 
     def take(self, study: Any, record: manifest.Manifest, worker_id: str, composer: prelaunch.SweepComposer,
@@ -142,13 +136,12 @@ class Worker:
         return prelaunch.check_jobs(self.launcher.hydra_context.config_loader, self.launcher.config, [overrides],
                                     first_num=num, names=[space.display_overrides(overrides)], composer=composer)[0]
 
-    def tell(self, study: Any, num: int, failed: bool) -> None:
-        """Tell the study how trial `num` ended, from its metrics.json: its objective, pruned, or failed. A trial
-        that was stopped (cancelled, interrupted) is not told: it stays running, to be resumed."""
+    def tell(self, study: Any, job: manifest.JobRecord, failed: bool) -> None:
+        """Tell the study how the trial of `job` ended, from its metrics.json: its objective, pruned, or failed. A
+        trial that was stopped (cancelled, interrupted) is not told: it stays running, to be resumed."""
         from optuna.trial import TrialState
 
-        job = manifest.require(self.plan.sweep_dir).job(num)
-        metrics = (tracking.read_metrics(self.plan.sweep_dir / job.name) if job else None) or {}
+        num, metrics = job.num, tracking.read_metrics(self.plan.sweep_dir / job.name) or {}
         result = metrics.get("status")
         if result == "completed":
             study.tell(num, metrics[self.plan.objective], skip_if_finished=True)

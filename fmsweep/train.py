@@ -25,7 +25,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from fmsweep import checkpoint, tracking
+from fmsweep import checkpoint, gate, tracking
 from fmsweep.sweep import lock
 from fmsweep.augment import FlipAffine
 from fmsweep.config import device_name, resolve_device, validate
@@ -437,6 +437,7 @@ def train(pack: list[RunState], stop: StopRequest,
                     log.error("%s%s", run.label, exc)
                 tracking.record_failure(run.run_dir, exc)
                 failed[run] = exc
+        gate.wait([run.run_dir for run in pack], epoch, lambda: stop.signum is not None)  # tests only
         if failed or until == (epoch, 0) or any(run.done for run in pack):
             return failed
     return {}

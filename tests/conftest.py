@@ -1,5 +1,6 @@
-"""Shared fixtures: tiny Fashion-MNIST-format IDX files with learnable class structure, and config composition;
-the suite's guards: no network, `--fail-on-skip`, the `ci` Hypothesis profile."""
+"""Shared fixtures: tiny Fashion-MNIST-format IDX files with learnable class structure, config composition, the
+gate that holds a job's training at an epoch's end; the suite's guards: no network, `--fail-on-skip`, the `ci`
+Hypothesis profile; FMSWEEP_TEST_LOAD=1 runs the suite with every core kept busy by a CPU burner."""
 from __future__ import annotations
 
 import ipaddress
@@ -9,6 +10,8 @@ import socket
 import struct
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,8 @@ from hydra import compose, initialize_config_dir
 from hypothesis import settings
 from omegaconf import DictConfig
 from torchvision.datasets import FashionMNIST
+
+from fmsweep import gate
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -77,6 +82,72 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> objec
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"--fail-on-skip={','.join(marked)}: this test skipped ({reason})"
+
+
+BURNER = "import os, sys\nwhile os.getppid() == int(sys.argv[1]):\n    sum(range(100_000))"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cpu_load() -> Iterator[None]:
+    """With FMSWEEP_TEST_LOAD=1, one busy process per core for the whole session (each ends with pytest, however
+    pytest ends): the suite must pass on a machine that something else keeps busy."""
+    if os.environ.get("FMSWEEP_TEST_LOAD") != "1":
+        yield
+        return
+    burners = [subprocess.Popen([sys.executable, "-c", BURNER, str(os.getpid())]) for _ in range(os.cpu_count() or 1)]
+    try:
+        yield
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+
+
+def wait_for(what: str, condition: Callable[[], object], timeout: float = 600, every: float = 0.1) -> None:
+    """Wait for a state: poll `condition` until it holds. The timeout only keeps a broken test from hanging."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(every)
+
+
+class Gate:
+    """The test's side of fmsweep.gate: holds every run started from now on (the processes, local or SLURM jobs,
+    inherit the variable) at the end of an epoch until the test lets it go."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def hold(self, epoch: int) -> None:
+        """Runs wait once they committed `epoch` (and at every epoch after it)."""
+        tmp = self.folder / "hold.tmp"
+        tmp.write_text(str(epoch))
+        tmp.replace(self.folder / "hold")  # a run never reads half a number
+
+    def release(self) -> None:
+        """Let every run go on to its end."""
+        (self.folder / "hold").unlink(missing_ok=True)
+
+    def held(self, epoch: int) -> list[str]:
+        """The names of the run dirs that reached the gate at the end of `epoch`."""
+        return sorted(p.name.rsplit("@", 1)[0] for p in self.folder.glob(f"*@{epoch}"))
+
+    def wait_held(self, epoch: int, runs: int = 1, alive: Callable[[], bool] = lambda: True) -> list[str]:
+        """Wait until `runs` run dirs wait at the end of `epoch` (while `alive`, e.g. their command runs); their
+        names."""
+        wait_for(f"{runs} run(s) held after epoch {epoch}", lambda: len(self.held(epoch)) >= runs or not alive())
+        assert alive(), f"the command ended before {runs} run(s) reached epoch {epoch}"
+        return self.held(epoch)
+
+
+@pytest.fixture
+def held(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
+    """A gate for the runs this test starts; released at the test's end, so that no job it leaves waits forever."""
+    g = Gate(tmp_path_factory.mktemp("gate"))
+    monkeypatch.setenv(gate.ENV, str(g.folder))
+    yield g
+    g.release()
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

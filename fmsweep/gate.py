@@ -1,0 +1,36 @@
+"""A test's hold on training at an epoch's end, so that a test that cancels, kills or races a job acts on it at a
+known point instead of sizing it in epochs and hoping it is still there.
+
+Only the environment turns it on (no config key reaches it): with FMSWEEP_TEST_GATE=DIR, a run that has committed
+epoch E (last.pt, best_model.pt, history.csv, TensorBoard) and finds in DIR/hold a number H <= E writes
+DIR/<run dir name>@<E> and waits until DIR/hold is gone or holds a number above E, or a stop signal arrives (the
+loop then stops as it would mid-epoch). Without the variable the check is one dictionary lookup per epoch.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ENV = "FMSWEEP_TEST_GATE"
+POLL_S = 0.05
+
+
+def held_at(folder: Path, epoch: int) -> bool:
+    """Whether the gate in `folder` holds a run that has committed `epoch`."""
+    try:
+        return int((folder / "hold").read_text()) <= epoch
+    except FileNotFoundError:
+        return False
+
+
+def wait(run_dirs: list[Path], epoch: int, stopped: Callable[[], bool]) -> None:
+    """Wait at the end of `epoch` while a test's gate (FMSWEEP_TEST_GATE) holds the runs of `run_dirs`."""
+    folder = os.environ.get(ENV)
+    if not folder or not held_at(Path(folder), epoch):
+        return
+    for run_dir in run_dirs:
+        (Path(folder) / f"{run_dir.name}@{epoch}").touch()
+    while held_at(Path(folder), epoch) and not stopped():
+        time.sleep(POLL_S)

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import FrameType, SimpleNamespace
 
 import pytest
-from conftest import ROOT, fast_overrides
+from conftest import ROOT, Gate, fast_overrides, wait_for
 from hydra.types import RunMode
 from omegaconf import DictConfig
 from test_crash import SignalledSteps
@@ -173,18 +173,20 @@ def test_a_cancelled_job_did_not_complete_for_the_report_and_the_summary(sweep_c
 
 
 @pytest.mark.slow
-def test_a_sigterm_records_every_unfinished_member_of_a_packed_job_cancelled(data_root: Path, tmp_path: Path) -> None:
+def test_a_sigterm_records_every_unfinished_member_of_a_packed_job_cancelled(data_root: Path, tmp_path: Path,
+                                                                              held: Gate) -> None:
     """A sweep of two jobs packed into one, SIGTERM once the first finished an epoch: both are recorded cancelled
     (the second had not started), and the same command resumes and completes them."""
-    command = [sys.executable, "-m", "fmsweep", "-m", *fast_overrides(data_root), "model=fc", "epochs=15",
-               "batch_size=8", "seed=0,1", "pack=2", f"hydra.sweep.dir={tmp_path}"]
+    command = [sys.executable, "-m", "fmsweep", "-m", *fast_overrides(data_root), "model=fc", "epochs=3",
+               "seed=0,1", "pack=2", f"hydra.sweep.dir={tmp_path}"]
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for_epoch(proc, tmp_path)
+        held_job(held, proc, tmp_path)
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=300)
     finally:
         proc.kill()
+    held.release()
     assert proc.returncode == 128 + signal.SIGTERM, err
     first, second = job_dirs(tmp_path)
     assert tracking.read_metrics(first)["error"].startswith("cancelled by SIGTERM in epoch ")
@@ -196,13 +198,11 @@ def test_a_sigterm_records_every_unfinished_member_of_a_packed_job_cancelled(dat
         assert tracking.read_metrics(job)["status"] == "completed"
 
 
-def wait_for_epoch(proc: subprocess.Popen, sweep_dir: Path, timeout_s: float = 300) -> Path:
-    """The job dir of the sweep that first has an epoch in its history.csv, once one has."""
-    deadline = time.time() + timeout_s
-    while not (done := [h.parent for h in sweep_dir.glob("*/history.csv") if len(h.read_text().splitlines()) >= 2]):
-        assert proc.poll() is None and time.time() < deadline, "no epoch finished"
-        time.sleep(0.2)
-    return done[0]
+def held_job(held: Gate, proc: subprocess.Popen, sweep_dir: Path) -> Path:
+    """Hold the jobs of the sweep `proc` launches after their first epoch; the job dir of the first held there. A
+    stop signal lets it go (release the gate once the signal took effect, for what runs next)."""
+    held.hold(1)
+    return sweep_dir / held.wait_held(1, alive=lambda: proc.poll() is None)[0]
 
 
 def slurm_job_id(sweep_dir: Path) -> str:
@@ -215,37 +215,36 @@ def squeue_ids() -> list[str]:
     return subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True).stdout.split()
 
 
-def sacct_state(job_id: str, timeout_s: float = 30) -> str:
-    """The job's state as accounting has it, once it has one that ended."""
-    deadline = time.time() + timeout_s
-    while True:
-        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", job_id], capture_output=True,
-                             text=True).stdout.split()
-        if (out and out[0] not in ("PENDING", "RUNNING", "REQUEUED")) or time.time() > deadline:
-            return out[0] if out else ""
-        time.sleep(0.5)
+def sacct_state(job_id: str) -> str:
+    """The job's state as accounting has it, once it has one that ended (accounting may lag behind SLURM)."""
+    def ended() -> str | None:
+        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", job_id], capture_output=True, text=True,
+                             check=True).stdout.split()
+        return out[0] if out and out[0] not in ("PENDING", "RUNNING", "REQUEUED") else None
+
+    wait_for(f"accounting to end job {job_id}", ended, every=0.5)
+    return ended()
 
 
 @pytest.mark.slurm
 @needs_cluster
-def test_scancel_stops_a_slurm_job_at_once_and_records_it_cancelled(data_root: Path, tmp_path: Path) -> None:
-    """`scancel <job>` while the job trains: it saves last.pt and ends within seconds (SLURM's KillWait, 30 s,
-    would SIGKILL it otherwise); metrics.json says cancelled with the reason, sacct says CANCELLED, and the
-    sweep's summary lists the job as cancelled."""
-    args = [*CPU_SLURM, *fast_overrides(data_root), "model=fc", "epochs=200", "batch_size=8"]
+def test_scancel_stops_a_slurm_job_at_once_and_records_it_cancelled(data_root: Path, tmp_path: Path,
+                                                                     held: Gate) -> None:
+    """`scancel <job>` while the job trains: it saves last.pt and ends before SLURM's KillWait (30 s) would SIGKILL
+    it, which the record shows (a SIGKILLed job writes none); metrics.json says cancelled with the reason, sacct
+    says CANCELLED, and the sweep's summary lists the job as cancelled."""
+    args = [*CPU_SLURM, *fast_overrides(data_root), "model=fc", "epochs=3"]
     proc = subprocess.Popen([sys.executable, "-m", "fmsweep", "-m", *args, f"hydra.sweep.dir={tmp_path}"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     job_id = None
     try:
-        job = wait_for_epoch(proc, tmp_path)
+        job = held_job(held, proc, tmp_path)
         job_id = slurm_job_id(tmp_path)
         cancelled = time.time()
         subprocess.run(["scancel", job_id], check=True)
-        while job_id in squeue_ids():
-            assert time.time() - cancelled < 10, "the job was still in squeue 10 s after scancel"
-            time.sleep(0.2)
+        wait_for("the cancelled job to leave squeue", lambda: job_id not in squeue_ids(), every=0.2)
         gone_s = time.time() - cancelled
-        _, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=300)
     finally:
         proc.kill()
         if job_id is not None:
@@ -253,7 +252,7 @@ def test_scancel_stops_a_slurm_job_at_once_and_records_it_cancelled(data_root: P
     metrics = json.loads((job / "metrics.json").read_text())
     assert metrics["status"] == "cancelled", metrics
     assert metrics["error"].startswith("cancelled by SIGTERM (scancel) in epoch ")
-    assert metrics["error"].endswith(" of 200; last.pt saved: resume to finish it")
+    assert metrics["error"].endswith(" of 3; last.pt saved: resume to finish it")
     assert (job / checkpoint.LAST).is_file()
     assert sacct_state(job_id) == "CANCELLED"
     assert proc.returncode == 1, err[-3000:]

@@ -4,11 +4,10 @@ test in test_crash.py restarts killed runs in their dir again and again)."""
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, fast_overrides
+from conftest import ROOT, Gate, fast_overrides
 
 from fmsweep import train
 from fmsweep.sweep import lock
@@ -43,25 +42,23 @@ def test_a_run_that_finds_its_dir_busy_records_nothing(make_cfg, tmp_path: Path)
 
 
 @pytest.mark.slow
-def test_two_processes_on_one_run_dir(data_root: Path, tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "fmsweep", *fast_overrides(data_root), "model=fc", "epochs=100", "batch_size=8",
+def test_two_processes_on_one_run_dir(data_root: Path, tmp_path: Path, held: Gate) -> None:
+    command = [sys.executable, "-m", "fmsweep", *fast_overrides(data_root), "model=fc", "epochs=3",
                f"hydra.run.dir={tmp_path}"]
+    held.hold(1)  # the first run waits after epoch 1, its lock held, until the second process has ended
     first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while not (tmp_path / "last.pt").exists():
-        assert first.poll() is None and time.time() < deadline, "no epoch 1"
-        time.sleep(0.05)
+    held.wait_held(1, alive=lambda: first.poll() is None)
     hydra_files = {name: (tmp_path / ".hydra" / name).read_bytes() for name in ("config.yaml", "overrides.yaml")}
     second = subprocess.run([*command[:-2], "epochs=200", command[-1]], cwd=ROOT, capture_output=True, text=True,
                             timeout=300)
-    assert first.poll() is None, "the first run ended before the second started: no overlap to test"
     assert second.returncode == 2 and second.stdout == ""
     assert second.stderr.splitlines() == [f"fmsweep: error: {tmp_path} is being trained by pid {first.pid} on "
                                           + second.stderr.split(f"pid {first.pid} on ", 1)[1].rstrip("\n")]
     assert "nothing was changed" in second.stderr
     assert {name: (tmp_path / ".hydra" / name).read_bytes() for name in hydra_files} == hydra_files
+    held.release()
     _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["status"] == "completed" and metrics["epochs_run"] == 100
+    assert metrics["status"] == "completed" and metrics["epochs_run"] == 3
     assert (tmp_path / "__main__.log").read_text().count("run dir ") == 1  # the second never started a run

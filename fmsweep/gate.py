@@ -3,8 +3,9 @@ known point instead of sizing it in epochs and hoping it is still there.
 
 Only the environment turns it on (no config key reaches it): with FMSWEEP_TEST_GATE=DIR, a run that has committed
 epoch E (last.pt, best_model.pt, history.csv, TensorBoard) and finds in DIR/hold a number H <= E writes
-DIR/<run dir name>@<E> and waits until DIR/hold is gone or holds a number above E, or a stop signal arrives (the
-loop then stops as it would mid-epoch). Without the variable the check is one dictionary lookup per epoch.
+DIR/<run dir name>@<E> and waits until DIR/hold is gone or holds a number above E, or that file of its own is
+gone (the test let that one run go), or a stop signal arrives (the loop then stops as it would mid-epoch).
+Without the variable the check is one dictionary lookup per epoch.
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def wait(run_dirs: list[Path], epoch: int, stopped: Callable[[], bool]) -> None:
     folder = os.environ.get(ENV)
     if not folder or not held_at(Path(folder), epoch):
         return
-    for run_dir in run_dirs:
-        (Path(folder) / f"{run_dir.name}@{epoch}").touch()
-    while held_at(Path(folder), epoch) and not stopped():
+    markers = [Path(folder) / f"{run_dir.name}@{epoch}" for run_dir in run_dirs]
+    for marker in markers:
+        marker.touch()
+    while held_at(Path(folder), epoch) and all(marker.exists() for marker in markers) and not stopped():
         time.sleep(POLL_S)

@@ -129,6 +129,10 @@ class Gate:
         """Let every run go on to its end."""
         (self.folder / "hold").unlink(missing_ok=True)
 
+    def let_go(self, name: str, epoch: int) -> None:
+        """Let the run of dir `name`, held after `epoch`, go on (to the next epoch the gate holds)."""
+        (self.folder / f"{name}@{epoch}").unlink()
+
     def held(self, epoch: int) -> list[str]:
         """The names of the run dirs that reached the gate at the end of `epoch`."""
         return sorted(p.name.rsplit("@", 1)[0] for p in self.folder.glob(f"*@{epoch}"))

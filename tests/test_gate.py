@@ -4,6 +4,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from conftest import ROOT, Gate, fast_overrides
@@ -43,11 +44,19 @@ def test_a_stop_signal_while_held_stops_the_run_resumable(held: Gate, data_root:
     assert not (tmp_path / "metrics.json").exists()
 
 
-def test_without_the_variable_nothing_waits(monkeypatch, tmp_path: Path) -> None:
-    Gate(tmp_path).hold(0)
+def test_without_the_variable_nothing_waits_and_a_run_let_go_goes_on(monkeypatch, tmp_path: Path) -> None:
+    held = Gate(tmp_path)
+    held.hold(0)
     monkeypatch.delenv(gate.ENV, raising=False)
     gate.wait([tmp_path / "run"], 1, lambda: False)  # returns at once
-    assert Gate(tmp_path).held(1) == []
+    assert held.held(1) == []
     monkeypatch.setenv(gate.ENV, str(tmp_path))
     gate.wait([tmp_path / "run"], 1, lambda: True)  # held, but stopped
-    assert Gate(tmp_path).held(1) == ["run"]
+    assert held.held(1) == ["run"]
+    waiting = threading.Thread(target=gate.wait, args=([tmp_path / "other"], 2, lambda: False))
+    waiting.start()
+    held.wait_held(2)
+    assert waiting.is_alive()
+    held.let_go("other", 2)  # this one only: the gate still holds at epoch 0 and on
+    waiting.join(timeout=600)
+    assert not waiting.is_alive() and (tmp_path / "hold").exists()

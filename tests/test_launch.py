@@ -1,12 +1,18 @@
 """Submitting a sweep's launcher jobs: SLURM arrays no larger than MaxArraySize, each job's id recorded as soon as
-its array is submitted; and the ids as the sweep's lines show them."""
+its array is submitted; and the ids as the sweep's lines show them. Attached: a job's end noticed within 0.2 s, and
+a Ctrl-C amid the submission naming the jobs the record has."""
 import json
+import pickle
+import signal
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from omegaconf import OmegaConf
+from submitit.core.core import InfoWatcher, Job
 
-from fmsweep.sweep import launch, manifest
+from fmsweep.sweep import launch, manifest, status
 from fmsweep.sweep.manifest import JobRecord, Manifest
 
 
@@ -76,3 +82,81 @@ def test_max_array_size_is_read_from_slurm_or_defaults(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(launch.subprocess, "run", missing)
     assert launch.max_array_size() == launch.DEFAULT_MAX_ARRAY_SIZE
+
+
+class Queued(InfoWatcher):
+    """A scheduler that lists every job as running: a job is done once its result file is there."""
+
+    def is_done(self, job_id: str, mode: str = "standard") -> bool:
+        return False
+
+
+class QueuedJob(Job):
+    """A submitit job as submitit reads it (its done(), results(), wait()), on a scheduler that lists it as running."""
+
+    watcher = Queued()
+
+
+class Clock:
+    """time.sleep on a clock that the test drives: `job` ends (its result file appears, as submitit's job writes it)
+    1 ms after the first look that found it running, the worst moment for a look at a fixed period."""
+
+    def __init__(self, job: Job) -> None:
+        self.job, self.now, self.end = job, 0.0, None
+
+    def sleep(self, seconds: float) -> None:
+        if self.end is None:
+            self.end = self.now + 0.001
+        self.now += seconds
+        if self.now >= self.end and not self.job.paths.result_pickle.exists():
+            self.job.paths.result_pickle.write_bytes(pickle.dumps(("success", 3)))
+
+
+def test_an_attached_sweep_notices_a_job_end_within_a_fifth_of_a_second(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """launch.wait looks at a job more often than submitit's own wait (once a second): an attached sweep goes on
+    (its next job, its results) at most 0.2 s after a job ended, counted on the clock from the end."""
+    job = QueuedJob(tmp_path, "7")
+    clock = Clock(job)
+    monkeypatch.setattr(time, "sleep", clock.sleep)  # launch's and submitit's
+    assert launch.wait([job]) is None and clock.end is not None
+    assert clock.now - clock.end <= 0.2
+
+
+class SlurmLauncher:
+    """What launch.launch reads of Hydra's SLURM launcher, which it tells apart by its class name."""
+
+    _EXECUTOR = "slurm"
+    config = OmegaConf.create({})
+    hydra_context = task_function = None
+
+
+class CtrlCAmidSubmission(FakeExecutor):
+    """Submits the first array; Ctrl-C comes while the second one is submitted."""
+
+    def submit_array(self, units: list) -> list:
+        if self.sizes:
+            raise KeyboardInterrupt
+        return super().submit_array(units)
+
+
+def test_ctrl_c_amid_a_submission_names_the_jobs_the_record_has(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """The array submitted before the Ctrl-C keeps running on SLURM: the line names it, from the record (the
+    submission never returned its jobs)."""
+    fake = CtrlCAmidSubmission(tmp_path)
+    monkeypatch.setattr(launch, "executor", lambda launcher, name: fake)
+    monkeypatch.setattr(launch, "max_array_size", lambda: 2)
+    monkeypatch.setattr(status, "slurm_view", lambda ids, accounting=True: {})  # fake ids: no cluster asked
+    jobs = [JobRecord(num=n, name=f"{n}_seed={n}", overrides=[f"seed={n}"], epochs=1) for n in range(4)]
+    record = Manifest(sweep_dir=tmp_path, kind="grid", launcher="slurm", command=[], cwd=str(tmp_path), jobs=jobs)
+    configs = {job.num: OmegaConf.create({"pack": 1, "hydra": {"sweep": {"subdir": job.name}}}) for job in jobs}
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as exited:
+            launch.launch(SlurmLauncher(), record, configs)
+    finally:
+        signal.signal(signal.SIGINT, handler)  # the interrupted launch ignores SIGINT from then on
+    assert exited.value.code == 128 + signal.SIGINT and fake.sizes == [2]
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("fmsweep: interrupted; the sweep's SLURM jobs 100 (array of 2) keep running"), line

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
-from conftest import fast_overrides
-from test_durable import fmsweep, history_epochs, record, wait_for
+from conftest import Gate, fast_overrides, wait_for
+from test_durable import alive, fmsweep, history_epochs, record
 from test_slurm import CPU_SLURM, needs_cluster, sweep, usr2_after_two_epochs
 
 from fmsweep.sweep import search
@@ -17,57 +17,57 @@ from fmsweep.sweep import search
 SPACE = ["model=fc", "optimizer.lr=tag(log,interval(1e-4,1e-1))"]
 
 
-def running_trial_of(sweep_dir: Path, worker: str) -> dict | None:
-    """The trial the worker trains now, once it has saved two epochs (and so a last.pt to resume from)."""
-    for job in record(sweep_dir)["jobs"] if (sweep_dir / "sweep.json").is_file() else []:
-        run_dir = sweep_dir / job["name"]
-        if (job["launcher_job"] == worker and not (run_dir / "metrics.json").exists()
-                and (run_dir / "history.csv").is_file() and len(history_epochs(run_dir)) >= 2):
-            return job
-    return None
+def trial_of(sweep_dir: Path, worker: str, names: list[str]) -> dict | None:
+    """The record's trial among the run dirs `names` that the worker trains."""
+    return next((job for job in record(sweep_dir)["jobs"] if job["launcher_job"] == worker and job["name"] in names),
+                None)
 
 
 @pytest.mark.slurm
 @needs_cluster
-def test_a_detached_search_ends_with_its_trials_when_a_worker_is_cancelled_for_good(data_root: Path,
-                                                                                   tmp_path: Path) -> None:
+def test_a_detached_search_ends_with_its_trials_when_a_worker_is_cancelled_for_good(data_root: Path, tmp_path: Path,
+                                                                                   held: Gate) -> None:
     sweep_dir = tmp_path / "search"
-    proc = sweep(*CPU_SLURM, f"data.root={data_root}", "data.download=false", "device=cpu", *SPACE, "epochs=12",
-                 "batch_size=32", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=12", "hydra.sweeper.n_jobs=2",
+    epochs = 3
+    held.hold(2)  # each worker waits after epoch 2 of its first trial: a last.pt to resume from, the trial unfinished
+    proc = sweep(*CPU_SLURM, f"data.root={data_root}", "data.download=false", "device=cpu", *SPACE, f"epochs={epochs}",
+                 "batch_size=32", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=2",
                  "hydra.sweeper.detach=true", f"hydra.sweep.dir={sweep_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "detached search" in proc.stdout and "2 worker(s)" in proc.stdout, proc.stdout
     workers = record(sweep_dir)["workers"]
     assert len(workers) == 2 and record(sweep_dir)["finish_job"]
-    found: list[dict] = []
-    wait_for("worker 0 two epochs into a trial", lambda: found.append(running_trial_of(sweep_dir, workers[0]))
-             or found[-1] is not None, every=0.2)
-    orphan = found[-1]
+    orphan = trial_of(sweep_dir, workers[0], held.wait_held(2, runs=2))
+    assert orphan is not None
     subprocess.run(["scancel", workers[0]], check=True)  # for good: no requeue
+    wait_for("worker 0 to leave squeue", lambda: not alive([workers[0]]))
+    held.release()
     status = fmsweep("status", str(sweep_dir))
-    assert status.returncode == 0 and "12 trials (slurm)" in status.stdout, status.stdout + status.stderr
+    assert status.returncode == 0 and "6 trials (slurm)" in status.stdout, status.stdout + status.stderr
     watched = fmsweep("status", str(sweep_dir), "--watch", "--interval", "1")
     assert watched.returncode == 0, watched.stdout[-3000:] + watched.stderr[-2000:]
     trials = search.find_study(sweep_dir).trials
-    assert len(trials) == 12 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
     taken = next(job for job in record(sweep_dir)["jobs"] if job["num"] == orphan["num"])
     assert taken["launcher_job"] == workers[1]  # the other worker took it over
     log = (sweep_dir / orphan["name"] / "__main__.log").read_text()
     assert "Resuming from" in log
-    assert json.loads((sweep_dir / orphan["name"] / "metrics.json").read_text())["epochs_run"] == 12
+    assert json.loads((sweep_dir / orphan["name"] / "metrics.json").read_text())["epochs_run"] == epochs
+    assert history_epochs(sweep_dir / orphan["name"]) == list(range(1, epochs + 1))
     assert (sweep_dir / "report.md").is_file() and "## Search" in (sweep_dir / "report.md").read_text()
-    print(f"\ndetached 12-trial search, worker {workers[0]} cancelled in trial {orphan['num']}:\n"
+    print(f"\ndetached 6-trial search, worker {workers[0]} cancelled in trial {orphan['num']}:\n"
           f"{proc.stdout}\n{watched.stdout[-1500:]}")
 
 
 @pytest.mark.slurm
 @needs_cluster
-def test_a_preempted_worker_is_requeued_and_resumes_its_own_trial(data_root: Path, tmp_path: Path) -> None:
-    epochs = 12
-    args = [*CPU_SLURM, *fast_overrides(data_root), f"epochs={epochs}", "model=vanilla_cnn", "batch_size=8",
+def test_a_preempted_worker_is_requeued_and_resumes_its_own_trial(data_root: Path, tmp_path: Path,
+                                                                   held: Gate) -> None:
+    epochs = 4
+    args = [*CPU_SLURM, *fast_overrides(data_root), f"epochs={epochs}", "model=vanilla_cnn",
             "optimizer.lr=tag(log,interval(1e-3,1e-2))", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2",
             "hydra.sweeper.n_jobs=1"]
-    proc, out, [first], _ = usr2_after_two_epochs(args, tmp_path, jobs=1)
+    proc, out, [first], _ = usr2_after_two_epochs(args, tmp_path, held)
     assert proc.returncode == 0, out[-3000:]
     trials = search.find_study(tmp_path).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
-from conftest import ROOT, fast_overrides, needs_cluster
+from conftest import ROOT, Gate, fast_overrides, needs_cluster, wait_for
 
 
 # The GPU preset on a CPU-only test node: no GPU, one core and little memory per job.
@@ -64,22 +64,25 @@ def test_two_by_two_sweep_on_slurm(data_root: Path, tmp_path: Path) -> None:
     print(f"\n2x2 SLURM sweep wall time: {wall:.1f} s; its live status:\n" + "\n".join(lines))
 
 
-def usr2_after_two_epochs(args: list[str], sweep_dir: Path, jobs: int) -> tuple[subprocess.Popen, str, list[Path], datetime]:
-    """Launch a SLURM sweep of `jobs` jobs, send USR2 to the SLURM job that runs them once each finished 2 epochs,
-    and wait for the sweep: the process, its output, the job dirs and when the signal went."""
+def usr2_after_two_epochs(args: list[str], sweep_dir: Path, held: Gate) -> tuple[subprocess.Popen, str, list[Path],
+                                                                               datetime]:
+    """Launch a SLURM sweep that runs as one SLURM job, send USR2 to that job once a run of it waits at the gate
+    after epoch 2, and wait for the sweep: the process, its output, the job dirs and when the signal went."""
+    held.hold(2)
     proc = subprocess.Popen([sys.executable, "-m", "fmsweep", "-m", *args, f"hydra.sweep.dir={sweep_dir}"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     job_id = None
     try:
-        deadline = time.time() + 300
-        while sum(len(h.read_text().splitlines()) >= 3 for h in sweep_dir.glob("*/history.csv")) < jobs:
-            assert proc.poll() is None and time.time() < deadline, "the jobs did not reach epoch 2"
-            time.sleep(0.2)
+        held.wait_held(2, alive=lambda: proc.poll() is None)
         found = job_dirs(sweep_dir)
         [job_id] = {str(OmegaConf.load(job / ".hydra" / "hydra.yaml").hydra.job.id) for job in found}
         signalled = datetime.now()
         subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
-        out, _ = proc.communicate(timeout=300)
+        # the held run takes the signal and saves; then the requeued job trains to its end
+        wait_for("the signalled job to save", lambda: any(
+            "Signal 12: saved" in log.read_text() for log in sweep_dir.rglob("__main__.log")))
+        held.release()
+        out, _ = proc.communicate(timeout=600)
     finally:
         proc.kill()
         if job_id is not None:
@@ -97,10 +100,10 @@ def completed_epochs(within: str | None, after: str | None) -> int:
 
 @pytest.mark.slurm
 @needs_cluster
-def test_usr2_requeues_and_resumes_where_it_stopped(data_root: Path, tmp_path: Path) -> None:
-    epochs = 12
-    args = [*CPU_SLURM, *fast_overrides(data_root), f"epochs={epochs}", "model=vanilla_cnn", "batch_size=8"]
-    proc, out, [job], signalled = usr2_after_two_epochs(args, tmp_path, jobs=1)
+def test_usr2_requeues_and_resumes_where_it_stopped(data_root: Path, tmp_path: Path, held: Gate) -> None:
+    epochs = 4
+    args = [*CPU_SLURM, *fast_overrides(data_root), f"epochs={epochs}", "model=vanilla_cnn"]
+    proc, out, [job], signalled = usr2_after_two_epochs(args, tmp_path, held)
     assert proc.returncode == 0, out[-3000:]
     assert_complete([job], epochs=epochs)
     with open(job / "history.csv") as f:
@@ -117,17 +120,16 @@ def test_usr2_requeues_and_resumes_where_it_stopped(data_root: Path, tmp_path: P
 
 @pytest.mark.slurm
 @needs_cluster
-def test_usr2_requeues_a_packed_job_and_every_member_resumes(data_root: Path, tmp_path: Path) -> None:
+def test_usr2_requeues_a_packed_job_and_every_member_resumes(data_root: Path, tmp_path: Path, held: Gate) -> None:
     """Two jobs packed into one SLURM job, signalled with USR2 once one of them finished 2 epochs: the job saves the
     member in training, SLURM requeues it, and the requeued job resumes that member and trains the rest (on the
     CPU a pack trains one member after another). Each member finishes every epoch once, in the job dir it would have
     had unpacked; the live status lists the members."""
-    epochs = 12
-    args = [*CPU_SLURM, *fast_overrides(data_root), f"epochs={epochs}", "model=vanilla_cnn", "batch_size=8", "seed=0,1",
-            "pack=2"]
-    proc, out, jobs, _ = usr2_after_two_epochs(args, tmp_path, jobs=1)  # one SLURM job runs both
+    epochs = 4
+    args = [*CPU_SLURM, *fast_overrides(data_root), f"epochs={epochs}", "model=vanilla_cnn", "seed=0,1", "pack=2"]
+    proc, out, jobs, _ = usr2_after_two_epochs(args, tmp_path, held)  # one SLURM job runs both
     assert proc.returncode == 0, out[-3000:]
-    assert [job.name for job in jobs] == [f"{i}_batch_size=8,epochs={epochs},model=vanilla_cnn,seed={i}" for i in (0, 1)]
+    assert [job.name for job in jobs] == [f"{i}_batch_size=32,epochs={epochs},model=vanilla_cnn,seed={i}" for i in (0, 1)]
     assert_complete(jobs, epochs=epochs)
     for job in jobs:
         with open(job / "history.csv") as f:
@@ -144,6 +146,35 @@ def test_usr2_requeues_a_packed_job_and_every_member_resumes(data_root: Path, tm
         assert states[-1] == "completed" and states.count("completed") == 1, lines
     assert lines[-1].endswith("(0 pending, 0 running, 2 completed, 0 failed)")
     print("\npacked job requeued by USR2; its live status:\n" + "\n".join(lines))
+
+
+@pytest.mark.slurm
+@needs_cluster
+def test_a_detached_rerun_with_nothing_alive_writes_the_results_at_once(data_root: Path, tmp_path: Path,
+                                                                          held: Gate) -> None:
+    """A detached sweep whose finish job was cancelled before its jobs ended: its results were never written. A
+    detached rerun finds every job completed and nothing alive, so it submits no job that would write them: the
+    command writes them before it returns."""
+    args = [*CPU_SLURM, *fast_overrides(data_root), "model=linear", "seed=0,1", "hydra.sweeper.detach=true",
+            f"hydra.sweep.dir={tmp_path}"]
+    held.hold(1)  # the jobs wait after their epoch until the finish job is gone
+    proc = sweep(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    finish = json.loads((tmp_path / "sweep.json").read_text())["finish_job"]
+    held.wait_held(1, runs=2)
+    subprocess.run(["scancel", finish], check=True)
+    held.release()
+    watched = subprocess.run([sys.executable, "-m", "fmsweep.cli", "status", str(tmp_path), "--watch", "--interval",
+                              "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert watched.returncode == 0, watched.stdout[-2000:] + watched.stderr[-2000:]
+    assert f"finish job {finish} (writes the results): CANCELLED" in watched.stdout, watched.stdout
+    assert not (tmp_path / "report.md").exists()
+    again = sweep(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "fmsweep: 2 of 2 jobs completed before, skipped" in again.stdout
+    assert "fmsweep: nothing to submit" in again.stdout and "writes the report" not in again.stdout
+    assert f"fmsweep: report: {tmp_path / 'report.md'}" in again.stdout and (tmp_path / "report.md").is_file()
+    assert json.loads((tmp_path / "sweep.json").read_text())["finish_job"] == finish  # no finish job submitted
 
 
 @pytest.mark.slurm

@@ -5,11 +5,11 @@ import contextlib
 import io
 import os
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 
 from fmsweep.sweep import lock, status
 from fmsweep.sweep import manifest as records
@@ -263,9 +263,7 @@ def test_the_thread_polls_and_exit_shows_the_final_state(tmp_path: Path) -> None
     with LiveStatus(manifest, [0], stream=out, interval=0.01) as live:
         start(job_dir)
         with lock.hold([job_dir]):
-            deadline = time.monotonic() + 5
-            while "running" not in out.getvalue() and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_for("the thread to show the job running", lambda: "running" in out.getvalue(), every=0.01)
             history(job_dir, [0.8])
             metrics(job_dir, status="completed", test_acc=0.875, epochs_run=3)
     assert not live._thread.is_alive()
@@ -275,26 +273,44 @@ def test_the_thread_polls_and_exit_shows_the_final_state(tmp_path: Path) -> None
     ]
 
 
+class Polled(LiveStatus):
+    """A live status that counts its thread's polls, so that a test waits for one after a change."""
+
+    polls = 0
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._safe_update()
+            self.polls += 1
+
+    def wait_for_poll(self) -> None:
+        """Wait until the thread has polled twice more from now: once surely after what the test just did."""
+        seen = self.polls
+        wait_for("two more polls", lambda: self.polls >= seen + 2, every=0.01)
+
+
 def test_a_broken_stream_does_not_stop_the_sweep(tmp_path: Path) -> None:
     class Broken(io.StringIO):
         def write(self, text: str) -> int:
             raise BrokenPipeError
 
     manifest = sweep(tmp_path, 1)
-    with LiveStatus(manifest, [0], stream=Broken(), interval=0.01) as live:
+    with Polled(manifest, [0], stream=Broken(), interval=0.01) as live:
         start(tmp_path / manifest.jobs[0].name)
         with lock.hold([tmp_path / manifest.jobs[0].name]):  # a change of state to write
-            time.sleep(0.05)
+            live.wait_for_poll()
+        assert live._thread.is_alive()  # the thread went on polling after the failed write
     assert not live._thread.is_alive()
 
 
 def test_a_vanished_sweep_dir_does_not_stop_the_sweep(tmp_path: Path) -> None:
     manifest = sweep(tmp_path / "sweep", 1)
     out = Terminal()
-    with LiveStatus(manifest, [0], stream=out, interval=0.01) as live:
+    with Polled(manifest, [0], stream=out, interval=0.01) as live:
         for path in sorted(manifest.sweep_dir.rglob("*"), reverse=True):
             path.unlink()
         manifest.sweep_dir.rmdir()
-        time.sleep(0.05)
+        live.wait_for_poll()
+        assert live._thread.is_alive()
     assert not live._thread.is_alive()
     assert blocks(out.getvalue(), 2)[-1] == ["1 pending, 0 running, 0 completed, 0 failed", "0_lr=0  pending"]

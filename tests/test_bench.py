@@ -4,10 +4,13 @@ processes share the machine)."""
 import json
 import re
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT
 
 from fmsweep import bench, bench_startup, train
 
@@ -41,6 +44,41 @@ def test_bench_drives_the_real_train_step_in_both_pipelines_and_reports_what_it_
     assert f"| linear | 400 | {linear['median_seconds']['practical']:.3f} |" in table
     assert f"| {linear['speedup']:.2f}× |" in table and "| fancy_cnn+flip_affine | 32 * |" in table
     assert "train on 1 batches per epoch" in table
+
+
+def accept_out(out: Path, stacked: bool, one_by_one_stacked: bool) -> Path:
+    """What tests/gpu/accept.sh --tiny leaves in OUT_DIR for its table: every step passed, each bench reporting
+    how its pack trained as given."""
+    out.mkdir()
+    (out / "steps.tsv").write_text("".join(f"{step}\t0\t1000000000\t0\n" for step in (
+        "pytest", "bench-lone", "bench-stacked", "bench-one-by-one", "sweep", "ensemble")))
+    (out / "pytest.xml").write_text('<testsuites><testsuite tests="1" failures="0" errors="0" skipped="0"/>'
+                                    '</testsuites>')
+    benches = {"bench-lone": {"median_seconds": {"fmsweep": 0.1}, "limited_batches": True, "speedup": 2.0}}
+    for name, stacks in (("bench-stacked", stacked), ("bench-one-by-one", one_by_one_stacked)):
+        benches[name] = {"stacked": stacks, "ratio": 1.5, "median_seconds": {"packed": 1.0}, "job_epochs": 1}
+    for name, result in benches.items():
+        (out / name).mkdir()
+        (out / name / "bench.json").write_text(json.dumps({"machine": {}, "results": [result]}))
+    (out / "sweep").mkdir()
+    (out / "sweep" / "ensemble.json").write_text(json.dumps({"average": {"acc": 0.9}, "members": [{"acc": 0.8}]}))
+    return out
+
+
+@pytest.mark.parametrize("stacked, one_by_one_stacked, verdict", [
+    (True, False, 0), (False, False, 1), (True, True, 1)], ids=["as-asked", "stacked-did-not-stack", "both-stacked"])
+def test_the_gpu_acceptance_table_fails_where_a_pack_bench_did_not_train_as_asked(
+        tmp_path: Path, stacked: bool, one_by_one_stacked: bool, verdict: int) -> None:
+    """tests/gpu/accept.sh's table, tiny (no targets): a stacked bench that trained one after another, or a
+    one-by-one bench that stacked, is a failure, named in the table."""
+    out = accept_out(tmp_path / "out", stacked, one_by_one_stacked)
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "gpu" / "table.py"), str(out), "--tiny"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == verdict, proc.stdout + proc.stderr
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in proc.stdout.splitlines() if line.startswith("| bench-")}
+    assert rows["bench-stacked: the pack of 6 trained"].endswith(" | stacked | ok |" if stacked else " | FAILED |")
+    assert rows["bench-one-by-one: the pack of 6 trained"].endswith(
+        " | FAILED |" if one_by_one_stacked else " | one after another | ok |")
 
 
 def test_bench_startup_times_sweeps_to_their_first_job(data_root: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,6 +6,7 @@ load_model on CUDA and the benchmark there. Run them where a GPU is: `pytest -m 
 with `bash tests/gpu/accept.sh OUT_DIR`."""
 import json
 import signal
+import statistics
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,17 @@ def test_bf16_autocast_and_channels_last_are_on_by_default_and_off_on_request(ma
         step(*full_batches(loader, 1)[0])
         handle.remove()
         assert outputs == [dtype]
+
+
+def test_a_cuda_run_turns_cudnn_autotuning_on(make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """cuDNN's autotuning (each convolution shape's fastest algorithm, found once) is off as torch starts; building a
+    run on the CPU leaves it so, building one on CUDA turns it on."""
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # restored after the test
+    cfg = make_cfg(*SMALL_CNN)
+    train.RunState(cfg, tmp_path / "cpu", torch.device("cpu"), load_fashion_mnist(cfg.data.root, False), "")
+    assert torch.backends.cudnn.benchmark is False
+    runs_on_cuda(make_cfg, tmp_path / "cuda", SMALL_CNN)
+    assert torch.backends.cudnn.benchmark is True
 
 
 def test_the_optimizer_is_fused_and_capturable_with_graphs(make_cfg, tmp_path: Path) -> None:
@@ -236,17 +248,30 @@ def test_load_model_on_cuda_predicts_as_on_cpu(make_cfg, data_root: Path, tmp_pa
     assert accuracy == pytest.approx(read_metrics(tmp_path)["test_acc"], abs=0.01)
 
 
-def test_bench_on_cuda(data_root: Path, tmp_path: Path) -> None:
+def test_bench_on_cuda(data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bench's figures are those of what it timed: whole CUDA epochs, fmsweep's ahead of the practical's
+    DataLoader pipeline (a few graph replays against worker processes and PIL transforms), medians and ratios of
+    the seconds it recorded, and a pack stacked exactly when it says so."""
     bench.main(["--cases", "linear,fancy_cnn+flip_affine", "--epochs", "2", "--warmup", "1", "--workers", "2",
                 "--out", str(tmp_path), f"data.root={data_root}", "data.download=false", "device=cuda", "batch_size=32"])
     report = json.loads((tmp_path / "bench.json").read_text())
     assert report["machine"]["device_type"] == "cuda" and report["machine"]["device"] == torch.cuda.get_device_name()
     for result in report["results"]:
         assert not result["limited_batches"] and result["images_per_epoch"] == 400
-        assert result["speedup"] > 0
+        median = {name: statistics.median(seconds) for name, seconds in result["epoch_seconds"].items()}
+        assert median == result["median_seconds"] and all(len(s) == 2 for s in result["epoch_seconds"].values())
+        assert result["speedup"] == pytest.approx(median["practical"] / median["fmsweep"]) and result["speedup"] > 1
+    built = steps_built(monkeypatch)
     for stack in ("true", "false"):
+        built.clear()
         bench.main(["--cases", "fc", "--pack", "3", "--job-epochs", "1", "--epochs", "1", "--warmup", "0", "--out",
                     str(tmp_path), f"data.root={data_root}", "data.download=false", "device=cuda", "batch_size=32",
                     f"stack={stack}"])
         [result] = json.loads((tmp_path / "bench.json").read_text())["results"]
-        assert result["pack"] == 3 and result["ratio"] > 0 and result["stacked"] == (stack == "true")
+        assert result["pack"] == 3 and result["stacked"] == (stack == "true") and result["train_images"] == 400
+        # one round: 3 lone jobs, then the pack: one step of 3 stacked, or 3 steps of one
+        assert built == [(1, False)] * 3 + ([(3, True)] if result["stacked"] else [(1, False)] * 3)
+        median = {name: statistics.median(seconds) for name, seconds in result["seconds"].items()}
+        assert median == result["median_seconds"]
+        assert result["ratio"] == pytest.approx(median["unpacked"] / median["packed"])
+        assert result["images_per_second"]["packed"] == pytest.approx(3 * 400 / median["packed"])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import ROOT
+from conftest import ROOT, Gate, wait_for
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 from test_slurm import CPU_SLURM, needs_cluster
@@ -36,26 +36,44 @@ def study(sweep_dir: Path) -> optuna.Study:
     return search.find_study(sweep_dir)
 
 
-def test_a_search_runs_its_trials_as_job_dirs_and_tells_the_study(data_root: Path, tmp_path: Path) -> None:
-    proc = run(data_root, tmp_path, *SPACE, "reg.l2=tag(log,interval(1e-6,1e-2))", "epochs=2",
-               "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2")
-    assert proc.returncode == 0, proc.stderr
-    trials = study(tmp_path).trials
+def test_a_search_runs_its_trials_as_job_dirs_and_tells_the_study(data_root: Path, tmp_path: Path,
+                                                                  held: Gate) -> None:
+    """The first trial is held after its first epoch until the live status showed it running: the search's other
+    trials, which no worker asked yet, must be counted pending then (a status that counted only the trials asked
+    so far would show none)."""
+    sweep_dir, out, err = tmp_path / "sweep", tmp_path / "stdout", tmp_path / "stderr"
+    held.hold(1)
+    with out.open("w") as stdout, err.open("w") as stderr:
+        proc = subprocess.Popen(command(data_root, sweep_dir, *SPACE, "reg.l2=tag(log,interval(1e-6,1e-2))",
+                                        "epochs=2", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2"),
+                                cwd=ROOT, stdout=stdout, stderr=stderr)
+    try:
+        [first] = held.wait_held(1, alive=lambda: proc.poll() is None)
+        shown = re.compile(rf"^fmsweep: {re.escape(first)} running \(.*\)$", re.M)
+        wait_for("the live status to show the held trial",
+                 lambda: shown.search(out.read_text()) or proc.poll() is not None)
+        line = shown.search(out.read_text())
+        assert line and line[0] == f"fmsweep: {first} running (3 pending, 1 running, 0 completed, 0 failed)"
+    finally:
+        held.release()
+        proc.wait(timeout=600)
+    printed = out.read_text()
+    assert proc.returncode == 0, err.read_text()
+    trials = study(sweep_dir).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
-    runs = find_runs(tmp_path)
+    runs = find_runs(sweep_dir)
     assert [r.num for r in runs] == [0, 1, 2, 3]
     for trial, r in zip(trials, runs):
         assert r.overrides == sorted(["batch_size=64", "epochs=2", "model=fc", f"optimizer.lr={trial.params['optimizer.lr']!r}",
                                       f"reg.l2={trial.params['reg.l2']!r}"])
         assert trial.value == r.metrics["valid_loss"] and 1e-5 <= r.config.optimizer.lr <= 1
     best = min(trials, key=lambda t: t.value)
-    assert f"fmsweep: best trial {best.number}: valid_loss {best.value:.4f}" in proc.stdout
-    assert "fmsweep: search of 4 trials: 4 complete, 0 pruned, 0 fail" in proc.stdout
-    # the live status counts the whole search, not only the trials of one launch
+    assert f"fmsweep: best trial {best.number}: valid_loss {best.value:.4f}" in printed
+    assert "fmsweep: search of 4 trials: 4 complete, 0 pruned, 0 fail" in printed
+    # every line of the live status counts the whole search
     counts = [tuple(map(int, m.groups())) for m in re.finditer(
-        r"^fmsweep: \d+_\S+ .*\((\d+) pending, (\d+) running, (\d+) completed, (\d+) failed\)$", proc.stdout, re.M)]
+        r"^fmsweep: \d+_\S+ .*\((\d+) pending, (\d+) running, (\d+) completed, (\d+) failed\)$", printed, re.M)]
     assert counts and all(sum(c) == 4 for c in counts) and counts[-1] == (0, 0, 4, 0)
-    assert any(c[0] >= 2 for c in counts)  # the second launch's trials were pending during the first
 
 
 def test_the_pruner_stops_hopeless_trials_which_keep_their_checkpoints(data_root: Path, tmp_path: Path) -> None:
@@ -94,16 +112,24 @@ def test_the_pruner_stops_hopeless_trials_which_keep_their_checkpoints(data_root
     assert f"fmsweep: {best_setting}\nfmsweep: report: {tmp_path / 'report.md'}" in proc.stdout
 
 
-def test_a_killed_search_continues_in_its_sweep_dir(data_root: Path, tmp_path: Path) -> None:
-    args = [*SPACE, "epochs=40", "batch_size=8", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=1"]
+def test_a_killed_search_continues_in_its_sweep_dir(data_root: Path, tmp_path: Path, held: Gate) -> None:
+    args = [*SPACE, "epochs=3", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=1"]
+    held.hold(2)  # trial 0 is let go at each epoch's end; trial 1 is killed where the gate holds it, after epoch 2
     proc = subprocess.Popen(command(data_root, tmp_path, *args), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while not any(len(h.read_text().splitlines()) >= 3 for h in tmp_path.glob("1_*/history.csv")):
-        assert proc.poll() is None and time.time() < deadline, "trial 1 did not reach epoch 2"
-        time.sleep(0.1)
+
+    def trial_1_held() -> bool:
+        for epoch in (2, 3):
+            for name in held.held(epoch):
+                if name.startswith("0_"):
+                    held.let_go(name, epoch)
+        return any(name.startswith("1_") for name in held.held(2))
+
+    wait_for("trial 1 held after epoch 2", lambda: trial_1_held() or proc.poll() is not None)
+    assert proc.poll() is None
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    held.release()
     first = (next(tmp_path.glob("0_*")) / "metrics.json").stat().st_mtime_ns
     assert [t.state for t in study(tmp_path).trials] == [TrialState.COMPLETE, TrialState.RUNNING]
     again = run(data_root, tmp_path, *args)

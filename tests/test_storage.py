@@ -4,16 +4,18 @@ processes, a wrong password, and a whole search through the command line whose p
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import optuna
 import pytest
-from conftest import CONF, ROOT, closed_port
+from conftest import CONF, ROOT, Gate, closed_port
 from hydra import compose, initialize_config_dir
 from hypothesis import given
 from hypothesis import strategies as st
@@ -253,15 +255,24 @@ def test_a_wrong_password_is_one_line_without_it(database: Database, monkeypatch
 @pytest.mark.mariadb
 def test_a_search_keeps_its_study_in_mariadb_and_its_password_nowhere(database: Database, data_root: Path,
                                                                       monkeypatch: pytest.MonkeyPatch,
-                                                                      tmp_path: Path) -> None:
+                                                                      tmp_path: Path, held: Gate) -> None:
+    """Two workers share the study: the gate holds the trials after their first epoch until two are held at once,
+    one of each worker, so that the workers ask, train and tell side by side whatever the machine's speed."""
     monkeypatch.setenv(ENV, database.password)  # the command and its jobs inherit it
     sweep_dir = tmp_path / "sweep"
     args = ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
             "optimizer.lr=tag(log,interval(1e-4,1e-1))", "model=fc", "epochs=2", "hydra.sweeper.n_trials=4",
             "hydra.sweeper.n_jobs=2", f"hydra.sweeper.storage={database.url()}"]
-    proc = subprocess.run(command(data_root, sweep_dir, *args), cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    assert database.password not in proc.stdout + proc.stderr
+    held.hold(1)
+    proc = subprocess.Popen(command(data_root, sweep_dir, *args), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        side_by_side = held.wait_held(1, runs=2, alive=lambda: proc.poll() is None)
+    finally:
+        held.release()
+        stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr
+    assert database.password not in stdout + stderr
     files = {path: path.read_bytes() for path in sweep_dir.rglob("*") if path.is_file()}
     assert [path for path, data in files.items() if database.password.encode() in data] == []
     # what the sweep records of its storage is the URL as written
@@ -269,7 +280,17 @@ def test_a_search_keeps_its_study_in_mariadb_and_its_password_nowhere(database: 
     study = search.find_study(sweep_dir)  # from the storage multirun.yaml names, as the report finds it
     assert study.study_name == f"fmsweep:{sweep_dir.resolve()}"
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
-    # both workers trained trials, at once
-    workers = {job["launcher_job"] for job in json.loads((sweep_dir / "sweep.json").read_text())["jobs"]}
-    assert len(workers) == 2, workers
+    # both workers trained trials, at once: the two trials held together are of two workers, and their logs
+    # (each trial's first line to its last) overlap in time
+    worker = {job["name"]: job["launcher_job"] for job in json.loads((sweep_dir / "sweep.json").read_text())["jobs"]}
+    assert len(set(worker.values())) == 2 and len({worker[name] for name in side_by_side}) == 2, worker
+    (start_a, end_a), (start_b, end_b) = (logged_span(sweep_dir / name) for name in side_by_side)
+    assert start_a < end_b and start_b < end_a
     assert not (sweep_dir / storage.JOURNAL).exists()
+
+
+def logged_span(run_dir: Path) -> tuple[datetime, datetime]:
+    """The times of the first and the last line of a run's log (Hydra's `[%Y-%m-%d %H:%M:%S,%f]` stamps)."""
+    stamps = re.findall(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]", (run_dir / "__main__.log").read_text(), re.M)
+    assert stamps, run_dir
+    return datetime.strptime(stamps[0], "%Y-%m-%d %H:%M:%S,%f"), datetime.strptime(stamps[-1], "%Y-%m-%d %H:%M:%S,%f")

@@ -5,7 +5,8 @@
 # benchmark of a lone fancy_cnn+flip_affine run; a pack of 6 against 6 lone runs in a row (--pack 6), stacked and
 # one after another; the headline sweep (6 x experiment=fancy_cnn_aug, pack=6, submitit_local, one GPU) and its
 # ensemble. Each step is timed and logged to OUT_DIR/<step>.log; it ends with one table of the figures against
-# their targets (OUT_DIR/accept.md) and exits 1 if a step failed or a target was missed.
+# their targets (OUT_DIR/accept.md) and exits 1 if a step failed, a target was missed or a pack bench did not
+# train its pack as asked (stacked, one after another).
 # --tiny: the same steps on a few batches of a small CNN, on whatever device there is (CI runs it on the CPU).
 # --data DIR: the folder holding FashionMNIST/raw (default: .gpu/data, else ../shared/data).
 set -uo pipefail

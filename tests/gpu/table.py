@@ -1,7 +1,8 @@
 """The closing table of tests/gpu/accept.sh: each step's time and status, and the figures against their targets.
 
 `python3 tests/gpu/table.py OUT_DIR [--tiny]` reads what the steps wrote to OUT_DIR, prints the table, writes it to
-OUT_DIR/accept.md and exits 1 if a step failed or a target was missed. --tiny: figures without targets.
+OUT_DIR/accept.md and exits 1 if a step failed, a target was missed or a pack bench did not train its pack as asked
+(bench-stacked stacked, bench-one-by-one one after another). --tiny: figures without targets, the rest checked.
 """
 from __future__ import annotations
 
@@ -75,7 +76,10 @@ def main(out: Path, tiny: bool) -> int:
         ratio = result["ratio"] if result else None
         add(f"pack of 6 ({how}) against 6 lone runs in a row, aggregate images/s", ratio,
             f"{ratio:.2f}x" if result else "", target, False, f"≥ {target:g}x" if target else "—")
-        if result:
+        if result:  # what the bench timed must be what it was asked for (stack=true, stack=false), tiny or not
+            wanted = "stacked" if name == "stacked" else "one after another"
+            rows.append((f"bench-{name}: the pack of 6 trained", how, wanted, "ok" if how == wanted else "FAILED"))
+            failed |= how != wanted
             per_epoch = result["median_seconds"]["packed"] / result["job_epochs"]
             rows.append((f"pack of 6 ({how}), whole job s/epoch", f"{per_epoch:.3f} s", "—", ""))
 

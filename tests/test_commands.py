@@ -211,7 +211,7 @@ def test_cancel_under_submitit_local_stops_the_live_job_processes(tmp_path: Path
                                                                  capsys: pytest.CaptureFixture) -> None:
     """SIGTERM to the job processes alive (one whose cmdline names submitit, as a local job's does); not to an
     ended job's pid, nor to a live process that merely got such a pid."""
-    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    sleep = [sys.executable, "-c", "import time; time.sleep(3600)"]
     job = subprocess.Popen([*sleep, "submitit"])
     stranger = subprocess.Popen(sleep)
     ended = subprocess.Popen([sys.executable, "-c", "pass", "submitit"])
@@ -242,7 +242,7 @@ def test_status_and_cancel_work_where_torch_cannot_be_imported(tmp_path: Path) -
     probe = subprocess.run([sys.executable, "-c", "import torch"], env={**os.environ, **no_torch},
                            capture_output=True, text=True, timeout=60)
     assert probe.returncode != 0 and "torch is not installed here" in probe.stderr  # the block works
-    job = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "submitit"])
+    job = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)", "submitit"])
     try:
         sweep_dir = tmp_path / "sweep"
         make_sweep(sweep_dir, "submitit_local", [str(job.pid), str(job.pid)], completed=(1,))
@@ -265,7 +265,7 @@ def squeue_ids() -> set[str]:
                               check=True).stdout.split())
 
 
-def sacct_states(job_ids: list[str], timeout_s: float = 60) -> dict[str, str]:
+def sacct_states(job_ids: list[str], timeout_s: float = 300) -> dict[str, str]:
     """Accounting's state of each job (each job id listed, as itself or by its tasks), once none is pending or
     running there: slurmdbd may take a while under load. An array's tasks that never started share one line
     (`123_[1-3]`)."""
@@ -288,8 +288,8 @@ def test_cancel_on_slurm_scancels_the_sweeps_jobs_and_records_them(tmp_path: Pat
     waits until squeue lists none, accounting says CANCELLED, sweep.json records them (not the completed one);
     a second cancel finds nothing to do."""
     def sbatch(*args: str) -> str:
-        return subprocess.run(["sbatch", "--parsable", "-o", "/dev/null", "-c", "1", "--mem=50M", "-t", "5", *args,
-                               "--wrap", "sleep 60"], capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(["sbatch", "--parsable", "-o", "/dev/null", "-c", "1", "--mem=50M", "-t", "60", *args,
+                               "--wrap", "sleep 3600"], capture_output=True, text=True, check=True).stdout.strip()
 
     array, plain = sbatch("--array=0-1"), sbatch()
     ids = [f"{array}_0", f"{array}_1", plain]

@@ -320,7 +320,7 @@ def test_a_live_pid_under_submitit_local_is_a_running_job(tmp_path: Path) -> Non
         start(tmp_path / job.name)
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
     ended.wait()
-    with subprocess.Popen(["sleep", "30"]) as live:
+    with subprocess.Popen(["sleep", "3600"]) as live:
         try:
             manifest.jobs[0].launcher_job, manifest.jobs[1].launcher_job = str(live.pid), str(ended.pid)
             assert texts(manifest) == ["running: starting", "stopped: epoch 0 of 3"]
@@ -491,7 +491,7 @@ def test_read_sees_real_slurm_jobs_pending_running_and_cancelled(tmp_path: Path)
 
     def sbatch(*args: str) -> str:
         return subprocess.run(["sbatch", "--parsable", f"--cpus-per-task={cpus}", "-o", "/dev/null", "-J",
-                               "fmsweep-status-test", *args, "--wrap", "sleep 30"], capture_output=True, text=True,
+                               "fmsweep-status-test", *args, "--wrap", "sleep 3600"], capture_output=True, text=True,
                               check=True, cwd=tmp_path).stdout.strip().split(";")[0]
 
     ids = [sbatch(), sbatch(), sbatch("--hold")]

@@ -19,9 +19,10 @@ def test_ctrl_c_in_a_submitit_local_sweep_is_one_line_and_its_jobs_stop_resumabl
                "model=fc", "seed=0,1", "epochs=3", "batch_size=32", "hydra/launcher=submitit_local",
                "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={tmp_path}"]
     held.hold(2)  # both jobs wait after epoch 2 until the Ctrl-C
-    # its own process group, which a terminal's Ctrl-C signals as a whole: the sweep and its jobs' processes
+    # its own process group, which a terminal's Ctrl-C signals as a whole: the sweep and its jobs' processes; SIGINT
+    # as a terminal's command has it (where the tests run in a background job, every child inherits it ignored)
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     held.wait_held(2, runs=2, alive=lambda: proc.poll() is None)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)

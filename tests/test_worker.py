@@ -19,6 +19,7 @@ from hydra.core.plugins import Plugins
 from hydra.types import HydraContext, RunMode
 from omegaconf import DictConfig
 from optuna.trial import TrialState
+from test_prelaunch import hydra_compositions
 
 from fmsweep.__main__ import task
 from fmsweep.sweep import launch, manifest, prelaunch
@@ -89,14 +90,7 @@ def test_a_worker_composes_its_group_choices_once_for_all_its_trials(loader: Con
     """Hydra's composition (~50 ms) runs once per worker for a combination of group choices; each trial's config
     is derived from it (a few ms), the worker keeping one composer from trial to trial."""
     [worker], _ = search_workers(loader, data_root, tmp_path, monkeypatch, "hydra.sweeper.n_trials=2")
-    compositions: list[list[str]] = []
-    compose = loader.load_sweep_config
-
-    def counted(config: DictConfig, overrides: list[str]) -> DictConfig:
-        compositions.append(list(overrides))
-        return compose(config, overrides)
-
-    monkeypatch.setattr(loader, "load_sweep_config", counted)
+    compositions = hydra_compositions(loader, monkeypatch)
     assert worker("w") == 2
     assert [t.state for t in worker.plan.study().trials] == [TrialState.COMPLETE] * 2
     assert compositions == [["model=linear"]]

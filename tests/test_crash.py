@@ -274,11 +274,13 @@ def test_sigkill_at_random_moments_leaves_only_consistent_files(data_root: Path,
     rng = random.Random(1)
     for _ in range(attempts):
         start = checkpoint.load(last)["epoch"] if last.exists() else 0
+        before = last.stat().st_mtime_ns if last.exists() else 0
         held.hold(start + 2)
         proc = subprocess.Popen([*command, f"hydra.run.dir={tmp_path / 'killed'}"], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # a new last.pt (written whole, by rename) is the attempt's first epoch committed
         wait_for("the attempt's first epoch", lambda: proc.poll() is not None or (
-            last.exists() and checkpoint.load(last)["epoch"] > start), every=0.01)
+            (last.stat().st_mtime_ns if last.exists() else 0) != before), every=0.01)
         time.sleep(rng.uniform(0, 1.5 * epoch_seconds))  # the kill's random moment; the gate keeps the run alive
         assert proc.poll() is None, "the attempt ended before its kill"
         proc.kill()

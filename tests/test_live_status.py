@@ -278,10 +278,9 @@ class Polled(LiveStatus):
 
     polls = 0
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._safe_update()
-            self.polls += 1
+    def _safe_update(self) -> None:
+        super()._safe_update()
+        self.polls += 1
 
     def wait_for_poll(self) -> None:
         """Wait until the thread has polled twice more from now: once surely after what the test just did."""

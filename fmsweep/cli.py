@@ -16,8 +16,8 @@ TOOLS = {
     "status": "fmsweep.sweep.status",
     "resume": "fmsweep.sweep.resume",
     "cancel": "fmsweep.sweep.cancel",
-    "report": "fmsweep.report",
-    "ensemble": "fmsweep.ensemble",
+    "report": "fmsweep.results.report",
+    "ensemble": "fmsweep.results.ensemble",
 }
 
 

@@ -79,7 +79,7 @@ class Tracker:
 
     def predictions(self, images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor, step: int) -> None:
         """Log a grid of test images with predicted/true labels and the test confusion matrix as images."""
-        from fmsweep import figures  # matplotlib: only once a run has finished training
+        from fmsweep.results import figures  # matplotlib: only once a run has finished training
 
         grid = figures.samples(images, labels, predicted)
         self.writer.add_image("test/samples", figures.to_rgb(grid), step, dataformats="HWC")

@@ -31,34 +31,16 @@ from fmsweep.augment import FlipAffine
 from fmsweep.config import device_name, resolve_device, validate
 from fmsweep.data import Raw, Splits, load_fashion_mnist, prepare, raw_folder
 from fmsweep.errors import Interrupted, TrainingDiverged, UserError
+from fmsweep.evaluate import evaluate, predict, scores
 from fmsweep.loader import Source, TrainLoader
 from fmsweep.models import Classifier, l2_penalty, num_parameters, seed_dropout, seek_dropout
-from fmsweep.runs import command, read_overrides
+from fmsweep.results.runs import command, read_overrides
 from fmsweep.schedule import Constant
 from fmsweep.sweep.search import Trial
 from fmsweep.signals import StopRequest
 from fmsweep.tracking import Tracker
 
 log = logging.getLogger(__name__)
-EVAL_BATCH = 1024
-
-
-@torch.inference_mode()
-def predict(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Logits of `model`, in eval mode, on uint8 images `x`, computed in batches of EVAL_BATCH."""
-    model.eval()
-    return torch.cat([model(x[i : i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)])
-
-
-def scores(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of `logits` for labels `y`."""
-    return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).sum().item() / len(y)
-
-
-def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of `model` on uint8 images `x` with labels `y`."""
-    return scores(predict(model, x), y)
-
 
 def build(cfg: DictConfig, data: Splits, scheduled: bool = False) -> tuple[Classifier, torch.optim.Optimizer]:
     """The run's model on the data's device (channels_last and cuDNN autotuning on CUDA), initialized from the run's

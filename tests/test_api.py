@@ -12,7 +12,8 @@ from test_crash import SignalledSteps
 from torchvision.datasets import FashionMNIST
 
 import fmsweep
-from fmsweep import checkpoint, data, figures, train
+from fmsweep import checkpoint, data, train
+from fmsweep.results import figures
 from fmsweep.errors import Interrupted
 
 

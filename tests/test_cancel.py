@@ -19,9 +19,10 @@ from test_crash import SignalledSteps
 from test_slurm import CPU_SLURM, job_dirs, needs_cluster
 
 import fmsweep.__main__ as entry
-from fmsweep import checkpoint, report, tracking, train
+from fmsweep import checkpoint, tracking, train
+from fmsweep.results import report
 from fmsweep.errors import Interrupted
-from fmsweep.runs import find_runs
+from fmsweep.results.runs import find_runs
 from fmsweep.signals import StopRequest
 from fmsweep.sweep import summary
 

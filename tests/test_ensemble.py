@@ -1,4 +1,4 @@
-"""`python -m fmsweep.ensemble` on a small sweep: members, their ensemble, selection, skipped runs, refused splits,
+"""`python -m fmsweep.results.ensemble` on a small sweep: members, their ensemble, selection, skipped runs, refused splits,
 errors."""
 import json
 import shutil
@@ -13,9 +13,9 @@ from omegaconf import OmegaConf
 
 import fmsweep
 from conftest import ROOT, make_fashion_root, sweep_jobs
-from fmsweep import ensemble
+from fmsweep.results import ensemble
 from fmsweep.data import load_fashion_mnist, split_indices
-from fmsweep.runs import find_runs
+from fmsweep.results.runs import find_runs
 
 
 def jobs(sweep_dir: Path) -> list[Path]:
@@ -189,7 +189,7 @@ def test_members_list_their_overrides_in_job_dir_order(sweep_copy: Path, tmp_pat
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fmsweep.ensemble", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "fmsweep.results.ensemble", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
 
 

@@ -20,7 +20,7 @@ from fmsweep.sweep import packing
 from fmsweep.data import load_fashion_mnist
 from fmsweep.errors import Interrupted
 from fmsweep.models import seed_dropout
-from fmsweep.runs import find_runs, read_overrides
+from fmsweep.results.runs import find_runs, read_overrides
 
 CNN = ("model=fancy_cnn", "model.channels=[4,8,8]")  # BatchNorm, small enough for CPU
 
@@ -294,7 +294,7 @@ def test_a_packed_sweep_writes_the_job_dirs_of_an_unpacked_one(data_root: Path, 
             or "fmsweep: best setting on validation: model=fc, mean valid loss" in packed.stdout)
     assert f"fmsweep: report: {tmp_path / 'packed' / 'report.md'} (with report.csv, jobs.csv, report.png)" in packed.stdout
     test_root = make_fashion_root(tmp_path / "test_images", n_test=1000)  # the 1,000 images an ensemble needs
-    ensemble = subprocess.run([sys.executable, "-m", "fmsweep.ensemble", str(tmp_path / "packed"), "--data-root",
+    ensemble = subprocess.run([sys.executable, "-m", "fmsweep.results.ensemble", str(tmp_path / "packed"), "--data-root",
                                str(test_root)], cwd=ROOT,
                               capture_output=True, text=True, timeout=300)
     assert ensemble.returncode == 0, ensemble.stderr

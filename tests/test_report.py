@@ -1,4 +1,4 @@
-"""`python -m fmsweep.report` on the tiny sweep: settings ranked on validation with seeds aggregated, the best
+"""`python -m fmsweep.results.report` on the tiny sweep: settings ranked on validation with seeds aggregated, the best
 marked, job table, CSVs, plot, statuses; the plot from 1 to 50 settings."""
 import csv
 import io
@@ -20,9 +20,9 @@ from matplotlib.text import Text
 from omegaconf import OmegaConf
 
 from conftest import ROOT
-from fmsweep import figures, report
+from fmsweep.results import figures, report
 from fmsweep.sweep import summary as sweep_status
-from fmsweep.runs import Run, find_runs, read_overrides
+from fmsweep.results.runs import Run, find_runs, read_overrides
 from fmsweep.tracking import hparams
 
 
@@ -45,7 +45,7 @@ def sweep_copy(tiny_sweep: Path, tmp_path: Path) -> Path:
 def test_report_of_a_finished_sweep(sweep_copy: Path, capsys: pytest.CaptureFixture) -> None:
     report.main([str(sweep_copy)])
     printed = capsys.readouterr().out
-    # the markdown, then where each file went, worded as python -m fmsweep.ensemble says it
+    # the markdown, then where each file went, worded as python -m fmsweep.results.ensemble says it
     assert printed == (sweep_copy / "report.md").read_text() + "\n" + "".join(
         f"Wrote {sweep_copy / name}\n" for name in ("report.md", "report.csv", "jobs.csv", "report.png"))
     metrics = [json.loads((d / "metrics.json").read_text()) for d in job_dirs(sweep_copy)]
@@ -122,7 +122,7 @@ def test_failed_and_unfinished_jobs_appear_with_their_status(sweep_copy: Path, c
 
 
 def test_a_folder_without_runs_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "fmsweep.report", str(tmp_path)], cwd=ROOT, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "fmsweep.results.report", str(tmp_path)], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 2 and proc.stdout == ""
     lines = proc.stderr.strip().splitlines()

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import ROOT
 from fmsweep.errors import UserError
-from fmsweep.runs import find_runs
+from fmsweep.results.runs import find_runs
 
 LACKS_ALL = ("lacks the number(s) best_epoch, valid_loss, valid_acc, test_loss, test_acc, num_params, train_seconds, "
              "epochs_run")
@@ -81,7 +81,7 @@ def test_unfinished_failed_and_pruned_runs_are_runs(sweep_copy: Path, capsys: py
 
 
 def report(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fmsweep.report", str(path)], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "fmsweep.results.report", str(path)], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
 
 

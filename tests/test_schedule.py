@@ -13,7 +13,7 @@ from test_crash import SignalledSteps, assert_consistent, assert_same_result
 
 from fmsweep import checkpoint, schedule, train
 from fmsweep.errors import Interrupted
-from fmsweep.runs import find_runs
+from fmsweep.results.runs import find_runs
 
 STEPS, EPOCHS = 7, 6  # batches per epoch, epochs
 

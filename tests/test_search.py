@@ -16,9 +16,9 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 from test_slurm import CPU_SLURM, needs_cluster
 
-from fmsweep import report
+from fmsweep.results import report
 from fmsweep.sweep import search, space, storage
-from fmsweep.runs import find_runs
+from fmsweep.results.runs import find_runs
 
 SPACE = ["model=fc", "optimizer.lr=tag(log,interval(1e-5,1))"]
 

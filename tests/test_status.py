@@ -330,7 +330,7 @@ def test_a_live_pid_under_submitit_local_is_a_running_job(tmp_path: Path) -> Non
 
 
 def results(sweep_dir: Path) -> None:
-    """What fmsweep.report and fmsweep.ensemble write, as far as the table reads it."""
+    """What fmsweep.results.report and fmsweep.results.ensemble write, as far as the table reads it."""
     (sweep_dir / "report.md").write_text(f"# Sweep report: {sweep_dir}\n\n4 jobs: 2 completed\n\n**Best setting on "
                                          "validation: lr=0, mean valid acc 90.00 % over 1 job.**\n\n## Settings\n")
     (sweep_dir / "ensemble.json").write_text(json.dumps({"split": "test", "members": [{}, {}],

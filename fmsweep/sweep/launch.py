@@ -300,7 +300,8 @@ def submit_finish(launcher: Any, manifest: Manifest, waits: Sequence[str] = ()) 
     the sweep is alive."""
     import submitit
 
-    from fmsweep.sweep import finish, status
+    from fmsweep.results import finish
+    from fmsweep.sweep import status
     from fmsweep.sweep.manifest import load, locked
 
     view = status.look(manifest, accounting=False)

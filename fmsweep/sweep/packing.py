@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fmsweep import tracking
 from fmsweep.files import atomic_write
-from fmsweep.runs import HYDRA_DIR
+from fmsweep.results.runs import HYDRA_DIR
 
 log = logging.getLogger(__name__)
 MANIFEST = "pack.yaml"

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from fmsweep.errors import ArgumentParser, UserError, exit_with
-from fmsweep.runs import override_key
+from fmsweep.results.runs import override_key
 from fmsweep.sweep import manifest
 
 SWEEP_DIR = "hydra.sweep.dir"

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from fmsweep.sweep import packing
 from fmsweep.errors import UserError
-from fmsweep.runs import find_runs
+from fmsweep.results.runs import find_runs
 
 
 def job_logs(sweep_dir: Path, job_dir: Path) -> list[Path]:
@@ -22,10 +22,10 @@ def job_logs(sweep_dir: Path, job_dir: Path) -> list[Path]:
 
 
 def write_results(sweep_dir: Path) -> None:
-    """Write the sweep's results (fmsweep.sweep.finish) and print what was written: the best setting, the report,
+    """Write the sweep's results (fmsweep.results.finish) and print what was written: the best setting, the report,
     the ensemble. What could not be written is a line each on stderr: the sweep's own outcome, printed next,
     matters more."""
-    from fmsweep.sweep.finish import results
+    from fmsweep.results.finish import results
 
     written, missing = results(sweep_dir)
     for line in missing:

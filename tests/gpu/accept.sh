@@ -84,5 +84,5 @@ step bench-one-by-one python3 -m fmsweep.bench --cases fancy_cnn+flip_affine --p
   --out "$out/bench-one-by-one" "${common[@]}" stack=false
 step sweep python3 -m fmsweep -m hydra/launcher=submitit_local experiment=fancy_cnn_aug "seed=range(6)" pack=6 \
   "${sweep[@]}" "${common[@]}" hydra.sweep.dir="$out/sweep"
-step ensemble python3 -m fmsweep.ensemble "$out/sweep" --data-root "$data"
+step ensemble python3 -m fmsweep.results.ensemble "$out/sweep" --data-root "$data"
 python3 tests/gpu/table.py "$out" $($tiny && echo --tiny)

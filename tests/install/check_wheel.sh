@@ -3,7 +3,7 @@
 # `fmsweep --help`, a 1-epoch run, a 2-job sweep, the ensemble and the report of that sweep, and a search that is
 # cancelled (`fmsweep cancel`) and resumed (`fmsweep resume`) to its end. Run from the
 # repository root with a Python that has the test dependencies (it writes the tiny test data set with them, with
-# the 1,000 test images the ensemble needs at least: fmsweep.ensemble.MIN_IMAGES).
+# the 1,000 test images the ensemble needs at least: fmsweep.results.ensemble.MIN_IMAGES).
 set -euo pipefail
 repo=$PWD
 work=$(mktemp -d)
@@ -26,8 +26,8 @@ grep -q "model: fancy_cnn, fc, linear, vanilla_cnn" help.txt
 step fmsweep "${data[@]}" model=fc epochs=1 hydra.run.dir=run
 test "$(python -c 'import json; print(json.load(open("run/metrics.json"))["status"])')" = completed
 step fmsweep -m "${data[@]}" epochs=1 seed=0,1 hydra.sweep.dir=sweep
-step python -m fmsweep.ensemble sweep --data-root "$work/data"
-step python -m fmsweep.report sweep
+step python -m fmsweep.results.ensemble sweep --data-root "$work/data"
+step python -m fmsweep.results.report sweep
 step fmsweep report sweep >/dev/null
 step fmsweep status sweep | grep -q "2 completed"
 step python -m fmsweep.status sweep >/dev/null

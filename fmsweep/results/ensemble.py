@@ -1,4 +1,4 @@
-"""`python -m fmsweep.ensemble <sweep dir or run dirs...>`: the best model of each run, on its own and all
+"""`python -m fmsweep.results.ensemble <sweep dir or run dirs...>`: the best model of each run, on its own and all
 together as one model that averages their softmax probabilities, on the test (or valid) split: on images that
 every member held out, at least MIN_IMAGES of them."""
 from __future__ import annotations
@@ -21,8 +21,8 @@ from fmsweep.config import resolve_device
 from fmsweep.data import load_fashion_mnist, split_indices
 from fmsweep.errors import ArgumentParser, UserError
 from fmsweep.files import atomic_write
-from fmsweep.runs import Run, find_runs, is_run, markdown_table
-from fmsweep.train import predict, scores
+from fmsweep.results.runs import Run, find_runs, is_run, markdown_table
+from fmsweep.evaluate import predict, scores
 
 OUT_NAME = "ensemble.json"
 # Fewest images an ensemble is scored on: with fewer, an accuracy near 90 % is uncertain by more than a percentage

@@ -1,5 +1,5 @@
-"""The results of a sweep that ended: its report (fmsweep.report: md, csv, png) and, where seeds repeat its best
-setting, the ensemble of that setting's models (fmsweep.ensemble). Written by the launching command of an attached
+"""The results of a sweep that ended: its report (fmsweep.results.report: md, csv, png) and, where seeds repeat its best
+setting, the ensemble of that setting's models (fmsweep.results.ensemble). Written by the launching command of an attached
 sweep, and for a detached one by a small SLURM job that starts once the sweep's jobs ended."""
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from fmsweep.errors import UserError
 def write_ensemble(sweep_dir: Path) -> str | None:
     """Write ensemble.json for the completed jobs of the best setting on validation when it has two or more (seeds
     repeat it); return the line naming it and its test accuracy, None when no setting repeats."""
-    from fmsweep import ensemble, report
-    from fmsweep.runs import find_runs
+    from fmsweep.results import ensemble, report
+    from fmsweep.results.runs import find_runs
 
     runs = find_runs(sweep_dir)
     stats = report.setting_stats(runs)
@@ -31,7 +31,7 @@ def write_ensemble(sweep_dir: Path) -> str | None:
 def results(sweep_dir: Path) -> tuple[list[str], list[str]]:
     """Write the report and the ensemble, each on its own; return the lines that name what was written (the best
     setting, the files) and those that say what could not be, and why."""
-    from fmsweep import report
+    from fmsweep.results import report
 
     written, missing = [], []
     try:

@@ -1,4 +1,4 @@
-"""`python -m fmsweep.report <sweep dir>`: the sweep's settings (jobs that differ only by seed) ranked by their mean
+"""`python -m fmsweep.results.report <sweep dir>`: the sweep's settings (jobs that differ only by seed) ranked by their mean
 valid objective (a search's objective, else the valid loss), the best marked with its margin over the next; every
 job; and for a search (hydra/sweeper=optuna) its trials by objective. Test figures are shown as each setting's
 outcome, never used to rank. Writes report.md, report.csv (one row per setting: a column per swept key, each
@@ -19,11 +19,11 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from fmsweep import figures
+from fmsweep.results import figures
 from fmsweep.sweep import search, space
 from fmsweep.errors import ArgumentParser, UserError
 from fmsweep.files import atomic_write
-from fmsweep.runs import SEED_KEY, Run, command, find_runs, markdown_table, override_key
+from fmsweep.results.runs import SEED_KEY, Run, command, find_runs, markdown_table, override_key
 
 METRICS = ("valid_loss", "valid_acc", "test_loss", "test_acc")
 MISSING = "–"

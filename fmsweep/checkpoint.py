@@ -78,6 +78,9 @@ def best_model_path(path: str | Path) -> Path:
     if (path / BEST).is_file():
         return path / BEST
     if not (path / ".hydra").is_dir():
+        if next(path.glob("*/.hydra/config.yaml"), None) is not None:
+            raise UserError(f"{path} is a sweep directory, not a run directory: its best run on validation is "
+                            f"fmsweep.load_sweep({str(path)!r}).best(), and .load_model() loads it")
         raise UserError(f"{path} is not an fmsweep run directory (no {BEST}, no .hydra/)")
     raise UserError(f"{path} holds no {BEST} yet: the run has not finished an epoch")
 

@@ -27,7 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from fmsweep import augment, checkpoint, data, models, schedule
 from fmsweep.sweep import lock
-from fmsweep.errors import UserError, exit_with
+from fmsweep.errors import UserError, exit_with, first_line
 
 
 @dataclass(frozen=True)
@@ -129,12 +129,6 @@ ARGUMENTS: dict[str, Check] = {
 def show(value: Any) -> str:
     """A value as the user would type it: null, true, 'text', [1, 2]."""
     return repr(value) if isinstance(value, str) else json.dumps(value, default=str)
-
-
-def first_line(exc: BaseException) -> str:
-    """`Type: first line of the message` of an exception from a library."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def resolve_device(name: str) -> torch.device:

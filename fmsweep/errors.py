@@ -11,6 +11,12 @@ class UserError(Exception):
     """Something the user gave is wrong; entry points print it as one line and exit with code 2."""
 
 
+def first_line(exc: BaseException) -> str:
+    """`Type: first line of the message` of an exception from a library."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a bad command line is a UserError (one line on stderr, exit 2) like any other."""
 

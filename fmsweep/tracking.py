@@ -1,4 +1,4 @@
-"""What a run records: TensorBoard events, summary.txt, history.csv and metrics.json."""
+"""What a run records: TensorBoard events, summary.txt, history.csv, samples.png, confusion.png and metrics.json."""
 from __future__ import annotations
 
 import contextlib
@@ -27,6 +27,8 @@ HISTORY_FIELDS = ("epoch", *EPOCH_METRICS, "epoch_seconds")
 # Scalars of the best model, logged at its epoch: the final metrics next to the hparams in TensorBoard.
 METRIC_TAGS = {"valid/best_loss": "valid_loss", "valid/best_acc": "valid_acc", "test/loss": "test_loss",
                "test/acc": "test_acc"}
+# The test images of `predictions`, also as files in the run dir.
+SAMPLES_PNG, CONFUSION_PNG = "samples.png", "confusion.png"
 
 
 class Tracker:
@@ -78,17 +80,18 @@ class Tracker:
         self._history(history)
 
     def predictions(self, images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor, step: int) -> None:
-        """Log a grid of test images with predicted/true labels and the test confusion matrix as images."""
+        """Log a grid of test images with predicted/true labels and the test confusion matrix as images, and write
+        them as samples.png and confusion.png (before metrics.json: a completed run has them, for its report)."""
         from fmsweep.results import figures  # matplotlib: only once a run has finished training
 
-        grid = figures.samples(images, labels, predicted)
-        self.writer.add_image("test/samples", figures.to_rgb(grid), step, dataformats="HWC")
         n = len(figures.CLASSES)
         matrix = torch.bincount(labels.cpu() * n + predicted.cpu(), minlength=n * n).reshape(n, n)
         accuracy = matrix.trace().item() / len(labels)
         title = f"confusion matrix, test set ({len(labels)} images, accuracy {100 * accuracy:.2f} %)"
-        self.writer.add_image("test/confusion_matrix", figures.to_rgb(figures.confusion(matrix, title)), step,
-                              dataformats="HWC")
+        for tag, name, fig in (("test/samples", SAMPLES_PNG, figures.samples(images, labels, predicted)),
+                               ("test/confusion_matrix", CONFUSION_PNG, figures.confusion(matrix, title))):
+            self.writer.add_image(tag, figures.to_rgb(fig), step, dataformats="HWC")
+            atomic_write(self.run_dir / name, figures.to_png(fig))
 
     def final(self, metrics: dict[str, Any], hparams: dict[str, str | float], commit: Callable[[], None]) -> None:
         """Log the best model's valid and test scalars and the run's hparams; call `commit` (it may raise: a stop
@@ -112,8 +115,10 @@ class Tracker:
 
 
 def epoch_line(row: dict[str, float]) -> str:
-    """An epoch's metrics for the log: `train_loss 0.4696  train_acc 0.8326  ...  1.15s`."""
-    return "  ".join([*(f"{key} {row[key]:.4g}" for key in EPOCH_METRICS), f"{row['epoch_seconds']:.2f}s"])
+    """An epoch's metrics for the log, accuracies in percent as people read them: `train_loss 0.4696  train_acc
+    83.26%  ...  1.15s`."""
+    return "  ".join([*(f"{key} {100 * row[key]:.2f}%" if key.endswith("acc") else f"{key} {row[key]:.4g}"
+                        for key in EPOCH_METRICS), f"{row['epoch_seconds']:.2f}s"])
 
 
 def hparams(cfg: DictConfig, overrides: list[str]) -> dict[str, str | float]:

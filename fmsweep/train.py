@@ -36,7 +36,7 @@ from fmsweep.loader import Source, TrainLoader
 from fmsweep.models import Classifier, l2_penalty, num_parameters, seed_dropout, seek_dropout
 from fmsweep.results.runs import command, read_overrides
 from fmsweep.schedule import Constant
-from fmsweep.sweep.search import Trial
+from fmsweep.sweep.trial import Trial
 from fmsweep.signals import StopRequest
 from fmsweep.tracking import Tracker
 
@@ -399,7 +399,7 @@ def train(pack: list[RunState], stop: StopRequest,
             if show_bar and b % 20 == 0:  # a host sync: only for the bar
                 seen = min((b + 1) * cfg.batch_size, loader.n)
                 batches.set_postfix(loss=f"{losses.sum().item() / seen / K:.4f}",
-                                    acc=f"{correct.sum().item() / seen / K:.4f}")
+                                    acc=f"{100 * correct.sum().item() / seen / K:.2f}%")
             if stop.signum is not None or until == (epoch - 1, b + 1):
                 for k, run in enumerate(pack):
                     run.partial = {"next": b + 1, "rng": rng[k], "losses": losses[k].cpu(),

@@ -18,12 +18,12 @@ from fmsweep.errors import Interrupted
 
 
 def test_the_public_api_is_listed_and_importing_it_loads_no_torch() -> None:
-    script = ("import sys, fmsweep; print(dir(fmsweep)); print('torch' in sys.modules); "
-              "from fmsweep import *; print(callable(load_model), 'torch' in sys.modules)")
+    script = ("import sys, fmsweep; print(dir(fmsweep)); print('torch' in sys.modules, 'pandas' in sys.modules); "
+              "from fmsweep import *; print(callable(load_model), callable(load_sweep), 'torch' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           check=False)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines() == ["['CLASSES', 'load_model']", "False", "True True"]
+    assert proc.stdout.splitlines() == ["['CLASSES', 'load_model', 'load_sweep']", "False False", "True True True"]
 
 
 def test_the_class_names_are_fashion_mnists_in_label_order_and_defined_once() -> None:

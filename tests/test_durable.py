@@ -146,7 +146,7 @@ def test_a_scancelled_job_is_recorded_cancelled_and_resume_finishes_it(data_root
     held.release()  # the other job trains to its end
     job_dir = sweep_dir / job0["name"]
     shown = fmsweep("status", str(sweep_dir))
-    assert f"{job0['name']}  cancelled" in shown.stdout, shown.stdout
+    assert "seed=0  cancelled" in shown.stdout, shown.stdout  # named by what it does not share with job 1
     assert json.loads((job_dir / "metrics.json").read_text())["status"] == "cancelled"
     other = sweep_dir / record(sweep_dir)["jobs"][1]["name"]
     wait_for("the other job", lambda: (other / "metrics.json").is_file())
@@ -180,10 +180,10 @@ def test_fmsweep_cancel_leaves_no_job_of_a_running_sweep_alive(data_root: Path, 
     shown = fmsweep("status", str(sweep_dir))
     jobs = record(sweep_dir)["jobs"]
     assert any(job["cancelled"] for job in jobs)
-    for job in jobs:
+    for seed, job in enumerate(jobs):
         metrics = sweep_dir / job["name"] / "metrics.json"  # read only for a job not cancelled: it completed
         assert job["cancelled"] or json.loads(metrics.read_text())["status"] == "completed"
-        assert f"{job['name']}  cancelled" in shown.stdout or f"{job['name']}  completed" in shown.stdout, shown.stdout
+        assert f"seed={seed}  cancelled" in shown.stdout or f"seed={seed}  completed" in shown.stdout, shown.stdout
 
 
 @pytest.mark.slurm

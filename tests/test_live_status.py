@@ -15,7 +15,7 @@ from fmsweep.sweep import lock, status
 from fmsweep.sweep import manifest as records
 from fmsweep.sweep.live_status import LiveStatus
 from fmsweep.sweep.manifest import Manifest
-from test_status import fake_slurm, history, metrics, set_states, start, sweep
+from test_status import COMPLETED, completed, fake_slurm, history, metrics, set_states, start, sweep
 
 # a 33-job sweep by the letters of set_states: 5 running, 3 failed, 15 pending, 10 completed
 SWEEP_33 = "ccrpfpcpprcppcfpcrpppccprpfpcpcrp"
@@ -63,17 +63,18 @@ def test_off_a_terminal_one_line_per_change_of_state(tmp_path: Path) -> None:
     start(a)
     assert new_lines() == []  # Hydra wrote .hydra/: the run has not taken its lock yet
     with lock.hold([a]):
-        assert new_lines() == ["fmsweep: 0_lr=0 running (2 pending, 1 running, 0 completed, 0 failed)"]
-        history(a, [0.81])
+        assert new_lines() == ["fmsweep: lr=0 running (2 pending, 1 running, 0 completed, 0 failed)"]
+        history(a, [0.2])
         assert new_lines() == []  # an epoch is no change of state
-        history(a, [0.81, 0.85])
+        history(a, [0.2, 0.15])
         assert new_lines() == []
-        metrics(a, status="completed", best_epoch=2, valid_acc=0.85, test_acc=0.8812, epochs_run=3)
+        completed(a, best_epoch=2, valid_loss=0.15, valid_acc=0.85, test_acc=0.8812)
     start(b)
     with lock.hold([b]):
-        assert new_lines() == [  # the counts after each change
-            "fmsweep: 0_lr=0 completed: test acc 88.12 % (2 pending, 0 running, 1 completed, 0 failed)",
-            "fmsweep: 1_lr=1 running (1 pending, 1 running, 1 completed, 0 failed)",
+        assert new_lines() == [  # the counts after each change; the valid figures, not the test split's
+            "fmsweep: lr=0 completed: valid loss 0.1500, valid acc 85.00 % (best epoch 2 of 3) "
+            "(2 pending, 0 running, 1 completed, 0 failed)",
+            "fmsweep: lr=1 running (1 pending, 1 running, 1 completed, 0 failed)",
         ]
         error = ("RuntimeError: CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported "
                  + "x" * 120)
@@ -82,9 +83,9 @@ def test_off_a_terminal_one_line_per_change_of_state(tmp_path: Path) -> None:
     with lock.hold([c]):
         metrics(c, status="failed", error="ValueError: bad")
     assert new_lines() == [
-        f"fmsweep: 1_lr=1 failed: {' '.join(error.split())[:status.ERROR_CHARS]} "
+        f"fmsweep: lr=1 failed: {' '.join(error.split())[:status.ERROR_CHARS]} "
         "(1 pending, 0 running, 1 completed, 1 failed)",
-        "fmsweep: 2_lr=2 failed: ValueError: bad (0 pending, 0 running, 1 completed, 2 failed)",
+        "fmsweep: lr=2 failed: ValueError: bad (0 pending, 0 running, 1 completed, 2 failed)",
     ]
     assert new_lines() == []
 
@@ -93,35 +94,40 @@ def test_on_a_terminal_the_block_is_redrawn_in_place(tmp_path: Path, monkeypatch
                                                      held: contextlib.ExitStack) -> None:
     terminal_of(monkeypatch, 50, 24)
     manifest = sweep(tmp_path, 2, epochs=10)
-    manifest.jobs[1].name = "1_model=cnn,seed=12"
+    manifest.jobs[0].overrides = ["epochs=10", "lr=0"]
+    manifest.jobs[1].name, manifest.jobs[1].overrides = "1_epochs=10,model=cnn,seed=12", ["model=cnn", "seed=12",
+                                                                                          "epochs=10"]
     manifest.save()
     first, second = (tmp_path / job.name for job in manifest.jobs)
     out = Terminal()
     live = LiveStatus(manifest, launched(manifest), stream=out)
     live.update()
     assert out.getvalue() == ("\x1b[2K2 pending, 0 running, 0 completed, 0 failed\n"
-                              "\x1b[2K0_lr=0               pending\n"
-                              "\x1b[2K1_model=cnn,seed=12  pending\n")
+                              "\x1b[2Kevery job: epochs=10\n"
+                              "\x1b[2Klr=0               pending\n"
+                              "\x1b[2Kmodel=cnn,seed=12  pending\n")
     start(first)
-    history(first, [0.85, 0.8712])
+    history(first, [0.15, 0.1288])
     start(second)
     held.enter_context(lock.hold([first, second]))
     live.update()
     drawn = out.getvalue()
     live.update()  # nothing changed: nothing drawn
     assert out.getvalue() == drawn
-    assert drawn.count("\x1b[3F") == 1
-    assert blocks(drawn, 3)[-1] == [
+    assert drawn.count("\x1b[4F") == 1
+    assert blocks(drawn, 4)[-1] == [
         "0 pending, 2 running, 0 completed, 0 failed",
-        "0_lr=0               running: epoch 2 of 10, best",  # 49 characters: shorter than the terminal
-        "1_model=cnn,seed=12  running: starting",
+        "every job: epochs=10",
+        "lr=0               running: epoch 2 of 10, best v",  # 49 characters: shorter than the terminal
+        "model=cnn,seed=12  running: starting",
     ]
-    metrics(second, status="completed", test_acc=0.9, epochs_run=10)
+    completed(second, epochs=10)
     live.update()
-    assert out.getvalue().count("\x1b[3F") == 2
-    assert blocks(out.getvalue(), 3)[-1] == ["0 pending, 1 running, 1 completed, 0 failed",
-                                             "0_lr=0               running: epoch 2 of 10, best",
-                                             "1_model=cnn,seed=12  completed: test acc 90.00 %"]
+    assert out.getvalue().count("\x1b[4F") == 2
+    assert blocks(out.getvalue(), 4)[-1] == ["0 pending, 1 running, 1 completed, 0 failed",
+                                             "every job: epochs=10",
+                                             "lr=0               running: epoch 2 of 10, best v",
+                                             "model=cnn,seed=12  completed: valid loss 0.3312, "]
 
 
 def test_a_sweep_taller_than_the_terminal_shows_running_and_failed_jobs_first(
@@ -138,7 +144,7 @@ def test_a_sweep_taller_than_the_terminal_shows_running_and_failed_jobs_first(
     assert first[0] == "33 pending, 0 running, 0 completed, 0 failed" and first[-1] == "… 12 more (12 pending)"
     assert len(first) == len(block) == 23  # the terminal's 24 rows less the cursor's
     assert block[0] == "15 pending, 5 running, 10 completed, 3 failed"
-    assert block[1] == "2_lr=2    running: epoch 1 of 3, best valid acc 80.00 %"  # within a state, the sweep's order
+    assert block[1] == "lr=2   running: epoch 1 of 3, best valid loss 0.4000 (epoch 1)"  # in a state, the sweep's order
     shown = [line.split()[1].rstrip(":") for line in block[1:-1]]
     assert shown == ["running"] * 5 + ["failed"] * 3 + ["pending"] * 13
     assert block[-1] == "… 12 more (2 pending, 10 completed)"
@@ -162,7 +168,7 @@ def test_a_sweep_that_fits_is_drawn_whole(tmp_path: Path, monkeypatch: pytest.Mo
     block = blocks(out.getvalue(), n_jobs + 1)[-1]
     assert block[0] == status.counts("pending" if c == "p" else "running" if c == "r" else "completed"
                                      for c in letters)
-    assert sorted(line.split()[0] for line in block[1:]) == sorted(job.name for job in manifest.jobs)  # each once
+    assert sorted(line.split()[0] for line in block[1:]) == sorted(f"lr={job.num}" for job in manifest.jobs)  # once
     assert [line.split()[1].rstrip(":") for line in block[1:]] == (
         ["running"] * letters.count("r") + ["pending"] * letters.count("p") + ["completed"] * letters.count("c"))
     assert not any("more" in line for line in block)
@@ -188,7 +194,7 @@ def test_a_resize_between_redraws_is_followed(tmp_path: Path, monkeypatch: pytes
     assert shown[1][-1] == "… 26 more (1 failed, 15 pending, 10 completed)"
     assert shown[1][1:-1] == shown[0][1:8]  # the same first jobs: 5 running, 2 failed
     assert not any("more" in line for line in shown[2])  # 33 jobs and the counts fit 49 rows
-    assert max(len(line) for line in shown[4]) == 29 and shown[4][1] == "2_lr=2    running: epoch 1 of"
+    assert max(len(line) for line in shown[4]) == 29 and shown[4][1] == "lr=2   running: epoch 1 of 3,"
     assert shown[5] == ["15 pending, 5 running, 10 completed, 3 failed",
                         "… 33 more (5 running, 3 failed, 15 pending, 10 completed)"]
     assert shown[6] == ["15 pending, 5 running, 10 completed, 3 failed"]
@@ -205,7 +211,7 @@ def test_the_record_is_read_again_as_slurm_jobs_are_submitted(tmp_path: Path,
     out = Terminal()
     live = LiveStatus(manifest, launched(manifest), stream=out)
     live.update()
-    assert blocks(out.getvalue(), 4)[-1][1:] == ["0_lr=0  pending", "1_lr=1  pending", "2_lr=2  pending"]
+    assert blocks(out.getvalue(), 4)[-1][1:] == ["lr=0  pending", "lr=1  pending", "lr=2  pending"]
     assert log.read_text() == ""  # no job id yet: SLURM not asked
     record = records.load(manifest.sweep_dir)  # what the launching code does, apart from the live status
     record.jobs[0].launcher_job, record.jobs[1].launcher_job = "40_0", "40_1"
@@ -213,8 +219,8 @@ def test_the_record_is_read_again_as_slurm_jobs_are_submitted(tmp_path: Path,
     record.save()
     live.update()
     assert blocks(out.getvalue(), 4)[-1] == ["1 pending, 2 running, 0 completed, 0 failed",
-                                             "1_lr=1  running: starting", "2_lr=2  running: starting",
-                                             "0_lr=0  pending (Priority)"]
+                                             "lr=1  running: starting", "lr=2  running: starting",
+                                             "lr=0  pending (Priority)"]
     assert log.read_text().splitlines() == ["squeue -h -r -o %i|%T|%r -j 40_0,40_1"]
     manifest.path.write_text("{not json")  # a record that cannot be read: the last good one stands
     fake_slurm(tmp_path / "bin", monkeypatch, squeue="40_0|RUNNING|None\n40_1|RUNNING|None\n")
@@ -231,17 +237,17 @@ def test_jobs_of_an_earlier_launch(tmp_path: Path, held: contextlib.ExitStack) -
     out = io.StringIO()
     live = LiveStatus(manifest, [1, 3, 4], stream=out)
     live.update()
-    assert out.getvalue() == "fmsweep: 2_lr=2 running (3 pending, 1 running, 1 completed, 0 failed)\n"
+    assert out.getvalue() == "fmsweep: lr=2 running (3 pending, 1 running, 1 completed, 0 failed)\n"
     assert [s.state for s in live.statuses.values()] == ["completed", "pending", "running", "pending", "pending"]
     start(dirs[1])  # Hydra rewrites .hydra/; the earlier failure still is no news
     live.update()
     with lock.hold([dirs[1]]):
         live.update()
-        metrics(dirs[1], status="completed", test_acc=0.85, epochs_run=3)
+        completed(dirs[1])
     live.update()
     assert out.getvalue().splitlines()[1:] == [
-        "fmsweep: 1_lr=1 running (2 pending, 2 running, 1 completed, 0 failed)",
-        "fmsweep: 1_lr=1 completed: test acc 85.00 % (2 pending, 1 running, 2 completed, 0 failed)"]
+        "fmsweep: lr=1 running (2 pending, 2 running, 1 completed, 0 failed)",
+        f"fmsweep: lr=1 {COMPLETED} (2 pending, 1 running, 2 completed, 0 failed)"]
 
 
 def test_a_search_counts_the_trials_not_asked_yet_as_pending(tmp_path: Path) -> None:
@@ -253,7 +259,33 @@ def test_a_search_counts_the_trials_not_asked_yet_as_pending(tmp_path: Path) -> 
     start(tmp_path / manifest.jobs[0].name)
     with lock.hold([tmp_path / manifest.jobs[0].name]):
         live.update()
-    assert out.getvalue() == "fmsweep: 0_lr=0 running (3 pending, 1 running, 0 completed, 0 failed)\n"
+    assert out.getvalue() == "fmsweep: lr=0 running (3 pending, 1 running, 0 completed, 0 failed)\n"
+
+
+def test_a_trial_renamed_by_a_new_one_is_not_reported_again(tmp_path: Path) -> None:
+    """Off a terminal, jobs are told apart by number: a search's new trial changes which overrides every trial
+    shares, and so the names of the others, which are no news."""
+    manifest = sweep(tmp_path, 1)
+    manifest.kind, manifest.trials = "search", 2
+    manifest.jobs[0].overrides = ["model=fc", "lr=0.1"]
+    manifest.save()
+    run_dir = tmp_path / manifest.jobs[0].name
+    out = io.StringIO()
+    live = LiveStatus(manifest, [0], stream=out)
+    start(run_dir)
+    with lock.hold([run_dir]):
+        live.update()
+        record = records.load(tmp_path)  # a worker asks the second trial
+        record.jobs.append(records.JobRecord(num=1, name="1_lr=0.2,model=fc", overrides=["model=fc", "lr=0.2"],
+                                             epochs=3))
+        record.save()
+        live.update()
+    completed(run_dir)
+    live.update()
+    assert out.getvalue().splitlines() == [
+        "fmsweep: lr=0.1,model=fc running (1 pending, 1 running, 0 completed, 0 failed)",  # alone, all its overrides
+        f"fmsweep: lr=0.1 {COMPLETED} (1 pending, 0 running, 1 completed, 0 failed)",
+    ]
 
 
 def test_the_thread_polls_and_exit_shows_the_final_state(tmp_path: Path) -> None:
@@ -264,12 +296,12 @@ def test_the_thread_polls_and_exit_shows_the_final_state(tmp_path: Path) -> None
         start(job_dir)
         with lock.hold([job_dir]):
             wait_for("the thread to show the job running", lambda: "running" in out.getvalue(), every=0.01)
-            history(job_dir, [0.8])
-            metrics(job_dir, status="completed", test_acc=0.875, epochs_run=3)
+            history(job_dir, [0.4])
+            completed(job_dir)
     assert not live._thread.is_alive()
     assert out.getvalue().splitlines() == [
-        "fmsweep: 0_lr=0 running (0 pending, 1 running, 0 completed, 0 failed)",
-        "fmsweep: 0_lr=0 completed: test acc 87.50 % (0 pending, 0 running, 1 completed, 0 failed)",
+        "fmsweep: lr=0 running (0 pending, 1 running, 0 completed, 0 failed)",
+        f"fmsweep: lr=0 {COMPLETED} (0 pending, 0 running, 1 completed, 0 failed)",
     ]
 
 
@@ -312,4 +344,4 @@ def test_a_vanished_sweep_dir_does_not_stop_the_sweep(tmp_path: Path) -> None:
         live.wait_for_poll()
         assert live._thread.is_alive()
     assert not live._thread.is_alive()
-    assert blocks(out.getvalue(), 2)[-1] == ["1 pending, 0 running, 0 completed, 0 failed", "0_lr=0  pending"]
+    assert blocks(out.getvalue(), 2)[-1] == ["1 pending, 0 running, 0 completed, 0 failed", "lr=0  pending"]

@@ -288,11 +288,12 @@ def test_a_packed_sweep_writes_the_job_dirs_of_an_unpacked_one(data_root: Path, 
         summary_command = (tmp_path / "packed" / name / "summary.txt").read_text().splitlines()[1]
         assert summary_command.startswith("python -m fmsweep ") and "linear,fc" not in summary_command
         assert set(read_overrides(tmp_path / "packed" / name)) < set(shlex.split(summary_command))
-    assert packed.stdout.count("completed: test acc") == 6
+    assert packed.stdout.count(" completed: valid loss ") == 6
     # the sweep ends naming its best setting on validation and its report
     assert ("fmsweep: best setting on validation: model=linear, mean valid loss" in packed.stdout
             or "fmsweep: best setting on validation: model=fc, mean valid loss" in packed.stdout)
-    assert f"fmsweep: report: {tmp_path / 'packed' / 'report.md'} (with report.csv, jobs.csv, report.png)" in packed.stdout
+    assert (f"fmsweep: report: {tmp_path / 'packed' / 'report.md'} (with report.csv, jobs.csv, report.png, "
+            "best_samples.png, best_confusion.png)") in packed.stdout
     test_root = make_fashion_root(tmp_path / "test_images", n_test=1000)  # the 1,000 images an ensemble needs
     ensemble = subprocess.run([sys.executable, "-m", "fmsweep.results.ensemble", str(tmp_path / "packed"), "--data-root",
                                str(test_root)], cwd=ROOT,

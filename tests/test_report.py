@@ -47,7 +47,9 @@ def test_report_of_a_finished_sweep(sweep_copy: Path, capsys: pytest.CaptureFixt
     printed = capsys.readouterr().out
     # the markdown, then where each file went, worded as python -m fmsweep.results.ensemble says it
     assert printed == (sweep_copy / "report.md").read_text() + "\n" + "".join(
-        f"Wrote {sweep_copy / name}\n" for name in ("report.md", "report.csv", "jobs.csv", "report.png"))
+        f"Wrote {sweep_copy / name}\n" for name in ("report.md", "report.csv", "jobs.csv", "report.png",
+                                                    "best_samples.png", "best_confusion.png"))
+    assert not (sweep_copy / "heatmap.png").exists()  # one swept key besides the seed: no grid to map
     metrics = [json.loads((d / "metrics.json").read_text()) for d in job_dirs(sweep_copy)]
     assert "Every job: batch_size=64,epochs=2\n" in printed and printed.count("batch_size=64") == 1  # said once
 
@@ -94,7 +96,7 @@ def test_report_of_a_finished_sweep(sweep_copy: Path, capsys: pytest.CaptureFixt
     png = matplotlib.image.imread(sweep_copy / "report.png")
     assert png.ndim == 3 and png.shape[0] > 300 and png.shape[1] > 800
     assert png.std() > 0.05  # something is drawn
-    assert "![" in printed and "(report.png)" in printed
+    assert "![valid loss per epoch of every job; the settings ranked by their mean valid loss](report.png)" in printed
 
 
 def test_failed_and_unfinished_jobs_appear_with_their_status(sweep_copy: Path, capsys: pytest.CaptureFixture) -> None:
@@ -112,7 +114,7 @@ def test_failed_and_unfinished_jobs_appear_with_their_status(sweep_copy: Path, c
     settings = {row[1]: row for row in table_rows(markdown, "Settings")}
     assert [row[2] for row in settings.values()] == ["1 of 2", "1 of 2"]
     m0 = json.loads((dirs[0] / "metrics.json").read_text())
-    assert settings["model=linear"][3:] == [f"{m0['valid_loss']:.4f}", f"{100 * m0['valid_acc']:.2f}",
+    assert settings["model=linear"][3:7] == [f"{m0['valid_loss']:.4f}", f"{100 * m0['valid_acc']:.2f}",
                                             f"{m0['test_loss']:.4f}", f"{100 * m0['test_acc']:.2f}"]  # one job: no spread
     assert "standard errors" not in markdown  # no spread to measure the margin in
 
@@ -202,6 +204,11 @@ def test_report_figure_ranks_settings_on_validation(sweep_copy: Path) -> None:
     FigureCanvasAgg(fig).draw()
     curves, right = fig.axes
     assert drawn_xticks(curves) == ["1", "2"]
+    # the curves show what ranks the settings: each job's valid loss per epoch
+    assert curves.get_ylabel() == "valid loss" and curves.get_title() == "valid loss per epoch, every job"
+    drawn = [line.get_ydata().tolist() for line in curves.get_lines()]
+    for run in runs:
+        assert [row["valid_loss"] for row in run.history()] in drawn
 
     # the overrides every job shares are stated once, in the title; labels name only what differs
     assert fig.get_suptitle() == "every job: batch_size=64,epochs=2"
@@ -279,7 +286,8 @@ def test_a_sweep_ends_with_its_best_setting_and_a_report_that_fails_is_one_line(
     sweep_status.report(sweep_copy, None)
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("fmsweep: best setting on validation: model=")
-    assert out[1:] == [f"fmsweep: report: {sweep_copy / 'report.md'} (with report.csv, jobs.csv, report.png)",
+    assert out[1:] == [f"fmsweep: report: {sweep_copy / 'report.md'} (with report.csv, jobs.csv, report.png, "
+                       "best_samples.png, best_confusion.png)",
                        f"fmsweep: all jobs of {sweep_copy} completed"]
 
     def broken(sweep_dir: Path) -> None:
@@ -324,3 +332,180 @@ def test_searched_floats_are_shown_rounded_and_kept_whole_in_the_csv(sweep_copy:
     fig = report.figure(runs, stats, report.ranked(stats, "valid_loss", True), "valid_loss", True)
     texts = " ".join(t.get_text() for t in fig.findobj(Text))
     assert all(label in texts for label in shown) and full["linear"] not in texts
+
+
+def test_a_search_on_valid_accuracy_draws_it_in_percent(sweep_copy: Path) -> None:
+    """report.png follows the ranking metric; accuracies in percent, on both panels."""
+    runs = find_runs(sweep_copy)
+    stats = report.setting_stats(runs)
+    order = report.ranked(stats, "valid_acc", False)
+    fig = report.figure(runs, stats, order, "valid_acc", False)
+    curves, right = fig.axes
+    assert curves.get_ylabel() == "valid acc (%)"
+    assert right.get_xlabel() == "valid acc (%), mean ± std over seeds (higher is better)"
+    drawn = [line.get_ydata().tolist() for line in curves.get_lines()]
+    assert [100 * row["valid_acc"] for row in runs[0].history()] in drawn
+    best = next(c for c in right.containers if isinstance(c, ErrorbarContainer))
+    assert best.lines[0].get_xdata()[0] == pytest.approx(100 * stats[order[0]]["valid_acc"][0])
+
+
+def rewrite_metrics(run_dir: Path, **changes: object) -> None:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    (run_dir / "metrics.json").write_text(json.dumps({**metrics, **changes}))
+
+
+def test_jobs_whose_best_epoch_is_their_last_are_flagged_still_improving(sweep_copy: Path) -> None:
+    dirs = job_dirs(sweep_copy)  # linear seeds 0, 1; fc seeds 0, 1; 2 epochs each
+    for d, best_epoch in zip(dirs, [2, 2, 2, 1]):
+        rewrite_metrics(d, best_epoch=best_epoch, epochs_run=2)
+    markdown, _, _ = report.write_report(sweep_copy)
+    assert ("3 of 4 completed jobs had their best valid loss at their last epoch: they were still improving; train "
+            "longer (epochs=4).") in markdown
+    assert {row[1]: row[7] for row in table_rows(markdown, "Settings")} == {"model=linear": "2 of 2",
+                                                                             "model=fc": "1 of 2"}
+    settings = csv.DictReader(io.StringIO((sweep_copy / "report.csv").read_text()))
+    rows = {r["setting"]: r["still_improving"] for r in settings}
+    assert rows == {"batch_size=64,epochs=2,model=linear": "2", "batch_size=64,epochs=2,model=fc": "1"}
+
+    for d in dirs:
+        rewrite_metrics(d, best_epoch=1)
+    markdown, _, _ = report.write_report(sweep_copy)
+    assert ("No completed job (4) had its best valid loss at its last epoch: each had stopped improving on validation "
+            "before its epochs ran out.") in markdown
+
+
+@pytest.mark.parametrize(("best_epoch", "epochs_run", "stopped_early", "improving"),
+                         [(5, 5, None, True), (4, 5, None, False), (28, 30, None, True), (27, 30, None, False),
+                          (1, 1, None, True), (28, 30, 30, False)])
+def test_still_improving_is_the_last_tenth_of_the_epochs_run(best_epoch: int, epochs_run: int,
+                                                             stopped_early: int | None, improving: bool) -> None:
+    metrics = {"status": "completed", "best_epoch": best_epoch, "epochs_run": epochs_run,
+               "stopped_early": stopped_early}
+    assert report.still_improving(Run(Path("."), ".", 0, [], OmegaConf.create(), {}, metrics)) == improving
+
+
+def stats_of(loss: tuple[float, float], acc: tuple[float, float], n: int) -> dict:
+    """A setting's entry of report.setting_stats: (mean, std) of the valid loss and accuracy over n jobs."""
+    return {"jobs": n, "n": n, "valid_loss": loss, "valid_acc": acc}
+
+
+@pytest.mark.parametrize(("next_acc", "said"), [
+    # the next setting is better on accuracy
+    ((0.85, 0.01), "The two disagree: the next setting is better on valid acc."),
+    # the lead on loss is clear (5.0 standard errors), on accuracy within noise (0.5)
+    ((0.795, 0.01), "The two disagree: the lead is clear on valid loss (over 2 standard errors) but within noise on "
+                    "valid acc (under 1)."),
+    # both leads clear: no disagreement
+    ((0.70, 0.01), ""),
+])
+def test_the_best_settings_margins_on_loss_and_accuracy_and_when_they_disagree(next_acc: tuple[float, float],
+                                                                               said: str) -> None:
+    stats = {"a": stats_of((0.30, 0.01), (0.80, 0.01), 2), "b": stats_of((0.35, 0.01), next_acc, 2)}  # 1 SE: 0.01
+    line = report.margins_line(stats, ["a", "b"], {"a": "reg=l2", "b": "reg=none"})
+    gap = abs(0.80 - next_acc[0])
+    word = "higher" if next_acc[0] < 0.80 else "lower"
+    acc = f"valid acc {100 * gap:.2f} points {word} ({gap / 0.01:.1f} standard errors)"
+    assert line == f"Against the next setting, reg=none: valid loss 0.0500 lower (5.0 standard errors), {acc}." + (
+        f" {said}" if said else "")
+    # one job each: the gaps alone, and only their signs can disagree
+    stats = {k: {**v, "n": 1, "jobs": 1} for k, v in stats.items()}
+    line = report.margins_line(stats, ["a", "b"], {"a": "reg=l2", "b": "reg=none"})
+    assert "standard errors" not in line and ("disagree" in line) == (next_acc[0] > 0.80)
+
+
+def test_the_report_says_when_loss_and_accuracy_disagree(sweep_copy: Path) -> None:
+    """A constructed sweep: fc has the lower valid loss, linear the higher valid accuracy."""
+    values = [(0.50, 0.80), (0.52, 0.82), (0.40, 0.70), (0.42, 0.72)]
+    for d, (loss, acc) in zip(job_dirs(sweep_copy), values):
+        rewrite_metrics(d, valid_loss=loss, valid_acc=acc)
+    markdown, _, _ = report.write_report(sweep_copy)
+    assert ("Against the next setting, model=linear: valid loss 0.1000 lower (7.1 standard errors), valid acc 10.00 "
+            "points lower (7.1 standard errors). The two disagree: the next setting is better on valid acc.\n"
+            ) in markdown
+
+
+def test_settings_show_the_values_their_config_group_options_set(make_cfg) -> None:
+    def run(*overrides: str) -> Run:
+        cfg = make_cfg(*overrides)
+        choices = {"model": "fc", "reg": "none"} | {o.partition("=")[0]: o.partition("=")[2] for o in overrides
+                                                     if o.partition("=")[0] in ("model", "reg", "optimizer")}
+        return Run(Path("."), ".", 0, sorted(overrides), cfg, choices, {})
+
+    shared = ["model=fc"]
+    assert report.label(run("model=fc", "reg=l2", "seed=0"), shared) == "reg=l2 (l2=0.001)"
+    assert report.label(run("model=fc", "reg=dropout"), shared) == "reg=dropout (input_dropout=0.2, dropout=0.5)"
+    assert report.label(run("model=fc", "reg=none"), shared) == "reg=none"  # every value zero
+    # a key the job sets itself is in its overrides already; lists and interpolations stay behind the option's name
+    assert report.label(run("model=fc", "reg=l2", "reg.l2=1e-4"), shared) == "reg.l2=1e-4,reg=l2"
+    assert report.label(run("model=fc", "reg=dropout"), []) == "model=fc,reg=dropout (input_dropout=0.2, dropout=0.5)"
+    assert report.label(run("optimizer=sgd"), []) == "optimizer=sgd (lr=0.01, momentum=0.9, nesterov=True)"
+
+
+def test_jobs_csv_paths_are_relative_to_the_folder_reported_on(sweep_copy: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    names = [d.name for d in job_dirs(sweep_copy)]
+    monkeypatch.chdir(tmp_path)
+    for given in (sweep_copy, Path("sweep"), Path("sweep/")):
+        report.write_report(given)
+        assert [r["path"] for r in csv.DictReader(io.StringIO((sweep_copy / "jobs.csv").read_text()))] == names
+    report.write_report(Path("sweep") / names[0])  # a single run dir
+    assert [r["path"] for r in csv.DictReader(io.StringIO((sweep_copy / names[0] / "jobs.csv").read_text()))] == ["."]
+
+
+def test_the_best_jobs_test_images_are_shown_and_their_absence_said(sweep_copy: Path) -> None:
+    runs = find_runs(sweep_copy)
+    stats = report.setting_stats(runs)
+    order = report.ranked(stats, "valid_loss", True)
+    best = min((r for r in runs if r.setting == order[0]), key=lambda r: r.metrics["valid_loss"])
+    markdown, written, _ = report.write_report(sweep_copy)
+    for name in ("samples.png", "confusion.png"):
+        assert (sweep_copy / f"best_{name}").read_bytes() == (best.path / name).read_bytes()
+        assert sweep_copy / f"best_{name}" in written and f"](best_{name})" in markdown
+    own = ",".join(o for o in best.overrides if o.startswith(("model=", "seed=")))
+    assert f"Job {report.job_id(best)} ({own}), the best setting's best job on valid loss" in markdown
+
+    for d in job_dirs(sweep_copy):  # runs from before fmsweep wrote them
+        (d / "samples.png").unlink()
+        (d / "confusion.png").unlink()
+    markdown, written, _ = report.write_report(sweep_copy)
+    assert ("The job has no samples.png and no confusion.png (a run from before fmsweep wrote them): see its test "
+            "images in TensorBoard.") in markdown
+    assert "best_samples.png" not in markdown and not (sweep_copy / "best_samples.png").exists()
+    assert written == [sweep_copy / name for name in ("report.md", "report.csv", "jobs.csv", "report.png")]
+
+
+GRID = [("1e-3", "0"), ("1e-3", "1e-4"), ("1e-2", "0"), ("1e-2", "1e-4")]
+
+
+def test_a_grid_over_two_keys_gets_a_heatmap_of_the_ranking_metric(sweep_copy: Path) -> None:
+    """The tiny sweep's four jobs relabelled as the lr x l2 grid (one seed each)."""
+    for d, (lr, l2) in zip(job_dirs(sweep_copy), GRID):
+        recorded = [o for o in OmegaConf.load(d / ".hydra" / "overrides.yaml") if not o.startswith(("model=", "seed="))]
+        OmegaConf.save(OmegaConf.create([*recorded, f"optimizer.lr={lr}", f"reg.l2={l2}", "seed=0"]),
+                       d / ".hydra" / "overrides.yaml")
+    markdown, written, _ = report.write_report(sweep_copy)
+    assert sweep_copy / "heatmap.png" in written and "](heatmap.png)" in markdown
+    assert (sweep_copy / "heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    png = matplotlib.image.imread(sweep_copy / "heatmap.png")
+    assert 300 <= png.shape[0] <= 800 and 400 <= png.shape[1] <= 1000
+
+    runs = find_runs(sweep_copy)
+    stats = report.setting_stats(runs)
+    order = report.ranked(stats, "valid_loss", True)
+    fig = report.heatmap(runs, stats, order, "valid_loss", True)
+    ax = fig.axes[0]
+    assert (ax.get_ylabel(), ax.get_xlabel()) == ("optimizer.lr", "reg.l2")
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["1e-3", "1e-2"]  # by value
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1e-4"]
+    losses = {(lr, l2): json.loads((d / "metrics.json").read_text())["valid_loss"]
+              for d, (lr, l2) in zip(job_dirs(sweep_copy), GRID)}
+    cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
+    assert cells == {(["1e-3", "1e-2"].index(lr), ["0", "1e-4"].index(l2)): f"{loss:.4f}"
+                     for (lr, l2), loss in losses.items()}
+    best = min(losses, key=losses.get)
+    [frame] = ax.patches
+    assert frame.get_xy() == (["0", "1e-4"].index(best[1]) - 0.5, ["1e-3", "1e-2"].index(best[0]) - 0.5)
+
+    shutil.rmtree(job_dirs(sweep_copy)[3])  # a combination missing: no longer a grid, and the old map goes
+    _, written, _ = report.write_report(sweep_copy)
+    assert not (sweep_copy / "heatmap.png").exists() and sweep_copy / "heatmap.png" not in written

@@ -16,8 +16,10 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 from test_slurm import CPU_SLURM, needs_cluster
 
+import fmsweep
 from fmsweep.results import report
-from fmsweep.sweep import search, space, storage
+from fmsweep.sweep import manifest, search, space, status, storage, worker
+from fmsweep.sweep.trial import Halving, Trial, make_pruner
 from fmsweep.results.runs import find_runs
 
 SPACE = ["model=fc", "optimizer.lr=tag(log,interval(1e-5,1))"]
@@ -33,7 +35,7 @@ def run(data_root: Path, sweep_dir: Path, *args: str) -> subprocess.CompletedPro
 
 
 def study(sweep_dir: Path) -> optuna.Study:
-    return search.find_study(sweep_dir)
+    return storage.find_study(sweep_dir)
 
 
 def test_a_search_runs_its_trials_as_job_dirs_and_tells_the_study(data_root: Path, tmp_path: Path,
@@ -49,11 +51,13 @@ def test_a_search_runs_its_trials_as_job_dirs_and_tells_the_study(data_root: Pat
                                 cwd=ROOT, stdout=stdout, stderr=stderr)
     try:
         [first] = held.wait_held(1, alive=lambda: proc.poll() is None)
-        shown = re.compile(rf"^fmsweep: {re.escape(first)} running \(.*\)$", re.M)
+        # the only trial asked yet: named by all its overrides, none being shared with another
+        name = status.label(next(job for job in manifest.require(sweep_dir).jobs if job.name == first), [])
+        shown = re.compile(rf"^fmsweep: {re.escape(name)} running \(.*\)$", re.M)
         wait_for("the live status to show the held trial",
                  lambda: shown.search(out.read_text()) or proc.poll() is not None)
         line = shown.search(out.read_text())
-        assert line and line[0] == f"fmsweep: {first} running (3 pending, 1 running, 0 completed, 0 failed)"
+        assert line and line[0] == f"fmsweep: {name} running (3 pending, 1 running, 0 completed, 0 failed)"
     finally:
         held.release()
         proc.wait(timeout=600)
@@ -69,10 +73,16 @@ def test_a_search_runs_its_trials_as_job_dirs_and_tells_the_study(data_root: Pat
         assert trial.value == r.metrics["valid_loss"] and 1e-5 <= r.config.optimizer.lr <= 1
     best = min(trials, key=lambda t: t.value)
     assert f"fmsweep: best trial {best.number}: valid_loss {best.value:.4f}" in printed
+    # in Python: the trials and the jobs with their searched values, typed; the best run is the best trial's
+    loaded = fmsweep.load_sweep(sweep_dir)
+    assert list(loaded.trials["number"]) == [0, 1, 2, 3] and set(loaded.trials["state"]) == {"COMPLETE"}
+    for key in ("optimizer.lr", "reg.l2"):
+        assert list(loaded.trials[f"params_{key}"]) == list(loaded.jobs[key]) == [t.params[key] for t in trials]
+    assert loaded.best().value == best.value and loaded.best().job == str(best.number)
     assert "fmsweep: search of 4 trials: 4 complete, 0 pruned, 0 fail" in printed
     # every line of the live status counts the whole search
     counts = [tuple(map(int, m.groups())) for m in re.finditer(
-        r"^fmsweep: \d+_\S+ .*\((\d+) pending, (\d+) running, (\d+) completed, (\d+) failed\)$", printed, re.M)]
+        r"^fmsweep: \S+ .*\((\d+) pending, (\d+) running, (\d+) completed, (\d+) failed\)$", printed, re.M)]
     assert counts and all(sum(c) == 4 for c in counts) and counts[-1] == (0, 0, 4, 0)
 
 
@@ -91,9 +101,13 @@ def test_the_pruner_stops_hopeless_trials_which_keep_their_checkpoints(data_root
         if r.metrics["status"] == "pruned":
             assert 1 <= r.metrics["pruned"] < 4 and r.metrics["epochs_run"] == r.metrics["pruned"]
             assert (r.path / "last.pt").is_file() and (r.path / "best_model.pt").is_file()
-            assert f"{r.name} pruned: at epoch {r.metrics['pruned']}" in proc.stdout
+            # named by its own override, the searched value, as the report shows it
+            name = space.display_overrides([f"optimizer.lr={trials[r.num].params['optimizer.lr']!r}"])[0]
+            assert f"fmsweep: {name} pruned: at epoch {r.metrics['pruned']}" in proc.stdout
             assert r.status == f"pruned at epoch {r.metrics['pruned']}"
     assert "did not complete" not in proc.stderr  # pruned is not failed
+    best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    assert f"fmsweep: best trial {best.number}: valid_acc {100 * best.value:.2f} % with" in proc.stdout
     # the report lists the trials best first (valid_acc, maximized), pruned ones after, and the best trial's command
     markdown, written, best_setting = report.write_report(tmp_path)
     section = markdown.split("## Search")[1]
@@ -102,7 +116,7 @@ def test_the_pruner_stops_hopeless_trials_which_keep_their_checkpoints(data_root
     assert len(rows) == 8 and done == sorted(done, reverse=True)
     assert [r[1].strip().startswith("pruned") for r in rows] == sorted(r[1].strip().startswith("pruned") for r in rows)
     best = study(tmp_path).best_trial
-    assert f"Best: trial {best.number}, valid_acc {best.value:.4f}" in section
+    assert f"Best: trial {best.number}, valid_acc {100 * best.value:.2f} %." in section  # percent, for people
     assert f"optimizer.lr={best.params['optimizer.lr']!r}" in section.split("```bash")[1]
     assert tmp_path / "search.png" in written and (tmp_path / "search.png").stat().st_size > 0
     # the settings (one trial each) ranked by the search's objective: the best setting is the best trial, named at
@@ -176,7 +190,7 @@ def test_a_search_packs_its_trials_through_submitit_local(data_root: Path, tmp_p
 
 def halving_decisions(epochs: int) -> list[bool]:
     """Whether Halving(epochs) stops each report of a fixed script of four trials (minimized values)."""
-    study = optuna.create_study(pruner=search.Halving(epochs))
+    study = optuna.create_study(pruner=Halving(epochs))
     first, second, third, fourth = (study.ask() for _ in range(4))
     script = [(first, 1.0, 1), (second, 2.0, 1), (third, 0.5, 1), (third, 0.4, 3), (first, 5.0, 3),
               (fourth, 0.2, 1), (fourth, 0.1, 3), (third, 0.3, 9), (fourth, 0.9, 9)]
@@ -221,7 +235,7 @@ def ask(study: optuna.Study, n: int) -> list[dict]:
     searched = space.split(SETUP_SPACE)[1]
     params = []
     for _ in range(n):
-        number = search.ask(study, searched)
+        number = worker.ask(study, searched)
         trial = study.trials[number]
         study.tell(trial.number, trial.params["optimizer.lr"] + trial.params["reg.l2"])
         params.append(trial.params)
@@ -279,7 +293,7 @@ def test_the_pruner_built_in_a_job_has_the_recorded_settings(tmp_path: Path, pru
     study = search.open_study(tmp_path, None, search.setup("valid_loss", fixed, searched, []), 0, "tpe", pruner,
                               settings)
     study.ask(searched)
-    built = search.Trial(tmp_path, None, 0, epochs=9).study.pruner
+    built = Trial(tmp_path, None, 0, epochs=9).study.pruner
     assert {key: getattr(built, key) for key in attrs} == attrs
 
 
@@ -306,7 +320,7 @@ def test_a_bad_pruner_setting_is_one_line_before_any_trial(data_root: Path, tmp_
 
 def test_by_default_the_median_pruner_waits_for_its_startup_trials() -> None:
     settings = default_pruners()["median"]
-    study = optuna.create_study(pruner=search.make_pruner("median", settings, epochs=4))
+    study = optuna.create_study(pruner=make_pruner("median", settings, epochs=4))
     for completed in range(settings["startup_trials"] + 1):
         # a trial far worse than all completed ones: pruned only once startup_trials trials completed, and never
         # within its warm-up epochs

@@ -12,7 +12,7 @@ from conftest import Gate, fast_overrides, wait_for
 from test_durable import alive, fmsweep, history_epochs, record
 from test_slurm import CPU_SLURM, needs_cluster, sweep, usr2_after_two_epochs
 
-from fmsweep.sweep import search
+from fmsweep.sweep import storage
 
 SPACE = ["model=fc", "optimizer.lr=tag(log,interval(1e-4,1e-1))"]
 
@@ -46,7 +46,7 @@ def test_a_detached_search_ends_with_its_trials_when_a_worker_is_cancelled_for_g
     assert status.returncode == 0 and "6 trials (slurm)" in status.stdout, status.stdout + status.stderr
     watched = fmsweep("status", str(sweep_dir), "--watch", "--interval", "1")
     assert watched.returncode == 0, watched.stdout[-3000:] + watched.stderr[-2000:]
-    trials = search.find_study(sweep_dir).trials
+    trials = storage.find_study(sweep_dir).trials
     assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
     taken = next(job for job in record(sweep_dir)["jobs"] if job["num"] == orphan["num"])
     assert taken["launcher_job"] == workers[1]  # the other worker took it over
@@ -69,7 +69,7 @@ def test_a_preempted_worker_is_requeued_and_resumes_its_own_trial(data_root: Pat
             "hydra.sweeper.n_jobs=1"]
     proc, out, [first], _ = usr2_after_two_epochs(args, tmp_path, held)
     assert proc.returncode == 0, out[-3000:]
-    trials = search.find_study(tmp_path).trials
+    trials = storage.find_study(tmp_path).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     [worker] = record(tmp_path)["workers"]
     assert {job["launcher_job"] for job in record(tmp_path)["jobs"]} == {worker}  # the same worker, requeued

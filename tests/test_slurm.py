@@ -12,6 +12,8 @@ import pytest
 from omegaconf import OmegaConf
 from conftest import ROOT, Gate, fast_overrides, needs_cluster, wait_for
 
+from fmsweep.sweep import manifest, status
+
 
 # The GPU preset on a CPU-only test node: no GPU, one core and little memory per job.
 CPU_SLURM = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1",
@@ -31,12 +33,15 @@ def metrics(job: Path) -> dict:
 
 
 def assert_live_status_lines(stdout: str, jobs: list[Path]) -> list[str]:
-    """Off a terminal the sweep's live status is one line per change of a job's state: each job starts and ends
-    once (a job may start and end between two polls), never a line per epoch; the last line counts them all."""
+    """Off a terminal the sweep's live status is one line per change of a job's state: each job (named by the
+    overrides it does not share) starts and ends once (a job may start and end between two polls), never a line per
+    epoch; the last line counts them all."""
     lines = [line for line in stdout.splitlines() if line.startswith("fmsweep: ") and line.endswith(" failed)")]
+    record = manifest.require(jobs[0].parent)
+    names = {job.name: status.label(job, status.shared_overrides(record.jobs)) for job in record.jobs}
     for job in jobs:
-        mine = [line for line in lines if line.startswith(f"fmsweep: {job.name} ")]
-        assert len([line for line in mine if " completed: test acc " in line]) == 1, lines
+        mine = [line for line in lines if line.startswith(f"fmsweep: {names[job.name]} ")]
+        assert len([line for line in mine if " completed: valid loss " in line]) == 1, lines
         assert len([line for line in mine if " running (" in line]) <= 1, lines
     assert len(lines) <= 2 * len(jobs)
     assert lines[-1].endswith(f"(0 pending, 0 running, {len(jobs)} completed, 0 failed)")
@@ -141,8 +146,8 @@ def test_usr2_requeues_a_packed_job_and_every_member_resumes(data_root: Path, tm
     assert resumed and all(2 <= completed_epochs(*where) < epochs for _, *where in resumed), log
     # the live status lists the members, each one line per change: running, pending while requeued, running again
     lines = [line for line in out.splitlines() if line.startswith("fmsweep: ") and line.endswith(" failed)")]
-    for job in jobs:
-        states = [line.split()[2].rstrip(":") for line in lines if line.startswith(f"fmsweep: {job.name} ")]
+    for seed in (0, 1):  # each member named by what it does not share with the other
+        states = [line.split()[2].rstrip(":") for line in lines if line.startswith(f"fmsweep: seed={seed} ")]
         assert states[-1] == "completed" and states.count("completed") == 1, lines
     assert lines[-1].endswith("(0 pending, 0 running, 2 completed, 0 failed)")
     print("\npacked job requeued by USR2; its live status:\n" + "\n".join(lines))

@@ -4,6 +4,7 @@ stale results of relaunched jobs, SLURM's view from faked squeue/sacct commands 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -19,9 +20,9 @@ import pytest
 from conftest import needs_cluster
 
 from fmsweep.files import atomic_write
-from fmsweep.sweep import lock, status
+from fmsweep.sweep import lock, space, status
 from fmsweep.sweep.manifest import JobRecord, Manifest
-from fmsweep.sweep.status import Stale, Status, View
+from fmsweep.sweep.status import Line, Stale, Status, View
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = "epoch,train_loss,train_acc,valid_loss,valid_acc,lr,epoch_seconds\n"
@@ -36,13 +37,24 @@ def start(job_dir: Path) -> None:
     (job_dir / ".hydra" / "config.yaml").write_text("epochs: 3\n")
 
 
-def history(job_dir: Path, valid_accs: list[float]) -> None:
-    rows = "".join(f"{epoch},0.5,0.8,0.4,{acc},0.01,1.5\n" for epoch, acc in enumerate(valid_accs, 1))
+def history(job_dir: Path, valid_losses: list[float]) -> None:
+    """history.csv of the epochs with these valid losses, each epoch's valid accuracy 1 - its loss."""
+    rows = "".join(f"{epoch},0.5,0.8,{loss},{1 - loss:.4f},0.01,1.5\n" for epoch, loss in enumerate(valid_losses, 1))
     atomic_write(job_dir / "history.csv", HEADER + rows)
 
 
 def metrics(job_dir: Path, **values: object) -> None:
     atomic_write(job_dir / "metrics.json", json.dumps(values))
+
+
+def completed(job_dir: Path, epochs: int = 3, **values: object) -> None:
+    """The metrics.json of a completed run: valid loss 0.3312 and valid acc 88.02 % at its best epoch, 1 (unless
+    `values` say otherwise), and test figures, which status does not show."""
+    metrics(job_dir, **{"status": "completed", "best_epoch": 1, "valid_loss": 0.3312, "valid_acc": 0.8802,
+                        "test_loss": 0.3, "test_acc": 0.9, "epochs_run": epochs, **values})
+
+
+COMPLETED = "completed: valid loss 0.3312, valid acc 88.02 % (best epoch 1 of 3)"  # `completed`'s, 3 epochs
 
 
 def sweep(sweep_dir: Path, n: int, launcher: str = "basic", epochs: int = 3, **fields: object) -> Manifest:
@@ -61,11 +73,11 @@ def set_states(manifest: Manifest, letters: str, held: contextlib.ExitStack) -> 
         if letter == "p":
             continue
         start(job_dir)
-        history(job_dir, [0.8])
+        history(job_dir, [0.4])
         if letter == "r":
             held.enter_context(lock.hold([job_dir]))
         elif letter == "c":
-            metrics(job_dir, status="completed", test_acc=0.9, epochs_run=job.epochs)
+            completed(job_dir, job.epochs)
         elif letter == "f":
             metrics(job_dir, status="failed", error="ValueError: bad")
         elif letter == "x":
@@ -121,27 +133,27 @@ def test_read_each_rule_from_the_job_dirs(tmp_path: Path, held: contextlib.ExitS
     job = [tmp_path / j.name for j in manifest.jobs]
     for d in job[:12]:
         start(d)
-    metrics(job[0], status="completed", test_acc=0.9123, epochs_run=3)
+    completed(job[0], best_epoch=3, valid_loss=0.29, valid_acc=0.9123)
     metrics(job[1], status="pruned", pruned=2, epochs_run=2)
-    history(job[2], [0.8, 0.85])
+    history(job[2], [0.35, 0.4])  # its best epoch so far: the first
     held.enter_context(lock.hold([job[2], job[3]]))  # job 3: running, before its first epoch ends
     error = "RuntimeError: CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported " + "x" * 120
     metrics(job[4], status="failed", error=error)
     metrics(job[5], status="cancelled", reason="cancelled by SIGTERM (scancel)")
     manifest.jobs[6].cancelled = True  # fmsweep cancel: the record says it, whatever the dir holds
-    history(job[6], [0.8])
-    history(job[7], [0.8, 0.82])  # started, not alive, not finished: stopped
+    history(job[6], [0.4])
+    history(job[7], [0.4, 0.3])  # started, not alive, not finished: stopped
     # job 8 started, no history: stopped at epoch 0
-    history(job[9], [0.8, 0.8, 0.8])  # completed with 3 epochs of a sweep now asking 5: to be continued
-    metrics(job[9], status="completed", test_acc=0.8, epochs_run=3)
+    history(job[9], [0.4, 0.4, 0.4])  # completed with 3 epochs of a sweep now asking 5: to be continued
+    completed(job[9])
     manifest.jobs[9].epochs = 5
-    metrics(job[10], status="completed", test_acc=0.85, epochs_run=2, stopped_early=2)  # early stop: completed
+    completed(job[10], best_epoch=1, valid_loss=0.4, valid_acc=0.85, epochs_run=2, stopped_early=2)  # early stop
     (job[11] / "metrics.json").write_text('{"status": "compl')  # a metrics.json that cannot be read: no result
     held.enter_context(lock.hold([job[0]]))  # a run holds its lock while writing metrics.json: completed first
     assert texts(manifest) == [
-        "completed: test acc 91.23 %",
+        "completed: valid loss 0.2900, valid acc 91.23 % (best epoch 3 of 3)",  # the figures one chooses on
         "pruned: at epoch 2",
-        "running: epoch 2 of 3, best valid acc 85.00 %",
+        "running: epoch 2 of 3, best valid loss 0.3500 (epoch 1)",
         "running: starting",
         f"failed: {' '.join(error.split())[:status.ERROR_CHARS]}",
         "cancelled: cancelled by SIGTERM (scancel)",
@@ -149,10 +161,11 @@ def test_read_each_rule_from_the_job_dirs(tmp_path: Path, held: contextlib.ExitS
         "stopped: epoch 2 of 3",
         "stopped: epoch 0 of 3",
         "stopped: epoch 3 of 5",
-        "completed: test acc 85.00 %",
+        "completed: valid loss 0.4000, valid acc 85.00 % (best epoch 1 of 2)",
         "stopped: epoch 0 of 3",
         "pending",  # never started
     ]
+    assert not any("test" in text for text in texts(manifest))  # the test split's figures are an outcome
     assert status.alive(manifest) == {0, 2, 3}
 
 
@@ -201,9 +214,9 @@ def test_stale_results_of_relaunched_jobs_wait_for_their_new_launch(tmp_path: Pa
     manifest.jobs[2].cancelled = True
     manifest.save()
     before = ["failed: ValueError: bad", "cancelled: cancelled by SIGTERM", "cancelled: by fmsweep cancel",
-              "stopped: epoch 1 of 3", "completed: test acc 90.00 %", "pending"]
+              "stopped: epoch 1 of 3", COMPLETED, "pending"]
     assert texts(manifest) == before
-    launched = ["pending"] * 4 + ["completed: test acc 90.00 %", "pending"]  # a completed result stands
+    launched = ["pending"] * 4 + [COMPLETED, "pending"]  # a completed result stands
     assert texts(manifest, stale=range(6)) == launched
     stale = Stale(manifest, range(6))
     assert len(stale) == 6 and 3 in stale and 6 not in stale
@@ -212,12 +225,12 @@ def test_stale_results_of_relaunched_jobs_wait_for_their_new_launch(tmp_path: Pa
     start(dirs[5])
     assert texts(manifest, stale) == launched
     with lock.hold([dirs[0]]):  # the run took its lock: it runs, and its outcome is this launch's
-        assert texts(manifest, stale)[0] == "running: epoch 1 of 3, best valid acc 80.00 %"
+        assert texts(manifest, stale)[0] == "running: epoch 1 of 3, best valid loss 0.4000 (epoch 1)"
     metrics(dirs[1], status="failed", error="OSError: disk full")  # a new result
     manifest.jobs[3].launcher_job = "4242"  # a new launcher job
     assert texts(manifest, stale) == ["failed: ValueError: bad",  # its run ended without a new result: killed
                                       "failed: OSError: disk full", "pending", "stopped: epoch 1 of 3",
-                                      "completed: test acc 90.00 %", "pending"]
+                                      COMPLETED, "pending"]
 
 
 def test_slurm_state_from_one_squeue_and_one_sacct_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -230,10 +243,10 @@ def test_slurm_state_from_one_squeue_and_one_sacct_call(tmp_path: Path, monkeypa
     dirs = [manifest.sweep_dir / job.name for job in manifest.jobs]
     for i in (3, 4, 5, 8, 9, 13):
         start(dirs[i])
-    history(dirs[4], [0.7])
-    history(dirs[8], [0.7, 0.75])
-    metrics(dirs[3], status="completed", test_acc=0.9, epochs_run=3)
-    metrics(dirs[5], status="completed", test_acc=0.91, epochs_run=3)  # its pack still trains the other member
+    history(dirs[4], [0.3])
+    history(dirs[8], [0.3, 0.25])
+    completed(dirs[3])
+    completed(dirs[5])  # its pack still trains the other member
     metrics(dirs[13], status="failed", error="ValueError: bad")
     log = fake_slurm(tmp_path / "bin", monkeypatch, squeue=(
         "40_0|PENDING|Priority\n40_1|RUNNING|None\n40_2|CONFIGURING|None\n40_3|COMPLETING|None\n41|RUNNING|None\n"
@@ -245,9 +258,9 @@ def test_slurm_state_from_one_squeue_and_one_sacct_call(tmp_path: Path, monkeypa
         "pending (Priority)",
         "running: starting",
         "running: starting",  # CONFIGURING: not pending, not ended
-        "completed: test acc 90.00 %",  # metrics.json first: COMPLETING
-        "running: epoch 1 of 3, best valid acc 70.00 %",  # a pack's SLURM job is its members'
-        "completed: test acc 91.00 %",
+        COMPLETED,  # metrics.json first: COMPLETING
+        "running: epoch 1 of 3, best valid loss 0.3000 (epoch 1)",  # a pack's SLURM job is its members'
+        COMPLETED,
         "cancelled: SLURM CANCELLED by 0",
         "failed: SLURM FAILED, exit code 1:0",
         "failed: SLURM TIMEOUT, exit code 0:0",
@@ -292,7 +305,7 @@ def test_without_slurm_the_files_decide(tmp_path: Path, monkeypatch: pytest.Monk
         (tmp_path / "empty").mkdir()
         monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     view = status.look(manifest)
-    assert [s.text() for s in view.statuses.values()] == ["completed: test acc 90.00 %", "stopped: epoch 1 of 3",
+    assert [s.text() for s in view.statuses.values()] == [COMPLETED, "stopped: epoch 1 of 3",
                                                           "failed: ValueError: bad", "pending"]
     assert view.finish == "unknown (SLURM does not answer)" and view.alive == set()
 
@@ -309,8 +322,8 @@ def test_a_copied_sweep_dir_on_a_machine_without_slurm(tmp_path: Path, held: con
                           env={**os.environ, "PATH": str(tmp_path / "empty")}, timeout=60)
     assert proc.returncode == 0 and proc.stderr == ""
     assert proc.stdout.splitlines() == ["2 jobs (slurm): 0 pending, 0 running, 1 completed, 0 failed, 1 stopped; "
-                                        f"sweep dir {copy}", "0_lr=0  completed: test acc 90.00 %",
-                                        "1_lr=1  stopped: epoch 1 of 3", f"resume the 1 unfinished job with: "
+                                        f"sweep dir {copy}", f"lr=0  {COMPLETED}",
+                                        "lr=1  stopped: epoch 1 of 3", f"resume the 1 unfinished job with: "
                                         f"fmsweep resume {copy}"]
 
 
@@ -342,15 +355,15 @@ def test_the_table(tmp_path: Path, held: contextlib.ExitStack, monkeypatch: pyte
     manifest.jobs[4].launcher_job = "89"
     manifest.save()
     set_states(manifest, "crfsp", held)
-    history(manifest.sweep_dir / manifest.jobs[1].name, [0.8, 0.875])
+    history(manifest.sweep_dir / manifest.jobs[1].name, [0.3, 0.25])
     fake_slurm(tmp_path / "bin", monkeypatch, squeue="89|PENDING|Resources\n90|PENDING|Dependency\n")
     sweep_dir = manifest.sweep_dir
     expected = [f"5 jobs (slurm): 1 pending, 1 running, 1 completed, 1 failed, 1 stopped; sweep dir {sweep_dir}",
-                "0_lr=0  completed: test acc 90.00 %",
-                "1_lr=1  running: epoch 2 of 3, best valid acc 87.50 %",
-                "2_lr=2  failed: ValueError: bad",
-                "3_lr=3  stopped: epoch 1 of 3",
-                "4_lr=4  pending (Resources)",
+                f"lr=0  {COMPLETED}",
+                "lr=1  running: epoch 2 of 3, best valid loss 0.2500 (epoch 2)",
+                "lr=2  failed: ValueError: bad",
+                "lr=3  stopped: epoch 1 of 3",
+                "lr=4  pending (Resources)",
                 "finish job 90 (writes the results): PENDING (Dependency)"]
     assert status.render(manifest, status.look(manifest)).splitlines() == expected
     results(sweep_dir)
@@ -358,16 +371,83 @@ def test_the_table(tmp_path: Path, held: contextlib.ExitStack, monkeypatch: pyte
     fake_slurm(tmp_path / "bin", monkeypatch, sacct="89|CANCELLED by 0|0:0|None\n90|COMPLETED|0:0|None\n")
     assert status.render(manifest, status.look(manifest)).splitlines() == [
         f"5 jobs (slurm): 0 pending, 0 running, 1 completed, 1 failed, 1 cancelled, 2 stopped; sweep dir {sweep_dir}",
-        "0_lr=0  completed: test acc 90.00 %",
-        "1_lr=1  stopped: epoch 2 of 3",
-        "2_lr=2  failed: ValueError: bad",
-        "3_lr=3  stopped: epoch 1 of 3",
-        "4_lr=4  cancelled: SLURM CANCELLED by 0",
+        f"lr=0  {COMPLETED}",
+        "lr=1  stopped: epoch 2 of 3",
+        "lr=2  failed: ValueError: bad",
+        "lr=3  stopped: epoch 1 of 3",
+        "lr=4  cancelled: SLURM CANCELLED by 0",
         f"report: {sweep_dir / 'report.md'}: Best setting on validation: lr=0, mean valid acc 90.00 % over 1 job.",
-        f"ensemble: {sweep_dir / 'ensemble.json'}: 2 models on the test split, accuracy 91.23 %",
+        f"ensemble: {sweep_dir / 'ensemble.json'}: 2 models, test acc 91.23 % (an outcome: the models were chosen "
+        "on validation)",
         "finish job 90 (writes the results): COMPLETED",
         f"resume the 4 unfinished jobs with: fmsweep resume {sweep_dir}",
     ]
+
+
+def test_each_job_is_named_by_the_overrides_it_does_not_share(tmp_path: Path, held: contextlib.ExitStack) -> None:
+    """The overrides every job shares are said once, under the counts; each job's line names its own (sorted, as
+    its job dir name and the report sort them), not its whole job dir name."""
+    jobs = [JobRecord(num=i, name=f"{i}_epochs=3,model=fc,reg={reg},seed={seed}", epochs=3,
+                      overrides=["model=fc", f"reg={reg}", f"seed={seed}", "epochs=3", "data.root=/data"])
+            for i, (reg, seed) in enumerate(itertools.product(["none", "l2"], [0, 1]))]
+    manifest = Manifest(sweep_dir=tmp_path, kind="grid", launcher="basic", command=["-m"], cwd=str(tmp_path),
+                        jobs=jobs)
+    manifest.save()
+    set_states(manifest, "crps", held)
+    assert status.render(manifest, status.look(manifest)).splitlines() == [
+        f"4 jobs (basic): 1 pending, 1 running, 1 completed, 0 failed, 1 stopped; sweep dir {tmp_path}",
+        "every job: data.root=/data epochs=3 model=fc",
+        f"reg=none,seed=0  {COMPLETED}",
+        "reg=none,seed=1  running: epoch 1 of 3, best valid loss 0.4000 (epoch 1)",
+        "reg=l2,seed=0    pending",
+        "reg=l2,seed=1    stopped: epoch 1 of 3",
+    ]
+
+
+def test_a_lone_job_is_named_by_all_its_overrides_and_twins_by_none(tmp_path: Path) -> None:
+    manifest = sweep(tmp_path, 1)
+    manifest.jobs[0].overrides = ["seed=1", "epochs=3"]
+    pending = Status("pending")
+    assert status.named(manifest, {0: pending}) == ([], [Line(0, "epochs=3,seed=1", pending)])
+    twins = sweep(tmp_path, 2)
+    for job in twins.jobs:
+        job.overrides = ["seed=1"]  # `seed=1,1`: Hydra runs it twice
+    assert status.named(twins, {0: pending, 1: pending}) == (
+        ["every job: seed=1"], [Line(0, "(shared overrides only)", pending), Line(1, "(shared overrides only)", pending)])
+
+
+def test_a_search_shows_its_objective_first_and_its_values_as_the_report_does(tmp_path: Path,
+                                                                             held: contextlib.ExitStack) -> None:
+    """A search chosen on valid accuracy: a trial's line gives its valid accuracy first, running or completed; a
+    sampled float is shown to 4 significant digits, as the report and the trial's job dir name show it."""
+    lrs = [0.006431172050131994, 0.0001234]
+    jobs = [JobRecord(num=i, name=f"{i}_model=fc,optimizer.lr={lr:.4g}", overrides=["model=fc", f"optimizer.lr={lr!r}"],
+                      epochs=3) for i, lr in enumerate(lrs)]
+    manifest = Manifest(sweep_dir=tmp_path, kind="search", launcher="basic", command=["-m"], cwd=str(tmp_path),
+                        jobs=jobs, trials=3)
+    manifest.save()
+    set_states(manifest, "cr", held)
+    hydra_yaml = tmp_path / jobs[0].name / ".hydra" / "hydra.yaml"
+    hydra_yaml.write_text("hydra:\n  sweeper:\n    _target_: SearchSweeper\n    objective: valid_acc\n")
+    assert status.render(manifest, status.look(manifest)).splitlines()[1:] == [
+        "every trial: model=fc",
+        "optimizer.lr=0.006431   completed: valid acc 88.02 %, valid loss 0.3312 (best epoch 1 of 3)",
+        "optimizer.lr=0.0001234  running: epoch 1 of 3, best valid acc 60.00 % (epoch 1)",
+    ]
+    assert status.objective(manifest) == "valid_acc"
+    hydra_yaml.write_text("hydra: {sweeper: {objective: valid_acc")  # half written: the default, no error
+    assert status.objective(manifest) == "valid_loss"
+    hydra_yaml.unlink()
+    assert status.objective(manifest) == "valid_loss"
+
+
+@pytest.mark.parametrize("override", [
+    "optimizer.lr=0.006431172050131994", "reg.l2=1.2345678e-05", "+reg.l2=0.00012345678", "x=-2.5000001e+10",
+    "x=.5000001", "x=3.000000001", "x=1234567.0", "x=10.", "lr=1e-3", "lr=0.1", "epochs=5", "x=inf", "model=fc",
+    "data.root=/a/b-1.5555555", "name='0.123456789'", "hidden=[256,128]"])
+def test_values_are_shown_as_the_report_shows_them(override: str) -> None:
+    """status.display writes values as space.display_overrides does, without Hydra's parser."""
+    assert status.display(override) == space.display_overrides([override])[0]
 
 
 def test_counts_name_the_rarer_states_only_when_there_are_any() -> None:
@@ -406,8 +486,8 @@ def test_main_prints_the_table(tmp_path: Path, held: contextlib.ExitStack, capsy
     manifest = sweep(tmp_path, 2)
     set_states(manifest, "cp", held)
     status.main([str(tmp_path)])
-    assert capsys.readouterr().out == status.render(manifest, View({0: Status("completed", "test acc 90.00 %"),
-                                                                    1: Status("pending")}, set()))
+    completed_status = Status(*COMPLETED.split(": ", 1))
+    assert capsys.readouterr().out == status.render(manifest, View({0: completed_status, 1: Status("pending")}, set()))
 
 
 def test_watch_follows_the_sweep_until_nothing_is_alive(tmp_path: Path, held: contextlib.ExitStack) -> None:
@@ -422,15 +502,16 @@ def test_watch_follows_the_sweep_until_nothing_is_alive(tmp_path: Path, held: co
         assert first[0] == f"2 jobs (basic): 0 pending, 1 running, 1 completed, 0 failed; sweep dir {tmp_path}\n"
         time.sleep(0.2)
         assert watch.poll() is None  # a job runs: the watch goes on
-        history(running, [0.8, 0.9, 0.95])
-        metrics(running, status="completed", test_acc=0.93, epochs_run=3)
+        history(running, [0.4, 0.3, 0.25])
+        completed(running, best_epoch=3, valid_loss=0.25, valid_acc=0.93)
     out, err = watch.communicate(timeout=30)
     assert watch.returncode == 0 and err == ""
     assert out.splitlines() == [
-        "fmsweep: 1_lr=1 completed: test acc 93.00 % (0 pending, 0 running, 2 completed, 0 failed)",
+        "fmsweep: lr=1 completed: valid loss 0.2500, valid acc 93.00 % (best epoch 3 of 3) (0 pending, 0 running, "
+        "2 completed, 0 failed)",
         f"2 jobs (basic): 0 pending, 0 running, 2 completed, 0 failed; sweep dir {tmp_path}",
-        "0_lr=0  completed: test acc 90.00 %",
-        "1_lr=1  completed: test acc 93.00 %",
+        f"lr=0  {COMPLETED}",
+        "lr=1  completed: valid loss 0.2500, valid acc 93.00 % (best epoch 3 of 3)",
     ]
 
 
@@ -464,8 +545,8 @@ def test_watch_on_a_terminal_is_one_block_never_taller_than_it(tmp_path: Path, h
     lines = re.sub(r"\x1b\[(\d+F|2K|J)", "", "".join(out)).splitlines()
     assert lines == [line[:59] for line in [
         f"12 jobs (basic): 0 pending, 0 running, 11 completed, 1 failed; sweep dir {tmp_path}",
-        "6_lr=6    failed: ValueError: bad",
-        "0_lr=0    completed: test acc 90.00 %",
+        "lr=6   failed: ValueError: bad",
+        f"lr=0   {COMPLETED}",
         "… 10 more (10 completed)",
         f"report: {tmp_path / 'report.md'}: Best setting on validation",
         f"ensemble: {tmp_path / 'ensemble.json'}: 2 models on the test split",
@@ -519,7 +600,7 @@ def test_a_search_counts_its_trials_not_asked_and_says_how_to_finish_them(tmp_pa
     manifest = sweep(tmp_path, 1, trials=4, workers=["4242424"], launcher="submitit_local")  # a pid of no process
     manifest.kind = "search"
     start(tmp_path / manifest.jobs[0].name)
-    metrics(tmp_path / manifest.jobs[0].name, status="completed", test_acc=0.9, epochs_run=3)
+    completed(tmp_path / manifest.jobs[0].name)
     view = status.look(manifest)
     assert view.workers_alive == 0 and status.over(view)
     text = status.render(manifest, view)

@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 from test_search import command
 
 from fmsweep.errors import UserError
-from fmsweep.sweep import search, storage
+from fmsweep.sweep import storage
 
 ENV = "FMSWEEP_DB_PASSWORD"
 SOCKET = "/run/mysqld/mysqld.sock"
@@ -155,8 +155,8 @@ def ask_and_tell(study: optuna.Study, trials: int) -> None:
 @pytest.mark.parametrize("url", [None, "sqlite:///{tmp_path}/study.db"])
 def test_a_study_lives_in_the_journal_or_a_database(url: str | None, tmp_path: Path) -> None:
     spec = url and url.format(tmp_path=tmp_path)
-    ask_and_tell(optuna.create_study(study_name=search.STUDY, storage=storage.open(spec, tmp_path)), 3)
-    study = optuna.load_study(study_name=search.STUDY, storage=storage.open(spec, tmp_path))
+    ask_and_tell(optuna.create_study(study_name=storage.STUDY, storage=storage.open(spec, tmp_path)), 3)
+    study = optuna.load_study(study_name=storage.STUDY, storage=storage.open(spec, tmp_path))
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
     assert (tmp_path / ("study.db" if url else storage.JOURNAL)).is_file()
 
@@ -227,14 +227,14 @@ def test_processes_share_a_study_in_mariadb(database: Database, monkeypatch: pyt
                                             tmp_path: Path) -> None:
     monkeypatch.setenv(ENV, database.password)
     storage.check(database.url())
-    optuna.create_study(study_name=search.STUDY, storage=storage.open(database.url(), tmp_path))
-    workers = [subprocess.Popen([sys.executable, "-c", WORKER, database.url(), search.STUDY, "15"], cwd=ROOT,
+    optuna.create_study(study_name=storage.STUDY, storage=storage.open(database.url(), tmp_path))
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, database.url(), storage.STUDY, "15"], cwd=ROOT,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     for worker in workers:
         out, err = worker.communicate(timeout=120)
         assert worker.returncode == 0, err
         assert database.password not in out + err
-    trials = optuna.load_study(study_name=search.STUDY, storage=storage.open(database.url(), tmp_path)).trials
+    trials = optuna.load_study(study_name=storage.STUDY, storage=storage.open(database.url(), tmp_path)).trials
     assert sorted(t.number for t in trials) == list(range(30))
     assert all(t.state == TrialState.COMPLETE for t in trials)
 
@@ -277,7 +277,7 @@ def test_a_search_keeps_its_study_in_mariadb_and_its_password_nowhere(database: 
     assert [path for path, data in files.items() if database.password.encode() in data] == []
     # what the sweep records of its storage is the URL as written
     assert any(database.url().encode() in data for data in files.values())
-    study = search.find_study(sweep_dir)  # from the storage multirun.yaml names, as the report finds it
+    study = storage.find_study(sweep_dir)  # from the storage multirun.yaml names, as the report finds it
     assert study.study_name == f"fmsweep:{sweep_dir.resolve()}"
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
     # both workers trained trials, at once: the two trials held together are of two workers, and their logs

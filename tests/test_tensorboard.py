@@ -1,5 +1,5 @@
 """What TensorBoard gets from a sweep: run names from job overrides, the same hparams keys in every run,
-test samples and a confusion matrix."""
+test samples and a confusion matrix (also as files in the run dir); the log line's percentages."""
 import io
 import json
 from pathlib import Path
@@ -9,7 +9,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
 from tensorboard.plugins.hparams import metadata
 
-from fmsweep.tracking import METRIC_TAGS
+from fmsweep.tracking import CONFUSION_PNG, METRIC_TAGS, SAMPLES_PNG, epoch_line
 
 JOBS = [("linear", 0), ("linear", 1), ("fc", 0), ("fc", 1)]
 
@@ -57,3 +57,13 @@ def test_each_run_logs_test_samples_and_a_confusion_matrix(tiny_sweep: Path) -> 
             pixels = matplotlib.image.imread(io.BytesIO(image.encoded_image_string), format="png")
             assert pixels.shape[:2] == (image.height, image.width) and image.width > 500
             assert pixels.std() > 0.05
+            # the same figure as a file in the run dir, for the report (written before metrics.json)
+            name = {"test/samples": SAMPLES_PNG, "test/confusion_matrix": CONFUSION_PNG}[tag]
+            assert (matplotlib.image.imread(run_dir / name)[..., :3] == pixels[..., :3]).all()
+            assert (run_dir / name).stat().st_mtime_ns <= (run_dir / "metrics.json").stat().st_mtime_ns
+
+
+def test_the_log_line_gives_accuracies_in_percent() -> None:
+    row = {"epoch": 1, "train_loss": 0.46961, "train_acc": 0.83264, "valid_loss": 0.41, "valid_acc": 0.855,
+           "lr": 0.001, "epoch_seconds": 1.149}
+    assert epoch_line(row) == "train_loss 0.4696  train_acc 83.26%  valid_loss 0.41  valid_acc 85.50%  lr 0.001  1.15s"

@@ -332,7 +332,8 @@ def test_a_folder_that_is_not_a_run_is_refused(runs: dict[str, Path], tmp_path: 
     for path, message in [(tmp_path, "is not an fmsweep run directory"),
                           (tmp_path / "nowhere", "no such file or directory"),
                           (runs["linear"] / "metrics.json", "is a file, not a run directory"),
-                          (runs["linear"].parent, "is not an fmsweep run directory")]:  # the folder of runs
+                          (runs["linear"].parent, r"is a sweep directory, not a run directory: its best run on "
+                                                  r"validation is fmsweep.load_sweep\(.*\).best\(\)")]:  # a folder of runs
         with pytest.raises(UserError, match=message) as error:
             checkpoint.load_model(path)
         assert str(error.value).startswith(str(path)) and "\n" not in str(error.value)

@@ -1,5 +1,6 @@
 """Matplotlib figures, drawn with the Agg backend (no display, no pyplot state): a run's test samples and
-confusion matrix for TensorBoard, and a sweep report's curves and settings ranked on validation."""
+confusion matrix (TensorBoard, and files in its run dir), and a sweep report's curves, settings ranked on validation
+and heatmap. Accuracies are drawn in percent."""
 from __future__ import annotations
 
 import io
@@ -10,9 +11,10 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from fmsweep import CLASSES
+from fmsweep.classes import CLASSES
 SIZE = 28
 
 
@@ -72,6 +74,16 @@ def confusion(matrix: torch.Tensor, title: str) -> Figure:
     return fig
 
 
+def percent(key: str) -> float:
+    """The factor a metric is drawn with: 100 for an accuracy (a fraction in the files), else 1."""
+    return 100.0 if key.endswith("acc") else 1.0
+
+
+def axis_label(key: str) -> str:
+    """A metric as an axis names it: `valid loss`, `valid acc (%)`."""
+    return key.replace("_", " ") + (" (%)" if key.endswith("acc") else "")
+
+
 def epoch_ticks(last: int) -> list[int]:
     """Integer epochs from 1 to `last` for the x axis: every one for short runs, MaxNLocator's steps for long
     ones (on its own, MaxNLocator(integer=True) draws fractions for 1 epoch and epoch 0 for long runs)."""
@@ -100,8 +112,8 @@ def shorten(text: str, width: int = 60) -> str:
 
 def sweep(order: list[str], curves: dict[str, list[tuple[str, list[float], list[float]]]],
           points: dict[str, tuple[float, float, int]], objective: str, minimize: bool, shared: list[str]) -> Figure:
-    """A sweep's settings, `order`ed best first (by their mean valid objective). Left: valid accuracy per epoch of
-    every job (`curves`: setting -> (seed, epochs, accuracies) per job), one colour per setting, the seeds of a
+    """A sweep's settings, `order`ed best first (by their mean valid objective). Left: the objective per epoch of
+    every job (`curves`: setting -> (seed, epochs, values) per job), one colour per setting, the seeds of a
     setting told apart by line style and marker. Right: each setting's objective (`points`: setting -> (mean, std,
     n) over its completed jobs) as its mean with a ± std bar where seeds repeat it, best on top and marked.
     Validation only: the test split is no ground for choosing. Settings are labelled without the overrides `shared`
@@ -115,17 +127,17 @@ def sweep(order: list[str], curves: dict[str, list[tuple[str, list[float], list[
     left, right = fig.subplots(1, 2, width_ratios=(1, 1))
     seeds = sorted({seed for jobs in curves.values() for seed, *_ in jobs}, key=lambda s: (len(s), s))
     style = {seed: (LINESTYLES[i % len(LINESTYLES)], MARKERS[i % len(MARKERS)]) for i, seed in enumerate(seeds)}
-    last_epoch = 1
+    last_epoch, factor, what = 1, percent(objective), objective.replace("_", " ")
     for setting in order:
-        for seed, epochs, accs in curves.get(setting, []):
+        for seed, epochs, values in curves.get(setting, []):
             linestyle, marker = style[seed]
-            left.plot(epochs, [100 * a for a in accs], linestyle=linestyle, marker=marker, markersize=3, linewidth=1,
-                      color=color[setting])
+            left.plot(epochs, [factor * v for v in values], linestyle=linestyle, marker=marker, markersize=3,
+                      linewidth=1, color=color[setting])
             last_epoch = max(last_epoch, int(max(epochs)))
     left.set_xticks(epoch_ticks(last_epoch))
     left.set_xlabel("epoch")
-    left.set_ylabel("valid accuracy (%)")
-    left.set_title("valid accuracy per epoch, every job", fontsize=10)
+    left.set_ylabel(axis_label(objective))
+    left.set_title(f"{what} per epoch, every job", fontsize=10)
     left.grid(alpha=0.3)
     named = order[:LEGEND_SETTINGS]
     handles = [Line2D([], [], color=color[s], linewidth=2) for s in named]
@@ -144,7 +156,7 @@ def sweep(order: list[str], curves: dict[str, list[tuple[str, list[float], list[
     repeated = any(points[s][2] > 1 for s in ranked)
     size = 8 if rows <= 20 else 6
     for k, setting in enumerate(ranked):
-        mean, std, n = points[setting]
+        mean, std, n = (factor * points[setting][0], factor * points[setting][1], points[setting][2])
         right.errorbar(mean, k, xerr=std if n > 1 else None, fmt="*" if k == 0 else "o", markersize=9 if k == 0 else 5,
                        capsize=3, color=color[setting])
     right.set_yticks(range(len(ranked)),
@@ -153,15 +165,43 @@ def sweep(order: list[str], curves: dict[str, list[tuple[str, list[float], list[
                      fontsize=size)
     if ranked:
         right.set_ylim(len(ranked) - 0.5, -0.5)  # the best on top
-        low = min(points[s][0] - points[s][1] for s in ranked)
-        high = max(points[s][0] + points[s][1] for s in ranked)
+        low = factor * min(points[s][0] - points[s][1] for s in ranked)
+        high = factor * max(points[s][0] + points[s][1] for s in ranked)
         pad = max(0.1 * (high - low), 1e-3)
         right.set_xlim(low - pad, high + pad)
-    what = objective.replace("_", " ")
-    right.set_xlabel(f"{what}, " + ("mean ± std over seeds" if repeated else "one job each")
+    right.set_xlabel(f"{axis_label(objective)}, " + ("mean ± std over seeds" if repeated else "one job each")
                      + f" ({'lower' if minimize else 'higher'} is better)")
     right.set_title(f"settings ranked by {what}", fontsize=10)
     right.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def heatmap(keys: list[str], values: list[list[str]], means: list[list[float | None]], best: tuple[int, int] | None,
+            objective: str, minimize: bool) -> Figure:
+    """A grid over two keys: the mean `objective` of each combination (`means[row][column]`, None where no job
+    completed) for the values of keys[0] (rows) and keys[1] (columns), printed in its cell, the `best` cell framed.
+    Brighter is better, whichever way the objective goes."""
+    factor = percent(objective)
+    grid = np.array([[np.nan if v is None else factor * v for v in row] for row in means])
+    rows, columns = grid.shape
+    fig = Figure(figsize=(max(5.0, 2.5 + 1.1 * columns), max(3.5, 1.8 + 0.55 * rows)), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis_r" if minimize else "viridis", aspect="auto")
+    low, high = image.get_clim()
+    for (i, j), value in np.ndenumerate(grid):
+        shade = 0.5 if high == low or np.isnan(value) else (value - low) / (high - low)
+        text = "–" if np.isnan(value) else f"{value:.2f}" if factor != 1 else f"{value:.4f}"
+        ax.text(j, i, text, ha="center", va="center", fontsize=9, fontweight="bold" if (i, j) == best else "normal",
+                color="black" if (shade > 0.5) != minimize else "white")
+    if best is not None:
+        ax.add_patch(Rectangle((best[1] - 0.5, best[0] - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=3))
+    ax.set_xticks(range(columns), values[1], fontsize=8)
+    ax.set_yticks(range(rows), values[0], fontsize=8)
+    ax.set_xlabel(keys[1])
+    ax.set_ylabel(keys[0])
+    what = objective.replace("_", " ")
+    ax.set_title(f"mean {what} over seeds ({'lower' if minimize else 'higher'} is better), best framed", fontsize=10)
+    fig.colorbar(image, ax=ax, label=axis_label(objective))
     return fig
 
 
@@ -170,19 +210,21 @@ def search(objective: str, trials: list[tuple[int, str, float | None, dict[str, 
     """A search's trials (number, state, objective value or None, searched values): the objective against each
     searched parameter (completed trials as dots, pruned ones as crosses at their last reported value), and the
     best value so far against the trial number. A loss (minimized) is drawn on a log scale: a diverging trial's
-    loss would squash the others."""
+    loss would squash the others; an accuracy in percent."""
+    factor = percent(objective)
     names = list(dict.fromkeys(name for *_, params in trials for name in params))
     fig = Figure(figsize=(4.5 * (len(names) + 1), 4), layout="constrained")
     axes = fig.subplots(1, len(names) + 1, squeeze=False)[0]
     for ax, name in zip(axes, names):
         for state, marker in (("complete", "o"), ("pruned", "x")):
-            points = [(params[name], value) for _, s, value, params in trials if s == state and value is not None]
+            points = [(params[name], factor * value) for _, s, value, params in trials
+                      if s == state and value is not None]
             if points:
                 ax.scatter(*zip(*points), marker=marker, label=state, alpha=0.8)
         ax.set_xscale("log" if name in log_scale else "linear")
         ax.set_yscale("log" if minimize else "linear")
         ax.set_xlabel(name)
-        ax.set_ylabel(objective)
+        ax.set_ylabel(axis_label(objective))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     best, numbers, values = None, [], []
@@ -191,10 +233,10 @@ def search(objective: str, trials: list[tuple[int, str, float | None, dict[str, 
             best = value
         if best is not None:
             numbers.append(number)
-            values.append(best)
+            values.append(factor * best)
     axes[-1].step(numbers, values, where="post")
     axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[-1].set_xlabel("trial")
-    axes[-1].set_ylabel(f"best {objective} so far")
+    axes[-1].set_ylabel(f"best {axis_label(objective)} so far")
     axes[-1].grid(alpha=0.3)
     return fig

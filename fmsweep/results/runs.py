@@ -1,5 +1,9 @@
 """Runs on disk: finding the job dirs of a sweep, reading each one's settings, status and history; and
-the markdown tables and command-line parsing that the sweep tools (ensemble, report) share."""
+the markdown tables and command-line parsing that the sweep tools (ensemble, report) share.
+
+The readers of a run's own files, metrics.json (`read_metrics`) and history.csv (`read_history`), are the only ones:
+the report, the ensemble and `fmsweep status` all read through them. Importing this module loads neither torch,
+OmegaConf nor YAML (those load where a run's settings are read): `fmsweep status` imports it and answers at once."""
 from __future__ import annotations
 
 import contextlib
@@ -10,16 +14,15 @@ import sys
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from fmsweep.errors import UserError, first_line
 
-from fmsweep.config import first_line
-from fmsweep.errors import UserError
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 HYDRA_DIR = ".hydra"
+METRICS, HISTORY = "metrics.json", "history.csv"
 SEED_KEY = "seed"
 # The config keys the sweep tools read from a run's .hydra/config.yaml.
 CONFIG_KEYS = ("seed", "epochs", "model._target_", "data.root", "data.download", "data.valid_ratio", "data.subset")
@@ -45,6 +48,8 @@ def read_overrides(run_dir: Path) -> list[str]:
     """The job's overrides as its job dir name has them: Hydra's recorded overrides minus the keys left out of
     the name (data.root, ...), sorted as Hydra sorts `hydra.job.override_dirname`, whatever the command line's
     order; so the report, the ensemble and TensorBoard list them in one order."""
+    from omegaconf import OmegaConf
+
     hydra_dir = run_dir / HYDRA_DIR
     if not (hydra_dir / "overrides.yaml").is_file():
         return []
@@ -60,6 +65,8 @@ def command(run_dir: Path) -> str:
     """The command that trains the run in `run_dir` again: `python -m fmsweep` with the job's own overrides as Hydra
     recorded them (for a sweep job or a pack member, not the sweep's command line); the process's own arguments
     where Hydra recorded none."""
+    from omegaconf import OmegaConf
+
     recorded = run_dir / HYDRA_DIR / "overrides.yaml"
     arguments = [str(o) for o in OmegaConf.load(recorded)] if recorded.is_file() else sys.argv[1:]
     return "python -m fmsweep " + shlex.join(arguments)
@@ -87,12 +94,8 @@ class Run:
         return ",".join(o for o in self.overrides if override_key(o) != SEED_KEY) or "(defaults)"
 
     def history(self) -> list[dict[str, float]]:
-        """history.csv as rows of floats (epoch included); [] when absent."""
-        try:
-            with open(self.path / "history.csv", newline="") as f:
-                return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-        except FileNotFoundError:
-            return []
+        """history.csv as rows of floats (epoch included); [] when absent (read_history)."""
+        return read_history(self.path)
 
     @property
     def status(self) -> str:
@@ -114,14 +117,20 @@ def is_run(path: Path) -> bool:
 @contextlib.contextmanager
 def reading(file: str) -> Iterator[None]:
     """Turn a failure to read or parse `file` of a run dir into NotARun naming it."""
+    import yaml
+    from omegaconf.errors import OmegaConfBaseException
+
     try:
         yield
     except (OSError, ValueError, TypeError, yaml.YAMLError, OmegaConfBaseException) as exc:
+
         raise NotARun(f"invalid {file} ({first_line(exc)})") from None
 
 
 def mapping(loaded: Any) -> DictConfig:
     """`loaded` when it is a mapping (what Hydra writes into .hydra/), else a TypeError for `reading`."""
+    from omegaconf import DictConfig
+
     if not isinstance(loaded, DictConfig):
         raise TypeError(f"a {type(loaded).__name__}, not a mapping")
     return loaded
@@ -131,14 +140,22 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def read_run_metrics(path: Path) -> dict[str, Any]:
-    """metrics.json as a run writes it, {} while it has none (a run still training); NotARun for anything else."""
+def read_metrics(run_dir: Path, strict: bool = False) -> dict[str, Any]:
+    """metrics.json of a run, {} while it has none (a run still training). Tolerant, for `fmsweep status`, which
+    must show a status whatever it finds: a file half written, unreadable or not a JSON object is {} too. `strict`,
+    for the report: NotARun for anything but what a run writes (a status of STATUSES, and a finished run's
+    FINAL_METRICS as numbers)."""
     try:
-        metrics = json.loads((path / "metrics.json").read_text())
+        metrics = json.loads((run_dir / METRICS).read_text())
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
+        if not strict:
+            return {}
+
         raise NotARun(f"metrics.json is not JSON ({first_line(exc)})") from None
+    if not strict:
+        return metrics if isinstance(metrics, dict) else {}
     status = metrics.get("status") if isinstance(metrics, dict) else None
     if status not in STATUSES:
         raise NotARun(f"metrics.json holds no status {'/'.join(STATUSES)}")
@@ -148,8 +165,42 @@ def read_run_metrics(path: Path) -> dict[str, Any]:
     return metrics
 
 
+def read_run_metrics(path: Path) -> dict[str, Any]:
+    """metrics.json as a run writes it, {} while it has none (a run still training); NotARun for anything else."""
+    return read_metrics(path, strict=True)
+
+
+def read_history(run_dir: Path) -> list[dict[str, float]]:
+    """history.csv of a run as rows of floats, one per epoch (its epoch included); [] while it has none. A file that
+    is no table of numbers (garbled, cut short by a copy) is a ValueError, one that cannot be read an OSError."""
+    try:
+        with open(run_dir / HISTORY, newline="") as f:
+            return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    except FileNotFoundError:
+        return []
+    except (TypeError, csv.Error) as exc:  # a short row's missing cells are None, a long row's extra a list
+        raise ValueError(f"{HISTORY} is no table of numbers ({exc})") from None
+
+
+def read_objective(run_dir: Path) -> str | None:
+    """The objective of the search that trained the run (hydra.sweeper.objective in its .hydra/hydra.yaml:
+    valid_loss or valid_acc); None for a run of no search, or a file that cannot be read. Plain YAML, not OmegaConf:
+    `fmsweep status` asks it once per look."""
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, where PyYAML has it: ten times faster
+    try:
+        text = (run_dir / HYDRA_DIR / "hydra.yaml").read_text()
+        objective = yaml.load(text, Loader=loader)["hydra"]["sweeper"].get("objective")
+    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return None
+    return objective if isinstance(objective, str) else None
+
+
 def read_run(path: Path, name: str) -> Run:
     """Read a run dir's settings (.hydra/) and metrics; NotARun when they are not those of an fmsweep run."""
+    from omegaconf import OmegaConf
+
     hydra_yaml = path / HYDRA_DIR / "hydra.yaml"
     with reading(f"{HYDRA_DIR}/hydra.yaml"):
         hydra_cfg = mapping(OmegaConf.load(hydra_yaml)) if hydra_yaml.is_file() else OmegaConf.create()

@@ -78,11 +78,11 @@ def is_local_job(pid: int) -> bool:
 def record(sweep_dir: Path) -> tuple[int, int]:
     """Mark every job of the sweep that did not complete (or get pruned) cancelled in sweep.json; the numbers of
     jobs cancelled and completed. Read afresh: a launcher that still submits may have rewritten it."""
-    from fmsweep.sweep.status import metrics_of
+    from fmsweep.results.runs import read_metrics
 
     sweep = manifest.require(sweep_dir)
     for job in sweep.jobs:
-        job.cancelled = metrics_of(sweep_dir / job.name).get("status") not in ("completed", "pruned")
+        job.cancelled = read_metrics(sweep_dir / job.name).get("status") not in ("completed", "pruned")
     sweep.save()
     cancelled = sum(job.cancelled for job in sweep.jobs)
     return cancelled, len(sweep.jobs) - cancelled

@@ -18,18 +18,6 @@ from fmsweep.sweep.manifest import JobRecord, Manifest
 SHOWN_NAMES = 5  # job names listed in a line about skipped jobs
 
 
-def is_slurm(launcher: Any) -> bool:
-    return type(launcher).__name__ == "SlurmLauncher"
-
-
-def check_detach(detach: bool, launcher: Any) -> None:
-    """A detached sweep needs jobs that outlive the command: SLURM's."""
-    if detach and not is_slurm(launcher):
-        name = manifest.LAUNCHERS.get(type(launcher).__name__, type(launcher).__name__)
-        raise UserError(f"hydra.sweeper.detach=true needs hydra/launcher=slurm: the jobs of the {name} launcher "
-                        f"end with the command that launched them; nothing was launched")
-
-
 def record(sweep_dir: Path, kind: str, launcher: Any, detach: bool, configs: list[DictConfig],
            job_overrides: list[list[str]]) -> Manifest:
     """The sweep's record for these checked jobs. Where the sweep dir already records a sweep, it must be the same
@@ -82,9 +70,9 @@ def sweep(sweeper: Any, job_overrides: list[list[str]], detach: bool) -> None:
     launcher, config = sweeper.launcher, sweeper.config
     sweep_dir = Path(config.hydra.sweep.dir)
     try:
-        check_detach(detach, launcher)
+        prelaunch.check_detach(detach, launcher)
         configs = prelaunch.check_jobs(sweeper.hydra_context.config_loader, config, job_overrides)
-        if is_slurm(launcher):
+        if prelaunch.is_slurm(launcher):
             prelaunch.check_slurm_request(launcher.params)
         sweep_record = record(sweep_dir, "grid", launcher, detach, configs, job_overrides)
     except UserError as exc:

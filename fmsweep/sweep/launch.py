@@ -21,7 +21,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup_globals
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from fmsweep.sweep import packing
+from fmsweep.sweep import packing, prelaunch
 from fmsweep.sweep.manifest import Manifest, ids_text
 
 # how long a Ctrl-C'd sweep of submitit_local waits for its jobs, which got the Ctrl-C too, to save and stop:
@@ -94,16 +94,6 @@ def units(launcher: Any, manifest: Manifest, configs: dict[int, DictConfig]) -> 
     return out
 
 
-def launcher_settings(params: dict[str, Any], kind: str) -> dict[str, Any]:
-    """The submitit executor parameters of a hydra-submitit launcher's `params`, as the launcher passes them: its
-    generic keys as they are, the others prefixed with `<kind>_` (slurm_, local_)."""
-    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-
-    generic = set(OmegaConf.structured(BaseQueueConf).keys())
-    return {k if k in generic else f"{kind}_{k}": v for k, v in params.items()
-            if k not in ("submitit_folder", "max_num_timeout")}
-
-
 def executor(launcher: Any, job_name: str) -> Any:
     """A submitit executor as the hydra-submitit launcher builds it, its jobs named `job_name` unless the sweep
     named them itself (hydra.launcher.name)."""
@@ -112,7 +102,7 @@ def executor(launcher: Any, job_name: str) -> Any:
     kind, params = launcher._EXECUTOR, launcher.params
     requeues = {f"{kind}_max_num_timeout": params["max_num_timeout"]} if "max_num_timeout" in params else {}
     result = submitit.AutoExecutor(cluster=kind, folder=params["submitit_folder"], **requeues)
-    settings = launcher_settings(params, kind)
+    settings = prelaunch.launcher_settings(params, kind)
     if settings.get("name") in (None, launcher.config.hydra.job.name):
         settings["name"] = job_name
     result.update_parameters(**settings)
@@ -261,7 +251,6 @@ def launch_workers(launcher: Any, manifest: Manifest, workers: list[Any], detach
     failed worker's error."""
     from fmsweep.sweep import status
     from fmsweep.sweep.manifest import load, locked
-    from fmsweep.sweep.worker import local_id
 
     sweep_dir = manifest.sweep_dir
     OmegaConf.save(launcher.config, sweep_dir / "multirun.yaml")
@@ -292,6 +281,11 @@ def launch_workers(launcher: Any, manifest: Manifest, workers: list[Any], detach
     return attend(launcher, manifest, [], here, submit_all,
                   lambda: earlier and bool(status.look(load(sweep_dir) or manifest, accounting=False).workers_alive),
                   lambda: list(manifest.workers))
+
+
+def local_id() -> str:
+    """The id of a search's worker run in the launching process (the basic launcher): its pid."""
+    return str(os.getpid())
 
 
 def submit_finish(launcher: Any, manifest: Manifest, waits: Sequence[str] = ()) -> str | None:

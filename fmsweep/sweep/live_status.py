@@ -1,9 +1,11 @@
 """The live status of a running sweep, shown by the launching command while its jobs run: each job of the sweep's
-record as fmsweep.sweep.status reads it (pending, running with its epoch and best valid accuracy, completed with its
-test accuracy, pruned, failed with its error, cancelled, stopped), and the counts.
+record as fmsweep.sweep.status reads and names it (by the overrides it does not share with every job; pending,
+running with its epoch and best valid figure so far, completed with its best epoch's valid figures, pruned, failed
+with its error, cancelled, stopped), and the counts.
 
-On a terminal the block of lines is redrawn in place, never taller than the terminal: the counts, then the jobs
-that need watching first (running, failed), and where they do not all fit, a line counting those left out.
+On a terminal the block of lines is redrawn in place, never taller than the terminal: the counts, the overrides every
+job shares, then the jobs that need watching first (running, failed), and where they do not all fit, a line counting
+those left out.
 Elsewhere (a file, a pipe, a SLURM log) a line is written per change of a job's state, never one per epoch, so that
 a log of a long sweep stays readable."""
 from __future__ import annotations
@@ -61,13 +63,13 @@ class LiveStatus:
         except Exception:  # a record unreadable for a moment: the last good one stands
             log.debug("live status: cannot read the sweep record", exc_info=True)
         self.statuses = reading.read(self.manifest, self.stale)
-        jobs = [(job.name, self.statuses[job.num]) for job in self.manifest.jobs]
+        shared, jobs = reading.named(self.manifest, self.statuses)
         if self.stream.isatty():
-            total = reading.counts(["pending"] * self.manifest.not_asked() + [status.state for _, status in jobs])
-            self._screen.draw(reading.fit([total], jobs, [], *reading.terminal()))
+            total = reading.counts(["pending"] * self.manifest.not_asked() + [job.status.state for job in jobs])
+            self._screen.draw(reading.fit([total, *shared], jobs, [], *reading.terminal()))
             return
         if self._changes is None:
-            self._changes = reading.Changes({job.name: self.statuses[job.num].state for job in self.manifest.jobs
+            self._changes = reading.Changes({job.num: self.statuses[job.num].state for job in self.manifest.jobs
                                              if job.num in self.recorded and job.num not in self.stale
                                              and self.statuses[job.num].state in reading.FINAL})
         self._changes.write(self.stream, jobs, ["pending"] * self.manifest.not_asked())

@@ -1,7 +1,8 @@
 """A sweep checked as a whole in the launching process, before any job starts or is submitted: every job's
-composed config, the data set (downloaded once, here, rather than by every job), and on SLURM the time limit
-against the stop warning and the resource request against the cluster (`sbatch --test-only`). A mistake is one
-UserError; nothing has been launched."""
+composed config, the data set (downloaded once, here, rather than by every job), a detached sweep's launcher, and
+on SLURM the time limit against the stop warning and the resource request against the cluster (`sbatch --test-only`
+on the settings the launch submits with, `launcher_settings`). A mistake is one UserError; nothing has been
+launched."""
 from __future__ import annotations
 
 import copy
@@ -22,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from fmsweep import data
 from fmsweep.config import validate
 from fmsweep.errors import UserError
+from fmsweep.sweep import manifest
 
 
 def check_jobs(loader: ConfigLoader, config: DictConfig, job_overrides: Sequence[Sequence[str]],
@@ -148,6 +150,28 @@ def name_dir(cfg: DictConfig, overrides: list[Override]) -> None:
         item_sep=dirname.item_sep, exclude_keys=dirname.exclude_keys)
 
 
+def is_slurm(launcher: Any) -> bool:
+    return type(launcher).__name__ == "SlurmLauncher"
+
+
+def check_detach(detach: bool, launcher: Any) -> None:
+    """A detached sweep needs jobs that outlive the command: SLURM's."""
+    if detach and not is_slurm(launcher):
+        name = manifest.LAUNCHERS.get(type(launcher).__name__, type(launcher).__name__)
+        raise UserError(f"hydra.sweeper.detach=true needs hydra/launcher=slurm: the jobs of the {name} launcher "
+                        f"end with the command that launched them; nothing was launched")
+
+
+def launcher_settings(params: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The submitit executor parameters of a hydra-submitit launcher's `params`, as the launcher passes them: its
+    generic keys as they are, the others prefixed with `<kind>_` (slurm_, local_)."""
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+    generic = set(OmegaConf.structured(BaseQueueConf).keys())
+    return {k if k in generic else f"{kind}_{k}": v for k, v in params.items()
+            if k not in ("submitit_folder", "max_num_timeout")}
+
+
 # the least training time a SLURM job must have between its start and the stop warning
 MIN_TRAINING_S = 60
 
@@ -173,8 +197,6 @@ def check_slurm_request(params: dict[str, Any]) -> None:
     request is a UserError quoting SLURM."""
     import submitit
     from submitit.slurm.slurm import _make_sbatch_string  # the script submitit itself would submit
-
-    from fmsweep.sweep.launch import launcher_settings
 
     check_slurm_timeout(params)
     if shutil.which("sbatch") is None:

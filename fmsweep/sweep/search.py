@@ -1,12 +1,11 @@
-"""Optuna search for `hydra/sweeper=optuna`: its checks, its study, the launch of its workers, and the trial side
-of pruning.
+"""Optuna search for `hydra/sweeper=optuna`: its checks, its study, and the launch of its workers.
 
 The study lives in `<sweep dir>/optuna.journal`, Optuna's journal file storage, which is safe on a cluster's shared
 filesystem, or in the storage `hydra.sweeper.storage` names (fmsweep.sweep.storage); running the same command with
 that sweep dir continues it. Trial n is job n: its job dir is `<n>_<overrides>` as in a grid sweep. The trials are
 run by workers (fmsweep.sweep.worker), each a slot that asks a new trial as soon as its last one ended. With
-pruning, each trial reports its objective to the study after every epoch from inside its job (`Trial`, found from
-its job dir's .hydra/) and stops once the pruner rejects it.
+pruning, each trial reports its objective to the study after every epoch from inside its job (fmsweep.sweep.trial,
+found from its job dir's .hydra/) and stops once the pruner rejects it.
 
 A continuation must continue the same search: the study records what its trials train (the objective, the fixed
 overrides but for machine-only keys, the space) and a command that differs in any of them is refused. Each trial is
@@ -15,7 +14,6 @@ drawn by a sampler seeded from the seed and the trial's number: a continuation d
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,52 +25,11 @@ from fmsweep.errors import UserError
 from fmsweep.sweep.space import describe, readable
 
 log = logging.getLogger(__name__)
-STUDY = "fmsweep"
 OBJECTIVES = {"valid_loss": "minimize", "valid_acc": "maximize"}
 PRUNERS = ("none", "median", "halving")
 # each pruner's settings (hydra.sweeper.<pruner>.<key>) and the least value each takes
 PRUNER_SETTINGS = {"median": {"startup_trials": 0, "warmup_epochs": 0},
                    "halving": {"min_epochs": 1, "reduction_factor": 2}}
-
-
-
-
-def make_pruner(name: str, settings: dict[str, int], epochs: int) -> Any:
-    """The pruner of a search, for a trial of `epochs` epochs: median stops a trial worse than the median of the
-    others at the same epoch, once `startup_trials` trials completed and past the trial's first `warmup_epochs`
-    epochs; halving is successive halving (`Halving`); none never prunes."""
-    import optuna
-
-    if name == "median":
-        # epochs are reported as steps 1, 2, ...: a trial can be pruned at step n_warmup_steps and later
-        return optuna.pruners.MedianPruner(n_startup_trials=settings["startup_trials"],
-                                           n_warmup_steps=settings["warmup_epochs"] + 1)
-    if name == "halving":
-        return Halving(epochs, settings["min_epochs"], settings["reduction_factor"])
-    return optuna.pruners.NopPruner()
-
-
-class Halving:
-    """Asynchronous successive halving over a run's epochs: at rungs of m, m*r, m*r^2, ... epochs (m min_epochs,
-    r reduction_factor) a trial goes on only if it is among the best 1/r of the trials that reached the rung. The
-    rungs stop at 1/r of the run: past the last one a trial trains to the end, as in Hyperband's brackets, whose top
-    rung is the whole run (a trial stopped later would have cost most of a run and saved little)."""
-
-    def __init__(self, epochs: int, min_epochs: int = 1, reduction_factor: int = 3) -> None:
-        import optuna
-
-        self.rungs = optuna.pruners.SuccessiveHalvingPruner(min_resource=min_epochs, reduction_factor=reduction_factor)
-        self.epochs, self.min_epochs, self.reduction_factor = epochs, min_epochs, reduction_factor
-
-    def prune(self, study: Any, trial: Any) -> bool:
-        step = trial.last_step
-        return step is not None and step * self.reduction_factor <= self.epochs and self.rungs.prune(study, trial)
-
-
-
-
-
-
 
 
 def setup(objective: str, fixed: list[str], space: dict[str, Any], machine_keys: list[str]) -> dict[str, Any]:
@@ -108,32 +65,19 @@ def differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     return found
 
 
-def sampler_seed(seed: int, trials: int) -> int:
-    """The sampler's seed for asking the trial after `trials` trials: `seed` for the first, a seed drawn from both
-    for the others. Each ask gets a sampler of its own, so that a trial's draw depends on the seed and its number
-    alone: workers asking side by side never draw alike, and a continued search never replays earlier draws."""
-    import numpy as np
-
-    return seed if trials == 0 else int(np.random.SeedSequence([seed, trials]).generate_state(1)[0])
-
-
-def study_name(spec: str | None, sweep_dir: Path) -> str:
-    """The study's name: `fmsweep` in the sweep dir's own journal; in a shared storage (a URL), one per sweep dir."""
-    return STUDY if spec is None else f"{STUDY}:{Path(sweep_dir).resolve()}"
-
-
 def open_study(sweep_dir: Path, spec: str | None, wanted: dict[str, Any], seed: int, sampler: str, pruner: str,
                settings: dict[str, int], machine_keys: Sequence[str] = ()) -> Any:
     """The search's study in its storage (`spec`: fmsweep.sweep.storage): created with the setup `wanted`
     recorded, or continued when the setup it recorded is the same (else a UserError naming the differences and that
-    `machine_keys` may differ, before anything is written). The sampler, its seed (`sampler_seed`) and the pruner
-    with its settings are recorded on every launch: the workers draw with them, the trials prune with them."""
+    `machine_keys` may differ, before anything is written). The sampler, its seed (worker.sampler_seed) and the
+    pruner with its settings are recorded on every launch: the workers draw with them, the trials prune with them
+    (fmsweep.sweep.trial)."""
     import optuna
 
     from fmsweep.sweep import storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    name = study_name(spec, sweep_dir)
+    name = storage.study_name(spec, sweep_dir)
     # opening a journal creates its file: a sweep dir without one holds no study, and a refusal writes nothing
     where = storage.open(spec, sweep_dir) if spec or (sweep_dir / storage.JOURNAL).is_file() else None
     if where is not None and name in optuna.get_all_study_names(where):
@@ -152,82 +96,6 @@ def open_study(sweep_dir: Path, spec: str | None, wanted: dict[str, Any], seed: 
         if study.user_attrs.get(key) != value:
             study.set_user_attr(key, value)
     return study
-
-
-def ask(study: Any, searched: dict[str, Any]) -> int:
-    """Ask the study for a new trial of the space `searched` with the sampler its launch recorded, seeded for this
-    trial (`sampler_seed`); its number."""
-    from fmsweep.sweep import space
-
-    attrs = study.user_attrs
-    trials = len(study.get_trials(deepcopy=False))
-    study.sampler = space.make_sampler(attrs["sampler"], sampler_seed(attrs["seed"], trials))
-    return study.ask(searched).number
-
-
-def load_study(spec: str | None, sweep_dir: Path) -> Any:
-    """The study of the search in `sweep_dir` whose storage is `spec` (fmsweep.sweep.storage)."""
-    import optuna
-
-    from fmsweep.sweep import storage
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.load_study(study_name=study_name(spec, sweep_dir), storage=storage.open(spec, sweep_dir))
-
-
-def find_study(sweep_dir: Path) -> Any | None:
-    """The study of the search in `sweep_dir`, in the storage its multirun.yaml names; None when it holds no
-    search."""
-    from fmsweep.sweep import storage
-
-    saved, spec = sweep_dir / "multirun.yaml", None
-    if saved.is_file():
-        config = OmegaConf.load(saved)
-        if not str(OmegaConf.select(config, "hydra.sweeper._target_", default="")).endswith(".SearchSweeper"):
-            return None
-        spec = storage.spec(config)
-    if spec is None and not (sweep_dir / storage.JOURNAL).is_file():
-        return None
-    return load_study(spec, sweep_dir)
-
-
-class Trial:
-    """The study's side of one trial, seen from its job: report the objective after each epoch, and whether the
-    study's pruner stops it there."""
-
-    def __init__(self, sweep_dir: Path, spec: str | None, number: int, epochs: int) -> None:
-        import optuna
-
-        self.study = load_study(spec, sweep_dir)
-        attrs = self.study.user_attrs
-        self.study.pruner = make_pruner(attrs["pruner"], attrs.get("pruner_settings", {}), epochs)
-        self.objective = self.study.user_attrs["objective"]
-        self.trial_id = self.study._storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
-        self.trial = optuna.Trial(self.study, self.trial_id)
-
-    @classmethod
-    def of(cls, run_dir: Path, epochs: int) -> Trial | None:
-        """The trial that `run_dir` is the job dir of, when it belongs to a search that prunes (without a pruner
-        the study needs only the final objective, which the worker reads from metrics.json)."""
-        from fmsweep.sweep import storage
-
-        hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
-        if not hydra_yaml.is_file():
-            return None
-        hydra = OmegaConf.load(hydra_yaml)
-        if not str(OmegaConf.select(hydra, "hydra.sweeper._target_", default="")).endswith(".SearchSweeper"):
-            return None
-        trial = cls(run_dir.parent, storage.spec(hydra), int(hydra.hydra.job.num), epochs)
-        return trial if trial.study.user_attrs["pruner"] != "none" else None
-
-    def prune(self, epoch: int, row: dict[str, float]) -> bool:
-        """Report the objective of the trial's best epoch so far (`row`, what the trial would end with); whether
-        the pruner stops the trial here."""
-        value = row[self.objective]
-        if not math.isfinite(value):
-            return False
-        self.trial.report(value, epoch)
-        return self.trial.should_prune()
 
 
 def check_settings(n_trials: Any, n_jobs: Any, objective: Any, seed: Any, pruner: Any,
@@ -257,8 +125,6 @@ def check_settings(n_trials: Any, n_jobs: Any, objective: Any, seed: Any, pruner
     return {key: int(value) for key, value in pruners.get(pruner, {}).items()}
 
 
-
-
 def run_search(sweeper: Any, arguments: list[str]) -> None:
     """Check the search (its settings, the corners of its space, the storage, a continued study's setup), record it
     (sweep.json) and run it: at most `n_jobs` workers (fmsweep.sweep.worker) at once, each asking, training and
@@ -271,7 +137,6 @@ def run_search(sweeper: Any, arguments: list[str]) -> None:
 
     from fmsweep.errors import exit_with
     from fmsweep.sweep import launch, manifest, prelaunch, space, storage, worker
-    from fmsweep.sweep.grid import check_detach, is_slurm
     from fmsweep.sweep.summary import report
 
     loader, launcher = sweeper.hydra_context.config_loader, sweeper.launcher
@@ -280,11 +145,11 @@ def run_search(sweeper: Any, arguments: list[str]) -> None:
         settings = check_settings(sweeper.n_trials, sweeper.n_jobs, sweeper.objective, sweeper.seed, sweeper.pruner,
                                   {"median": sweeper.median, "halving": sweeper.halving})
         space.make_sampler(sweeper.sampler, sweeper.seed)  # an unknown sampler is one line, here
-        check_detach(bool(sweeper.detach), launcher)
+        prelaunch.check_detach(bool(sweeper.detach), launcher)
         fixed, searched = space.split(arguments, sweeper.params)
         # the space's corners, checked before the study exists: a bad key or value of the space is one line
         checked = prelaunch.check_jobs(loader, sweeper.config, space.corners(fixed, searched))
-        if is_slurm(launcher):
+        if prelaunch.is_slurm(launcher):
             prelaunch.check_slurm_request(launcher.params)
         spec = storage.spec(sweeper.config)
         storage.check(spec)
@@ -293,7 +158,7 @@ def run_search(sweeper: Any, arguments: list[str]) -> None:
             raise UserError(f"{sweep_dir} holds a {record.kind} sweep, not a search: choose another hydra.sweep.dir; "
                             f"nothing was launched")
         machine_keys = list(OmegaConf.select(sweeper.config, "hydra.job.config.override_dirname.exclude_keys") or [])
-        # the trials prune themselves, from inside their jobs (Trial), with the pruner recorded here
+        # the trials prune themselves, from inside their jobs (trial.Trial), with the pruner recorded here
         study = open_study(sweep_dir, spec, setup(sweeper.objective, fixed, searched, machine_keys), sweeper.seed,
                            sweeper.sampler, sweeper.pruner, settings, machine_keys)
     except UserError as exc:
@@ -345,5 +210,6 @@ def print_best(study: Any, objective: str) -> None:
     print(f"fmsweep: search of {len(study.trials)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     if counts["complete"]:
         best = study.best_trial
-        print(f"fmsweep: best trial {best.number}: {objective} {best.value:.4f} with "
+        value = f"{100 * best.value:.2f} %" if objective.endswith("acc") else f"{best.value:.4f}"
+        print(f"fmsweep: best trial {best.number}: {objective} {value} with "
               + " ".join(f"{k}={readable(v)}" for k, v in best.params.items()))

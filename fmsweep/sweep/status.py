@@ -3,25 +3,27 @@ run-dir locks, and SLURM's queue and accounting where it answers. The one readin
 the live status of a launching command and the rerun logic (`alive`).
 
 `fmsweep status DIR [--watch] [--interval SECONDS]` prints the table; with --watch it follows the sweep until it is
-over. Nothing here imports torch, Hydra or OmegaConf: the command answers at once, on a laptop holding a copy of
-the sweep dir too (without SLURM's commands the files alone decide)."""
+over. Nothing here imports torch, Hydra or OmegaConf (a search's objective is read with YAML): the command answers
+at once, on a laptop holding a copy of the sweep dir too (without SLURM's commands the files alone decide). A job's
+files are read by fmsweep.results.runs, as the report reads them."""
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, TextIO
 
 from fmsweep.errors import ArgumentParser, UserError, exit_with
+from fmsweep.results.runs import METRICS, is_number, read_history, read_metrics, read_objective
 from fmsweep.sweep import lock
 from fmsweep.sweep.manifest import JobRecord, Manifest, load, require
 
@@ -37,14 +39,18 @@ SLURM_ENDED = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "
 SLURM_FAILED = {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
 PROC_LOCKS = Path("/proc/locks")
 CONFIG = Path(".hydra") / "config.yaml"  # written as a job starts
-HISTORY, METRICS = "history.csv", "metrics.json"
+# the valid figures one chooses on (search.OBJECTIVES): a search's objective is shown first, else the valid loss, by
+# which the report ranks a grid's settings and each run keeps its best epoch
+OBJECTIVES = ("valid_loss", "valid_acc")
+# a float literal as Hydra reads one (its grammar's FLOAT, less underscores, inf and nan)
+FLOAT = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+(?=[eE]))([eE][+-]?\d+)?")
 
 
 @dataclass(frozen=True)
 class Status:
     """What is known of a job: its state (one of STATES) and a detail: SLURM's reason for a pending job, the
-    progress of a running one, the test accuracy of a completed one, the error of a failed one, the reason of a
-    cancelled one, the epoch a stopped one reached."""
+    progress of a running one, the valid figures of a completed one's best epoch, the error of a failed one, the
+    reason of a cancelled one, the epoch a stopped one reached."""
 
     state: str
     detail: str = ""
@@ -221,45 +227,65 @@ class Locks:
         return False
 
 
-def metrics_of(run_dir: Path) -> dict[str, Any]:
-    """metrics.json of a run; {} when it has none (yet) or it cannot be read."""
+def _progress(run_dir: Path) -> tuple[int, dict[str, float] | None] | None:
+    """(the last epoch, the best epoch's row so far: the lowest valid loss, the epoch a run keeps) of history.csv;
+    (0, None) before the first epoch ends; None when it cannot be read."""
     try:
-        metrics = json.loads((run_dir / METRICS).read_text())
-    except (OSError, ValueError):
-        return {}
-    return metrics if isinstance(metrics, dict) else {}
-
-
-def _history(run_dir: Path) -> tuple[int, float | None] | None:
-    """(the last epoch, the best valid accuracy) of history.csv; (0, None) before the first epoch ends; None when it
-    cannot be read."""
-    try:
-        with open(run_dir / HISTORY, newline="") as f:
-            rows = list(csv.DictReader(f))
-        if not rows:
-            return 0, None
-        return int(float(rows[-1]["epoch"])), max(float(row["valid_acc"]) for row in rows)
-    except FileNotFoundError:
-        return 0, None
-    except (OSError, ValueError, KeyError, TypeError, csv.Error):
+        rows = read_history(run_dir)
+        return (int(rows[-1]["epoch"]), min(rows, key=lambda row: row["valid_loss"])) if rows else (0, None)
+    except (OSError, ValueError, KeyError):
         return None
 
 
 def _percent(value: object) -> str:
-    return f"{100 * value:.2f}" if isinstance(value, (int, float)) else "?"
+    return f"{100 * value:.2f}" if is_number(value) else "?"
 
 
 def _one_line(text: object) -> str:
     return " ".join(str(text or "").split())[:ERROR_CHARS]
 
 
-def _running(run_dir: Path, epochs: int) -> Status:
-    """`epoch k of N, best valid acc 87.12 %` from history.csv; `starting` before the first epoch ends."""
-    history = _history(run_dir)
-    if history is None:
+def objective(manifest: Manifest) -> str:
+    """The figure the sweep chooses on (one of OBJECTIVES): a search's objective as its first trial that started
+    records it, else the valid loss."""
+    if manifest.kind == "search":
+        for job in manifest.jobs:
+            found = read_objective(manifest.sweep_dir / job.name)
+            if found in OBJECTIVES:
+                return found
+    return OBJECTIVES[0]
+
+
+def figure(key: str, value: object) -> str:
+    """`valid loss 0.3312` or `valid acc 88.02 %`, the figure `key` (one of OBJECTIVES); `?` for no number."""
+    if key == "valid_acc":
+        return f"valid acc {_percent(value)} %"
+    return f"valid loss {value:.4f}" if is_number(value) else "valid loss ?"
+
+
+def figures(values: Mapping[str, object], first: str) -> str:
+    """`valid loss 0.3312, valid acc 88.02 %`: the figures of OBJECTIVES in `values`, `first` first."""
+    return ", ".join(figure(key, values.get(key)) for key in sorted(OBJECTIVES, key=lambda key: key != first))
+
+
+def _running(run_dir: Path, epochs: int, chosen_on: str) -> Status:
+    """`epoch 3 of 10, best valid loss 0.4012 (epoch 2)` from history.csv: the figure `chosen_on` of the epoch the
+    run would end with now, as the completed line gives it; `starting` before the first epoch ends."""
+    progress = _progress(run_dir)
+    if progress is None:
         return Status("running", "history.csv unreadable")
-    epoch, best = history
-    return Status("running", f"epoch {epoch} of {epochs}, best valid acc {_percent(best)} %" if epoch else "starting")
+    epoch, best = progress
+    if best is None:
+        return Status("running", "starting")
+    return Status("running", f"epoch {epoch} of {epochs}, best {figure(chosen_on, best.get(chosen_on))} "
+                             f"(epoch {best['epoch']:.0f})")
+
+
+def _completed(metrics: dict[str, Any], chosen_on: str) -> Status:
+    """`valid loss 0.3312, valid acc 88.02 % (best epoch 5 of 5)`: the figures one chooses on, never the test
+    split's, which are an outcome (the report gives them)."""
+    best, run = (metrics.get(key) if is_number(metrics.get(key)) else "?" for key in ("best_epoch", "epochs_run"))
+    return Status("completed", f"{figures(metrics, chosen_on)} (best epoch {best} of {run})")
 
 
 def _short(metrics: dict[str, Any], job: JobRecord) -> bool:
@@ -268,21 +294,23 @@ def _short(metrics: dict[str, Any], job: JobRecord) -> bool:
     return isinstance(run, int) and run < job.epochs and not metrics.get("stopped_early")
 
 
-def job_status(sweep_dir: Path, job: JobRecord, slurm: SlurmJob | None, alive: bool, stale: Stale | None) -> Status:
+def job_status(sweep_dir: Path, job: JobRecord, slurm: SlurmJob | None, alive: bool, stale: Stale | None,
+               chosen_on: str) -> Status:
     """The status of one job by read's rules; `slurm` is SLURM's view of its launcher job, `alive` whether its
-    process runs or holds its run dir's lock, `stale` given when the job is being launched again."""
+    process runs or holds its run dir's lock, `stale` given when the job is being launched again, `chosen_on` the
+    sweep's objective (shown first)."""
     run_dir = sweep_dir / job.name
-    metrics = metrics_of(run_dir)
+    metrics = read_metrics(run_dir)
     result = metrics.get("status")
     if result == "completed" and not _short(metrics, job):
-        return Status("completed", f"test acc {_percent(metrics.get('test_acc'))} %")
+        return _completed(metrics, chosen_on)
     if result == "pruned":
         return Status("pruned", f"at epoch {metrics.get('pruned', '?')}")
     queued = slurm is not None and slurm.state not in SLURM_ENDED
     if queued and slurm.state == "PENDING":
         return Status("pending", slurm.reason if slurm.reason != "None" else "")
     if queued or alive:
-        return _running(run_dir, job.epochs)
+        return _running(run_dir, job.epochs, chosen_on)
     ended = slurm.state if slurm is not None else ""
     if result == "cancelled":
         status = Status("cancelled", _one_line(metrics.get("reason") or metrics.get("error")))
@@ -296,8 +324,8 @@ def job_status(sweep_dir: Path, job: JobRecord, slurm: SlurmJob | None, alive: b
         code = f", exit code {slurm.exit_code}" if slurm.exit_code else ""
         status = Status("failed", f"SLURM {slurm.reason}{code}")
     elif os.path.exists(run_dir / CONFIG):
-        history = _history(run_dir)
-        status = Status("stopped", f"epoch {history[0] if history else '?'} of {job.epochs}")
+        progress = _progress(run_dir)
+        status = Status("stopped", f"epoch {progress[0] if progress else '?'} of {job.epochs}")
     else:
         return Status("pending")
     if stale is not None and not stale.changed(sweep_dir, job):
@@ -315,17 +343,19 @@ def look(manifest: Manifest, stale: Collection[int] = (), accounting: bool = Tru
     pids = {i: _pid_alive(i) for i in ids} if manifest.launcher == "submitit_local" else {}
     locks = Locks()
     marks = stale if isinstance(stale, Stale) else Stale(manifest, stale)
+    chosen_on = objective(manifest)
     statuses, alive = {}, set()
     for job in manifest.jobs:
         run_dir = manifest.sweep_dir / job.name
         queued = slurm.get(job.launcher_job or "")
         held = locks.held_in(run_dir)
         process = bool(pids.get(job.launcher_job or "")) or held
-        if manifest.kind == "search" and not held and metrics_of(run_dir).get("status") in ("failed", "cancelled"):
+        if manifest.kind == "search" and not held and read_metrics(run_dir).get("status") in ("failed", "cancelled"):
             queued, process = None, False  # its worker lives on with other trials: the trial itself ended
         if process or (queued is not None and queued.state not in SLURM_ENDED):
             alive.add(job.num)
-        statuses[job.num] = job_status(manifest.sweep_dir, job, queued, process, marks if job.num in marks else None)
+        statuses[job.num] = job_status(manifest.sweep_dir, job, queued, process, marks if job.num in marks else None,
+                                       chosen_on)
     workers = sum(bool(pids.get(w)) or (w in slurm and slurm[w].state not in SLURM_ENDED) for w in manifest.workers)
     if not manifest.finish_job:
         return View(statuses, alive, workers_alive=workers)
@@ -363,21 +393,65 @@ def left_out(states: list[str]) -> str:
     return f"… {len(states)} more ({', '.join(f'{n[state]} {state}' for state in SHOWN_FIRST if n[state])})"
 
 
-def job_lines(jobs: list[tuple[str, Status]]) -> list[str]:
+class Line(NamedTuple):
+    """A job as a status line shows it: its number, its name (`label`) and its status."""
+
+    num: int
+    name: str
+    status: Status
+
+
+def display(override: str) -> str:
+    """`override` as the report shows it (space.display_overrides): a float value to 4 significant digits where
+    that is shorter (a search's optimizer.lr=0.006431 for optimizer.lr=0.006431172050131994), else as written.
+    Without Hydra's parser, which takes status 0.15 s to import and 0.2 ms an override."""
+    key, _, written = override.partition("=")
+    if not FLOAT.fullmatch(written):
+        return override
+    short = f"{float(written):.4g}"
+    short = short if any(c in short for c in ".en") else f"{short}.0"  # 3.0, not the int 3
+    return f"{key}={short}" if len(short) < len(written) else override
+
+
+def shared_overrides(jobs: list[JobRecord]) -> list[str]:
+    """The overrides every job has, sorted as job dir names sort them: said once, in the table's head. None for a
+    lone job, which its own overrides name."""
+    if len(jobs) < 2:
+        return []
+    return sorted(set.intersection(*(set(job.overrides) for job in jobs)))
+
+
+def label(job: JobRecord, shared: list[str]) -> str:
+    """The job's name in a status line: its overrides but the shared ones (`reg=l2,seed=1`), as the report's job
+    table names it."""
+    own = sorted(o for o in job.overrides if o not in shared)
+    return ",".join(display(o) for o in own) or ("(shared overrides only)" if shared else "(defaults)")
+
+
+def named(manifest: Manifest, statuses: dict[int, Status]) -> tuple[list[str], list[Line]]:
+    """The line naming the overrides every job shares (none where there are none) and each job's Line, in the
+    sweep's order."""
+    shared = shared_overrides(manifest.jobs)
+    noun = "trial" if manifest.kind == "search" else "job"
+    head = [f"every {noun}: {' '.join(display(o) for o in shared)}"] if shared else []
+    return head, [Line(job.num, label(job, shared), statuses[job.num]) for job in manifest.jobs]
+
+
+def job_lines(jobs: list[Line]) -> list[str]:
     """`name  state: detail` per job, the names padded to one width."""
-    width = max((len(name) for name, _ in jobs), default=0)
-    return [f"{name.ljust(width)}  {status.text()}" for name, status in jobs]
+    width = max((len(job.name) for job in jobs), default=0)
+    return [f"{job.name.ljust(width)}  {job.status.text()}" for job in jobs]
 
 
-def fit(head: list[str], jobs: list[tuple[str, Status]], tail: list[str], width: int, height: int) -> list[str]:
+def fit(head: list[str], jobs: list[Line], tail: list[str], width: int, height: int) -> list[str]:
     """A block for a terminal of `height` rows and `width` columns: `head`, the jobs that need watching first (by
     SHOWN_FIRST, else in their order), a line counting those left out where they do not all fit, `tail`."""
-    jobs = sorted(jobs, key=lambda job: SHOWN_FIRST.index(job[1].state))
+    jobs = sorted(jobs, key=lambda job: SHOWN_FIRST.index(job.status.state))
     lines = job_lines(jobs)
     room = height - len(head) - len(tail)
     if len(lines) > room:
         shown = max(room - 1, 0)
-        lines = [*lines[:shown], left_out([status.state for _, status in jobs[shown:]])]
+        lines = [*lines[:shown], left_out([job.status.state for job in jobs[shown:]])]
     return [line[:width] for line in [*head, *lines, *tail][:height]]
 
 
@@ -407,25 +481,27 @@ class Screen:
 
 class Changes:
     """Off a terminal: one line per job whose state changed since it was last reported, with the counts after that
-    change (`fmsweep: 0_lr=0.1 running (2 pending, 1 running, 0 completed, 0 failed)`)."""
+    change (`fmsweep: lr=0.1 running (2 pending, 1 running, 0 completed, 0 failed)`). Jobs are told apart by number:
+    a search's new trials can change the overrides every job shares, and so the others' names."""
 
-    def __init__(self, reported: dict[str, str] | None = None) -> None:
-        self.reported = dict(reported or {})  # the state each job was last reported in; pending when absent
+    def __init__(self, reported: dict[int, str] | None = None) -> None:
+        self.reported = dict(reported or {})  # the state each job was last reported in, by number; pending if absent
 
-    def write(self, stream: TextIO, jobs: list[tuple[str, Status]], others: Iterable[str] = ()) -> None:
+    def write(self, stream: TextIO, jobs: list[Line], others: Iterable[str] = ()) -> None:
         others, changed = list(others), False
-        for name, status in jobs:
-            if status.state != self.reported.get(name, "pending"):
-                reported = {**self.reported, name: status.state}
-                total = counts([*others, *(reported.get(n, "pending") for n, _ in jobs)])
-                stream.write(f"fmsweep: {name} {status.text(progress=False)} ({total})\n")
+        for job in jobs:
+            if job.status.state != self.reported.get(job.num, "pending"):
+                reported = {**self.reported, job.num: job.status.state}
+                total = counts([*others, *(reported.get(j.num, "pending") for j in jobs)])
+                stream.write(f"fmsweep: {job.name} {job.status.text(progress=False)} ({total})\n")
                 self.reported, changed = reported, True  # after the write: a failed one is retried at the next poll
         if changed:
             stream.flush()
 
 
 def results(sweep_dir: Path) -> list[str]:
-    """The sweep's results once written: report.md and its line naming the best setting, ensemble.json's accuracy."""
+    """The sweep's results once written: report.md and its line naming the best setting (chosen on validation),
+    ensemble.json's accuracy on its split: on the test split, that setting's outcome, which chose nothing."""
     lines = []
     report = sweep_dir / "report.md"
     with contextlib.suppress(OSError, ValueError):
@@ -435,35 +511,36 @@ def results(sweep_dir: Path) -> list[str]:
     ensemble = sweep_dir / "ensemble.json"
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
         data = json.loads(ensemble.read_text())
-        lines.append(f"ensemble: {ensemble}: {len(data['members'])} models on the {data['split']} split, "
-                     f"accuracy {_percent(data['average']['acc'])} %")
+        outcome = " (an outcome: the models were chosen on validation)" if data["split"] == "test" else ""
+        lines.append(f"ensemble: {ensemble}: {len(data['members'])} models, {data['split']} acc "
+                     f"{_percent(data['average']['acc'])} %{outcome}")
     return lines
 
 
-def table(manifest: Manifest, view: View) -> tuple[str, list[tuple[str, Status]], list[str]]:
-    """The status table as its header line, its jobs (name and status, in the sweep's order) and its closing lines
-    (the results, the finish job of a detached sweep, how to resume the stopped, cancelled and failed jobs once
-    nothing runs)."""
-    jobs = [(job.name, view.statuses[job.num]) for job in manifest.jobs]
-    states = ["pending"] * manifest.not_asked() + [status.state for _, status in jobs]
+def table(manifest: Manifest, view: View) -> tuple[list[str], list[Line], list[str]]:
+    """The status table as its head (the counts, the overrides every job shares), its jobs (in the sweep's order,
+    each named by its own overrides) and its closing lines (the results, the finish job of a detached sweep, how to
+    resume the stopped, cancelled and failed jobs once nothing runs)."""
+    shared, jobs = named(manifest, view.statuses)
+    states = ["pending"] * manifest.not_asked() + [job.status.state for job in jobs]
     noun = "trial" if manifest.kind == "search" else "job"
     # the counts before the sweep dir, whose path may be long: a terminal's block cuts lines at its width
-    header = (f"{len(states)} {noun}{'s' * (len(states) != 1)} ({manifest.launcher}): "
-              f"{counts(states)}; sweep dir {manifest.sweep_dir}")
+    head = [f"{len(states)} {noun}{'s' * (len(states) != 1)} ({manifest.launcher}): "
+            f"{counts(states)}; sweep dir {manifest.sweep_dir}", *shared]
     tail = results(manifest.sweep_dir)
     if manifest.detach and manifest.finish_job:
         tail.append(f"finish job {manifest.finish_job} (writes the results): {view.finish}")
     # a search's trials not asked yet are unfinished too once no worker is left to ask them
-    unfinished = sum(status.state in ("stopped", "cancelled", "failed") for _, status in jobs) + manifest.not_asked()
+    unfinished = sum(job.status.state in ("stopped", "cancelled", "failed") for job in jobs) + manifest.not_asked()
     if unfinished and not view.alive and not view.workers_alive:
         tail.append(f"resume the {unfinished} unfinished {noun}{'s' * (unfinished != 1)} with: "
                     f"fmsweep resume {manifest.sweep_dir}")
-    return header, jobs, tail
+    return head, jobs, tail
 
 
 def render(manifest: Manifest, view: View) -> str:
-    header, jobs, tail = table(manifest, view)
-    return "\n".join([header, *job_lines(jobs), *tail]) + "\n"
+    head, jobs, tail = table(manifest, view)
+    return "\n".join([*head, *job_lines(jobs), *tail]) + "\n"
 
 
 def over(view: View) -> bool:
@@ -482,14 +559,14 @@ def watch(manifest: Manifest, stream: TextIO, interval: float) -> int:
         with contextlib.suppress(UserError):
             manifest = load(manifest.sweep_dir) or manifest  # the launching code records job ids as it submits
         view = look(manifest)
-        header, jobs, tail = table(manifest, view)
+        head, jobs, tail = table(manifest, view)
         if screen is not None:
-            screen.draw(fit([header], jobs, tail, *terminal()))
+            screen.draw(fit(head, jobs, tail, *terminal()))
         elif changes is None:
             first = render(manifest, view)
             stream.write(first)
             stream.flush()
-            changes = Changes({name: status.state for name, status in jobs})
+            changes = Changes({job.num: job.status.state for job in jobs})
         else:
             changes.write(stream, jobs)
         if over(view):
@@ -504,8 +581,9 @@ def watch(manifest: Manifest, stream: TextIO, interval: float) -> int:
 def main(argv: list[str] | None = None) -> None:
     """`fmsweep status DIR [--watch] [--interval SECONDS]`; a bad DIR or command line is one line, exit code 2."""
     parser = ArgumentParser(prog="fmsweep status", description="What each job of a sweep is doing: pending, running "
-                            "(its epoch), completed (its test accuracy), pruned, failed (its error), cancelled or "
-                            "stopped (resumable with fmsweep resume DIR), and the sweep's results once written.")
+                            "(its epoch), completed (its best epoch's valid loss and accuracy), pruned, failed (its "
+                            "error), cancelled or stopped (resumable with fmsweep resume DIR), each named by its own "
+                            "overrides, and the sweep's results once written.")
     parser.add_argument("sweep_dir", type=Path, metavar="DIR", help="the sweep dir (hydra.sweep.dir)")
     parser.add_argument("--watch", action="store_true",
                         help="follow the sweep until it is over; exit 0 if every job completed, else 1")

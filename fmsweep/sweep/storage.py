@@ -1,5 +1,6 @@
 """Where a search's Optuna study lives (`hydra.sweeper.storage`): null is the journal file `optuna.journal` in the
-sweep dir; else an Optuna RDB storage URL (mysql+pymysql://..., postgresql+psycopg://..., sqlite:///...).
+sweep dir; else an Optuna RDB storage URL (mysql+pymysql://..., postgresql+psycopg://..., sqlite:///...); the study's
+name there, and how to open it (`load_study`; `find_study` from a sweep dir alone, as the report does).
 
 A URL's password never appears as written: it comes from the environment (`${oc.env:VAR}`) and the URL is kept
 unresolved (`spec`) wherever it is pickled, saved or printed; only `open` resolves it, in the process that connects.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from optuna.storages import BaseStorage
 
 JOURNAL = "optuna.journal"
+STUDY = "fmsweep"
 ENV_PASSWORD = "${oc.env:FMSWEEP_DB_PASSWORD}"
 # a URL's password: scheme://user:PASSWORD@ (up to the address's last @), or a password= query parameter
 SECRETS = (re.compile(r"(?P<head>[\w+.-]+://(?:\$\{[^}]*\}|[^:/@\s'\"$]|\$(?!\{))*:)"
@@ -145,3 +147,30 @@ def describe(spec: str | None, sweep_dir: Path) -> str:
     """Where the study lives, for what is printed and recorded: the journal's path, or the URL as written with any
     password masked."""
     return str(sweep_dir / JOURNAL) if spec is None else mask(spec)
+
+
+def study_name(spec: str | None, sweep_dir: Path) -> str:
+    """The study's name: `fmsweep` in the sweep dir's own journal; in a shared storage (a URL), one per sweep dir."""
+    return STUDY if spec is None else f"{STUDY}:{Path(sweep_dir).resolve()}"
+
+
+def load_study(spec: str | None, sweep_dir: Path) -> Any:
+    """The study of the search in `sweep_dir` whose storage is `spec`."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.load_study(study_name=study_name(spec, sweep_dir), storage=open(spec, sweep_dir))
+
+
+def find_study(sweep_dir: Path) -> Any | None:
+    """The study of the search in `sweep_dir`, in the storage its multirun.yaml names; None when it holds no
+    search."""
+    saved, written = sweep_dir / "multirun.yaml", None
+    if saved.is_file():
+        config = OmegaConf.load(saved)
+        if not str(OmegaConf.select(config, "hydra.sweeper._target_", default="")).endswith(".SearchSweeper"):
+            return None
+        written = spec(config)
+    if written is None and not (sweep_dir / JOURNAL).is_file():
+        return None
+    return load_study(written, sweep_dir)

@@ -13,7 +13,6 @@ A trial's record in sweep.json names the worker that trains it (`launcher_job`),
 see it."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from omegaconf import DictConfig
 
 from fmsweep import tracking
 from fmsweep.errors import UserError
-from fmsweep.sweep import launch, manifest, prelaunch, search, space, status
+from fmsweep.sweep import launch, manifest, prelaunch, space, status, storage
 from fmsweep.sweep.lock import RunDirBusy
 
 
@@ -43,11 +42,29 @@ class Plan:
     pack: int
 
     def study(self) -> Any:
-        return search.load_study(self.storage, self.sweep_dir)
+        return storage.load_study(self.storage, self.sweep_dir)
 
     def overrides(self, params: dict[str, Any]) -> list[str]:
         """A trial's overrides: the fixed ones, then its sampled values in full."""
         return [*self.fixed, *(f"{k}={space.override_value(v)}" for k, v in params.items())]
+
+
+def sampler_seed(seed: int, trials: int) -> int:
+    """The sampler's seed for asking the trial after `trials` trials: `seed` for the first, a seed drawn from both
+    for the others. Each ask gets a sampler of its own, so that a trial's draw depends on the seed and its number
+    alone: workers asking side by side never draw alike, and a continued search never replays earlier draws."""
+    import numpy as np
+
+    return seed if trials == 0 else int(np.random.SeedSequence([seed, trials]).generate_state(1)[0])
+
+
+def ask(study: Any, searched: dict[str, Any]) -> int:
+    """Ask the study for a new trial of the space `searched` with the sampler its launch recorded, seeded for this
+    trial (`sampler_seed`); its number."""
+    attrs = study.user_attrs
+    trials = len(study.get_trials(deepcopy=False))
+    study.sampler = space.make_sampler(attrs["sampler"], sampler_seed(attrs["seed"], trials))
+    return study.ask(searched).number
 
 
 def ended(trials: list[Any]) -> int:
@@ -115,7 +132,7 @@ class Worker:
             mine = [n for n in candidates if n not in alive][: self.plan.pack]
         if not mine:
             room = self.plan.n_trials - ended(trials) - len(running)
-            mine = [search.ask(study, self.plan.space) for _ in range(min(self.plan.pack, max(room, 0)))]
+            mine = [ask(study, self.plan.space) for _ in range(min(self.plan.pack, max(room, 0)))]
         configs = {}
         for num in mine:
             job = record.job(num)
@@ -154,8 +171,3 @@ class Worker:
         import submitit
 
         return submitit.helpers.DelayedSubmission(self, *args)
-
-
-def local_id() -> str:
-    """The id of a worker run in the launching process (the basic launcher): its pid."""
-    return str(os.getpid())

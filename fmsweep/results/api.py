@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 
+from fmsweep.errors import UserError
 from fmsweep.results import report
 from fmsweep.results.runs import FINAL_METRICS, Run, find_runs
 from fmsweep.sweep.storage import find_study
@@ -56,7 +57,8 @@ class Best:
 
 
 class Sweep:
-    """A sweep's results, read once from its job dirs when loaded (load the sweep again to see newer epochs)."""
+    """A sweep's results: settings and final metrics read from its job dirs when loaded (load the sweep again to see
+    newer ones); history.csv and a search's study read each time `history` or `trials` is asked."""
 
     def __init__(self, path: Path) -> None:
         self.path = path.resolve()
@@ -121,8 +123,6 @@ class Sweep:
         best job by the same objective. Its statement names the setting's margin over the next (in standard
         errors where seeds repeat both) or the settings it ties with."""
         if not self._order or self._stats[self._order[0]][self.objective] is None:
-            from fmsweep.errors import UserError
-
             raise UserError(f"{self.path}: no completed job yet, so no best run")
         setting = self._order[0]
         sign = 1 if self.minimize else -1

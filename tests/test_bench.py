@@ -1,5 +1,5 @@
 """`python -m fmsweep.bench` as a smoke test on the tiny data set: both pipelines train, both files appear; and
-`python -m fmsweep.bench_startup --grid`, which times sweeps to their first job. No timing is asserted (other
+`python -m fmsweep.bench.startup --grid`, which times sweeps to their first job. No timing is asserted (other
 processes share the machine)."""
 import json
 import re
@@ -12,7 +12,9 @@ import pytest
 import torch
 from conftest import ROOT
 
-from fmsweep import bench, bench_startup, train
+from fmsweep import train
+from fmsweep.bench import startup as bench_startup
+from fmsweep.bench import step as bench
 
 
 def test_bench_drives_the_real_train_step_in_both_pipelines_and_reports_what_it_timed(

@@ -1,4 +1,4 @@
-"""`python -m fmsweep.bench_search` without training: the reading of a sweep dir (job logs, metrics.json, overrides)
+"""`python -m fmsweep.bench.search` without training: the reading of a sweep dir (job logs, metrics.json, overrides)
 and the busy, median and ratio arithmetic on fake sweeps with known times; the whole command against a fake
 checkout whose `python -m fmsweep` writes such a sweep; that a checkout's code wins under its PYTHONPATH; and that a
 failed run ends the bench with its last lines."""
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from fmsweep import bench_search
+from fmsweep.bench import search as bench_search
 
 # the fake `python -m fmsweep -m ... hydra.sweep.dir=DIR` of a fake checkout: one completed trial of 1.5 s
 FAKE_MAIN = '''
@@ -104,14 +104,14 @@ def test_the_summary_takes_medians_per_code_and_checks_the_targets() -> None:
     assert (current["wall_s"], current["busy"]) == (12.0, pytest.approx(0.86))  # busies 0.9, 0.786, 0.86
     assert (current["best_valid_loss_median"], current["best_valid_loss_min"]) == (None, None)
     assert summary["ratio"] == pytest.approx(20 / 12) and summary["ratio_met"] and summary["busy_met"]
-    report = bench_search.table(summary, "CPU X, 2 cores, torch 2.0", "python -m fmsweep.bench_search --rounds 3")
+    report = bench_search.table(summary, "CPU X, 2 cores, torch 2.0", "python -m fmsweep.bench.search --rounds 3")
     assert (baseline["busy_span"], current["busy_span"]) == (pytest.approx(16 / 38), pytest.approx(20.64 / 22))
     assert "| baseline | 3 | 20.0 | 16.0 | 40.0 | 42.1 | 0.4000 | 0.3000 |" in report
     assert "| current | 3 | 12.0 | 20.6 | 86.0 | 93.8 | – | – |" in report
     assert "baseline wall / current wall (medians): 1.67× (target ≥ 1.4×: met)" in report
     assert ("current busy: 86.0 % of the command's wall, 93.8 % of the trials' span, from the first trial's first "
             "log line to the last one's last (target ≥ 85 %: met of the wall, met of the span)") in report
-    assert "machine: CPU X, 2 cores, torch 2.0\ncommand: `python -m fmsweep.bench_search --rounds 3`" in report
+    assert "machine: CPU X, 2 cores, torch 2.0\ncommand: `python -m fmsweep.bench.search --rounds 3`" in report
 
 
 def test_targets_are_missed_below_them() -> None:
@@ -161,7 +161,7 @@ def test_the_bench_alternates_the_codes_and_writes_its_reports(tmp_path: Path,
     report = json.loads((tmp_path / "out" / "bench_search.json").read_text())
     assert [run["trial_seconds"] for run in report["runs"]] == [1.5] * 4
     assert all(run["best_overrides"] == ["optimizer.lr=0.01"] for run in report["runs"])
-    assert report["command"] == "python -m fmsweep.bench_search " + " ".join(argv)
+    assert report["command"] == "python -m fmsweep.bench.search " + " ".join(argv)
     command = (tmp_path / "out" / "round2-current.out").read_text()
     assert " model=fc epochs=2 data.subset=8000 " in command and "epochs=9" not in command
     assert command.endswith(f" data.root={tmp_path / 'data'} data.download=false seed=1 "

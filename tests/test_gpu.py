@@ -15,7 +15,8 @@ from test_crash import SignalledSteps, assert_consistent
 from test_pack import stacked_steps
 
 import fmsweep
-from fmsweep import bench, checkpoint, train
+from fmsweep import checkpoint, train
+from fmsweep.bench import step as bench
 from fmsweep.data import load_fashion_mnist
 from fmsweep.errors import Interrupted
 from fmsweep.loader import TrainLoader

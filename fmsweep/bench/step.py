@@ -49,7 +49,7 @@ from fmsweep.config import device_name, resolve_device, validate
 from fmsweep.data import Splits, load_fashion_mnist, split_indices
 from fmsweep.errors import UserError
 
-CONF = Path(__file__).resolve().parent / "conf"
+CONF = Path(__file__).resolve().parents[1] / "conf"
 CASES = ("linear", "fc", "fancy_cnn+flip_affine")
 CNN_NETWORKS = ("VanillaCNN", "FancyCNN")
 # The speed-ups (practical / fmsweep epoch time) the project aims for, by device type and case.

@@ -1,4 +1,4 @@
-"""`python -m fmsweep.bench_startup [--repeat N] [--grid N,...] [overrides]`: how long the command line takes
+"""`python -m fmsweep.bench.startup [--repeat N] [--grid N,...] [overrides]`: how long the command line takes
 before it does anything useful, as a user (and every job of a sweep) pays it: `fmsweep --help` to its exit, and a
 `model=linear epochs=1` run from the command to its first training batch (the run's start line, logged just
 before the first batch); with --grid, instead, sweeps of N such runs (one seed each, basic launcher) from the
@@ -49,7 +49,7 @@ def time_to_first_batch(overrides: list[str]) -> float:
                 return seconds
             output.append(line)
         proc.wait()
-    sys.exit(f"fmsweep.bench_startup: error: the run ended without its start line:\n{''.join(output[-20:])}")
+    sys.exit(f"fmsweep.bench.startup: error: the run ended without its start line:\n{''.join(output[-20:])}")
 
 
 def time_to_first_job(jobs: int, overrides: list[str]) -> float:
@@ -64,7 +64,7 @@ def time_to_first_job(jobs: int, overrides: list[str]) -> float:
         while not any(Path(sweep_dir).glob(FIRST_JOB)):
             if ended:
                 stderr.seek(0)
-                sys.exit(f"fmsweep.bench_startup: error: the sweep ended before its first job:\n"
+                sys.exit(f"fmsweep.bench.startup: error: the sweep ended before its first job:\n"
                          f"{stderr.read().decode(errors='replace')[-4000:]}")
             ended = proc.poll() is not None  # one more look: the job may have started just before the end
             time.sleep(0.01)
@@ -88,7 +88,7 @@ def report(name: str, seconds: list[float]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m fmsweep.bench_startup", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m fmsweep.bench.startup", description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5, help="timed runs of each (default: %(default)s)")
     parser.add_argument("--grid", type=grids, metavar="N,...",
                         help="instead: sweeps of N runs (seed=range(N)), from the command to their first job")

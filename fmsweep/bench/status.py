@@ -1,4 +1,4 @@
-"""`python -m fmsweep.bench_status [--jobs N] [--repeat R]`: how long `fmsweep status` takes to read a large sweep
+"""`python -m fmsweep.bench.status [--jobs N] [--repeat R]`: how long `fmsweep status` takes to read a large sweep
 and make its table, in this process: a fake sweep of N jobs (by default 1,000: half completed, a tenth running with a
 history and their run-dir locks held, a tenth failed, a tenth stopped, the rest pending) is made in a temporary
 dir; the median of R timed `read` + table, after one untimed one, is printed. SLURM is not asked (a basic sweep):
@@ -59,7 +59,7 @@ def time_status(manifest: Manifest) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m fmsweep.bench_status", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m fmsweep.bench.status", description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1000, help="jobs of the fake sweep (default: %(default)s)")
     parser.add_argument("--repeat", type=int, default=3, help="timed reads (default: %(default)s)")
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""`python -m fmsweep.bench_search --baseline DIR [--current DIR] [--rounds N] [--out DIR] [--data DIR] -- [overrides]`:
+"""`python -m fmsweep.bench.search --baseline DIR [--current DIR] [--rounds N] [--out DIR] [--data DIR] -- [overrides]`:
 how busy an Optuna search keeps its slots, in this checkout against a baseline checkout of older code.
 
 Each round runs the same search (`python -m fmsweep -m <overrides>`, DEFAULTS unless overridden after `--`) once
@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DATA = REPO.parent / "shared" / "data"
 # the search measured, but for data.root and data.download (from --data)
 DEFAULTS = ("hydra/sweeper=optuna", "hydra/launcher=submitit_local", "optimizer.lr=tag(log,interval(1e-5,1e-1))",
@@ -206,7 +206,7 @@ def check_imports(checkout: Path) -> str:
                               capture_output=True, text=True)
     files = done.stdout.split()
     if done.returncode or len(files) != 3 or not all(Path(file).is_relative_to(checkout) for file in files):
-        sys.exit(f"fmsweep.bench_search: error: PYTHONPATH={checkout} does not import its own fmsweep, "
+        sys.exit(f"fmsweep.bench.search: error: PYTHONPATH={checkout} does not import its own fmsweep, "
                  f"hydra_plugins and conf:\n{done.stdout}{done.stderr}")
     return files[0]
 
@@ -223,7 +223,7 @@ def run_search(checkout: Path, overrides: list[str], sweep_dir: Path) -> float:
     sweep_dir.with_name(sweep_dir.name + ".out").write_text(done.stdout)
     if done.returncode:
         tail = "\n".join(done.stdout.splitlines()[-TAIL_LINES:])
-        print(f"fmsweep.bench_search: error: PYTHONPATH={checkout} {shlex.join(command)} exited with "
+        print(f"fmsweep.bench.search: error: PYTHONPATH={checkout} {shlex.join(command)} exited with "
               f"{done.returncode}; its last lines:\n{tail}", file=sys.stderr)
         sys.exit(1)
     return wall
@@ -231,7 +231,7 @@ def run_search(checkout: Path, overrides: list[str], sweep_dir: Path) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="python -m fmsweep.bench_search", description=__doc__.splitlines()[1])
+    parser = argparse.ArgumentParser(prog="python -m fmsweep.bench.search", description=__doc__.splitlines()[1])
     add = parser.add_argument
     add("--baseline", type=Path, required=True, metavar="DIR", help="checkout of the older code (its repo root)")
     add("--current", type=Path, default=REPO, metavar="DIR", help="checkout measured (default: %(default)s)")
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     overrides = merge_overrides([*DEFAULTS, f"data.root={args.data.resolve()}", "data.download=false"],
                                 args.overrides)
-    command = shlex.join(["python", "-m", "fmsweep.bench_search", *argv])
+    command = shlex.join(["python", "-m", "fmsweep.bench.search", *argv])
     machine = machine_line()
     for code, checkout in checkouts.items():
         print(f"{code}: {checkout} (fmsweep from {check_imports(checkout)})")

@@ -1,4 +1,4 @@
-"""`fmsweep.load_sweep`: the README's notebook example runs on a real sweep, and its DataFrames hold what the job
+"""`fmsweep.load_sweep`: the results guide's notebook example runs on a real sweep, and its DataFrames hold what the job
 dirs hold."""
 from __future__ import annotations
 
@@ -18,20 +18,20 @@ import fmsweep
 from conftest import ROOT
 from fmsweep.errors import UserError
 
-README = ROOT / "README.md"
+GUIDE = ROOT / "docs" / "results.md"
 EXAMPLE_DIR = "multirun/lab"
 
 
-def readme_example() -> str:
-    """The README's Python block that loads the example sweep."""
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+def guide_example() -> str:
+    """The Python block of the results guide that loads the example sweep."""
+    blocks = re.findall(r"```python\n(.*?)```", GUIDE.read_text(), re.S)
     [block] = [b for b in blocks if f'fmsweep.load_sweep("{EXAMPLE_DIR}")' in b]
     return block
 
 
 @pytest.fixture(scope="module")
 def lab(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The README's example sweep (reg none/l2 by two seeds here, 2 epochs) by the real command line, in
+    """The guide's example sweep (reg none/l2 by two seeds here, 2 epochs) by the real command line, in
     multirun/lab below a fresh folder."""
     folder = tmp_path_factory.mktemp("lab")
     args = [f"data.root={data_root}", "data.download=false", "device=cpu", "batch_size=64", "epochs=2", "model=fc",
@@ -47,11 +47,11 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
                   key=lambda p: int(p.name.partition("_")[0]))
 
 
-def test_the_readme_example_runs_and_its_frames_hold_the_job_dirs(lab: Path, monkeypatch: pytest.MonkeyPatch,
+def test_the_guide_example_runs_and_its_frames_hold_the_job_dirs(lab: Path, monkeypatch: pytest.MonkeyPatch,
                                                                  capsys: pytest.CaptureFixture) -> None:
     monkeypatch.chdir(lab)
     names: dict = {}
-    exec(compile(readme_example(), "README.md", "exec"), names)
+    exec(compile(guide_example(), str(GUIDE), "exec"), names)
     sweep, best = names["sweep"], names["best"]
     dirs = job_dirs(lab / EXAMPLE_DIR)
     metrics = [json.loads((d / "metrics.json").read_text()) for d in dirs]

@@ -3,6 +3,7 @@
 The Python API: `load_sweep` (a sweep's results as pandas DataFrames, its best run), `load_model` (a run's best
 model, ready to predict) and `CLASSES` (the class names, in label order). Importing fmsweep is cheap: pandas and
 torch load only when a function that needs them is first used."""
+
 from __future__ import annotations
 
 from typing import Any

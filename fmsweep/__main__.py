@@ -1,6 +1,7 @@
 """`fmsweep [overrides]` or `python -m fmsweep [overrides]`: the Hydra entry point of one training run (or of each
 job of a sweep). Only Hydra is imported up front: torch and TensorBoard load when a run starts, so that --help,
 shell completion and a mistyped command line answer at once."""
+
 from __future__ import annotations
 
 import os
@@ -8,6 +9,7 @@ import shlex
 import signal
 import sys
 from pathlib import Path
+from typing import cast
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -37,7 +39,7 @@ def task(cfg: DictConfig) -> float:
     from fmsweep import tracking, train
     from fmsweep.sweep import packing
 
-    hydra_cfg = HydraConfig.get()
+    hydra_cfg = cast(DictConfig, HydraConfig.get())
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
@@ -48,8 +50,11 @@ def task(cfg: DictConfig) -> float:
         if multirun and exc.signum == signal.SIGTERM:  # a cancelled sweep job: none of its runs is completed
             for stopped_dir, stopped_at in exc.stopped.items():
                 tracking.record_cancelled(stopped_dir, exc.signum, stopped_at)
-        print(f"fmsweep: stopped by {signal.Signals(exc.signum).name}, {run_dir / 'last.pt'} saved; "
-              f"resume with: {resume_command(multirun, hydra_cfg)}", file=sys.stderr)
+        print(
+            f"fmsweep: stopped by {signal.Signals(exc.signum).name}, {run_dir / 'last.pt'} saved; "
+            f"resume with: {resume_command(multirun, hydra_cfg)}",
+            file=sys.stderr,
+        )
         sys.exit(128 + exc.signum)  # also ends a sweep of the basic launcher, which goes on past exceptions
     except RunDirBusy as exc:  # the run dir is another process's: record nothing in it
         if multirun:

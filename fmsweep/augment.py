@@ -5,6 +5,7 @@ draws with `draw` (one row per training image, from the run's own generator, so 
 its seed and resume exactly) and applies them to each batch with `apply`; the summary prints it; the benchmark
 asks it for the practical's torchvision transforms.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,8 +30,10 @@ class FlipAffine:
     def __str__(self) -> str:
         if not self.active:
             return "none"
-        return (f"RandomHorizontalFlip(p={self.hflip}), "
-                f"RandomAffine(degrees={self.degrees}, translate=({self.translate}, {self.translate}))")
+        return (
+            f"RandomHorizontalFlip(p={self.hflip}), "
+            f"RandomAffine(degrees={self.degrees}, translate=({self.translate}, {self.translate}))"
+        )
 
     def draw(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """The random parameters of `n` images, one row each: flip (0 or 1), angle (degrees), shift x, shift y."""
@@ -54,8 +57,10 @@ class FlipAffine:
             return []
         from torchvision import transforms  # slow to import: only the benchmark needs it
 
-        return [transforms.RandomHorizontalFlip(self.hflip),
-                transforms.RandomAffine(degrees=self.degrees, translate=(self.translate, self.translate))]
+        return [
+            transforms.RandomHorizontalFlip(self.hflip),
+            transforms.RandomAffine(degrees=self.degrees, translate=(self.translate, self.translate)),
+        ]
 
 
 def affine(x: torch.Tensor, angle: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
 """Checkpoints: atomic save, safe load (weights_only), and the best model of a run as a ready classifier."""
+
 from __future__ import annotations
 
 import io
@@ -29,7 +30,7 @@ def load(path: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"no checkpoint at {path}") from None
-    except Exception as exc:  # truncated, garbled or unsafe pickles all land here
+    except Exception as exc:  # noqa: BLE001 (truncated, garbled or unsafe pickles all land here)
         raise UserError(f"{path} is not a readable fmsweep checkpoint ({type(exc).__name__})") from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise UserError(f"{path} is not an fmsweep checkpoint of format {FORMAT_VERSION}")
@@ -61,7 +62,7 @@ def build_network(model_config: dict[str, Any]) -> torch.nn.Module:
     cls = network_class(model_config.get("_target_"))
     try:
         return cls(**{key: value for key, value in model_config.items() if key != "_target_"})
-    except Exception as exc:  # the constructor's own complaint about its arguments
+    except Exception as exc:  # noqa: BLE001 (the constructor's own complaint about its arguments)
         raise UserError(f"model config {model_config} does not build a network ({type(exc).__name__}: {exc})") from None
 
 
@@ -79,8 +80,10 @@ def best_model_path(path: str | Path) -> Path:
         return path / BEST
     if not (path / ".hydra").is_dir():
         if next(path.glob("*/.hydra/config.yaml"), None) is not None:
-            raise UserError(f"{path} is a sweep directory, not a run directory: its best run on validation is "
-                            f"fmsweep.load_sweep({str(path)!r}).best(), and .load_model() loads it")
+            raise UserError(
+                f"{path} is a sweep directory, not a run directory: its best run on validation is "
+                f"fmsweep.load_sweep({str(path)!r}).best(), and .load_model() loads it"
+            )
         raise UserError(f"{path} is not an fmsweep run directory (no {BEST}, no .hydra/)")
     raise UserError(f"{path} holds no {BEST} yet: the run has not finished an epoch")
 
@@ -96,8 +99,12 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> model
     path = best_model_path(run_dir)
     state = load(path)
     norm, model_config = state.get("normalization"), state.get("model_config")
-    if not (isinstance(norm, dict) and isinstance(model_config, dict) and isinstance(state.get("state_dict"), dict)
-            and all(isinstance(norm.get(key), torch.Tensor) for key in ("mean", "std"))):
+    if not (
+        isinstance(norm, dict)
+        and isinstance(model_config, dict)
+        and isinstance(state.get("state_dict"), dict)
+        and all(isinstance(norm.get(key), torch.Tensor) for key in ("mean", "std"))
+    ):
         raise UserError(f"{path} is not a best-model checkpoint (no model config, weights and normalization)")
     network = build_network(model_config)
     try:

@@ -5,6 +5,7 @@ Only the standard library is imported up front: a tool, or Hydra, loads when the
 that `--help` and shell completion answer at once. Hydra's shell completion calls back `fmsweep -sc query=bash`
 with the line typed so far in COMP_LINE; that query is answered here for the tools (their names, then
 directories) and left to Hydra for the overrides."""
+
 from __future__ import annotations
 
 import importlib
@@ -69,11 +70,16 @@ def directories(word: str) -> list[str]:
     """The directories whose path begins with `word` (as typed: relative, absolute or from ~), each ending in /
     so that the next completion goes down into it; hidden ones only when `word`'s last part begins with a dot."""
     head = word[: word.rfind("/") + 1]
-    prefix = word[len(head):]
+    prefix = word[len(head) :]
     try:
         with os.scandir(os.path.expanduser(head) if head else ".") as entries:
-            names = [entry.name for entry in entries if entry.name.startswith(prefix) and entry.is_dir()
-                     and (prefix.startswith(".") or not entry.name.startswith("."))]
+            names = [
+                entry.name
+                for entry in entries
+                if entry.name.startswith(prefix)
+                and entry.is_dir()
+                and (prefix.startswith(".") or not entry.name.startswith("."))
+            ]
     except OSError:
         return []
     return [f"{head}{name}/" for name in sorted(names)]

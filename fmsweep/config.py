@@ -6,8 +6,10 @@ value becomes one UserError naming the key, the value and what was expected, e.g
 checks a single run before Hydra creates its output directory; `train.run` checks every run again, so
 sweep jobs and configs composed in Python are covered too.
 """
+
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import math
@@ -17,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import torch
 from hydra.experimental.callback import Callback
@@ -26,8 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fmsweep import augment, checkpoint, data, models, schedule
-from fmsweep.sweep import lock
 from fmsweep.errors import UserError, exit_with, first_line
+from fmsweep.sweep import lock
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,9 @@ def resolve_device(name: str) -> torch.device:
         raise UserError(f"device must be {DEVICE.expected}, got {show(name)}")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UserError(f"device={name} asked for, but CUDA is not available on this machine (use device=auto or cpu)")
+            raise UserError(
+                f"device={name} asked for, but CUDA is not available on this machine (use device=auto or cpu)"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UserError(f"device={name} asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
@@ -192,7 +196,9 @@ def _check_arguments(group: str, settings: dict[str, Any], cls: type, skip: set[
         if key.startswith("_") and key.endswith("_"):
             continue
         if key not in accepted:
-            raise UserError(f"{group}.{key} is not a setting of {cls.__name__} (it takes: {', '.join(sorted(accepted))})")
+            raise UserError(
+                f"{group}.{key} is not a setting of {cls.__name__} (it takes: {', '.join(sorted(accepted))})"
+            )
         if f"{group}.{key}" in ARGUMENTS:
             _check(f"{group}.{key}", value, ARGUMENTS[f"{group}.{key}"])
 
@@ -210,7 +216,7 @@ def _check_model(settings: dict[str, Any]) -> None:
             network.eval()(torch.zeros(1, 1, models.IMAGE_SIZE, models.IMAGE_SIZE))
     except UserError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 (whatever the network raises on a 28x28 image is the user's config's fault)
         raise UserError(f"model {target} does not fit 28x28 images with {show(settings)} ({first_line(exc)})") from None
 
 
@@ -218,18 +224,18 @@ def _check_optimizer(settings: dict[str, Any]) -> None:
     """An optimizer config must be a partial torch.optim optimizer that accepts its settings."""
     target, cls = settings.get("_target_"), None
     if isinstance(target, str) and target.startswith("torch.optim."):
-        try:
+        with contextlib.suppress(ImportError, ValueError):
             cls = get_class(target)
-        except (ImportError, ValueError):
-            pass
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
         raise UserError(f"optimizer._target_ must name a torch.optim optimizer class, got {show(target)}")
     if settings.get("_partial_") is not True:
-        raise UserError(f"optimizer._partial_ must be true (the parameters come later), got {show(settings.get('_partial_'))}")
+        raise UserError(
+            f"optimizer._partial_ must be true (the parameters come later), got {show(settings.get('_partial_'))}"
+        )
     _check_arguments("optimizer", settings, cls, {"params"})
     try:
         instantiate(settings)([torch.zeros(1, requires_grad=True)])
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 (whatever the optimizer raises on these settings is the user's config's fault)
         raise UserError(f"optimizer {target} rejects {show(settings)} ({first_line(exc.__cause__ or exc)})") from None
 
 
@@ -250,7 +256,7 @@ def validate(cfg: DictConfig) -> None:
 
     `cfg` is the config of a run, as train.run gets it, or Hydra's whole config (its `hydra` node is ignored).
     """
-    run = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+    run = OmegaConf.masked_copy(cfg, [str(key) for key in cfg if key != "hydra"])
     try:
         tree = OmegaConf.to_container(run, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as exc:
@@ -260,7 +266,7 @@ def validate(cfg: DictConfig) -> None:
     for group, settings in groups.items():
         if not isinstance(settings, dict):
             raise UserError(f"{group} must be a config group (e.g. {group}=<option>), got {show(settings)}")
-    leaves = _leaves(tree)
+    leaves = _leaves(cast(dict[str, Any], tree))
     for key, check in RUN_KEYS.items():
         if key not in leaves:
             raise UserError(f"{key} is missing from the config; it must be {check.expected}")

@@ -1,4 +1,5 @@
 """Fashion-MNIST as tensors on the training device: load, split, normalization statistics."""
+
 from __future__ import annotations
 
 import contextlib
@@ -79,7 +80,7 @@ def fetch(root: str | Path) -> None:
     print(f"fmsweep: downloading Fashion-MNIST to {raw}", file=sys.stderr)
     try:
         FashionMNIST(str(raw.parent.parent), train=True, download=True)
-    except Exception as exc:  # torchvision: RuntimeError listing every mirror tried, each with its error
+    except Exception as exc:  # noqa: BLE001 (torchvision: RuntimeError listing every mirror tried, each with its error)
         for folder in reversed(created):
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only while empty
@@ -108,7 +109,9 @@ def read_idx(path: Path, ndim: int) -> torch.Tensor:
     return torch.frombuffer(bytearray(content), dtype=torch.uint8, offset=header).reshape(shape)
 
 
-def load_fashion_mnist(root: str | Path, download: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def load_fashion_mnist(
+    root: str | Path, download: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The 60k train and 10k test images (uint8) and labels (int64) from the raw IDX files under `root`."""
     check_present(root, download)
     if download:
@@ -194,5 +197,14 @@ def prepare(cfg: DictConfig, seed: int, device: torch.device, raw: Raw | None = 
     train_x, train_y, test_x, test_y = raw or load_fashion_mnist(cfg.root, cfg.download)
     train_idx, valid_idx = split_indices(len(train_x), cfg.valid_ratio, cfg.subset, seed)
     mean, std = normalization_stats(train_x[train_idx], cfg.normalize)
-    tensors = (train_x[train_idx], train_y[train_idx], train_x[valid_idx], train_y[valid_idx], test_x, test_y, mean, std)
+    tensors = (
+        train_x[train_idx],
+        train_y[train_idx],
+        train_x[valid_idx],
+        train_y[valid_idx],
+        test_x,
+        test_y,
+        mean,
+        std,
+    )
     return Splits(*(t.to(device) for t in tensors))

@@ -1,4 +1,5 @@
 """The one exception type for mistakes of the user (bad config, wrong folder, bad file)."""
+
 from __future__ import annotations
 
 import argparse

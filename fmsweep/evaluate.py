@@ -1,5 +1,6 @@
 """A model's predictions on a data split and their scores: the evaluation a run ends each epoch with, and the
 ensemble's."""
+
 from __future__ import annotations
 
 import torch

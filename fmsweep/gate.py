@@ -7,6 +7,7 @@ DIR/<run dir name>@<E> and waits until DIR/hold is gone or holds a number above 
 gone (the test let that one run go), or a stop signal arrives (the loop then stops as it would mid-epoch).
 Without the variable the check is one dictionary lookup per epoch.
 """
+
 from __future__ import annotations
 
 import os

@@ -3,11 +3,11 @@
 One object owns what a training batch is made of: each run's training images and labels on the device, its input
 normalization, its augmentation and its data order. The loop reads `for b, x, y in loader.batches(first)`.
 """
+
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -1,4 +1,5 @@
 """The four architectures of the practical, their dropout, the input wrapper and the L2 penalty."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -27,6 +28,9 @@ class Dropout(nn.Module):
     alone, stacked with others in a pack (under vmap each member hashes its own key) or replayed in a CUDA graph,
     and a resumed run continues its stream once `draws` is set to the batches it trained (`seek_dropout`). The key
     and the count are not saved with the weights: `seed_dropout` derives the keys from the run's seed."""
+
+    key: torch.Tensor
+    draws: torch.Tensor
 
     def __init__(self, p: float) -> None:
         super().__init__()
@@ -99,7 +103,9 @@ class FullyConnected(nn.Module):
 class VanillaCNN(nn.Module):
     """LeNet-like: [conv5x5-ReLU-maxpool] stages, then dropout-linear-ReLU blocks, then linear."""
 
-    def __init__(self, channels: Sequence[int] = (16, 32, 64), hidden: Sequence[int] = (128, 64), dropout: float = 0.0) -> None:
+    def __init__(
+        self, channels: Sequence[int] = (16, 32, 64), hidden: Sequence[int] = (128, 64), dropout: float = 0.0
+    ) -> None:
         super().__init__()
         features: list[nn.Module] = []
         in_ch, size = 1, IMAGE_SIZE
@@ -149,8 +155,10 @@ def check_range(x: torch.Tensor) -> None:
         return
     low, high = torch.stack(torch.aminmax(x)).tolist()
     if not 0 <= low <= high <= 1:  # NaN too
-        raise UserError(f"the model takes raw images, uint8 in [0, 255] or float in [0, 1]; got {x.dtype} values in "
-                        f"[{low:g}, {high:g}] (pixels of 0-255 as floats: divide them by 255)")
+        raise UserError(
+            f"the model takes raw images, uint8 in [0, 255] or float in [0, 1]; got {x.dtype} values in "
+            f"[{low:g}, {high:g}] (pixels of 0-255 as floats: divide them by 255)"
+        )
 
 
 class Classifier(nn.Module):
@@ -160,10 +168,15 @@ class Classifier(nn.Module):
     (N, 28, 28) or (N, 1, 28, 28); returns logits (N, 10). Training feeds `net` through `normalize` directly.
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
         super().__init__()
         self.net = net
-        self.register_buffer("mean", mean.reshape(-1, 1, IMAGE_SIZE, IMAGE_SIZE) if mean.numel() > 1 else mean.reshape(()))
+        self.register_buffer(
+            "mean", mean.reshape(-1, 1, IMAGE_SIZE, IMAGE_SIZE) if mean.numel() > 1 else mean.reshape(())
+        )
         self.register_buffer("std", std.reshape(-1, 1, IMAGE_SIZE, IMAGE_SIZE) if std.numel() > 1 else std.reshape(()))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ configured lr. It is computed with tensor operations on the training device, so 
 captured step (the optimizer's lr is then a device tensor, updated in place), and a resumed run, which knows how
 many batches it trained, continues the schedule exactly: no state of its own to save.
 """
+
 from __future__ import annotations
 
 import math

@@ -4,10 +4,13 @@ so that it can save a fresh last.pt before it stops or before a cluster launcher
 Inside a submitit job, submitit installed its handlers before ours: SIGUSR2 checkpoints and requeues the job (its
 `scontrol requeue` then sends the job a SIGTERM), SIGTERM only logs ("bypass"). A SIGTERM without an earlier SIGUSR2
 is thus a plain cancel (`scancel`): the run stops rather than train on until SLURM's KillWait kills it."""
+
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from types import FrameType, TracebackType
+from typing import Any
 
 from fmsweep.errors import Interrupted
 
@@ -22,7 +25,7 @@ class StopRequest:
     def __init__(self) -> None:
         self.signum: int | None = None
         self.requeue_asked = False  # a SIGUSR2 came: a SIGTERM from now on is the requeue's own
-        self.previous: dict[int, object] = {}
+        self.previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
 
     def __enter__(self) -> StopRequest:
         for sig in SIGNALS:
@@ -44,6 +47,7 @@ class StopRequest:
         returns (submitit's requeue on SIGUSR2, its bypass of a SIGTERM that follows a SIGUSR2). A SIGTERM without
         an earlier SIGUSR2 is a cancel: it raises Interrupted whatever handler was there."""
         signum, self.signum = self.signum, None
+        assert signum is not None, "handle() is called once a signal came"
         previous = self.previous.get(signum)
         cancel = signum == signal.SIGTERM and not self.requeue_asked
         if callable(previous) and previous is not signal.default_int_handler and not cancel:

@@ -1,4 +1,5 @@
 """What a run records: TensorBoard events, summary.txt, history.csv, samples.png, confusion.png and metrics.json."""
+
 from __future__ import annotations
 
 import contextlib
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import DictConfig
+
 from fmsweep.errors import UserError
 from fmsweep.files import atomic_write
 
@@ -21,12 +23,21 @@ if TYPE_CHECKING:
 
 # What each epoch records: its history.csv column -> the tag of its TensorBoard scalar. The log line, history.csv
 # and TensorBoard all follow this table.
-EPOCH_METRICS = {"train_loss": "train/loss", "train_acc": "train/acc", "valid_loss": "valid/loss",
-                 "valid_acc": "valid/acc", "lr": "lr"}
+EPOCH_METRICS = {
+    "train_loss": "train/loss",
+    "train_acc": "train/acc",
+    "valid_loss": "valid/loss",
+    "valid_acc": "valid/acc",
+    "lr": "lr",
+}
 HISTORY_FIELDS = ("epoch", *EPOCH_METRICS, "epoch_seconds")
 # Scalars of the best model, logged at its epoch: the final metrics next to the hparams in TensorBoard.
-METRIC_TAGS = {"valid/best_loss": "valid_loss", "valid/best_acc": "valid_acc", "test/loss": "test_loss",
-               "test/acc": "test_acc"}
+METRIC_TAGS = {
+    "valid/best_loss": "valid_loss",
+    "valid/best_acc": "valid_acc",
+    "test/loss": "test_loss",
+    "test/acc": "test_acc",
+}
 # The test images of `predictions`, also as files in the run dir.
 SAMPLES_PNG, CONFUSION_PNG = "samples.png", "confusion.png"
 
@@ -88,8 +99,10 @@ class Tracker:
         matrix = torch.bincount(labels.cpu() * n + predicted.cpu(), minlength=n * n).reshape(n, n)
         accuracy = matrix.trace().item() / len(labels)
         title = f"confusion matrix, test set ({len(labels)} images, accuracy {100 * accuracy:.2f} %)"
-        for tag, name, fig in (("test/samples", SAMPLES_PNG, figures.samples(images, labels, predicted)),
-                               ("test/confusion_matrix", CONFUSION_PNG, figures.confusion(matrix, title))):
+        for tag, name, fig in (
+            ("test/samples", SAMPLES_PNG, figures.samples(images, labels, predicted)),
+            ("test/confusion_matrix", CONFUSION_PNG, figures.confusion(matrix, title)),
+        ):
             self.writer.add_image(tag, figures.to_rgb(fig), step, dataformats="HWC")
             atomic_write(self.run_dir / name, figures.to_png(fig))
 
@@ -107,8 +120,10 @@ class Tracker:
         from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
         _, session_start, session_end = hparams_summaries(hparams, {})
+        file_writer = self.writer.file_writer
+        assert file_writer is not None  # SummaryWriter makes it when made; None only once closed
         for summary in (session_start, session_end):
-            self.writer.file_writer.add_summary(summary, step)
+            file_writer.add_summary(summary, step)
         self.writer.close()
         commit()
         atomic_write(self.run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
@@ -117,8 +132,15 @@ class Tracker:
 def epoch_line(row: dict[str, float]) -> str:
     """An epoch's metrics for the log, accuracies in percent as people read them: `train_loss 0.4696  train_acc
     83.26%  ...  1.15s`."""
-    return "  ".join([*(f"{key} {100 * row[key]:.2f}%" if key.endswith("acc") else f"{key} {row[key]:.4g}"
-                        for key in EPOCH_METRICS), f"{row['epoch_seconds']:.2f}s"])
+    return "  ".join(
+        [
+            *(
+                f"{key} {100 * row[key]:.2f}%" if key.endswith("acc") else f"{key} {row[key]:.4g}"
+                for key in EPOCH_METRICS
+            ),
+            f"{row['epoch_seconds']:.2f}s",
+        ]
+    )
 
 
 def hparams(cfg: DictConfig, overrides: list[str]) -> dict[str, str | float]:

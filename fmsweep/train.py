@@ -8,6 +8,7 @@ there (a run's weights stay in the caches), each bitwise what it would be alone.
 a run's data order and augmentation come from its own generator, its dropout masks from its own counter-based
 streams (fmsweep.models.Dropout), so a run trains the same alone, stacked with any others, or resumed.
 """
+
 from __future__ import annotations
 
 import copy
@@ -17,7 +18,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,6 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from fmsweep import checkpoint, gate, tracking
-from fmsweep.sweep import lock
 from fmsweep.augment import FlipAffine
 from fmsweep.config import device_name, resolve_device, validate
 from fmsweep.data import Raw, Splits, load_fashion_mnist, prepare, raw_folder
@@ -36,11 +36,13 @@ from fmsweep.loader import Source, TrainLoader
 from fmsweep.models import Classifier, l2_penalty, num_parameters, seed_dropout, seek_dropout
 from fmsweep.results.runs import command, read_overrides
 from fmsweep.schedule import Constant
-from fmsweep.sweep.trial import Trial
 from fmsweep.signals import StopRequest
+from fmsweep.sweep import lock
+from fmsweep.sweep.trial import Trial
 from fmsweep.tracking import Tracker
 
 log = logging.getLogger(__name__)
+
 
 def build(cfg: DictConfig, data: Splits, scheduled: bool = False) -> tuple[Classifier, torch.optim.Optimizer]:
     """The run's model on the data's device (channels_last and cuDNN autotuning on CUDA), initialized from the run's
@@ -52,12 +54,12 @@ def build(cfg: DictConfig, data: Splits, scheduled: bool = False) -> tuple[Class
         torch.backends.cudnn.benchmark = True  # cuDNN autotuning: each conv shape's fastest algorithm, found once
     layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     torch.manual_seed(cfg.seed)
-    network = checkpoint.build_network(OmegaConf.to_container(cfg.model, resolve=True))
+    network = checkpoint.build_network(cast(dict[str, Any], OmegaConf.to_container(cfg.model, resolve=True)))
     seed_dropout(network, cfg.seed)
-    model = Classifier(network, data.mean, data.std).to(device, memory_format=layout)
+    model = Classifier(network, data.mean, data.std).to(device, memory_format=layout)  # type: ignore[call-overload]  # Module.to takes both at once; its overloads list them apart
     factory = instantiate(cfg.optimizer)
     accepted = inspect.signature(factory.func).parameters
-    options = {"fused": True} if "fused" in accepted else {}
+    options: dict[str, Any] = {"fused": True} if "fused" in accepted else {}
     if device.type == "cuda" and cfg.cuda.graph and "capturable" in accepted:
         options["capturable"] = True
     if scheduled:
@@ -70,16 +72,23 @@ def describe(optimizer: torch.optim.Optimizer) -> str:
     lines = [f"{type(optimizer).__name__} ("]
     for i, group in enumerate(optimizer.param_groups):
         lines.append(f"Parameter Group {i}")
-        lines += [f"    {key}: {group[key].item() if torch.is_tensor(group[key]) else group[key]}"
-                  for key in sorted(group) if key != "params"]
+        lines += [
+            f"    {key}: {group[key].item() if torch.is_tensor(group[key]) else group[key]}"
+            for key in sorted(group)
+            if key != "params"
+        ]
     return "\n".join([*lines, ")"])
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
     """Load a saved optimizer state but keep this run's implementation flags (fused, foreach, capturable):
     they say how this machine computes the step, not where training stands."""
-    flags = [{k: group[k] for k in ("fused", "foreach", "capturable") if k in group} for group in optimizer.param_groups]
-    optimizer.load_state_dict({**state, "param_groups": [{**saved, **own} for saved, own in zip(state["param_groups"], flags)]})
+    flags = [
+        {k: group[k] for k in ("fused", "foreach", "capturable") if k in group} for group in optimizer.param_groups
+    ]
+    optimizer.load_state_dict(
+        {**state, "param_groups": [{**saved, **own} for saved, own in zip(state["param_groups"], flags)]}
+    )
 
 
 class RunState:
@@ -94,10 +103,11 @@ class RunState:
         self.data = prepare(cfg.data, cfg.seed, device, raw)
         self.schedule = instantiate(cfg.scheduler)
         self.model, self.optimizer = build(cfg, self.data, scheduled=not isinstance(self.schedule, Constant))
-        self.model_config = OmegaConf.to_container(cfg.model, resolve=True)
+        self.model_config = cast(dict[str, Any], OmegaConf.to_container(cfg.model, resolve=True))
         self.aug: FlipAffine = instantiate(cfg.aug)
         self.generator = torch.Generator(device).manual_seed(cfg.seed)
-        self.epoch, self.partial, self.best_loss, self.best_epoch = 0, None, math.inf, 0
+        self.epoch, self.best_loss, self.best_epoch = 0, math.inf, 0
+        self.partial: dict[str, Any] | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[dict[str, float]] = []
         self.train_seconds = 0.0
@@ -125,12 +135,22 @@ class RunState:
         return self.done and tracking.completed(self.run_dir)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model_config": self.model_config, "state_dict": self.model.net.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
-                "epoch": self.epoch, "partial": self.partial, "best_loss": self.best_loss,
-                "best_epoch": self.best_epoch, "best_state": self.best_state, "history": self.history,
-                "train_seconds": self.train_seconds, "stale": self.stale, "stopped_early": self.stopped_early,
-                "pruned": self.pruned}
+        return {
+            "model_config": self.model_config,
+            "state_dict": self.model.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "epoch": self.epoch,
+            "partial": self.partial,
+            "best_loss": self.best_loss,
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state,
+            "history": self.history,
+            "train_seconds": self.train_seconds,
+            "stale": self.stale,
+            "stopped_early": self.stopped_early,
+            "pruned": self.pruned,
+        }
 
     def load(self, last: dict[str, Any]) -> None:
         """Continue from a last.pt; a best_model.pt that lags behind it (the last attempt stopped in between) is
@@ -154,24 +174,43 @@ class RunState:
 
     def save_best(self) -> None:
         normalization = {"kind": self.cfg.data.normalize, "mean": self.data.mean.cpu(), "std": self.data.std.cpu()}
-        checkpoint.save({"model_config": self.model_config, "state_dict": self.best_state, "normalization": normalization,
-                         "epoch": self.best_epoch, "metrics": self.history[self.best_epoch - 1]},
-                        self.run_dir / checkpoint.BEST)
+        checkpoint.save(
+            {
+                "model_config": self.model_config,
+                "state_dict": self.best_state,
+                "normalization": normalization,
+                "epoch": self.best_epoch,
+                "metrics": self.history[self.best_epoch - 1],
+            },
+            self.run_dir / checkpoint.BEST,
+        )
 
     def summary(self) -> str:
         """The practical's run summary: command, data, transforms, normalization, model, optimizer, schedule."""
         cfg, data = self.cfg, self.data
-        return "\n".join([
-            "## Command", command(self.run_dir), "",
-            "## Dataset",
-            f"FashionMNIST from {Path(cfg.data.root).expanduser()}: train {len(data.train_y)}, valid {len(data.valid_y)}, "
-            f"test {len(data.test_y)} (split seed {cfg.seed}, valid_ratio {cfg.data.valid_ratio})",
-            f"Training augmentation: {self.aug}",
-            f"Normalization: {cfg.data.normalize} (statistics of the train split)", "",
-            "## Model", str(self.model.net), f"Trainable parameters: {num_parameters(self.model)}",
-            f"L2 penalty: {cfg.reg.l2}", "",
-            "## Optimizer", describe(self.optimizer), f"Learning-rate schedule: {self.schedule_text()}", "",
-        ])
+        return "\n".join(
+            [
+                "## Command",
+                command(self.run_dir),
+                "",
+                "## Dataset",
+                f"FashionMNIST from {Path(cfg.data.root).expanduser()}: train {len(data.train_y)}, "
+                f"valid {len(data.valid_y)}, test {len(data.test_y)} "
+                f"(split seed {cfg.seed}, valid_ratio {cfg.data.valid_ratio})",
+                f"Training augmentation: {self.aug}",
+                f"Normalization: {cfg.data.normalize} (statistics of the train split)",
+                "",
+                "## Model",
+                str(self.model.net),
+                f"Trainable parameters: {num_parameters(self.model)}",
+                f"L2 penalty: {cfg.reg.l2}",
+                "",
+                "## Optimizer",
+                describe(self.optimizer),
+                f"Learning-rate schedule: {self.schedule_text()}",
+                "",
+            ]
+        )
 
     def schedule_text(self) -> str:
         lr = self.cfg.optimizer.lr
@@ -191,11 +230,19 @@ class RunState:
         if not math.isfinite(train_loss):
             bad = int(torch.nonzero(~torch.isfinite(losses))[0])
             kept = f"checkpoints of epoch {epoch - 1} kept in {self.run_dir}" if epoch > 1 else "no checkpoint yet"
-            raise TrainingDiverged(f"training diverged: loss {losses[bad].item()} in epoch {epoch}, batch "
-                                   f"{bad + 1}/{len(losses)}; {kept}")
+            raise TrainingDiverged(
+                f"training diverged: loss {losses[bad].item()} in epoch {epoch}, batch {bad + 1}/{len(losses)}; {kept}"
+            )
         valid_loss, valid_acc = evaluate(self.model, self.data.valid_x, self.data.valid_y)
-        row = {"epoch": epoch, "train_loss": train_loss, "train_acc": correct / n, "valid_loss": valid_loss,
-               "valid_acc": valid_acc, "lr": float(self.optimizer.param_groups[0]["lr"]), "epoch_seconds": seconds}
+        row = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "train_acc": correct / n,
+            "valid_loss": valid_loss,
+            "valid_acc": valid_acc,
+            "lr": float(self.optimizer.param_groups[0]["lr"]),
+            "epoch_seconds": seconds,
+        }
         self.epoch, self.partial, self.train_seconds = epoch, None, self.train_seconds + seconds
         self.history.append(row)
         log.info("%sepoch %d/%d  %s", self.label, epoch, self.cfg.epochs, tracking.epoch_line(row))
@@ -203,8 +250,13 @@ class RunState:
         self.stale = 0 if valid_loss < self.best_loss - self.cfg.early_stop.min_delta else self.stale + 1
         if self.cfg.early_stop.patience and self.stale >= self.cfg.early_stop.patience and epoch < self.cfg.epochs:
             self.stopped_early = epoch
-            log.info("%searly stop after epoch %d: valid loss not %s for %d epochs", self.label, epoch,
-                     f"better by more than {self.cfg.early_stop.min_delta:g}", self.stale)
+            log.info(
+                "%searly stop after epoch %d: valid loss not %s for %d epochs",
+                self.label,
+                epoch,
+                f"better by more than {self.cfg.early_stop.min_delta:g}",
+                self.stale,
+            )
         if improved:
             self.best_loss, self.best_epoch = valid_loss, epoch
             self.best_state = {key: value.detach().clone() for key, value in self.model.net.state_dict().items()}
@@ -240,15 +292,29 @@ class RunState:
         valid_loss, valid_acc = evaluate(best, self.data.valid_x, self.data.valid_y)
         test_logits = predict(best, self.data.test_x)
         test_loss, test_acc = scores(test_logits, self.data.test_y)
-        metrics = {"status": "pruned" if self.pruned else "completed", "best_epoch": self.best_epoch,
-                   "valid_loss": valid_loss, "valid_acc": valid_acc, "test_loss": test_loss, "test_acc": test_acc,
-                   "num_params": num_parameters(self.model),
-                   "train_seconds": self.train_seconds, "epochs_run": len(self.history),
-                   "stopped_early": self.stopped_early, "pruned": self.pruned}
+        metrics = {
+            "status": "pruned" if self.pruned else "completed",
+            "best_epoch": self.best_epoch,
+            "valid_loss": valid_loss,
+            "valid_acc": valid_acc,
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "num_params": num_parameters(self.model),
+            "train_seconds": self.train_seconds,
+            "epochs_run": len(self.history),
+            "stopped_early": self.stopped_early,
+            "pruned": self.pruned,
+        }
         self.tracker.predictions(self.data.test_x, self.data.test_y, test_logits.argmax(1), self.best_epoch)
         self.tracker.final(metrics, tracking.hparams(self.cfg, read_overrides(self.run_dir)), stop.check)
-        log.info("%sdone: best epoch %d of %d, test accuracy %.2f %% | results in %s", self.label, self.best_epoch,
-                 len(self.history), 100 * test_acc, self.run_dir)
+        log.info(
+            "%sdone: best epoch %d of %d, test accuracy %.2f %% | results in %s",
+            self.label,
+            self.best_epoch,
+            len(self.history),
+            100 * test_acc,
+            self.run_dir,
+        )
         return valid_loss
 
 
@@ -277,8 +343,11 @@ class PackStep:
         self.l2 = [run.cfg.reg.l2 for run in pack]
         self.batch_size, self.steps_per_epoch, self.epochs = cfg.batch_size, steps_per_epoch, cfg.epochs
         # the runs with a schedule: it sets their lr tensor from the batches trained, counted on the device
-        self.schedules = [(run.schedule, float(run.cfg.optimizer.lr), run.optimizer.param_groups)
-                          for run in pack if not isinstance(run.schedule, Constant)]
+        self.schedules = [
+            (run.schedule, float(run.cfg.optimizer.lr), run.optimizer.param_groups)
+            for run in pack
+            if not isinstance(run.schedule, Constant)
+        ]
         self.batches_done = torch.zeros((), device=device)
         cuda = device.type == "cuda"
         self.autocast = torch.autocast("cuda", torch.bfloat16, enabled=cuda and cfg.cuda.bf16, cache_enabled=False)
@@ -293,7 +362,8 @@ class PackStep:
             template = copy.deepcopy(self.nets[0]).to("meta").train()
             self.vmapped = torch.func.vmap(
                 lambda params, buffers, x: torch.func.functional_call(template, (params, buffers), (x,)),
-                randomness="error")  # nothing in the step may draw from the global RNG
+                randomness="error",
+            )  # nothing in the step may draw from the global RNG
 
     def seek(self, batches: int) -> None:
         """Set the schedules and dropout streams to where runs that trained `batches` batches stand."""
@@ -319,7 +389,10 @@ class PackStep:
         with self.autocast:
             logits = self.forward(x)
             losses = [F.cross_entropy(logits_k, y_k) for logits_k, y_k in zip(logits, y)]
-        objective = sum(loss + l2 * l2_penalty(net) if l2 else loss for loss, l2, net in zip(losses, self.l2, self.nets))
+        objective = cast(
+            torch.Tensor,
+            sum(loss + l2 * l2_penalty(net) if l2 else loss for loss, l2, net in zip(losses, self.l2, self.nets)),
+        )
         for optimizer in self.optimizers:
             # Once captured, the graph's gradient buffers must stay the parameters' .grad: zero them in place.
             optimizer.zero_grad(set_to_none=self.graph is None)
@@ -350,11 +423,11 @@ class PackStep:
             with torch.cuda.graph(graph):  # records the step without running it; the replay below runs it
                 out = self.eager(static_x, static_y)
             self.graph, self.static = graph, (static_x, static_y, *out)
-        static_x, static_y, *out = self.static
+        static_x, static_y, losses, correct = self.static
         static_x.copy_(x)
         static_y.copy_(y)
         self.graph.replay()
-        return tuple(out)
+        return losses, correct
 
 
 def stacked(device: torch.device, cfg: DictConfig, size: int) -> bool:
@@ -364,8 +437,9 @@ def stacked(device: torch.device, cfg: DictConfig, size: int) -> bool:
     return size > 1 and (cfg.stack is True or (cfg.stack == "auto" and device.type == "cuda"))
 
 
-def train(pack: list[RunState], stop: StopRequest,
-          until: tuple[int, int] | None = None) -> dict[RunState, TrainingDiverged]:
+def train(
+    pack: list[RunState], stop: StopRequest, until: tuple[int, int] | None = None
+) -> dict[RunState, TrainingDiverged]:
     """Train the runs of `pack`, which stand at one position, to their last epoch, or only up to position `until`
     (where other runs of the pack stand); return those that diverged, each marked failed in its run dir, with
     their error.
@@ -380,35 +454,53 @@ def train(pack: list[RunState], stop: StopRequest,
         for run in pack:
             run.model.train()
         if pack[0].partial:  # resume inside the epoch, where a stop saved it
-            rng = loader.plan([run.partial["rng"] for run in pack])
-            first, elapsed = pack[0].partial["next"], pack[0].partial["seconds"]
-            losses = torch.stack([run.partial["losses"] for run in pack]).to(device)
-            correct = torch.stack([run.partial["correct"] for run in pack]).to(device)
+            partials = cast(list[dict[str, Any]], [run.partial for run in pack])  # a stop saves each run's
+            rng = loader.plan([partial["rng"] for partial in partials])
+            first, elapsed = partials[0]["next"], partials[0]["seconds"]
+            losses = torch.stack([partial["losses"] for partial in partials]).to(device)
+            correct = torch.stack([partial["correct"] for partial in partials]).to(device)
         else:
             rng, first, elapsed = loader.plan(), 0, 0.0
             losses = torch.zeros(K, loader.num_batches, device=device)  # summed loss of each batch
             correct = torch.zeros(K, device=device)
         t0 = time.perf_counter() - elapsed
         step.seek((epoch - 1) * loader.num_batches + first)
-        batches = tqdm(loader.batches(first), desc=f"epoch {epoch}", total=loader.num_batches, initial=first,
-                       leave=False, disable=not show_bar)
+        batches = tqdm(
+            loader.batches(first),
+            desc=f"epoch {epoch}",
+            total=loader.num_batches,
+            initial=first,
+            leave=False,
+            disable=not show_bar,
+        )
         for b, x, y in batches:
             loss, n_correct = step(x, y)
             losses[:, b] = loss * y.shape[1]
             correct += n_correct
             if show_bar and b % 20 == 0:  # a host sync: only for the bar
                 seen = min((b + 1) * cfg.batch_size, loader.n)
-                batches.set_postfix(loss=f"{losses.sum().item() / seen / K:.4f}",
-                                    acc=f"{100 * correct.sum().item() / seen / K:.2f}%")
+                batches.set_postfix(
+                    loss=f"{losses.sum().item() / seen / K:.4f}", acc=f"{100 * correct.sum().item() / seen / K:.2f}%"
+                )
             if stop.signum is not None or until == (epoch - 1, b + 1):
                 for k, run in enumerate(pack):
-                    run.partial = {"next": b + 1, "rng": rng[k], "losses": losses[k].cpu(),
-                                   "correct": correct[k].cpu(), "seconds": time.perf_counter() - t0}
+                    run.partial = {
+                        "next": b + 1,
+                        "rng": rng[k],
+                        "losses": losses[k].cpu(),
+                        "correct": correct[k].cpu(),
+                        "seconds": time.perf_counter() - t0,
+                    }
                     run.save()
                 if stop.signum is None:
                     return {}
-                log.warning("Signal %d: saved %s in epoch %d after batch %d", stop.signum,
-                            ", ".join(str(run.run_dir / checkpoint.LAST) for run in pack), epoch, b + 1)
+                log.warning(
+                    "Signal %d: saved %s in epoch %d after batch %d",
+                    stop.signum,
+                    ", ".join(str(run.run_dir / checkpoint.LAST) for run in pack),
+                    epoch,
+                    b + 1,
+                )
                 stop.handle()
         seconds, failed = time.perf_counter() - t0, {}
         for k, run in enumerate(pack):
@@ -429,7 +521,8 @@ def run_pack(cfgs: list[DictConfig], run_dirs: list[Path]) -> list[float | None]
     """Train each config in its run dir (resuming from its last.pt), all together as one pack, holding each run
     dir's lock (fmsweep.sweep.lock) meanwhile; return each run's best valid loss, None for a run that diverged (a
     lone run raises its TrainingDiverged). The configs differ only where shapes and steps do not (see
-    fmsweep.sweep.packing); a lone run is a pack of one. Each run ends with its final evaluation as soon as it trained its last epoch.
+    fmsweep.sweep.packing); a lone run is a pack of one. Each run ends with its final evaluation as soon as it trained
+    its last epoch.
 
     A stop signal from the start until a run's metrics.json is written stops the runs not yet finished (raising
     Interrupted, see fmsweep.signals), each with its last.pt saved where it got (or none, before its first batch)."""
@@ -444,21 +537,39 @@ def train_pack(cfgs: list[DictConfig], run_dirs: list[Path], stop: StopRequest) 
     """run_pack, once its run dirs are its own; a stop names in its Interrupted where each unfinished run stood."""
     device = resolve_device(cfgs[0].device)
     raw = load_fashion_mnist(cfgs[0].data.root, cfgs[0].data.download)
-    runs = [RunState(cfg, run_dir, device, raw, f"{run_dir.name}: " if len(cfgs) > 1 else "")
-            for cfg, run_dir in zip(cfgs, run_dirs)]
+    runs = [
+        RunState(cfg, run_dir, device, raw, f"{run_dir.name}: " if len(cfgs) > 1 else "")
+        for cfg, run_dir in zip(cfgs, run_dirs)
+    ]
     for run in runs:
-        log.info("%srun dir %s | device %s (%s) | data %s: train %d, valid %d, test %d", run.label, run.run_dir, device,
-                 device_name(device), raw_folder(run.cfg.data.root), len(run.data.train_y), len(run.data.valid_y),
-                 len(run.data.test_y))
+        log.info(
+            "%srun dir %s | device %s (%s) | data %s: train %d, valid %d, test %d",
+            run.label,
+            run.run_dir,
+            device,
+            device_name(device),
+            raw_folder(run.cfg.data.root),
+            len(run.data.train_y),
+            len(run.data.valid_y),
+            len(run.data.test_y),
+        )
         if run.finished:
             log.info("%s%s already finished its %d epochs: nothing to do", run.label, run.run_dir, run.cfg.epochs)
         elif run.position != (0, 0):
-            log.info("%sResuming from %s %s", run.label, run.run_dir / checkpoint.LAST,
-                     f"in epoch {run.epoch + 1} after batch {run.partial['next']}" if run.partial
-                     else f"after epoch {run.epoch}")
+            log.info(
+                "%sResuming from %s %s",
+                run.label,
+                run.run_dir / checkpoint.LAST,
+                f"in epoch {run.epoch + 1} after batch {run.partial['next']}"
+                if run.partial
+                else f"after epoch {run.epoch}",
+            )
     together = stacked(device, cfgs[0], len(runs))
-    results: dict[Path, float | None] = {run.run_dir: tracking.read_metrics(run.run_dir)["valid_loss"]
-                                         for run in runs if run.finished}
+    results: dict[Path, float | None] = {
+        run.run_dir: cast(dict[str, Any], tracking.read_metrics(run.run_dir))["valid_loss"]
+        for run in runs
+        if run.finished
+    }
     pending = [run for run in runs if run.run_dir not in results]
     try:
         while pending:

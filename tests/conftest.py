@@ -1,6 +1,7 @@
 """Shared fixtures: tiny Fashion-MNIST-format IDX files with learnable class structure, config composition, the
 gate that holds a job's training at an epoch's end; the suite's guards: no network, `--fail-on-skip`, the `ci`
 Hypothesis profile; FMSWEEP_TEST_LOAD=1 runs the suite with every core kept busy by a CPU burner."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -11,8 +12,9 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -38,8 +40,14 @@ def closed_port() -> int:
 # download that a test provokes fails by construction; subprocesses (the CLI, sweep jobs) get a proxy there.
 NOWHERE = f"http://127.0.0.1:{closed_port()}/"
 FashionMNIST.mirrors = [NOWHERE]
-os.environ.update(http_proxy=NOWHERE, https_proxy=NOWHERE, HTTP_PROXY=NOWHERE, HTTPS_PROXY=NOWHERE,
-                  no_proxy="127.0.0.1,localhost", NO_PROXY="127.0.0.1,localhost")
+os.environ.update(
+    http_proxy=NOWHERE,
+    https_proxy=NOWHERE,
+    HTTP_PROXY=NOWHERE,
+    HTTPS_PROXY=NOWHERE,
+    no_proxy="127.0.0.1,localhost",
+    NO_PROXY="127.0.0.1,localhost",
+)
 
 settings.register_profile("ci", derandomize=True)  # CI: the same examples on every run
 
@@ -58,7 +66,7 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     """In this process, a connection to anything but loopback is an error."""
     connect = socket.socket.connect
 
-    def loopback_only(sock: socket.socket, address: object) -> None:
+    def loopback_only(sock: socket.socket, address: Any) -> None:
         if sock.family in (socket.AF_INET, socket.AF_INET6) and not is_loopback(str(address[0])):
             raise OSError(f"tests must not use the network (connect to {address})")
         connect(sock, address)
@@ -67,13 +75,17 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--fail-on-skip", default="", metavar="MARKERS",
-                     help="comma-separated markers (e.g. slurm,browser) whose tests fail instead of skipping: "
-                          "where the services are known to be there, a skip means something broke")
+    parser.addoption(
+        "--fail-on-skip",
+        default="",
+        metavar="MARKERS",
+        help="comma-separated markers (e.g. slurm,browser) whose tests fail instead of skipping: "
+        "where the services are known to be there, a skip means something broke",
+    )
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Generator[None, Any, None]:
     outcome = yield
     report = outcome.get_result()
     required = {m for m in item.config.getoption("--fail-on-skip").split(",") if m}
@@ -216,8 +228,13 @@ SWEEP_JOBS = ["model=linear,fc", "seed=0,1"]
 def sweep_jobs(data_root: Path, sweep_dir: Path) -> Path:
     """Run the sweep SWEEP_JOBS (linear and fc, seeds 0 and 1, 2 epochs) on `data_root` by the real command line."""
     args = [f"data.root={data_root}", "data.download=false", "device=cpu", "batch_size=64", "epochs=2", *SWEEP_JOBS]
-    proc = subprocess.run([sys.executable, "-m", "fmsweep", "-m", *args, f"hydra.sweep.dir={sweep_dir}"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fmsweep", "-m", *args, f"hydra.sweep.dir={sweep_dir}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     return sweep_dir
 
@@ -240,4 +257,5 @@ def cluster_answers() -> bool:
 
 
 needs_cluster = pytest.mark.skipif(
-    not cluster_answers(), reason="no SLURM cluster answers (sbatch/sinfo); start one with tests/slurm/start.sh")
+    not cluster_answers(), reason="no SLURM cluster answers (sbatch/sinfo); start one with tests/slurm/start.sh"
+)

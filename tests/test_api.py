@@ -1,5 +1,6 @@
 """What a user meets beyond the config: the Python API of `import fmsweep` (cheap to import, listed by dir()) and
 the log lines of a stopped and resumed run, which count epochs the same way."""
+
 import logging
 import signal
 import subprocess
@@ -13,21 +14,24 @@ from torchvision.datasets import FashionMNIST
 
 import fmsweep
 from fmsweep import checkpoint, data, train
-from fmsweep.results import figures
 from fmsweep.errors import Interrupted
+from fmsweep.results import figures
 
 
 def test_the_public_api_is_listed_and_importing_it_loads_no_torch() -> None:
-    script = ("import sys, fmsweep; print(dir(fmsweep)); print('torch' in sys.modules, 'pandas' in sys.modules); "
-              "from fmsweep import *; print(callable(load_model), callable(load_sweep), 'torch' in sys.modules)")
-    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          check=False)
+    script = (
+        "import sys, fmsweep; print(dir(fmsweep)); print('torch' in sys.modules, 'pandas' in sys.modules); "
+        "from fmsweep import *; print(callable(load_model), callable(load_sweep), 'torch' in sys.modules)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["['CLASSES', 'load_model', 'load_sweep']", "False False", "True True True"]
 
 
 def test_the_class_names_are_fashion_mnists_in_label_order_and_defined_once() -> None:
-    assert fmsweep.CLASSES == tuple(FashionMNIST.classes)
+    assert tuple(FashionMNIST.classes) == fmsweep.CLASSES
     assert figures.CLASSES is fmsweep.CLASSES and not hasattr(data, "CLASSES")
 
 
@@ -35,8 +39,9 @@ def resumes(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if "Resuming from" in r.getMessage()]
 
 
-def test_stop_and_resume_name_the_same_epoch(make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                              caplog: pytest.LogCaptureFixture) -> None:
+def test_stop_and_resume_name_the_same_epoch(
+    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """Stopped after the first batch of epoch 2 (400 training images: 13 batches of 32 an epoch), the run says so,
     and so does its resume; a run resumed at an epoch's end says after which epoch."""
     caplog.set_level(logging.INFO, logger=train.__name__)

@@ -1,4 +1,5 @@
 """The batched on-device augmentation against torchvision's transforms on the same images."""
+
 import pytest
 import torch
 import torchvision.transforms.v2 as T
@@ -12,7 +13,9 @@ def images(n: int, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, 1, 28, 28, generator=g)
 
 
-@pytest.mark.parametrize("angle,shift", [(0.0, (0, 0)), (10.0, (0, 0)), (-7.3, (2, -3)), (0.0, (-2, 1)), (45.0, (3, 3))])
+@pytest.mark.parametrize(
+    "angle,shift", [(0.0, (0, 0)), (10.0, (0, 0)), (-7.3, (2, -3)), (0.0, (-2, 1)), (45.0, (3, 3))]
+)
 def test_affine_matches_torchvision_for_fixed_parameters(angle: float, shift: tuple[int, int]) -> None:
     x = images(4)
     ours = affine(x, torch.full((4,), angle), torch.tensor([shift] * 4, dtype=torch.float))

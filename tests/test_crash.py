@@ -1,4 +1,5 @@
 """Nothing lost, nothing half-written: stop signals, SIGKILL at random moments, NaN losses, full disks."""
+
 import csv
 import errno
 import json
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -99,7 +101,9 @@ def assert_same_result(a: Path, b: Path) -> None:
     (metrics_a, weights_a), (metrics_b, weights_b) = final_state(a), final_state(b)
     assert metrics_a == metrics_b
     assert_same_weights(weights_a, weights_b)
-    assert_same_weights(checkpoint.load(a / checkpoint.BEST)["state_dict"], checkpoint.load(b / checkpoint.BEST)["state_dict"])
+    assert_same_weights(
+        checkpoint.load(a / checkpoint.BEST)["state_dict"], checkpoint.load(b / checkpoint.BEST)["state_dict"]
+    )
     drop_seconds = lambda rows: [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in rows]  # noqa: E731
     assert drop_seconds(read_history(a)) == drop_seconds(read_history(b))
     epochs = list(range(1, metrics_b["epochs_run"] + 1))
@@ -111,8 +115,9 @@ def assert_same_result(a: Path, b: Path) -> None:
 def assert_close_records(a: Path, b: Path) -> None:
     """The metrics and every epoch's history row of two finished run dirs agree by assert_close_numbers."""
     assert_close_numbers(final_state(a)[0], final_state(b)[0])
-    rows_a, rows_b = ([{k: float(v) for k, v in row.items() if k != "epoch_seconds"} for row in read_history(d)]
-                      for d in (a, b))
+    rows_a, rows_b = (
+        [{k: float(v) for k, v in row.items() if k != "epoch_seconds"} for row in read_history(d)] for d in (a, b)
+    )
     assert len(rows_a) == len(rows_b)
     for row_a, row_b in zip(rows_a, rows_b):
         assert_close_numbers(row_a, row_b)
@@ -124,7 +129,9 @@ def assert_close_result(a: Path, b: Path) -> None:
     (_, weights_a), (metrics_b, weights_b) = final_state(a), final_state(b)
     assert_close_records(a, b)
     assert_close_weights(weights_a, weights_b)
-    assert_close_weights(checkpoint.load(a / checkpoint.BEST)["state_dict"], checkpoint.load(b / checkpoint.BEST)["state_dict"])
+    assert_close_weights(
+        checkpoint.load(a / checkpoint.BEST)["state_dict"], checkpoint.load(b / checkpoint.BEST)["state_dict"]
+    )
     assert scalar_steps(b, "valid/loss") == list(range(1, metrics_b["epochs_run"] + 1))
 
 
@@ -132,7 +139,7 @@ class SignalledSteps:
     """From now on, count the train steps and raise a stop signal right after chosen ones, inside the step, while
     the run's handler is installed: `plan` maps a step's number (from 1, across attempts) to the signal."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, plan: dict[int, int]) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, plan: Mapping[int, int]) -> None:
         self.done = 0
         call = train.PackStep.__call__
 
@@ -174,7 +181,9 @@ def assert_consistent(run_dir: Path) -> None:
             assert [p.value for p in points] == pytest.approx([row[key] for row in history[: len(points)]], rel=1e-6)
 
 
-def test_stop_signals_at_chosen_batches_resume_bitwise(make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stop_signals_at_chosen_batches_resume_bitwise(
+    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Interrupt a run with SIGINT/SIGTERM at chosen batches (the first of the run, the last and first of an
     epoch, mid-epoch, the last of the run); each attempt saves where it stopped, the resumed run ends bitwise
     equal to an uninterrupted one. The signal is raised inside the train step, while the handler is installed."""
@@ -222,9 +231,9 @@ def resume_command(err: str) -> list[str]:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_stop_signal_saves_last_exits_128_plus_signum_and_prints_how_to_resume(data_root: Path, tmp_path: Path,
-                                                                                  sig: signal.Signals,
-                                                                                  held: Gate) -> None:
+def test_a_stop_signal_saves_last_exits_128_plus_signum_and_prints_how_to_resume(
+    data_root: Path, tmp_path: Path, sig: signal.Signals, held: Gate
+) -> None:
     run_dir = tmp_path / "run"
     args = [*fast_overrides(data_root), "model=fc", "epochs=4", f"hydra.run.dir={run_dir}"]
     err = interrupt_after_first_epoch([sys.executable, "-m", "fmsweep", *args], held, sig)
@@ -239,12 +248,12 @@ def test_a_stop_signal_saves_last_exits_128_plus_signum_and_prints_how_to_resume
 
 
 @pytest.mark.slow
-def test_an_interrupted_sweep_prints_the_command_that_finishes_it(data_root: Path, tmp_path: Path,
-                                                                  held: Gate) -> None:
+def test_an_interrupted_sweep_prints_the_command_that_finishes_it(data_root: Path, tmp_path: Path, held: Gate) -> None:
     args = [*fast_overrides(data_root), "model=fc", "epochs=3", "seed=0,1"]
     first_job = tmp_path / "0_batch_size=32,epochs=3,model=fc,seed=0"
-    err = interrupt_after_first_epoch([sys.executable, "-m", "fmsweep", "-m", *args, f"hydra.sweep.dir={tmp_path}"],
-                                      held, signal.SIGINT)
+    err = interrupt_after_first_epoch(
+        [sys.executable, "-m", "fmsweep", "-m", *args, f"hydra.sweep.dir={tmp_path}"], held, signal.SIGINT
+    )
     resume = resume_command(err)
     assert resume[-3:] == ["fmsweep.cli", "resume", str(tmp_path)]
     assert not (tmp_path / "1_batch_size=32,epochs=3,model=fc,seed=1").exists()  # the sweep stopped there
@@ -276,11 +285,18 @@ def test_sigkill_at_random_moments_leaves_only_consistent_files(data_root: Path,
         start = checkpoint.load(last)["epoch"] if last.exists() else 0
         before = last.stat().st_mtime_ns if last.exists() else 0
         held.hold(start + 2)
-        proc = subprocess.Popen([*command, f"hydra.run.dir={tmp_path / 'killed'}"], cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [*command, f"hydra.run.dir={tmp_path / 'killed'}"],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         # a new last.pt (written whole, by rename) is the attempt's first epoch committed
-        wait_for("the attempt's first epoch", lambda: proc.poll() is not None or (
-            (last.stat().st_mtime_ns if last.exists() else 0) != before), every=0.01)
+        wait_for(
+            "the attempt's first epoch",
+            lambda: proc.poll() is not None or ((last.stat().st_mtime_ns if last.exists() else 0) != before),  # noqa: B023 (called only in this iteration)
+            every=0.01,
+        )
         time.sleep(rng.uniform(0, 1.5 * epoch_seconds))  # the kill's random moment; the gate keeps the run alive
         assert proc.poll() is None, "the attempt ended before its kill"
         proc.kill()
@@ -296,7 +312,9 @@ def test_sigkill_at_random_moments_leaves_only_consistent_files(data_root: Path,
 def test_nan_loss_stops_with_epoch_and_batch_and_keeps_the_best(make_cfg, tmp_path: Path) -> None:
     train.run(make_cfg("model=fc", "optimizer=sgd", "epochs=2"), tmp_path)
     best_before = (tmp_path / checkpoint.BEST).read_bytes()
-    with pytest.raises(TrainingDiverged, match=r"epoch 3, batch \d+/\d+"):  # SGD, unlike Adam, follows the huge gradient
+    with pytest.raises(
+        TrainingDiverged, match=r"epoch 3, batch \d+/\d+"
+    ):  # SGD, unlike Adam, follows the huge gradient
         train.run(make_cfg("model=fc", "optimizer=sgd", "epochs=3", "reg.l2=1e38"), tmp_path)
     assert (tmp_path / checkpoint.BEST).read_bytes() == best_before
     assert checkpoint.load(tmp_path / checkpoint.LAST)["epoch"] == 2
@@ -304,8 +322,21 @@ def test_nan_loss_stops_with_epoch_and_batch_and_keeps_the_best(make_cfg, tmp_pa
 
 
 def test_nan_loss_on_the_command_line_is_one_line_and_a_failed_status(data_root: Path, tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "fmsweep", *fast_overrides(data_root), "model=fc", "optimizer=sgd",
-                           "optimizer.lr=1e30", f"hydra.run.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fmsweep",
+            *fast_overrides(data_root),
+            "model=fc",
+            "optimizer=sgd",
+            "optimizer.lr=1e30",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
@@ -318,7 +349,9 @@ def test_full_disk_is_a_clear_error_and_no_file_runs_ahead_of_last(make_cfg, tmp
     train.run(make_cfg("model=linear", "epochs=1"), tmp_path)
     before = {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
     (tmp_path / f".{checkpoint.LAST}.tmp").symlink_to("/dev/full")  # every write there fails with ENOSPC
-    with pytest.raises(UserError, match=r"cannot write .*last\.pt: No space left on device; the previous last\.pt is intact"):
+    with pytest.raises(
+        UserError, match=r"cannot write .*last\.pt: No space left on device; the previous last\.pt is intact"
+    ):
         train.run(make_cfg("model=linear", "epochs=2"), tmp_path)
     # epoch 2 trained, but last.pt could not take it: every file still says epoch 1
     assert checkpoint.load(tmp_path / checkpoint.LAST)["epoch"] == 1
@@ -350,7 +383,8 @@ def count_writes(make_cfg, run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> in
 
 
 def test_a_failure_at_any_write_leaves_a_consistent_dir_and_the_resume_writes_everything_once(
-        make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Fail each file write of a run in turn (as a full disk would); the run dir stays consistent with last.pt,
     and resuming ends with the files of an uninterrupted run, each epoch in them once."""
     writes = count_writes(make_cfg, tmp_path / "straight", monkeypatch)
@@ -362,7 +396,7 @@ def test_a_failure_at_any_write_leaves_a_consistent_dir_and_the_resume_writes_ev
         def full_disk(src: str, dst: str) -> None:
             nonlocal seen
             seen += 1
-            if seen == failing:
+            if seen == failing:  # noqa: B023 (called only in this iteration, under its monkeypatch.context)
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             os.rename(src, dst)
 

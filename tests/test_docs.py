@@ -3,7 +3,9 @@ page order, in a fresh folder whose home holds the tiny data set as `~/Datasets`
 output a page shows after a block is found in what the block printed; a block that cannot run here says why in a
 `<!-- not run: REASON -->` line above it, an output that cannot match the tiny data in `<!-- not checked: REASON
 -->`. Runs are shortened, never changed otherwise: a run or sweep trains 1 epoch on the whole tiny data set (its
-`data.subset` dropped), a benchmark 1 timed epoch of 1 batch. Every link inside the repository resolves, headings included, and every guide is linked from the README."""
+`data.subset` dropped), a benchmark 1 timed epoch of 1 batch. Every link inside the repository resolves, headings
+included, and every guide is linked from the README."""
+
 from __future__ import annotations
 
 import os
@@ -56,7 +58,8 @@ def blocks(page: Path) -> list[Block]:
             body.append(lines[i][indent:])
             i += 1
         above = MARK.search(lines[start - 1]) if start else None
-        found.append(Block(page, start + 1, lang, "\n".join(body) + "\n", above.groups() if above else None))
+        mark = (above.group(1), above.group(2)) if above else None
+        found.append(Block(page, start + 1, lang, "\n".join(body) + "\n", mark))
         i += 1
     return found
 
@@ -64,11 +67,22 @@ def blocks(page: Path) -> list[Block]:
 # What makes a documented command short here: (its start, the options or overrides it gets, what they replace, whether
 # they go right after the start or at the end of the command, where Hydra wants its overrides).
 SHORTER = [
-    (re.compile(r"\bpython -m fmsweep\.bench\b(?!\.)"), " --epochs 1 --warmup 0 --cpu-cnn-batches 1 --job-epochs 1",
-     re.compile(r" --(epochs|warmup|cpu-cnn-batches|job-epochs) \d+"), False),
+    (
+        re.compile(r"\bpython -m fmsweep\.bench\b(?!\.)"),
+        " --epochs 1 --warmup 0 --cpu-cnn-batches 1 --job-epochs 1",
+        re.compile(r" --(epochs|warmup|cpu-cnn-batches|job-epochs) \d+"),
+        False,
+    ),
     (re.compile(r"\bpython -m fmsweep\.bench\.startup\b"), " --repeat 1", re.compile(r" --repeat \d+"), False),
-    (re.compile(r"(^|&& |; |\w+=\S* )(python -m fmsweep|fmsweep)(?! (status|resume|cancel|report|ensemble|-sc|--))"
-                r"(?=\s|$)"), " epochs=1", re.compile(r" (epochs|data\.subset)=\d+"), True),
+    (
+        re.compile(
+            r"(^|&& |; |\w+=\S* )(python -m fmsweep|fmsweep)(?! (status|resume|cancel|report|ensemble|-sc|--))"
+            r"(?=\s|$)"
+        ),
+        " epochs=1",
+        re.compile(r" (epochs|data\.subset)=\d+"),
+        True,
+    ),
 ]
 
 
@@ -78,12 +92,12 @@ def shorter(command: str) -> str:
     for start, options, replaces, at_end in SHORTER:
         found = start.search(command)
         if found:
-            rest = command[found.end():]
-            end = re.search(r" (&&|;|\|) |$", rest).start()
+            rest = command[found.end() :]
+            end = next(re.finditer(r" (&&|;|\|) |$", rest)).start()
             head, tail = replaces.sub("", rest[:end]), rest[end:]
             if at_end:
-                return command[:found.end()] + head + options + tail
-            return command[:found.end()] + options + head + tail
+                return command[: found.end()] + head + options + tail
+            return command[: found.end()] + options + head + tail
     return command
 
 
@@ -119,8 +133,9 @@ def line_pattern(shown: str) -> re.Pattern[str]:
 def missing(shown: str, printed: str) -> list[str]:
     """The lines of `shown` that no line of `printed` matches."""
     got = [line.strip() for line in printed.splitlines()]
-    return [line for line in shown.splitlines()
-            if line.strip() and not any(line_pattern(line).fullmatch(g) for g in got)]
+    return [
+        line for line in shown.splitlines() if line.strip() and not any(line_pattern(line).fullmatch(g) for g in got)
+    ]
 
 
 def sandbox(tmp_path: Path) -> tuple[Path, dict[str, str]]:
@@ -149,7 +164,8 @@ def run(block: Block, work: Path, env: dict[str, str]) -> str:
         proc = subprocess.run(script, cwd=work, env=env, capture_output=True, text=True, timeout=BLOCK_TIMEOUT_S)
         printed.append(proc.stdout + proc.stderr)
         assert block.lang == "console" or proc.returncode == 0, (
-            f"{block.where()}: exit code {proc.returncode}:\n{script[-1]}\n{printed[-1][-3000:]}")
+            f"{block.where()}: exit code {proc.returncode}:\n{script[-1]}\n{printed[-1][-3000:]}"
+        )
     return "".join(printed)
 
 
@@ -175,8 +191,11 @@ def check_page(page: Path, tmp_path: Path) -> int:
         else:
             continue
         lost = missing(shown, printed or "")
-        assert not lost, (f"{block.where()}: shown but not printed:\n" + "\n".join(lost) +
-                          f"\n--- printed:\n{(printed or '')[-3000:]}")
+        assert not lost, (
+            f"{block.where()}: shown but not printed:\n"
+            + "\n".join(lost)
+            + f"\n--- printed:\n{(printed or '')[-3000:]}"
+        )
     return ran
 
 
@@ -189,8 +208,12 @@ def test_every_block_of_the_page_runs_as_written_and_prints_what_it_shows(page: 
 def test_every_block_runs_or_says_why_not() -> None:
     """A shell, console or Python block is run unless marked; a mark names its reason; no other language hides a
     command from the test."""
-    unmarked = [b.where() for p in PAGES for b in blocks(p)
-                if b.lang not in RUNNABLE and b.lang not in OUTPUT and b.lang not in ("yaml", "markdown")]
+    unmarked = [
+        b.where()
+        for p in PAGES
+        for b in blocks(p)
+        if b.lang not in RUNNABLE and b.lang not in OUTPUT and b.lang not in ("yaml", "markdown")
+    ]
     assert not unmarked, f"blocks in a language the docs test does not know: {unmarked}"
     empty = [b.where() for p in PAGES for b in blocks(p) if b.mark and not b.mark[1].strip()]
     assert not empty, f"marks without a reason: {empty}"
@@ -247,29 +270,36 @@ def test_a_number_matches_any_number_and_a_word_only_itself() -> None:
 
 def test_a_broken_command_fails_its_page_and_says_where(tmp_path: Path) -> None:
     page = tmp_path / "guide.md"
-    page.write_text("```bash\nfmsweep --help > /dev/null\n```\n\n"
-                    "```console\n$ fmsweep model=fcc\nfmsweep: error: model=fcc: no such option of model (its options: fancy_cnn, "
-                    "fc, linear, vanilla_cnn); did you mean fc?\n```\n\n"
-                    "<!-- not run: a negative control -->\n```bash\nexit 3\n```\n")
+    page.write_text(
+        "```bash\nfmsweep --help > /dev/null\n```\n\n"
+        "```console\n$ fmsweep model=fcc\nfmsweep: error: model=fcc: no such option of model (its options: fancy_cnn, "
+        "fc, linear, vanilla_cnn); did you mean fc?\n```\n\n"
+        "<!-- not run: a negative control -->\n```bash\nexit 3\n```\n"
+    )
     assert check_page(page, tmp_path / "ok") == 2
     page.write_text(page.read_text().replace("model=fcc\nfmsweep: error: model=fcc", "model=fcc\nfmsweep: error: x"))
-    with pytest.raises(AssertionError, match="guide.md:5: shown but not printed"):
+    with pytest.raises(AssertionError, match=r"guide\.md:5: shown but not printed"):
         check_page(page, tmp_path / "wrong output")
     page.write_text("```bash\nfmsweep modle=fc\n```\n")
-    with pytest.raises(AssertionError, match="guide.md:1: exit code 2"):
+    with pytest.raises(AssertionError, match=r"guide\.md:1: exit code 2"):
         check_page(page, tmp_path / "failing")
 
 
 def test_a_run_is_shortened_and_otherwise_as_written() -> None:
     assert shorter("fmsweep -m model=fc epochs=5 seed=0,1") == "fmsweep -m model=fc seed=0,1 epochs=1"
-    assert shorter("python -m fmsweep experiment=fancy_cnn_aug && ls") == "python -m fmsweep experiment=fancy_cnn_aug epochs=1 && ls"
+    assert (
+        shorter("python -m fmsweep experiment=fancy_cnn_aug && ls")
+        == "python -m fmsweep experiment=fancy_cnn_aug epochs=1 && ls"
+    )
     assert shorter("fmsweep status multirun/lab --watch") == "fmsweep status multirun/lab --watch"
     assert shorter("python -m fmsweep.bench --pack 6 --epochs 3 x=1") == (
-        "python -m fmsweep.bench --epochs 1 --warmup 0 --cpu-cnn-batches 1 --job-epochs 1 --pack 6 x=1")
+        "python -m fmsweep.bench --epochs 1 --warmup 0 --cpu-cnn-batches 1 --job-epochs 1 --pack 6 x=1"
+    )
     assert shorter("python -m fmsweep.bench.status --jobs 10") == "python -m fmsweep.bench.status --jobs 10"
 
 
 def test_a_link_to_a_missing_file_or_heading_is_found(tmp_path: Path) -> None:
-    (tmp_path / "a.md").write_text("# Top\n## A `b=c` d\n[x](#a-bc-d) [y](#top) [z](b.md) [w](#nope) "
-                                   "[v](https://example.org/x)\n")
+    (tmp_path / "a.md").write_text(
+        "# Top\n## A `b=c` d\n[x](#a-bc-d) [y](#top) [z](b.md) [w](#nope) [v](https://example.org/x)\n"
+    )
     assert broken_links(tmp_path / "a.md") == ["b.md: no such file", "#nope: no such heading in a.md"]

@@ -2,6 +2,7 @@
 results written by a job that depends on the others; an attached one whose command dies (SIGHUP) rerun without a
 second SLURM job for any job; a job cancelled with a plain scancel and resumed with `fmsweep resume`; `fmsweep
 cancel` on a running sweep. And, without SLURM: a rerun that differs from the record is refused."""
+
 import json
 import os
 import signal
@@ -16,8 +17,9 @@ from test_slurm import CPU_SLURM, job_dirs, needs_cluster, sweep
 
 
 def fmsweep(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fmsweep.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "fmsweep.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def record(sweep_dir: Path) -> dict:
@@ -27,9 +29,23 @@ def record(sweep_dir: Path) -> dict:
 def sacct_jobs(sweep_dir: Path) -> list[tuple[str, str]]:
     """(job id, state) of every SLURM job named after the sweep (its dir name is unique), array tasks one by one,
     from accounting."""
-    out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,JobName,State", "--name",
-                          f"fmsweep:{sweep_dir.name}", "-S", "now-1hour"], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [
+            "sacct",
+            "-n",
+            "-P",
+            "-X",
+            "-o",
+            "JobID,JobName,State",
+            "--name",
+            f"fmsweep:{sweep_dir.name}",
+            "-S",
+            "now-1hour",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return [(f[0], f[2]) for f in (line.split("|") for line in out.splitlines()) if len(f) == 3]
 
 
@@ -58,14 +74,20 @@ def tensorboard_epochs(job: Path) -> list[int]:
 
 @pytest.mark.slurm
 @needs_cluster
-def test_a_detached_grid_returns_at_once_and_its_status_follows_it_to_its_results(tmp_path: Path,
-                                                                                  held: Gate) -> None:
+def test_a_detached_grid_returns_at_once_and_its_status_follows_it_to_its_results(tmp_path: Path, held: Gate) -> None:
     data_root = make_fashion_root(tmp_path / "data", n_test=1000)  # enough test images for an ensemble
     sweep_dir = tmp_path / "detached"
     held.hold(1)  # no job can end until the command returned: it returns without waiting for them
     t0 = time.perf_counter()
-    proc = sweep(*CPU_SLURM, *fast_overrides(data_root), "epochs=2", "model=linear", "seed=0,1,2,3",
-                 "hydra.sweeper.detach=true", f"hydra.sweep.dir={sweep_dir}")
+    proc = sweep(
+        *CPU_SLURM,
+        *fast_overrides(data_root),
+        "epochs=2",
+        "model=linear",
+        "seed=0,1,2,3",
+        "hydra.sweeper.detach=true",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
     wall = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not list(sweep_dir.glob("*/metrics.json")) and not (sweep_dir / "report.md").exists()
@@ -86,18 +108,23 @@ def test_a_detached_grid_returns_at_once_and_its_status_follows_it_to_its_result
 
 @pytest.mark.slurm
 @needs_cluster
-def test_a_rerun_after_the_command_died_submits_no_second_job_for_a_live_or_completed_one(data_root: Path,
-                                                                                        tmp_path: Path,
-                                                                                        held: Gate) -> None:
+def test_a_rerun_after_the_command_died_submits_no_second_job_for_a_live_or_completed_one(
+    data_root: Path, tmp_path: Path, held: Gate
+) -> None:
     sweep_dir = tmp_path / f"hup-{time.time_ns()}"  # a name of its own: sacct finds its jobs by it
     # job 0 trains 1 epoch and completes; job 1 is held after its epoch 2 until the rerun has looked at it
     args = [*CPU_SLURM, *fast_overrides(data_root), "model=linear", "epochs=1,3", f"hydra.sweep.dir={sweep_dir}"]
     held.hold(2)
     # SIGHUP as a terminal's command gets it: by default it ends the process (also where the tests run under nohup,
     # which makes every child ignore it)
-    proc = subprocess.Popen([sys.executable, "-m", "fmsweep", "-m", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fmsweep", "-m", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
+    )
     try:
         held.wait_held(2, alive=lambda: proc.poll() is None)
         wait_for("job 0 completed", lambda: any((j / "metrics.json").is_file() for j in jobs_of(sweep_dir)))
@@ -109,9 +136,15 @@ def test_a_rerun_after_the_command_died_submits_no_second_job_for_a_live_or_comp
     submitted = [job["launcher_job"] for job in record(sweep_dir)["jobs"]]  # the first launch's SLURM jobs
     before = sacct_jobs(sweep_dir)
     # the rerun decides, then waits for the job still alive: let that one go once the rerun said what it found
-    again = subprocess.Popen([sys.executable, "-m", "fmsweep", "-m", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+    again = subprocess.Popen(
+        [sys.executable, "-m", "fmsweep", "-m", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     out = []
+    assert again.stdout is not None
     while (line := again.stdout.readline()) and "still alive from an earlier launch" not in line:
         out.append(line)
     held.release()
@@ -132,11 +165,19 @@ def test_a_rerun_after_the_command_died_submits_no_second_job_for_a_live_or_comp
 
 @pytest.mark.slurm
 @needs_cluster
-def test_a_scancelled_job_is_recorded_cancelled_and_resume_finishes_it(data_root: Path, tmp_path: Path,
-                                                                       held: Gate) -> None:
+def test_a_scancelled_job_is_recorded_cancelled_and_resume_finishes_it(
+    data_root: Path, tmp_path: Path, held: Gate
+) -> None:
     sweep_dir = tmp_path / "scancel"
-    args = [*CPU_SLURM, *fast_overrides(data_root), "model=linear", "epochs=3", "seed=0,1",
-            "hydra.sweeper.detach=true", f"hydra.sweep.dir={sweep_dir}"]
+    args = [
+        *CPU_SLURM,
+        *fast_overrides(data_root),
+        "model=linear",
+        "epochs=3",
+        "seed=0,1",
+        "hydra.sweeper.detach=true",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
     held.hold(1)
     assert sweep(*args).returncode == 0
     job0 = record(sweep_dir)["jobs"][0]
@@ -161,7 +202,9 @@ def test_a_scancelled_job_is_recorded_cancelled_and_resume_finishes_it(data_root
 def alive(ids: list[str]) -> list[str]:
     """Which of the SLURM jobs `ids` (job ids, array tasks `12_3`, whole arrays `12`) squeue lists as queued or
     running; squeue failing fails the test."""
-    queue = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True, check=True).stdout.split()
+    queue = subprocess.run(
+        ["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True, check=True
+    ).stdout.split()
     return [i for i in ids if i in queue or any(q.startswith(f"{i}_") for q in queue)]
 
 
@@ -170,8 +213,18 @@ def alive(ids: list[str]) -> list[str]:
 def test_fmsweep_cancel_leaves_no_job_of_a_running_sweep_alive(data_root: Path, tmp_path: Path, held: Gate) -> None:
     sweep_dir = tmp_path / "cancel"
     held.hold(1)  # the jobs that start wait after epoch 1: the cancel finds them running
-    assert sweep(*CPU_SLURM, *fast_overrides(data_root), "model=linear", "epochs=3", "seed=0,1,2",
-                 "hydra.sweeper.detach=true", f"hydra.sweep.dir={sweep_dir}").returncode == 0
+    assert (
+        sweep(
+            *CPU_SLURM,
+            *fast_overrides(data_root),
+            "model=linear",
+            "epochs=3",
+            "seed=0,1,2",
+            "hydra.sweeper.detach=true",
+            f"hydra.sweep.dir={sweep_dir}",
+        ).returncode
+        == 0
+    )
     held.wait_held(1)
     cancelled = fmsweep("cancel", str(sweep_dir))
     assert cancelled.returncode == 0, cancelled.stderr
@@ -188,14 +241,26 @@ def test_fmsweep_cancel_leaves_no_job_of_a_running_sweep_alive(data_root: Path, 
 
 @pytest.mark.slurm
 @needs_cluster
-def test_fmsweep_cancel_stops_a_detached_searchs_workers_and_its_results_job(data_root: Path, tmp_path: Path,
-                                                                              held: Gate) -> None:
+def test_fmsweep_cancel_stops_a_detached_searchs_workers_and_its_results_job(
+    data_root: Path, tmp_path: Path, held: Gate
+) -> None:
     sweep_dir = tmp_path / "search"
     held.hold(1)  # each worker waits in its first trial until the cancel
-    assert sweep(*CPU_SLURM, *fast_overrides(data_root), "model=linear", "epochs=2",
-                 "optimizer.lr=tag(log,interval(1e-4,1e-1))", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=6",
-                 "hydra.sweeper.n_jobs=2", "hydra.sweeper.detach=true",
-                 f"hydra.sweep.dir={sweep_dir}").returncode == 0
+    assert (
+        sweep(
+            *CPU_SLURM,
+            *fast_overrides(data_root),
+            "model=linear",
+            "epochs=2",
+            "optimizer.lr=tag(log,interval(1e-4,1e-1))",
+            "hydra/sweeper=optuna",
+            "hydra.sweeper.n_trials=6",
+            "hydra.sweeper.n_jobs=2",
+            "hydra.sweeper.detach=true",
+            f"hydra.sweep.dir={sweep_dir}",
+        ).returncode
+        == 0
+    )
     held.wait_held(1, runs=2)
     workers, finish = record(sweep_dir)["workers"], record(sweep_dir)["finish_job"]
     assert len(workers) == 2 and finish and len(alive([*workers, finish])) == 3

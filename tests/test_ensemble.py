@@ -1,5 +1,6 @@
-"""`python -m fmsweep.results.ensemble` on a small sweep: members, their ensemble, selection, skipped runs, refused splits,
-errors."""
+"""`python -m fmsweep.results.ensemble` on a small sweep: members, their ensemble, selection, skipped runs, refused
+splits, errors."""
+
 import json
 import shutil
 import subprocess
@@ -9,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import ROOT, make_fashion_root, sweep_jobs
 from omegaconf import OmegaConf
 
 import fmsweep
-from conftest import ROOT, make_fashion_root, sweep_jobs
-from fmsweep.results import ensemble
 from fmsweep.data import load_fashion_mnist, split_indices
+from fmsweep.results import ensemble
 from fmsweep.results.runs import find_runs
 
 
@@ -53,8 +54,9 @@ def sweep_copy(big_sweep: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(big_sweep, tmp_path / "sweep"))
 
 
-def test_test_split_members_and_ensemble_match_a_hand_computed_ensemble(sweep_copy: Path, big_root: Path,
-                                                                        capsys: pytest.CaptureFixture) -> None:
+def test_test_split_members_and_ensemble_match_a_hand_computed_ensemble(
+    sweep_copy: Path, big_root: Path, capsys: pytest.CaptureFixture
+) -> None:
     ensemble.main([str(sweep_copy), "--device", "cpu"])
     text = capsys.readouterr().out
     result = json.loads((sweep_copy / "ensemble.json").read_text())  # written into the sweep dir by default
@@ -81,8 +83,9 @@ def test_test_split_members_and_ensemble_match_a_hand_computed_ensemble(sweep_co
     assert f"{100 * result['average']['acc']:.2f}" in text
 
 
-def test_valid_split_of_one_seed_reproduces_each_runs_own_split(big_sweep: Path, tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture) -> None:
+def test_valid_split_of_one_seed_reproduces_each_runs_own_split(
+    big_sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "valid.json"
     text, result = run_ensemble(capsys, str(big_sweep), "--split", "valid", "--where", "seed=0", "--out", str(out))
     seed_0 = jobs(big_sweep)[::2]
@@ -103,8 +106,12 @@ def test_valid_splits_that_differ_are_refused(sweep_copy: Path, big_root: Path) 
     shared = int(torch.isin(valid[0], valid[1]).sum())
     (sweep_copy / "ensemble.json").unlink(missing_ok=True)  # the sweep's own, of its best setting
     proc = cli(str(sweep_copy), "--top-k", "3", "--split", "valid", "--device", "cpu")
-    assert_one_line_error(proc, "--split valid: the members' valid splits differ (by seed)",
-                          f"only {shared} images are held out from all of them", "use --split test")
+    assert_one_line_error(
+        proc,
+        "--split valid: the members' valid splits differ (by seed)",
+        f"only {shared} images are held out from all of them",
+        "use --split test",
+    )
     assert not (sweep_copy / "ensemble.json").exists()
 
 
@@ -115,9 +122,9 @@ def test_valid_splits_that_differ_are_refused(sweep_copy: Path, big_root: Path) 
         (["--split", "valid", "--where", "seed=0"], ["the valid split holds only 100 images", "use --split test"]),
     ],
 )
-def test_fewer_images_than_the_minimum_are_refused(big_sweep: Path, data_root: Path, tmp_path: Path,
-                                                   args: list[str], words: list[str],
-                                                   capsys: pytest.CaptureFixture) -> None:
+def test_fewer_images_than_the_minimum_are_refused(
+    big_sweep: Path, data_root: Path, tmp_path: Path, args: list[str], words: list[str], capsys: pytest.CaptureFixture
+) -> None:
     """conftest's data_root: 500 train images (100 valid), 200 test images."""
     out = tmp_path / "e.json"
     with pytest.raises(SystemExit) as exit_info:
@@ -147,8 +154,9 @@ def test_selection_by_config_and_top_k(big_sweep: Path, tmp_path: Path, capsys: 
     assert [m["run"] for m in json.loads(out.read_text())["members"]] == [names[0], names[2]]
 
 
-def test_incomplete_and_unreadable_runs_are_listed_and_skipped(sweep_copy: Path, tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture) -> None:
+def test_incomplete_and_unreadable_runs_are_listed_and_skipped(
+    sweep_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     runs = jobs(sweep_copy)
     (runs[1] / "best_model.pt").unlink()
     (runs[1] / "metrics.json").unlink()
@@ -171,13 +179,14 @@ def test_incomplete_and_unreadable_runs_are_listed_and_skipped(sweep_copy: Path,
     assert [m["run"] for m in result["members"]] == [runs[0].name, runs[2].name]
     skipped = {s["run"]: s["reason"] for s in result["skipped"]}
     assert set(skipped) == {runs[1].name, runs[3].name}
-    assert "no best_model.pt (unfinished (2/2 epochs))" == skipped[runs[1].name]
+    assert skipped[runs[1].name] == "no best_model.pt (unfinished (2/2 epochs))"
     assert "not a readable fmsweep checkpoint" in skipped[runs[3].name]
     assert f"Skipped {runs[1].name}: no best_model.pt" in text and "| ensemble of 2 " in text
 
 
-def test_members_list_their_overrides_in_job_dir_order(sweep_copy: Path, tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture) -> None:
+def test_members_list_their_overrides_in_job_dir_order(
+    sweep_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """Overrides recorded in another order than the dir name's (a command line out of order) are listed as the
     dir name has them."""
     runs = jobs(sweep_copy)
@@ -189,8 +198,9 @@ def test_members_list_their_overrides_in_job_dir_order(sweep_copy: Path, tmp_pat
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fmsweep.results.ensemble", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "fmsweep.results.ensemble", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
@@ -214,8 +224,9 @@ def test_a_folder_without_runs_is_a_user_error(tmp_path: Path) -> None:
         (["--split", "train"], ["invalid choice: 'train'"]),
     ],
 )
-def test_bad_selections_are_user_errors(big_sweep: Path, args: list[str], words: list[str],
-                                        capsys: pytest.CaptureFixture) -> None:
+def test_bad_selections_are_user_errors(
+    big_sweep: Path, args: list[str], words: list[str], capsys: pytest.CaptureFixture
+) -> None:
     with pytest.raises(SystemExit) as exit_info:
         ensemble.main([str(big_sweep), *args])
     assert exit_info.value.code == 2

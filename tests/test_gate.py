@@ -1,5 +1,6 @@
 """The tests' gate (fmsweep.gate): a run held at an epoch's end has committed that epoch and goes no further until
 released; a stop signal while it is held stops it as one mid-epoch would; without the variable nothing waits."""
+
 import json
 import signal
 import subprocess
@@ -14,12 +15,27 @@ from fmsweep import checkpoint, gate
 
 def test_a_held_run_waits_after_its_epoch_until_released(held: Gate, data_root: Path, tmp_path: Path) -> None:
     held.hold(2)
-    proc = subprocess.Popen([sys.executable, "-m", "fmsweep", *fast_overrides(data_root), "model=linear", "epochs=3",
-                             f"hydra.run.dir={tmp_path}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fmsweep",
+            *fast_overrides(data_root),
+            "model=linear",
+            "epochs=3",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert held.wait_held(2, alive=lambda: proc.poll() is None) == [tmp_path.name]
     # held: epoch 2 is committed, epoch 3 not begun, nothing finished
-    assert checkpoint.load(tmp_path / checkpoint.LAST)["epoch"] == 2 and checkpoint.load(tmp_path / checkpoint.LAST)["partial"] is None
+    assert (
+        checkpoint.load(tmp_path / checkpoint.LAST)["epoch"] == 2
+        and checkpoint.load(tmp_path / checkpoint.LAST)["partial"] is None
+    )
     assert len((tmp_path / "history.csv").read_text().splitlines()) == 3 and not (tmp_path / "metrics.json").exists()
     assert held.held(1) == [] and proc.poll() is None
     held.hold(3)  # one epoch more
@@ -33,9 +49,21 @@ def test_a_held_run_waits_after_its_epoch_until_released(held: Gate, data_root: 
 
 def test_a_stop_signal_while_held_stops_the_run_resumable(held: Gate, data_root: Path, tmp_path: Path) -> None:
     held.hold(1)
-    proc = subprocess.Popen([sys.executable, "-m", "fmsweep", *fast_overrides(data_root), "model=linear", "epochs=3",
-                             f"hydra.run.dir={tmp_path}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fmsweep",
+            *fast_overrides(data_root),
+            "model=linear",
+            "epochs=3",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     held.wait_held(1, alive=lambda: proc.poll() is None)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=600)

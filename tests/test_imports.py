@@ -3,6 +3,7 @@ absolute and relative): the run side (the top-level modules) imports of fmsweep/
 the few modules that are part of a run; the results import of the sweep side only where a search's study lives and
 how its values read; the sweep side imports of the results only the reading of runs and what a sweep writes at its
 end. The benchmarks (fmsweep/bench/) sit above all three and may import any of them."""
+
 import ast
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def cycles(edges: dict[str, set[str]]) -> list[str]:
         stack.append(module)
         for dep in sorted(edges[module]):
             if state.get(dep) == "open":
-                found.append(" -> ".join([*stack[stack.index(dep):], dep]))
+                found.append(" -> ".join([*stack[stack.index(dep) :], dep]))
             elif dep not in state:
                 visit(dep)
         stack.pop()
@@ -60,6 +61,7 @@ def cycles(edges: dict[str, set[str]]) -> list[str]:
 
 def breaches(edges: dict[str, set[str]]) -> list[str]:
     """Each import across the layers that the module docstring does not allow, as `a -> b`."""
+
     def short(module: str) -> str:
         return module.partition(".")[2]
 
@@ -73,8 +75,11 @@ def breaches(edges: dict[str, set[str]]) -> list[str]:
             continue
         layer = "run" if short(module) in RUN_SIDE_MAY else home(module)
         may = {"run": RUN_SIDE_MAY, "results": {"results", *RESULTS_MAY}, "sweep": {"sweep", *SWEEP_MAY}}[layer]
-        found += [f"{module} -> {dep}" for dep in sorted(deps) if home(dep) != "run" and short(dep) not in may
-                  and home(dep) not in may and (module, dep) not in API]
+        found += [
+            f"{module} -> {dep}"
+            for dep in sorted(deps)
+            if home(dep) != "run" and short(dep) not in may and home(dep) not in may and (module, dep) not in API
+        ]
     return found
 
 
@@ -93,13 +98,22 @@ def test_the_package_keeps_its_layers() -> None:
 
 
 def test_the_checker_finds_a_cycle_and_a_breach(tmp_path: Path) -> None:
-    files = {"__init__.py": "", "train.py": "from fmsweep.sweep import search\nfrom fmsweep.sweep.lock import hold\n",
-             "sweep/__init__.py": "", "sweep/lock.py": "", "sweep/grid.py": "import fmsweep.sweep.search\n",
-             "sweep/search.py": "def later():\n    from . import grid\n",
-             "results/__init__.py": "", "results/report.py": "from ..sweep.search import later\n"}
+    files = {
+        "__init__.py": "",
+        "train.py": "from fmsweep.sweep import search\nfrom fmsweep.sweep.lock import hold\n",
+        "sweep/__init__.py": "",
+        "sweep/lock.py": "",
+        "sweep/grid.py": "import fmsweep.sweep.search\n",
+        "sweep/search.py": "def later():\n    from . import grid\n",
+        "results/__init__.py": "",
+        "results/report.py": "from ..sweep.search import later\n",
+    }
     for name, text in files.items():
         (tmp_path / "fmsweep" / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "fmsweep" / name).write_text(text)
     edges = graph(tmp_path / "fmsweep")
     assert cycles(edges) == ["fmsweep.sweep.search -> fmsweep.sweep.grid -> fmsweep.sweep.search"]
-    assert breaches(edges) == ["fmsweep.results.report -> fmsweep.sweep.search", "fmsweep.train -> fmsweep.sweep.search"]
+    assert breaches(edges) == [
+        "fmsweep.results.report -> fmsweep.sweep.search",
+        "fmsweep.train -> fmsweep.sweep.search",
+    ]

@@ -1,12 +1,14 @@
 """Submitting a sweep's launcher jobs: SLURM arrays no larger than MaxArraySize, each job's id recorded as soon as
 its array is submitted; and the ids as the sweep's lines show them. Attached: a job's end noticed within 0.2 s, and
 a Ctrl-C amid the submission naming the jobs the record has."""
+
 import json
 import pickle
 import signal
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import cast
 
 import pytest
 from omegaconf import OmegaConf
@@ -39,15 +41,23 @@ class FakeExecutor:
 
 @pytest.mark.parametrize(("jobs", "sizes"), [(7, [3, 3, 1]), (6, [3, 3]), (1, [1])])
 def test_slurm_jobs_go_in_arrays_of_at_most_max_array_size_and_each_id_is_recorded(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jobs: int, sizes: list[int]) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jobs: int, sizes: list[int]
+) -> None:
     fake = FakeExecutor(tmp_path)
     monkeypatch.setattr(launch, "executor", lambda launcher, name: fake)
     monkeypatch.setattr(launch, "max_array_size", lambda: 3)
-    manifest = Manifest(sweep_dir=tmp_path, kind="grid", launcher="slurm", command=[], cwd=str(tmp_path),
-                        jobs=[JobRecord(num=n, name=f"{n}_seed={n}", overrides=[f"seed={n}"], epochs=1)
-                              for n in range(jobs)])
+    manifest = Manifest(
+        sweep_dir=tmp_path,
+        kind="grid",
+        launcher="slurm",
+        command=[],
+        cwd=str(tmp_path),
+        jobs=[JobRecord(num=n, name=f"{n}_seed={n}", overrides=[f"seed={n}"], epochs=1) for n in range(jobs)],
+    )
     manifest.save()
-    submitted = launch.submit(SimpleNamespace(_EXECUTOR="slurm"), manifest, [([n], object()) for n in range(jobs)])
+    submitted = launch.submit(
+        SimpleNamespace(_EXECUTOR="slurm"), manifest, [([n], cast(launch.Unit, object())) for n in range(jobs)]
+    )
     assert fake.sizes == sizes
     assert len(submitted) == jobs
     saved = json.loads((tmp_path / "sweep.json").read_text())
@@ -61,10 +71,20 @@ def test_a_pack_shares_its_launcher_job_id(tmp_path: Path, monkeypatch: pytest.M
     fake = FakeExecutor(tmp_path)
     monkeypatch.setattr(launch, "executor", lambda launcher, name: fake)
     monkeypatch.setattr(launch, "max_array_size", lambda: 1001)
-    manifest = Manifest(sweep_dir=tmp_path, kind="grid", launcher="slurm", command=[], cwd=str(tmp_path),
-                        jobs=[JobRecord(num=n, name=str(n), overrides=[], epochs=1) for n in range(3)])
+    manifest = Manifest(
+        sweep_dir=tmp_path,
+        kind="grid",
+        launcher="slurm",
+        command=[],
+        cwd=str(tmp_path),
+        jobs=[JobRecord(num=n, name=str(n), overrides=[], epochs=1) for n in range(3)],
+    )
     manifest.save()
-    launch.submit(SimpleNamespace(_EXECUTOR="slurm"), manifest, [([0, 1], object()), ([2], object())])
+    launch.submit(
+        SimpleNamespace(_EXECUTOR="slurm"),
+        manifest,
+        [([0, 1], cast(launch.Unit, object())), ([2], cast(launch.Unit, object()))],
+    )
     assert [job.launcher_job for job in manifest.jobs] == ["100_0", "100_0", "100_1"]
 
 
@@ -73,8 +93,11 @@ def test_ids_are_shown_by_array() -> None:
 
 
 def test_max_array_size_is_read_from_slurm_or_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(launch.subprocess, "run", lambda *a, **k: SimpleNamespace(
-        stdout="KillWait                = 30 sec\nMaxArraySize            = 40\n"))
+    monkeypatch.setattr(
+        launch.subprocess,
+        "run",
+        lambda *a, **k: SimpleNamespace(stdout="KillWait                = 30 sec\nMaxArraySize            = 40\n"),
+    )
     assert launch.max_array_size() == 40
 
     def missing(*args: object, **kwargs: object) -> None:
@@ -102,7 +125,8 @@ class Clock:
     1 ms after the first look that found it running, the worst moment for a look at a fixed period."""
 
     def __init__(self, job: Job) -> None:
-        self.job, self.now, self.end = job, 0.0, None
+        self.job, self.now = job, 0.0
+        self.end: float | None = None
 
     def sleep(self, seconds: float) -> None:
         if self.end is None:
@@ -112,8 +136,9 @@ class Clock:
             self.job.paths.result_pickle.write_bytes(pickle.dumps(("success", 3)))
 
 
-def test_an_attached_sweep_notices_a_job_end_within_a_fifth_of_a_second(tmp_path: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_attached_sweep_notices_a_job_end_within_a_fifth_of_a_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """launch.wait looks at a job more often than submitit's own wait (once a second): an attached sweep goes on
     (its next job, its results) at most 0.2 s after a job ended, counted on the clock from the end."""
     job = QueuedJob(tmp_path, "7")
@@ -140,8 +165,9 @@ class CtrlCAmidSubmission(FakeExecutor):
         return super().submit_array(units)
 
 
-def test_ctrl_c_amid_a_submission_names_the_jobs_the_record_has(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_ctrl_c_amid_a_submission_names_the_jobs_the_record_has(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The array submitted before the Ctrl-C keeps running on SLURM: the line names it, from the record (the
     submission never returned its jobs)."""
     fake = CtrlCAmidSubmission(tmp_path)

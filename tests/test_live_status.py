@@ -1,6 +1,7 @@
 """fmsweep.sweep.live_status on fake sweep dirs (a sweep.json and job dirs): one line per change of state off a
 terminal, the block redrawn in place on one, the record re-read as the launching code records SLURM job ids, jobs of
 an earlier launch, and nothing that stops the sweep."""
+
 import contextlib
 import io
 import os
@@ -10,12 +11,12 @@ from pathlib import Path
 
 import pytest
 from conftest import wait_for
+from test_status import COMPLETED, completed, fake_slurm, history, metrics, set_states, start, sweep
 
 from fmsweep.sweep import lock, status
 from fmsweep.sweep import manifest as records
 from fmsweep.sweep.live_status import LiveStatus
 from fmsweep.sweep.manifest import Manifest
-from test_status import COMPLETED, completed, fake_slurm, history, metrics, set_states, start, sweep
 
 # a 33-job sweep by the letters of set_states: 5 running, 3 failed, 15 pending, 10 completed
 SWEEP_33 = "ccrpfpcpprcppcfpcrpppccprpfpcpcrp"
@@ -76,36 +77,42 @@ def test_off_a_terminal_one_line_per_change_of_state(tmp_path: Path) -> None:
             "(2 pending, 0 running, 1 completed, 0 failed)",
             "fmsweep: lr=1 running (1 pending, 1 running, 1 completed, 0 failed)",
         ]
-        error = ("RuntimeError: CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported "
-                 + "x" * 120)
+        error = (
+            "RuntimeError: CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported " + "x" * 120
+        )
         metrics(b, status="failed", error=error)
     start(c)
     with lock.hold([c]):
         metrics(c, status="failed", error="ValueError: bad")
     assert new_lines() == [
-        f"fmsweep: lr=1 failed: {' '.join(error.split())[:status.ERROR_CHARS]} "
+        f"fmsweep: lr=1 failed: {' '.join(error.split())[: status.ERROR_CHARS]} "
         "(1 pending, 0 running, 1 completed, 1 failed)",
         "fmsweep: lr=2 failed: ValueError: bad (0 pending, 0 running, 1 completed, 2 failed)",
     ]
     assert new_lines() == []
 
 
-def test_on_a_terminal_the_block_is_redrawn_in_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                     held: contextlib.ExitStack) -> None:
+def test_on_a_terminal_the_block_is_redrawn_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held: contextlib.ExitStack
+) -> None:
     terminal_of(monkeypatch, 50, 24)
     manifest = sweep(tmp_path, 2, epochs=10)
     manifest.jobs[0].overrides = ["epochs=10", "lr=0"]
-    manifest.jobs[1].name, manifest.jobs[1].overrides = "1_epochs=10,model=cnn,seed=12", ["model=cnn", "seed=12",
-                                                                                          "epochs=10"]
+    manifest.jobs[1].name, manifest.jobs[1].overrides = (
+        "1_epochs=10,model=cnn,seed=12",
+        ["model=cnn", "seed=12", "epochs=10"],
+    )
     manifest.save()
     first, second = (tmp_path / job.name for job in manifest.jobs)
     out = Terminal()
     live = LiveStatus(manifest, launched(manifest), stream=out)
     live.update()
-    assert out.getvalue() == ("\x1b[2K2 pending, 0 running, 0 completed, 0 failed\n"
-                              "\x1b[2Kevery job: epochs=10\n"
-                              "\x1b[2Klr=0               pending\n"
-                              "\x1b[2Kmodel=cnn,seed=12  pending\n")
+    assert out.getvalue() == (
+        "\x1b[2K2 pending, 0 running, 0 completed, 0 failed\n"
+        "\x1b[2Kevery job: epochs=10\n"
+        "\x1b[2Klr=0               pending\n"
+        "\x1b[2Kmodel=cnn,seed=12  pending\n"
+    )
     start(first)
     history(first, [0.15, 0.1288])
     start(second)
@@ -124,14 +131,17 @@ def test_on_a_terminal_the_block_is_redrawn_in_place(tmp_path: Path, monkeypatch
     completed(second, epochs=10)
     live.update()
     assert out.getvalue().count("\x1b[4F") == 2
-    assert blocks(out.getvalue(), 4)[-1] == ["0 pending, 1 running, 1 completed, 0 failed",
-                                             "every job: epochs=10",
-                                             "lr=0               running: epoch 2 of 10, best v",
-                                             "model=cnn,seed=12  completed: valid loss 0.3312, "]
+    assert blocks(out.getvalue(), 4)[-1] == [
+        "0 pending, 1 running, 1 completed, 0 failed",
+        "every job: epochs=10",
+        "lr=0               running: epoch 2 of 10, best v",
+        "model=cnn,seed=12  completed: valid loss 0.3312, ",
+    ]
 
 
 def test_a_sweep_taller_than_the_terminal_shows_running_and_failed_jobs_first(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held: contextlib.ExitStack) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held: contextlib.ExitStack
+) -> None:
     """Measured before: a 33-job block on a 24-row terminal was 34 lines, and each redraw scrolled."""
     terminal_of(monkeypatch, 80, 24)
     manifest = sweep(tmp_path, 33)
@@ -149,15 +159,21 @@ def test_a_sweep_taller_than_the_terminal_shows_running_and_failed_jobs_first(
     assert shown == ["running"] * 5 + ["failed"] * 3 + ["pending"] * 13
     assert block[-1] == "… 12 more (2 pending, 10 completed)"
     more = re.fullmatch(r"… (\d+) more \((.*)\)", block[-1])
+    assert more is not None
     left = {state: int(n) for n, state in (part.split() for part in more[2].split(", "))}
     assert sum(left.values()) == int(more[1]) == 33 - len(shown)
     assert {state: shown.count(state) + left.get(state, 0) for state in set(shown) | set(left)} == {
-        "running": 5, "failed": 3, "pending": 15, "completed": 10}
+        "running": 5,
+        "failed": 3,
+        "pending": 15,
+        "completed": 10,
+    }
 
 
 @pytest.mark.parametrize("n_jobs", [3, 22])  # 22 jobs and the counts: the 24-row terminal's 23 lines
-def test_a_sweep_that_fits_is_drawn_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                          held: contextlib.ExitStack, n_jobs: int) -> None:
+def test_a_sweep_that_fits_is_drawn_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held: contextlib.ExitStack, n_jobs: int
+) -> None:
     terminal_of(monkeypatch, 80, 24)
     manifest = sweep(tmp_path, n_jobs)
     letters = ("cpr" * n_jobs)[:n_jobs]
@@ -166,16 +182,17 @@ def test_a_sweep_that_fits_is_drawn_whole(tmp_path: Path, monkeypatch: pytest.Mo
     set_states(manifest, letters, held)
     live.update()
     block = blocks(out.getvalue(), n_jobs + 1)[-1]
-    assert block[0] == status.counts("pending" if c == "p" else "running" if c == "r" else "completed"
-                                     for c in letters)
+    assert block[0] == status.counts("pending" if c == "p" else "running" if c == "r" else "completed" for c in letters)
     assert sorted(line.split()[0] for line in block[1:]) == sorted(f"lr={job.num}" for job in manifest.jobs)  # once
     assert [line.split()[1].rstrip(":") for line in block[1:]] == (
-        ["running"] * letters.count("r") + ["pending"] * letters.count("p") + ["completed"] * letters.count("c"))
+        ["running"] * letters.count("r") + ["pending"] * letters.count("p") + ["completed"] * letters.count("c")
+    )
     assert not any("more" in line for line in block)
 
 
-def test_a_resize_between_redraws_is_followed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                              held: contextlib.ExitStack) -> None:
+def test_a_resize_between_redraws_is_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held: contextlib.ExitStack
+) -> None:
     manifest = sweep(tmp_path, 33)
     out = Terminal()
     live = LiveStatus(manifest, launched(manifest), stream=out)
@@ -195,15 +212,16 @@ def test_a_resize_between_redraws_is_followed(tmp_path: Path, monkeypatch: pytes
     assert shown[1][1:-1] == shown[0][1:8]  # the same first jobs: 5 running, 2 failed
     assert not any("more" in line for line in shown[2])  # 33 jobs and the counts fit 49 rows
     assert max(len(line) for line in shown[4]) == 29 and shown[4][1] == "lr=2   running: epoch 1 of 3,"
-    assert shown[5] == ["15 pending, 5 running, 10 completed, 3 failed",
-                        "… 33 more (5 running, 3 failed, 15 pending, 10 completed)"]
+    assert shown[5] == [
+        "15 pending, 5 running, 10 completed, 3 failed",
+        "… 33 more (5 running, 3 failed, 15 pending, 10 completed)",
+    ]
     assert shown[6] == ["15 pending, 5 running, 10 completed, 3 failed"]
     # a smaller block clears the rows the taller one left below it; a taller one overwrites them
     assert [text.endswith("\x1b[J") for text in drawn] == [False, True, False, False, False, True, True]
 
 
-def test_the_record_is_read_again_as_slurm_jobs_are_submitted(tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_record_is_read_again_as_slurm_jobs_are_submitted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The launching code records each job's SLURM job id as it submits it: each poll reads sweep.json again (and
     keeps the last good record when it cannot), and SLURM's view follows."""
     manifest = sweep(tmp_path / "sweep", 3, launcher="slurm", epochs=5)
@@ -214,13 +232,17 @@ def test_the_record_is_read_again_as_slurm_jobs_are_submitted(tmp_path: Path,
     assert blocks(out.getvalue(), 4)[-1][1:] == ["lr=0  pending", "lr=1  pending", "lr=2  pending"]
     assert log.read_text() == ""  # no job id yet: SLURM not asked
     record = records.load(manifest.sweep_dir)  # what the launching code does, apart from the live status
+    assert record is not None
     record.jobs[0].launcher_job, record.jobs[1].launcher_job = "40_0", "40_1"
     record.jobs[2].launcher_job = record.jobs[1].launcher_job  # a pack: one SLURM job trains both
     record.save()
     live.update()
-    assert blocks(out.getvalue(), 4)[-1] == ["1 pending, 2 running, 0 completed, 0 failed",
-                                             "lr=1  running: starting", "lr=2  running: starting",
-                                             "lr=0  pending (Priority)"]
+    assert blocks(out.getvalue(), 4)[-1] == [
+        "1 pending, 2 running, 0 completed, 0 failed",
+        "lr=1  running: starting",
+        "lr=2  running: starting",
+        "lr=0  pending (Priority)",
+    ]
     assert log.read_text().splitlines() == ["squeue -h -r -o %i|%T|%r -j 40_0,40_1"]
     manifest.path.write_text("{not json")  # a record that cannot be read: the last good one stands
     fake_slurm(tmp_path / "bin", monkeypatch, squeue="40_0|RUNNING|None\n40_1|RUNNING|None\n")
@@ -247,7 +269,8 @@ def test_jobs_of_an_earlier_launch(tmp_path: Path, held: contextlib.ExitStack) -
     live.update()
     assert out.getvalue().splitlines()[1:] == [
         "fmsweep: lr=1 running (2 pending, 2 running, 1 completed, 0 failed)",
-        f"fmsweep: lr=1 {COMPLETED} (2 pending, 1 running, 2 completed, 0 failed)"]
+        f"fmsweep: lr=1 {COMPLETED} (2 pending, 1 running, 2 completed, 0 failed)",
+    ]
 
 
 def test_a_search_counts_the_trials_not_asked_yet_as_pending(tmp_path: Path) -> None:
@@ -276,8 +299,10 @@ def test_a_trial_renamed_by_a_new_one_is_not_reported_again(tmp_path: Path) -> N
     with lock.hold([run_dir]):
         live.update()
         record = records.load(tmp_path)  # a worker asks the second trial
-        record.jobs.append(records.JobRecord(num=1, name="1_lr=0.2,model=fc", overrides=["model=fc", "lr=0.2"],
-                                             epochs=3))
+        assert record is not None
+        record.jobs.append(
+            records.JobRecord(num=1, name="1_lr=0.2,model=fc", overrides=["model=fc", "lr=0.2"], epochs=3)
+        )
         record.save()
         live.update()
     completed(run_dir)

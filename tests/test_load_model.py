@@ -1,5 +1,6 @@
 """`fmsweep.load_model`: a run dir or its best_model.pt gives the model, frozen for prediction; any other path is a
 one-line error saying what the path is."""
+
 import shutil
 from pathlib import Path
 
@@ -41,8 +42,10 @@ def test_floats_outside_0_1_are_refused_in_one_line(run_dir: Path, data_root: Pa
     torch.testing.assert_close(model(test_x.float() / 255), model(test_x))
     with pytest.raises(UserError) as error:
         model(torch.linspace(0, 255, 28 * 28).reshape(28, 28))
-    assert str(error.value) == ("the model takes raw images, uint8 in [0, 255] or float in [0, 1]; got torch.float32 "
-                                "values in [0, 255] (pixels of 0-255 as floats: divide them by 255)")
+    assert str(error.value) == (
+        "the model takes raw images, uint8 in [0, 255] or float in [0, 1]; got torch.float32 "
+        "values in [0, 255] (pixels of 0-255 as floats: divide them by 255)"
+    )
     with pytest.raises(UserError, match=r"got torch.float64 values in \[-0.5, 0.5\]"):
         model(torch.full((2, 28, 28), 0.5, dtype=torch.float64) - torch.arange(2.0, dtype=torch.float64)[:, None, None])
 
@@ -50,7 +53,7 @@ def test_floats_outside_0_1_are_refused_in_one_line(run_dir: Path, data_root: Pa
 def test_training_never_checks_the_range(make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The check is a host sync: training (augmented float batches, normalized by `Classifier.normalize` for the
     network, on CUDA in a captured graph) and its evaluations (uint8 images) must never run it."""
-    checked = []
+    checked: list[torch.Tensor] = []
     monkeypatch.setattr(models, "check_range", checked.append)
     train.run(make_cfg("aug=flip_affine", "epochs=2"), tmp_path)
     assert checked == []

@@ -1,5 +1,6 @@
 """`fmsweep.load_sweep`: the results guide's notebook example runs on a real sweep, and its DataFrames hold what the job
 dirs hold."""
+
 from __future__ import annotations
 
 import csv
@@ -13,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT
 
 import fmsweep
-from conftest import ROOT
 from fmsweep.errors import UserError
 
 GUIDE = ROOT / "docs" / "results.md"
@@ -34,21 +35,33 @@ def lab(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The guide's example sweep (reg none/l2 by two seeds here, 2 epochs) by the real command line, in
     multirun/lab below a fresh folder."""
     folder = tmp_path_factory.mktemp("lab")
-    args = [f"data.root={data_root}", "data.download=false", "device=cpu", "batch_size=64", "epochs=2", "model=fc",
-            "reg=none,l2", "seed=0,1", f"hydra.sweep.dir={EXAMPLE_DIR}"]
-    proc = subprocess.run([sys.executable, "-m", "fmsweep", "-m", *args], cwd=folder, capture_output=True, text=True,
-                          timeout=600)
+    args = [
+        f"data.root={data_root}",
+        "data.download=false",
+        "device=cpu",
+        "batch_size=64",
+        "epochs=2",
+        "model=fc",
+        "reg=none,l2",
+        "seed=0,1",
+        f"hydra.sweep.dir={EXAMPLE_DIR}",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "fmsweep", "-m", *args], cwd=folder, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr
     return folder
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
-    return sorted((p for p in sweep_dir.iterdir() if (p / "metrics.json").is_file()),
-                  key=lambda p: int(p.name.partition("_")[0]))
+    return sorted(
+        (p for p in sweep_dir.iterdir() if (p / "metrics.json").is_file()), key=lambda p: int(p.name.partition("_")[0])
+    )
 
 
-def test_the_guide_example_runs_and_its_frames_hold_the_job_dirs(lab: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                 capsys: pytest.CaptureFixture) -> None:
+def test_the_guide_example_runs_and_its_frames_hold_the_job_dirs(
+    lab: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     monkeypatch.chdir(lab)
     names: dict = {}
     exec(compile(guide_example(), str(GUIDE), "exec"), names)
@@ -76,7 +89,7 @@ def test_the_guide_example_runs_and_its_frames_hold_the_job_dirs(lab: Path, monk
     assert len(settings) == 2 and list(settings["n"]) == [2, 2] and list(settings["rank"]) == [1, 2]
     by_reg = {reg: [m["valid_loss"] for m, r in zip(metrics, jobs["reg"]) if r == reg] for reg in ("none", "l2")}
     means = {reg: statistics.mean(v) for reg, v in by_reg.items()}
-    winner = min(means, key=means.get)
+    winner = min(means, key=means.__getitem__)
     assert settings["reg"][0] == winner and settings["valid_loss_mean"][0] == pytest.approx(means[winner])
     assert settings["valid_loss_std"][0] == pytest.approx(statistics.stdev(by_reg[winner]))
 

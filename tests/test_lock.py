@@ -1,6 +1,7 @@
 """One writer per run dir: a second process for a run dir that another trains in stops at once, exit 2, with one
 line naming the holder, and changes nothing; the first finishes unharmed. A dead holder never blocks (the SIGKILL
 test in test_crash.py restarts killed runs in their dir again and again)."""
+
 import json
 import subprocess
 import sys
@@ -20,9 +21,11 @@ def snapshot(run_dir: Path) -> dict[str, bytes]:
 def test_a_second_holder_of_a_run_dir_is_refused_and_a_released_one_is_not(tmp_path: Path) -> None:
     with lock.hold([tmp_path / "a", tmp_path / "b"]):
         before = snapshot(tmp_path)
-        with pytest.raises(lock.RunDirBusy, match=rf"^{tmp_path / 'b'} is being trained by pid \d+ on .*, since "):
-            with lock.hold([tmp_path / "b"]):  # another open file of the same lock: as another process
-                pass
+        with (
+            pytest.raises(lock.RunDirBusy, match=rf"^{tmp_path / 'b'} is being trained by pid \d+ on .*, since "),
+            lock.hold([tmp_path / "b"]),  # another open file of the same lock: as another process
+        ):
+            pass
         with pytest.raises(lock.RunDirBusy):
             lock.check_free(tmp_path / "a")
         assert snapshot(tmp_path) == before
@@ -43,17 +46,27 @@ def test_a_run_that_finds_its_dir_busy_records_nothing(make_cfg, tmp_path: Path)
 
 @pytest.mark.slow
 def test_two_processes_on_one_run_dir(data_root: Path, tmp_path: Path, held: Gate) -> None:
-    command = [sys.executable, "-m", "fmsweep", *fast_overrides(data_root), "model=fc", "epochs=3",
-               f"hydra.run.dir={tmp_path}"]
+    command = [
+        sys.executable,
+        "-m",
+        "fmsweep",
+        *fast_overrides(data_root),
+        "model=fc",
+        "epochs=3",
+        f"hydra.run.dir={tmp_path}",
+    ]
     held.hold(1)  # the first run waits after epoch 1, its lock held, until the second process has ended
     first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     held.wait_held(1, alive=lambda: first.poll() is None)
     hydra_files = {name: (tmp_path / ".hydra" / name).read_bytes() for name in ("config.yaml", "overrides.yaml")}
-    second = subprocess.run([*command[:-2], "epochs=200", command[-1]], cwd=ROOT, capture_output=True, text=True,
-                            timeout=300)
+    second = subprocess.run(
+        [*command[:-2], "epochs=200", command[-1]], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert second.returncode == 2 and second.stdout == ""
-    assert second.stderr.splitlines() == [f"fmsweep: error: {tmp_path} is being trained by pid {first.pid} on "
-                                          + second.stderr.split(f"pid {first.pid} on ", 1)[1].rstrip("\n")]
+    assert second.stderr.splitlines() == [
+        f"fmsweep: error: {tmp_path} is being trained by pid {first.pid} on "
+        + second.stderr.split(f"pid {first.pid} on ", 1)[1].rstrip("\n")
+    ]
     assert "nothing was changed" in second.stderr
     assert {name: (tmp_path / ".hydra" / name).read_bytes() for name in hydra_files} == hydra_files
     held.release()

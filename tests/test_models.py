@@ -21,7 +21,11 @@ def test_parameter_counts_match_the_architectures() -> None:
 
 
 def test_fc_dropout_layers_follow_the_config() -> None:
-    assert [m.p for m in models.dropout_layers(models.FullyConnected(input_dropout=0.2, dropout=0.5))] == [0.2, 0.5, 0.5]
+    assert [m.p for m in models.dropout_layers(models.FullyConnected(input_dropout=0.2, dropout=0.5))] == [
+        0.2,
+        0.5,
+        0.5,
+    ]
     assert not models.dropout_layers(models.FullyConnected())
 
 
@@ -29,7 +33,8 @@ def test_dropout_draws_a_stream_of_its_own_per_run_and_layer() -> None:
     """As nn.Dropout: about p of the units zeroed, the rest scaled by 1/(1-p), identity in eval mode. Its masks are
     a function of (run seed, layer, batches drawn): a new mask every batch, another for another seed or layer, the
     same again after `seek_dropout`, and the same under vmap (a stacked pack) as alone."""
-    def net(seed: int) -> nn.Module:
+
+    def net(seed: int) -> nn.Sequential:
         model = nn.Sequential(models.Dropout(0.3), models.Dropout(0.3))
         models.seed_dropout(model, seed)
         return model
@@ -54,20 +59,23 @@ def test_dropout_draws_a_stream_of_its_own_per_run_and_layer() -> None:
         models.seek_dropout(n, 0)
     stacked = torch.func.stack_module_state(nets)[1]
     template = net(0)
-    under_vmap = torch.func.vmap(lambda buffers, xk: torch.func.functional_call(template, buffers, (xk,)),
-                                 randomness="error")(stacked, x.expand(3, *x.shape))
+    under_vmap = torch.func.vmap(
+        lambda buffers, xk: torch.func.functional_call(template, buffers, (xk,)), randomness="error"
+    )(stacked, x.expand(3, *x.shape))
     assert torch.equal(under_vmap, alone)
     assert stacked["0.draws"].tolist() == [1, 1, 1]  # each member's count advanced in its stacked copy
 
 
 def test_l2_penalty_counts_weights_only() -> None:
-    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(2, 3))
+    conv, norm, linear = nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Linear(2, 3)
+    model = nn.Sequential(conv, norm, nn.Flatten(), linear)
     for p in model.parameters():
         nn.init.constant_(p, 2.0)
-    n_weights = model[0].weight.numel() + model[3].weight.numel()
+    n_weights = conv.weight.numel() + linear.weight.numel()
     assert models.l2_penalty(model).item() == pytest.approx(4.0 * n_weights)
-    model[0].bias.data.fill_(100.0)
-    model[1].weight.data.fill_(100.0)
+    assert conv.bias is not None and norm.weight is not None
+    conv.bias.data.fill_(100.0)
+    norm.weight.data.fill_(100.0)
     assert models.l2_penalty(model).item() == pytest.approx(4.0 * n_weights)
 
 

@@ -1,5 +1,6 @@
 """Packed training: which jobs pack together, packed runs against their unpacked twins, a pack that stops, falls
 behind in part or loses a member, and packed sweeps through the real command line."""
+
 import copy
 import json
 import shlex
@@ -7,32 +8,50 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from omegaconf import DictConfig
 from conftest import ROOT, Gate, make_fashion_root
-from test_crash import (CLOSE_LOSSES, SignalledSteps, assert_close_records, assert_close_result, assert_close_weights,
-                        assert_consistent, assert_same_result, final_state, relative_distance)
+from omegaconf import DictConfig
+from test_crash import (
+    CLOSE_LOSSES,
+    SignalledSteps,
+    assert_close_records,
+    assert_close_result,
+    assert_close_weights,
+    assert_consistent,
+    assert_same_result,
+    final_state,
+    relative_distance,
+)
 
 from fmsweep import checkpoint, train
-from fmsweep.sweep import packing
 from fmsweep.data import load_fashion_mnist
 from fmsweep.errors import Interrupted
 from fmsweep.models import seed_dropout
 from fmsweep.results.runs import find_runs, read_overrides
+from fmsweep.sweep import packing
 
 CNN = ("model=fancy_cnn", "model.channels=[4,8,8]")  # BatchNorm, small enough for CPU
 
 
 def test_jobs_that_differ_only_in_free_settings_pack_together(make_cfg) -> None:
-    configs = [make_cfg(*o, "pack=3") for o in (
-        ["model=fc", "seed=0"], ["model=fc", "seed=1", "optimizer.lr=0.01", "reg.l2=1e-4", "scheduler=cosine",
-                                  "early_stop.patience=2"], ["model=linear"],
-        ["model=fc", "seed=2", "aug=flip_affine"], ["model=fc", "seed=3", "aug=flip_affine", "aug.degrees=5"],
-        ["model=fc", "seed=4"], ["model=fc", "seed=5"], ["model=fc", "epochs=2"], ["model=fc", "optimizer=sgd"],
-        ["model=fc", "reg=dropout"],
-    )]
+    configs = [
+        make_cfg(*o, "pack=3")
+        for o in (
+            ["model=fc", "seed=0"],
+            ["model=fc", "seed=1", "optimizer.lr=0.01", "reg.l2=1e-4", "scheduler=cosine", "early_stop.patience=2"],
+            ["model=linear"],
+            ["model=fc", "seed=2", "aug=flip_affine"],
+            ["model=fc", "seed=3", "aug=flip_affine", "aug.degrees=5"],
+            ["model=fc", "seed=4"],
+            ["model=fc", "seed=5"],
+            ["model=fc", "epochs=2"],
+            ["model=fc", "optimizer=sgd"],
+            ["model=fc", "reg=dropout"],
+        )
+    ]
     # seeds, lr, l2, schedules, early stopping and augmentation settings (aug=none is flip_affine at zero) are the
     # members' own; the model,
     # epochs, optimizer class and dropout (it is part of the model) are not; a pack holds at most `pack` jobs
@@ -67,7 +86,10 @@ def test_the_stacked_step_computes_what_the_members_compute_one_by_one(make_cfg,
     raw = load_fashion_mnist(configs[0].data.root, False)
     results = []
     for stacked in (False, True):
-        pack = [train.RunState(cfg, tmp_path / f"{stacked}{i}", torch.device("cpu"), raw, "") for i, cfg in enumerate(configs)]
+        pack = [
+            train.RunState(cfg, tmp_path / f"{stacked}{i}", torch.device("cpu"), raw, "")
+            for i, cfg in enumerate(configs)
+        ]
         for run in pack:
             run.model.train()
         loader = train.TrainLoader([run.source() for run in pack], 32)
@@ -101,22 +123,28 @@ def stacked_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 # and the difference then grows by a factor of 1.2 to 1.6 a step), and within the 26 steps rounding grew as far as a
 # swapped dropout stream does (whole net, relative norm: up to 4.5e-2 against 0.30 for the MLP, 12 members; 1.7e-2
 # against 3.6e-2 for the CNN, 24 members). At 1e-4 and 3e-4: test_crash.CLOSE_WEIGHTS.
-STACKED = {"fc": (("model=fc", "reg=dropout"), "1e-4", "3e-4"),
-           "cnn_with_batchnorm": ((*CNN, "reg.dropout=0.3"), "1e-4", "3e-4")}
+STACKED = {
+    "fc": (("model=fc", "reg=dropout"), "1e-4", "3e-4"),
+    "cnn_with_batchnorm": ((*CNN, "reg.dropout=0.3"), "1e-4", "3e-4"),
+}
 
 
 def stacked_members(make_cfg, model: str) -> list[DictConfig]:
     """Three members of a stacked pack of `model` (STACKED), each with its own seed (data order, dropout stream), lr,
     L2, schedule and augmentation settings."""
     overrides, lr, other_lr = STACKED[model]
-    settings = [("seed=0", f"optimizer.lr={lr}"), ("seed=1", f"optimizer.lr={other_lr}", "reg.l2=1e-3"),
-                ("seed=2", f"optimizer.lr={lr}", "scheduler=cosine", "scheduler.warmup_epochs=1", "aug.degrees=5")]
+    settings = [
+        ("seed=0", f"optimizer.lr={lr}"),
+        ("seed=1", f"optimizer.lr={other_lr}", "reg.l2=1e-3"),
+        ("seed=2", f"optimizer.lr={lr}", "scheduler=cosine", "scheduler.warmup_epochs=1", "aug.degrees=5"),
+    ]
     return [make_cfg(*overrides, "aug=flip_affine", "epochs=2", "stack=true", *s) for s in settings]
 
 
 @pytest.mark.parametrize("model", list(STACKED))
-def test_a_stacked_pack_trains_each_member_as_it_trains_alone(make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                             model: str) -> None:
+def test_a_stacked_pack_trains_each_member_as_it_trains_alone(
+    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: str
+) -> None:
     """stack=true on the CPU (CUDA's path of a pack): each member (own seed, lr, L2, schedule, augmentation
     settings; dropout) ends where it ends trained alone through its own module, within float32 rounding, epoch by
     epoch: weights, best model, history and metrics."""
@@ -132,7 +160,8 @@ def test_a_stacked_pack_trains_each_member_as_it_trains_alone(make_cfg, tmp_path
 
 @pytest.mark.parametrize("model", list(STACKED))
 def test_a_stacked_member_fails_the_comparison_with_a_twin_given_another_members_lr_dropout_stream_or_batches(
-        make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: str) -> None:
+    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: str
+) -> None:
     """The negative control of the test above and its tolerances (test_crash): member 0 of the stacked pack, against
     lone twins given member 1's lr, dropout stream (dropout keyed by its seed, all else member 0's) or data order and
     augmentation (its generator seeded by member 1's seed), as a stacked step that mixed up its members would do,
@@ -147,7 +176,7 @@ def test_a_stacked_member_fails_the_comparison_with_a_twin_given_another_members
         train.run(first, tmp_path / "dropout_stream")
     init = train.RunState.__init__
 
-    def data_order_of_second(self: train.RunState, *args: object) -> None:
+    def data_order_of_second(self: train.RunState, *args: Any) -> None:
         init(self, *args)
         self.generator.manual_seed(second.seed)
 
@@ -164,19 +193,25 @@ def test_a_stacked_member_fails_the_comparison_with_a_twin_given_another_members
 
 @pytest.mark.parametrize("leaves", ["early_stop", "pruned", "diverged"])
 def test_a_member_that_leaves_a_stacked_pack_leaves_the_others_where_they_would_be(
-        make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, leaves: str) -> None:
+    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, leaves: str
+) -> None:
     """A member that stops early, is pruned or diverges leaves the pack; the others train on as if it had stayed:
     their dropout streams go on (none restarts when the smaller pack starts), and the batches they are stacked
     with do not change their own."""
     common = ("model=fc", "reg=dropout", "aug=flip_affine", "optimizer=sgd", "epochs=4", "stack=true")
-    leaving = {"early_stop": ("early_stop.patience=1", "early_stop.min_delta=10"), "pruned": (),
-               "diverged": ("reg.l2=1e38",)}[leaves]
+    leaving = {
+        "early_stop": ("early_stop.patience=1", "early_stop.min_delta=10"),
+        "pruned": (),
+        "diverged": ("reg.l2=1e38",),
+    }[leaves]
     stays = [make_cfg(*common, f"seed={s}") for s in range(3)]
     train.run_pack(stays, [tmp_path / f"stays{i}" for i in range(3)])
     if leaves == "pruned":  # the search's pruner stops the trial in leaves0 after its first epoch
         monkeypatch.setattr(train.Trial, "of", lambda run_dir, epochs: Pruner() if run_dir.name == "leaves0" else None)
     sizes = stacked_steps(monkeypatch)
-    losses = train.run_pack([make_cfg(*common, "seed=0", *leaving), *stays[1:]], [tmp_path / f"leaves{i}" for i in range(3)])
+    losses = train.run_pack(
+        [make_cfg(*common, "seed=0", *leaving), *stays[1:]], [tmp_path / f"leaves{i}" for i in range(3)]
+    )
     left = json.loads((tmp_path / "leaves0" / "metrics.json").read_text())
     expected = {"early_stop": (2, "completed"), "pruned": (1, "pruned"), "diverged": (1, "failed")}[leaves]
     assert (left.get("epochs_run", 1), left["status"]) == expected and (losses[0] is None) == (leaves == "diverged")
@@ -193,18 +228,21 @@ class Pruner:
 
 
 @pytest.mark.parametrize("stack", [False, True], ids=["one_after_another", "stacked"])
-def test_a_stopped_pack_resumes_every_member_bitwise(make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                     stack: bool) -> None:
+def test_a_stopped_pack_resumes_every_member_bitwise(
+    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stack: bool
+) -> None:
     together = stack
-    configs = [make_cfg("model=fc", "reg=dropout", "aug=flip_affine", "epochs=3", f"seed={s}", f"stack={stack}")
-               for s in (0, 1)]
+    configs = [
+        make_cfg("model=fc", "reg=dropout", "aug=flip_affine", "epochs=3", f"seed={s}", f"stack={stack}")
+        for s in (0, 1)
+    ]
     straight = [tmp_path / f"straight{i}" for i in range(2)]
     resumed = [tmp_path / f"resumed{i}" for i in range(2)]
     train.run_pack(configs, straight)
     # 400 images in batches of 32: 13 steps an epoch. Together: mid-epoch 1, its last batch, mid-epoch 2;
     # one after another: the same for the first run, then mid-epoch 1 and the last batch of the second
     stops = (5, 13, 20) if together else (5, 13, 20, 45, 78)
-    steps = SignalledSteps(monkeypatch, {n: signal.SIGTERM for n in stops})
+    steps = SignalledSteps(monkeypatch, dict.fromkeys(stops, signal.SIGTERM))
     attempts = 0
     while True:
         try:
@@ -212,8 +250,10 @@ def test_a_stopped_pack_resumes_every_member_bitwise(make_cfg, tmp_path: Path, m
             break
         except Interrupted:
             attempts += 1
-            positions = {(last["epoch"], (last["partial"] or {}).get("next")) for last in
-                         (checkpoint.load(d / checkpoint.LAST) for d in resumed if (d / checkpoint.LAST).exists())}
+            positions = {
+                (last["epoch"], (last["partial"] or {}).get("next"))
+                for last in (checkpoint.load(d / checkpoint.LAST) for d in resumed if (d / checkpoint.LAST).exists())
+            }
             if together:
                 assert len(positions) == 1  # every member saved at the same batch
             for d in resumed:
@@ -236,10 +276,15 @@ def test_members_left_behind_by_a_stop_while_saving_catch_up(make_cfg, tmp_path:
     checkpoint.save(behind, dirs[1] / checkpoint.LAST)  # as if the attempt died after saving member 0's epoch 2
     for d in dirs:
         (d / "metrics.json").unlink()
-    steps = []
+    steps: list[int] = []
     step = train.PackStep.__call__
     monkeypatch = pytest.MonkeyPatch()
-    monkeypatch.setattr(train.PackStep, "__call__", lambda self, x, y: steps.append(len(x)) or step(self, x, y))
+
+    def counted(self: train.PackStep, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        steps.append(len(x))
+        return step(self, x, y)
+
+    monkeypatch.setattr(train.PackStep, "__call__", counted)
     try:
         train.run_pack(configs, dirs)
     finally:
@@ -250,8 +295,10 @@ def test_members_left_behind_by_a_stop_while_saving_catch_up(make_cfg, tmp_path:
 
 
 def test_a_member_that_diverges_stops_alone(make_cfg, tmp_path: Path) -> None:
-    configs = [make_cfg("model=fc", "optimizer=sgd", "epochs=2", "seed=0"),
-               make_cfg("model=fc", "optimizer=sgd", "epochs=2", "seed=1", "reg.l2=1e38")]
+    configs = [
+        make_cfg("model=fc", "optimizer=sgd", "epochs=2", "seed=0"),
+        make_cfg("model=fc", "optimizer=sgd", "epochs=2", "seed=1", "reg.l2=1e38"),
+    ]
     dirs = [tmp_path / "ok", tmp_path / "diverged"]
     losses = train.run_pack(configs, dirs)
     assert losses[0] is not None and losses[1] is None
@@ -263,8 +310,19 @@ def test_a_member_that_diverges_stops_alone(make_cfg, tmp_path: Path) -> None:
 
 
 def sweep(data_root: Path, sweep_dir: Path, *args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "fmsweep", "-m", f"data.root={data_root}", "data.download=false", "device=cpu",
-               "batch_size=64", "epochs=2", *args, f"hydra.sweep.dir={sweep_dir}"]
+    command = [
+        sys.executable,
+        "-m",
+        "fmsweep",
+        "-m",
+        f"data.root={data_root}",
+        "data.download=false",
+        "device=cpu",
+        "batch_size=64",
+        "epochs=2",
+        *args,
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
@@ -290,14 +348,22 @@ def test_a_packed_sweep_writes_the_job_dirs_of_an_unpacked_one(data_root: Path, 
         assert set(read_overrides(tmp_path / "packed" / name)) < set(shlex.split(summary_command))
     assert packed.stdout.count(" completed: valid loss ") == 6
     # the sweep ends naming its best setting on validation and its report
-    assert ("fmsweep: best setting on validation: model=linear, mean valid loss" in packed.stdout
-            or "fmsweep: best setting on validation: model=fc, mean valid loss" in packed.stdout)
-    assert (f"fmsweep: report: {tmp_path / 'packed' / 'report.md'} (with report.csv, jobs.csv, report.png, "
-            "best_samples.png, best_confusion.png)") in packed.stdout
+    assert (
+        "fmsweep: best setting on validation: model=linear, mean valid loss" in packed.stdout
+        or "fmsweep: best setting on validation: model=fc, mean valid loss" in packed.stdout
+    )
+    assert (
+        f"fmsweep: report: {tmp_path / 'packed' / 'report.md'} (with report.csv, jobs.csv, report.png, "
+        "best_samples.png, best_confusion.png)"
+    ) in packed.stdout
     test_root = make_fashion_root(tmp_path / "test_images", n_test=1000)  # the 1,000 images an ensemble needs
-    ensemble = subprocess.run([sys.executable, "-m", "fmsweep.results.ensemble", str(tmp_path / "packed"), "--data-root",
-                               str(test_root)], cwd=ROOT,
-                              capture_output=True, text=True, timeout=300)
+    ensemble = subprocess.run(
+        [sys.executable, "-m", "fmsweep.results.ensemble", str(tmp_path / "packed"), "--data-root", str(test_root)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ensemble.returncode == 0, ensemble.stderr
 
 
@@ -305,7 +371,9 @@ def test_a_packed_sweep_writes_the_job_dirs_of_an_unpacked_one(data_root: Path, 
 def test_a_member_that_diverges_in_a_packed_sweep_is_reported_alone(data_root: Path, tmp_path: Path) -> None:
     proc = sweep(data_root, tmp_path, "model=fc", "optimizer=sgd", "reg.l2=0,1e38", "pack=2")
     assert proc.returncode == 1
-    ok, diverged = (tmp_path / f"{i}_batch_size=64,epochs=2,model=fc,optimizer=sgd,reg.l2={v}" for i, v in ((0, 0), (1, 1e38)))
+    ok, diverged = (
+        tmp_path / f"{i}_batch_size=64,epochs=2,model=fc,optimizer=sgd,reg.l2={v}" for i, v in ((0, 0), (1, 1e38))
+    )
     assert json.loads((ok / "metrics.json").read_text())["status"] == "completed"
     assert "1 completed, 1 failed)" in proc.stdout
     assert f"  {diverged.name}: failed: TrainingDiverged: training diverged" in proc.stderr
@@ -315,10 +383,24 @@ def test_a_member_that_diverges_in_a_packed_sweep_is_reported_alone(data_root: P
 
 
 @pytest.mark.slow
-def test_an_interrupted_packed_sweep_marks_no_member_failed_and_resumes(data_root: Path, tmp_path: Path,
-                                                                         held: Gate) -> None:
-    command = [sys.executable, "-m", "fmsweep", "-m", f"data.root={data_root}", "data.download=false", "device=cpu",
-               "model=fc", "seed=0,1", "pack=2", "epochs=3", "batch_size=32", f"hydra.sweep.dir={tmp_path}"]
+def test_an_interrupted_packed_sweep_marks_no_member_failed_and_resumes(
+    data_root: Path, tmp_path: Path, held: Gate
+) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "fmsweep",
+        "-m",
+        f"data.root={data_root}",
+        "data.download=false",
+        "device=cpu",
+        "model=fc",
+        "seed=0,1",
+        "pack=2",
+        "epochs=3",
+        "batch_size=32",
+        f"hydra.sweep.dir={tmp_path}",
+    ]
     held.hold(2)
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     held.wait_held(2, alive=lambda: proc.poll() is None)

@@ -1,13 +1,14 @@
 """The checks of a sweep before anything is submitted (fmsweep.sweep.prelaunch) that need no SLURM: every job's
 config, composed as Hydra composes it (by a shortcut, see prelaunch.SweepComposer), and the time limit against
 SLURM's stop warning."""
+
 from __future__ import annotations
 
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from conftest import CONF, ROOT
@@ -20,8 +21,8 @@ from hydra.errors import ConfigCompositionException
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, Node, OmegaConf, open_dict
 
-from fmsweep.sweep import prelaunch
 from fmsweep.errors import UserError
+from fmsweep.sweep import prelaunch
 
 # jobs of a sweep mixing every kind of override: group choices (shared by several jobs, or alone), plain values
 # (numbers, lists, a dict, a quoted string, an interpolation, ++key), hydra.* values and groups, and the kinds that
@@ -49,10 +50,14 @@ def sweep(data_root: Path, tmp_path: Path) -> Iterator[tuple[ConfigLoader, DictC
     and the overrides that every job of that sweep has."""
     common = [f"data.root={data_root}", "data.download=false", "device=cpu", "epochs=1"]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3", job_name="fmsweep"):
-        loader = GlobalHydra.instance().hydra.config_loader
+        hydra = GlobalHydra.instance().hydra
+        assert hydra is not None
+        loader = hydra.config_loader
         master = loader.load_configuration(
-            "config", [f"hydra.sweep.dir={tmp_path}", "hydra.mode=MULTIRUN", *common, "seed=0,1"],
-            run_mode=RunMode.MULTIRUN)
+            "config",
+            [f"hydra.sweep.dir={tmp_path}", "hydra.mode=MULTIRUN", *common, "seed=0,1"],
+            run_mode=RunMode.MULTIRUN,
+        )
         yield loader, master, common
 
 
@@ -88,7 +93,7 @@ def nodes(node: Node, path: str = "") -> Iterator[tuple[str, str, dict[str, Any]
     yield path, type(node).__name__, metadata, content if not isinstance(content, (dict, list)) else None
     children = content.items() if isinstance(content, dict) else enumerate(content) if isinstance(content, list) else ()
     for key, child in children:
-        yield from nodes(child, f"{path}.{key}")
+        yield from nodes(child, f"{path}.{key!s}")
 
 
 def resolved(cfg: DictConfig) -> dict[str, Any]:
@@ -99,7 +104,7 @@ def resolved(cfg: DictConfig) -> dict[str, Any]:
         cfg.hydra.runtime.output_dir = "/job"
     tree = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(tree, dict)
-    return tree
+    return cast(dict[str, Any], tree)
 
 
 def assert_as_hydra_composes(got: list[DictConfig], want: list[DictConfig]) -> None:
@@ -112,7 +117,8 @@ def assert_as_hydra_composes(got: list[DictConfig], want: list[DictConfig]) -> N
 
 
 def test_the_jobs_of_a_mixed_sweep_are_composed_as_hydra_composes_them(
-        sweep: tuple[ConfigLoader, DictConfig, list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    sweep: tuple[ConfigLoader, DictConfig, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     loader, master, common = sweep
     jobs = [[*common, *job] for job in MIXED_JOBS]
     want = hydra_configs(loader, master, jobs, 3)
@@ -120,17 +126,28 @@ def test_the_jobs_of_a_mixed_sweep_are_composed_as_hydra_composes_them(
     got = prelaunch.check_jobs(loader, master, jobs, first_num=3)
     assert_as_hydra_composes(got, want)
     # Hydra composed each combination of group choices and hydra.* values once, and each job with a +key or ~key
-    assert compositions == [["model=fc"], ["model=linear"], ["experiment=fc"],
-                            ["model=fc", "hydra.job.config.override_dirname.kv_sep=:"],
-                            ["hydra/launcher=submitit_local"], jobs[7], [], jobs[9], jobs[10], ["optimizer=sgd"]]
+    assert compositions == [
+        ["model=fc"],
+        ["model=linear"],
+        ["experiment=fc"],
+        ["model=fc", "hydra.job.config.override_dirname.kv_sep=:"],
+        ["hydra/launcher=submitit_local"],
+        jobs[7],
+        [],
+        jobs[9],
+        jobs[10],
+        ["optimizer=sgd"],
+    ]
     assert [str(c.hydra.sweep.subdir) for c in got[:2]] == [
         "3_epochs=1,model=fc,optimizer.lr=0.01,seed=0",
-        "4_epochs=1,model.hidden=[32],model=fc,optimizer.lr=0.02,seed=1"]
+        "4_epochs=1,model.hidden=[32],model=fc,optimizer.lr=0.02,seed=1",
+    ]
     assert str(got[5].hydra.sweep.subdir) == "8_epochs:1,model:fc,seed:5"
 
 
 def test_a_grid_is_composed_once_for_each_combination_of_its_group_choices(
-        sweep: tuple[ConfigLoader, DictConfig, list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    sweep: tuple[ConfigLoader, DictConfig, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     loader, master, common = sweep
     parser = OverridesParser.create(config_loader=loader)  # the jobs as Hydra's basic sweeper expands the grid
     grid = parser.parse_overrides([*common, "model=linear,fc", "optimizer.lr=0.01,0.1", "seed=range(5)"])
@@ -146,16 +163,28 @@ def test_a_grid_is_composed_once_for_each_combination_of_its_group_choices(
 
 
 def test_hydra_overrides_of_the_command_line_that_add_keys_keep_the_grid_shared(
-        data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`+hydra.launcher.additional_parameters={hold:true}` (any +hydra key) on the command line is in every job's
     composition, the shared one too: the grid is still composed once per group choice, as Hydra composes it."""
     common = [f"data.root={data_root}", "data.download=false", "device=cpu", "epochs=1"]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3", job_name="fmsweep"):
-        loader = GlobalHydra.instance().hydra.config_loader
+        hydra = GlobalHydra.instance().hydra
+        assert hydra is not None
+        loader = hydra.config_loader
         master = loader.load_configuration(
-            "config", [f"hydra.sweep.dir={tmp_path}", "hydra.mode=MULTIRUN", "hydra/launcher=submitit_local",
-                       "+hydra.launcher.additional_parameters={hold:true}", "+hydra.job.env_set.FOO=bar", *common,
-                       "seed=0,1"], run_mode=RunMode.MULTIRUN)
+            "config",
+            [
+                f"hydra.sweep.dir={tmp_path}",
+                "hydra.mode=MULTIRUN",
+                "hydra/launcher=submitit_local",
+                "+hydra.launcher.additional_parameters={hold:true}",
+                "+hydra.job.env_set.FOO=bar",
+                *common,
+                "seed=0,1",
+            ],
+            run_mode=RunMode.MULTIRUN,
+        )
         jobs = [[*common, "model=fc", f"seed={seed}"] for seed in range(4)]
         want = hydra_configs(loader, master, jobs, 0)
         compositions = hydra_compositions(loader, monkeypatch)
@@ -170,13 +199,16 @@ def test_a_bad_job_is_one_user_error_naming_it(sweep: tuple[ConfigLoader, DictCo
     jobs = [[*common, "seed=0"], [*common, "seed=1", "model=fc", "model.dropout=2"]]
     with pytest.raises(UserError) as error:
         prelaunch.check_jobs(loader, master, jobs, first_num=7)
-    assert str(error.value) == ("job 8_epochs=1,model.dropout=2,model=fc,seed=1: model.dropout must be a number in "
-                                "[0, 1), got 2; nothing was launched")
+    assert str(error.value) == (
+        "job 8_epochs=1,model.dropout=2,model=fc,seed=1: model.dropout must be a number in "
+        "[0, 1), got 2; nothing was launched"
+    )
 
 
 @pytest.mark.parametrize("bad", ["no_such_key=1", "model.no_such_key=1", "+seed=3", "~no_such_key", "model=nope"])
 def test_a_job_that_hydra_cannot_compose_fails_with_hydras_own_error(
-        sweep: tuple[ConfigLoader, DictConfig, list[str]], bad: str) -> None:
+    sweep: tuple[ConfigLoader, DictConfig, list[str]], bad: str
+) -> None:
     loader, master, common = sweep
     jobs = [[*common, "seed=0"], [*common, "seed=1", bad]]
     with pytest.raises(ConfigCompositionException) as hydra_error:
@@ -187,10 +219,12 @@ def test_a_job_that_hydra_cannot_compose_fails_with_hydras_own_error(
     assert str(error.value.__cause__) == str(hydra_error.value.__cause__)
 
 
-@pytest.mark.parametrize(("timeout_min", "signal_delay_s", "least_min"),
-                         [(2, 120, 4), (3, 120, 4), (1, 30, 2), (1, 90, 3), (5, 200, 7)])
+@pytest.mark.parametrize(
+    ("timeout_min", "signal_delay_s", "least_min"), [(2, 120, 4), (3, 120, 4), (1, 30, 2), (1, 90, 3), (5, 200, 7)]
+)
 def test_a_time_limit_with_too_little_training_before_the_stop_warning_is_refused(
-        timeout_min: int, signal_delay_s: int, least_min: int) -> None:
+    timeout_min: int, signal_delay_s: int, least_min: int
+) -> None:
     with pytest.raises(UserError, match=rf"set hydra\.launcher\.timeout_min={least_min} or more"):
         prelaunch.check_slurm_timeout({"timeout_min": timeout_min, "signal_delay_s": signal_delay_s})
     prelaunch.check_slurm_timeout({"timeout_min": least_min, "signal_delay_s": signal_delay_s})  # the one it names
@@ -211,23 +245,42 @@ def test_the_time_limit_is_checked_before_sbatch_is_asked(monkeypatch: pytest.Mo
         prelaunch.check_slurm_request({"timeout_min": 2, "signal_delay_s": 120, "partition": None})
 
 
-def test_a_slurm_sweep_with_too_short_a_time_limit_is_one_line_and_submits_nothing(data_root: Path,
-                                                                                   tmp_path: Path) -> None:
+def test_a_slurm_sweep_with_too_short_a_time_limit_is_one_line_and_submits_nothing(
+    data_root: Path, tmp_path: Path
+) -> None:
     sweep_dir = tmp_path / "sweep"
-    proc = subprocess.run([sys.executable, "-m", "fmsweep", "-m", "hydra/launcher=slurm", "hydra.launcher.timeout_min=2",
-                           f"data.root={data_root}", "data.download=false", "device=cpu", "seed=0,1",
-                           f"hydra.sweep.dir={sweep_dir}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fmsweep",
+            "-m",
+            "hydra/launcher=slurm",
+            "hydra.launcher.timeout_min=2",
+            f"data.root={data_root}",
+            "data.download=false",
+            "device=cpu",
+            "seed=0,1",
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.splitlines() == [
         "fmsweep: error: hydra.launcher.timeout_min=2 leaves a job 0 s of training before SLURM's stop warning, which "
         "comes hydra.launcher.signal_delay_s=120 s before the time limit; it needs at least 120 s: set "
-        "hydra.launcher.timeout_min=4 or more; nothing was submitted"]
+        "hydra.launcher.timeout_min=4 or more; nothing was submitted"
+    ]
     assert not sweep_dir.exists()
 
 
 @pytest.mark.parametrize("kind", ["shortcut", "full composition"])
 def test_a_job_named_by_display_overrides_keeps_its_full_values_in_its_config(
-        sweep: tuple[ConfigLoader, DictConfig, list[str]], kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    sweep: tuple[ConfigLoader, DictConfig, list[str]], kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A search names a trial's job dir by its values rounded for people (space.display_overrides); its config
     trains with the full values, by the shortcut and by Hydra's full composition (+key) alike."""
     loader, master, common = sweep

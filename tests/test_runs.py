@@ -1,5 +1,6 @@
 """find_runs, which the report and the ensemble read a sweep with: a dir with a .hydra/config.yaml that is not a
 complete fmsweep run is skipped with one line on stderr, the rest is read; nothing left is a UserError."""
+
 import json
 import shutil
 import subprocess
@@ -7,13 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
+
 from fmsweep.errors import UserError
 from fmsweep.results.runs import find_runs
 
-LACKS_ALL = ("lacks the number(s) best_epoch, valid_loss, valid_acc, test_loss, test_acc, num_params, train_seconds, "
-             "epochs_run")
+LACKS_ALL = (
+    "lacks the number(s) best_epoch, valid_loss, valid_acc, test_loss, test_acc, num_params, train_seconds, epochs_run"
+)
 
 
 def jobs(sweep_dir: Path) -> list[Path]:
@@ -27,9 +29,19 @@ def sweep_copy(tiny_sweep: Path, tmp_path: Path) -> Path:
 
 def finished(**changes: object) -> str:
     """The metrics.json of a finished run, with `changes`."""
-    metrics = {"status": "completed", "best_epoch": 2, "valid_loss": 0.5, "valid_acc": 0.8, "test_loss": 0.5,
-               "test_acc": 0.8, "num_params": 7850, "train_seconds": 1.5, "epochs_run": 2, "stopped_early": None,
-               "pruned": None}
+    metrics = {
+        "status": "completed",
+        "best_epoch": 2,
+        "valid_loss": 0.5,
+        "valid_acc": 0.8,
+        "test_loss": 0.5,
+        "test_acc": 0.8,
+        "num_params": 7850,
+        "train_seconds": 1.5,
+        "epochs_run": 2,
+        "stopped_early": None,
+        "pruned": None,
+    }
     return json.dumps({**metrics, **changes})
 
 
@@ -42,21 +54,30 @@ def finished(**changes: object) -> str:
         ("metrics.json", '{"valid_loss": 0.5}', "metrics.json holds no status completed/pruned/failed"),
         ("metrics.json", finished(status="done"), "metrics.json holds no status completed/pruned/failed"),
         ("metrics.json", '{"status": "completed"}', f"metrics.json of a completed run {LACKS_ALL}"),
-        ("metrics.json", finished(status="pruned", valid_loss="0.5", epochs_run=True),
-         "metrics.json of a pruned run lacks the number(s) valid_loss, epochs_run"),
+        (
+            "metrics.json",
+            finished(status="pruned", valid_loss="0.5", epochs_run=True),
+            "metrics.json of a pruned run lacks the number(s) valid_loss, epochs_run",
+        ),
         (".hydra/config.yaml", "model: [", "invalid .hydra/config.yaml (ParserError: "),
         (".hydra/config.yaml", "- a\n- list\n", "invalid .hydra/config.yaml (TypeError: a ListConfig, not a mapping)"),
-        (".hydra/config.yaml", "epochs: 2\nmodel: {}\n", (".hydra/config.yaml is not an fmsweep run's: it lacks seed, "
-         "model._target_, data.root, data.download, data.valid_ratio, data.subset")),
+        (
+            ".hydra/config.yaml",
+            "epochs: 2\nmodel: {}\n",
+            (
+                ".hydra/config.yaml is not an fmsweep run's: it lacks seed, "
+                "model._target_, data.root, data.download, data.valid_ratio, data.subset"
+            ),
+        ),
         (".hydra/hydra.yaml", "hydra: {job: {num: first}}", "invalid .hydra/hydra.yaml (ValueError: "),
         (".hydra/hydra.yaml", "hydra: {runtime: {choices: fc}}", "invalid .hydra/hydra.yaml (TypeError: a str, not"),
         (".hydra/hydra.yaml", b"\xff\xfe", "invalid .hydra/hydra.yaml (UnicodeDecodeError: "),
         (".hydra/overrides.yaml", "- [", "invalid .hydra/overrides.yaml (ParserError: "),
     ],
 )
-def test_a_dir_that_is_not_a_complete_run_is_skipped_with_one_line(sweep_copy: Path, file: str, content: str | bytes,
-                                                                   reason: str,
-                                                                   capsys: pytest.CaptureFixture) -> None:
+def test_a_dir_that_is_not_a_complete_run_is_skipped_with_one_line(
+    sweep_copy: Path, file: str, content: str | bytes, reason: str, capsys: pytest.CaptureFixture
+) -> None:
     dirs = jobs(sweep_copy)
     path = dirs[1] / file
     if isinstance(content, bytes):
@@ -81,8 +102,13 @@ def test_unfinished_failed_and_pruned_runs_are_runs(sweep_copy: Path, capsys: py
 
 
 def report(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fmsweep.results.report", str(path)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "fmsweep.results.report", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_the_report_skips_a_hand_written_dir_and_reports_the_rest(tiny_sweep: Path, tmp_path: Path) -> None:
@@ -102,13 +128,16 @@ def test_the_report_skips_a_hand_written_dir_and_reports_the_rest(tiny_sweep: Pa
     shutil.rmtree(run)
     proc = report(tmp_path)
     assert proc.returncode == 2 and proc.stdout == ""
-    error = (f"fmsweep: error: {tmp_path} is not an fmsweep sweep or run directory: none of the 1 dir(s) with a "
-             ".hydra/config.yaml in it or below is a complete run (skipped, see above)")
+    error = (
+        f"fmsweep: error: {tmp_path} is not an fmsweep sweep or run directory: none of the 1 dir(s) with a "
+        ".hydra/config.yaml in it or below is a complete run (skipped, see above)"
+    )
     assert proc.stderr.splitlines() == [skipped, error]
 
 
-def test_a_run_dir_that_is_not_a_complete_run_is_a_user_error(tiny_sweep: Path, tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture) -> None:
+def test_a_run_dir_that_is_not_a_complete_run_is_a_user_error(
+    tiny_sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     run = Path(shutil.copytree(jobs(tiny_sweep)[0], tmp_path / "run"))
     (run / "metrics.json").write_text("")
     with pytest.raises(UserError, match="none of the 1 dir"):

@@ -1,6 +1,7 @@
 """The `search` config group (conf/search/: Optuna searches as presets, `fmsweep -m search=fc_lr_l2`) and a search's
 space (fmsweep.sweep.space): hydra.sweeper.params with the command line's overrides, the samplers, and the values
 as people read them."""
+
 from __future__ import annotations
 
 import subprocess
@@ -61,23 +62,37 @@ def test_the_command_line_wins_over_the_params() -> None:
 
 
 def test_params_take_what_the_command_line_says_and_lists_as_choices() -> None:
-    params = OmegaConf.create({"model": ["fc", "linear"], "model.hidden": [[32], [64, 64]], "seed": "range(1,4)",
-                               "optimizer": "adam,sgd", "epochs": 3, "optimizer.nesterov": True})
+    params = OmegaConf.create(
+        {
+            "model": ["fc", "linear"],
+            "model.hidden": [[32], [64, 64]],
+            "seed": "range(1,4)",
+            "optimizer": "adam,sgd",
+            "epochs": 3,
+            "optimizer.nesterov": True,
+        }
+    )
     fixed, searched = space.split(["optimizer.lr=choice(0.1,0.01)"], params)
     assert fixed == ["epochs=3", "optimizer.nesterov=True"]
-    assert searched == {"model": CategoricalDistribution(["fc", "linear"]),
-                        "model.hidden": CategoricalDistribution(["[32]", "[64,64]"]),
-                        "seed": IntDistribution(1, 3), "optimizer": CategoricalDistribution(["adam", "sgd"]),
-                        "optimizer.lr": CategoricalDistribution([0.1, 0.01])}
+    assert searched == {
+        "model": CategoricalDistribution(["fc", "linear"]),
+        "model.hidden": CategoricalDistribution(["[32]", "[64,64]"]),
+        "seed": IntDistribution(1, 3),
+        "optimizer": CategoricalDistribution(["adam", "sgd"]),
+        "optimizer.lr": CategoricalDistribution([0.1, 0.01]),
+    }
     with pytest.raises(UserError, match="needs a search space"):
         space.split([], None)
 
 
-@pytest.mark.parametrize(("value", "words"), [
-    ("interval(1e-4", "hydra.sweeper.params.optimizer.lr: optimizer.lr=interval(1e-4: no viable alternative"),
-    ("interval(1,0)", "hydra.sweeper.params.optimizer.lr: optimizer.lr=interval(1,0): not a search space"),
-    ([], "hydra.sweeper.params.optimizer.lr: optimizer.lr=choice(): ValueError while evaluating 'choice()': empty"),
-])
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("interval(1e-4", "hydra.sweeper.params.optimizer.lr: optimizer.lr=interval(1e-4: no viable alternative"),
+        ("interval(1,0)", "hydra.sweeper.params.optimizer.lr: optimizer.lr=interval(1,0): not a search space"),
+        ([], "hydra.sweeper.params.optimizer.lr: optimizer.lr=choice(): ValueError while evaluating 'choice()': empty"),
+    ],
+)
 def test_a_bad_param_is_one_line_naming_it(value: object, words: str) -> None:
     with pytest.raises(UserError) as error:
         space.split([], {"optimizer.lr": value})
@@ -102,16 +117,40 @@ def test_an_unknown_sampler_is_refused_with_the_names_it_takes() -> None:
         space.make_sampler("cmaes", 0)
 
 
-@pytest.mark.parametrize(("value", "shown"), [
-    (0.006431172050131994, "0.006431"), (1.2345678e-05, "1.235e-05"), (3.0, "3.0"), (-2.5, "-2.5"), (1234.0, "1234.0"),
-    (123456.7, "1.235e+05"), (float("inf"), "inf"), (3, "3"), (True, "True"), ("fc", "fc"), ("[32]", "[32]")])
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (0.006431172050131994, "0.006431"),
+        (1.2345678e-05, "1.235e-05"),
+        (3.0, "3.0"),
+        (-2.5, "-2.5"),
+        (1234.0, "1234.0"),
+        (123456.7, "1.235e+05"),
+        (float("inf"), "inf"),
+        (3, "3"),
+        (True, "True"),
+        ("fc", "fc"),
+        ("[32]", "[32]"),
+    ],
+)
 def test_readable_writes_floats_to_four_significant_digits(value: object, shown: str) -> None:
     assert space.readable(value) == shown
 
 
 def test_display_overrides_rounds_long_floats_and_leaves_the_rest_as_written() -> None:
-    given = ["optimizer.lr=0.006431172050131994", "+reg.l2=1.2345678e-05", "model@net=fc", "seed=3", "~aug",
-             "reg.l2=1e-3", "epochs=3.0", "data.root=/x/y.z", "s='0.123456789'", "model.hidden=[0.123456789]", "x=("]
+    given = [
+        "optimizer.lr=0.006431172050131994",
+        "+reg.l2=1.2345678e-05",
+        "model@net=fc",
+        "seed=3",
+        "~aug",
+        "reg.l2=1e-3",
+        "epochs=3.0",
+        "data.root=/x/y.z",
+        "s='0.123456789'",
+        "model.hidden=[0.123456789]",
+        "x=(",
+    ]
     assert space.display_overrides(given) == ["optimizer.lr=0.006431", "+reg.l2=1.235e-05", *given[2:]]
 
 
@@ -119,15 +158,23 @@ def test_display_overrides_rounds_long_floats_and_leaves_the_rest_as_written() -
 def test_every_search_preset_passes_the_checks_before_launch(preset: str, data_root: Path, tmp_path: Path) -> None:
     """The real command line composes the preset with the search's sweeper; its space's corners pass the checks
     that a search makes before its study exists (as run_search does), without training."""
-    proc = subprocess.run([sys.executable, "-m", "fmsweep", f"search={preset}", "--cfg", "hydra"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fmsweep", f"search={preset}", "--cfg", "hydra"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert OmegaConf.create(proc.stdout).hydra.sweeper._target_ == SEARCH_SWEEPER
     arguments = [f"search={preset}", f"data.root={data_root}", "data.download=false", "device=cpu"]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3", job_name="fmsweep"):
-        loader = GlobalHydra.instance().hydra.config_loader
-        master = loader.load_configuration("config", [f"hydra.sweep.dir={tmp_path}", "hydra.mode=MULTIRUN",
-                                                      *arguments], run_mode=RunMode.MULTIRUN)
+        hydra = GlobalHydra.instance().hydra
+        assert hydra is not None
+        loader = hydra.config_loader
+        master = loader.load_configuration(
+            "config", [f"hydra.sweep.dir={tmp_path}", "hydra.mode=MULTIRUN", *arguments], run_mode=RunMode.MULTIRUN
+        )
         fixed, searched = space.split(arguments, master.hydra.sweeper.params)
         jobs = space.corners(fixed, searched)
         checked = prelaunch.check_jobs(loader, master, jobs, names=[space.display_overrides(j) for j in jobs])
@@ -136,7 +183,8 @@ def test_every_search_preset_passes_the_checks_before_launch(preset: str, data_r
 
 
 def test_the_help_lists_the_search_group() -> None:
-    proc = subprocess.run([sys.executable, "-m", "fmsweep", "--help"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fmsweep", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"search: {', '.join(sorted([*SEARCHES, 'none']))}\n" in proc.stdout

@@ -2,13 +2,14 @@
 until the study holds exactly n_trials ended trials, also when one worker is cancelled for good mid-trial (its
 trial is taken over by the other worker and resumed from its last.pt); `fmsweep status` follows it and its results
 are written by the job that waits for the workers. A preempted worker (USR2) is requeued and resumes its trial."""
+
 import json
 import subprocess
 from pathlib import Path
 
 import pytest
-from optuna.trial import TrialState
 from conftest import Gate, fast_overrides, wait_for
+from optuna.trial import TrialState
 from test_durable import alive, fmsweep, history_epochs, record
 from test_slurm import CPU_SLURM, needs_cluster, sweep, usr2_after_two_epochs
 
@@ -19,20 +20,33 @@ SPACE = ["model=fc", "optimizer.lr=tag(log,interval(1e-4,1e-1))"]
 
 def trial_of(sweep_dir: Path, worker: str, names: list[str]) -> dict | None:
     """The record's trial among the run dirs `names` that the worker trains."""
-    return next((job for job in record(sweep_dir)["jobs"] if job["launcher_job"] == worker and job["name"] in names),
-                None)
+    return next(
+        (job for job in record(sweep_dir)["jobs"] if job["launcher_job"] == worker and job["name"] in names), None
+    )
 
 
 @pytest.mark.slurm
 @needs_cluster
-def test_a_detached_search_ends_with_its_trials_when_a_worker_is_cancelled_for_good(data_root: Path, tmp_path: Path,
-                                                                                   held: Gate) -> None:
+def test_a_detached_search_ends_with_its_trials_when_a_worker_is_cancelled_for_good(
+    data_root: Path, tmp_path: Path, held: Gate
+) -> None:
     sweep_dir = tmp_path / "search"
     epochs = 3
     held.hold(2)  # each worker waits after epoch 2 of its first trial: a last.pt to resume from, the trial unfinished
-    proc = sweep(*CPU_SLURM, f"data.root={data_root}", "data.download=false", "device=cpu", *SPACE, f"epochs={epochs}",
-                 "batch_size=32", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=2",
-                 "hydra.sweeper.detach=true", f"hydra.sweep.dir={sweep_dir}")
+    proc = sweep(
+        *CPU_SLURM,
+        f"data.root={data_root}",
+        "data.download=false",
+        "device=cpu",
+        *SPACE,
+        f"epochs={epochs}",
+        "batch_size=32",
+        "hydra/sweeper=optuna",
+        "hydra.sweeper.n_trials=6",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.detach=true",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "detached search" in proc.stdout and "2 worker(s)" in proc.stdout, proc.stdout
     workers = record(sweep_dir)["workers"]
@@ -46,7 +60,9 @@ def test_a_detached_search_ends_with_its_trials_when_a_worker_is_cancelled_for_g
     assert status.returncode == 0 and "6 trials (slurm)" in status.stdout, status.stdout + status.stderr
     watched = fmsweep("status", str(sweep_dir), "--watch", "--interval", "1")
     assert watched.returncode == 0, watched.stdout[-3000:] + watched.stderr[-2000:]
-    trials = storage.find_study(sweep_dir).trials
+    study = storage.find_study(sweep_dir)
+    assert study is not None
+    trials = study.trials
     assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
     taken = next(job for job in record(sweep_dir)["jobs"] if job["num"] == orphan["num"])
     assert taken["launcher_job"] == workers[1]  # the other worker took it over
@@ -55,21 +71,31 @@ def test_a_detached_search_ends_with_its_trials_when_a_worker_is_cancelled_for_g
     assert json.loads((sweep_dir / orphan["name"] / "metrics.json").read_text())["epochs_run"] == epochs
     assert history_epochs(sweep_dir / orphan["name"]) == list(range(1, epochs + 1))
     assert (sweep_dir / "report.md").is_file() and "## Search" in (sweep_dir / "report.md").read_text()
-    print(f"\ndetached 6-trial search, worker {workers[0]} cancelled in trial {orphan['num']}:\n"
-          f"{proc.stdout}\n{watched.stdout[-1500:]}")
+    print(
+        f"\ndetached 6-trial search, worker {workers[0]} cancelled in trial {orphan['num']}:\n"
+        f"{proc.stdout}\n{watched.stdout[-1500:]}"
+    )
 
 
 @pytest.mark.slurm
 @needs_cluster
-def test_a_preempted_worker_is_requeued_and_resumes_its_own_trial(data_root: Path, tmp_path: Path,
-                                                                   held: Gate) -> None:
+def test_a_preempted_worker_is_requeued_and_resumes_its_own_trial(data_root: Path, tmp_path: Path, held: Gate) -> None:
     epochs = 4
-    args = [*CPU_SLURM, *fast_overrides(data_root), f"epochs={epochs}", "model=vanilla_cnn",
-            "optimizer.lr=tag(log,interval(1e-3,1e-2))", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2",
-            "hydra.sweeper.n_jobs=1"]
+    args = [
+        *CPU_SLURM,
+        *fast_overrides(data_root),
+        f"epochs={epochs}",
+        "model=vanilla_cnn",
+        "optimizer.lr=tag(log,interval(1e-3,1e-2))",
+        "hydra/sweeper=optuna",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=1",
+    ]
     proc, out, [first], _ = usr2_after_two_epochs(args, tmp_path, held)
     assert proc.returncode == 0, out[-3000:]
-    trials = storage.find_study(tmp_path).trials
+    study = storage.find_study(tmp_path)
+    assert study is not None
+    trials = study.trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     [worker] = record(tmp_path)["workers"]
     assert {job["launcher_job"] for job in record(tmp_path)["jobs"]} == {worker}  # the same worker, requeued

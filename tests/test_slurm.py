@@ -1,4 +1,5 @@
 """Sweeps through the submitit launchers: on a live SLURM cluster (marker `slurm`) and as local processes."""
+
 import csv
 import json
 import re
@@ -9,19 +10,25 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 from conftest import ROOT, Gate, fast_overrides, needs_cluster, wait_for
+from omegaconf import OmegaConf
 
 from fmsweep.sweep import manifest, status
 
-
 # The GPU preset on a CPU-only test node: no GPU, one core and little memory per job.
-CPU_SLURM = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1",
-             "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10"]
+CPU_SLURM = [
+    "hydra/launcher=slurm",
+    "hydra.launcher.gpus_per_node=null",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=1",
+    "hydra.launcher.timeout_min=10",
+]
 
 
 def sweep(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fmsweep", "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "fmsweep", "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
@@ -58,7 +65,9 @@ def assert_complete(jobs: list[Path], epochs: int) -> None:
 @needs_cluster
 def test_two_by_two_sweep_on_slurm(data_root: Path, tmp_path: Path) -> None:
     t0 = time.perf_counter()
-    proc = sweep(*CPU_SLURM, *fast_overrides(data_root), "epochs=2", "model=linear,fc", "seed=0,1", f"hydra.sweep.dir={tmp_path}")
+    proc = sweep(
+        *CPU_SLURM, *fast_overrides(data_root), "epochs=2", "model=linear,fc", "seed=0,1", f"hydra.sweep.dir={tmp_path}"
+    )
     wall = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = job_dirs(tmp_path)
@@ -69,13 +78,19 @@ def test_two_by_two_sweep_on_slurm(data_root: Path, tmp_path: Path) -> None:
     print(f"\n2x2 SLURM sweep wall time: {wall:.1f} s; its live status:\n" + "\n".join(lines))
 
 
-def usr2_after_two_epochs(args: list[str], sweep_dir: Path, held: Gate) -> tuple[subprocess.Popen, str, list[Path],
-                                                                               datetime]:
+def usr2_after_two_epochs(
+    args: list[str], sweep_dir: Path, held: Gate
+) -> tuple[subprocess.Popen, str, list[Path], datetime]:
     """Launch a SLURM sweep that runs as one SLURM job, send USR2 to that job once a run of it waits at the gate
     after epoch 2, and wait for the sweep: the process, its output, the job dirs and when the signal went."""
     held.hold(2)
-    proc = subprocess.Popen([sys.executable, "-m", "fmsweep", "-m", *args, f"hydra.sweep.dir={sweep_dir}"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fmsweep", "-m", *args, f"hydra.sweep.dir={sweep_dir}"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     job_id = None
     try:
         held.wait_held(2, alive=lambda: proc.poll() is None)
@@ -84,8 +99,10 @@ def usr2_after_two_epochs(args: list[str], sweep_dir: Path, held: Gate) -> tuple
         signalled = datetime.now()
         subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
         # the held run takes the signal and saves; then the requeued job trains to its end
-        wait_for("the signalled job to save", lambda: any(
-            "Signal 12: saved" in log.read_text() for log in sweep_dir.rglob("__main__.log")))
+        wait_for(
+            "the signalled job to save",
+            lambda: any("Signal 12: saved" in log.read_text() for log in sweep_dir.rglob("__main__.log")),
+        )
         held.release()
         out, _ = proc.communicate(timeout=600)
     finally:
@@ -100,7 +117,10 @@ RESUMED = r"\S+ (?:in epoch (\d+) after batch \d+|after epoch (\d+))"  # where a
 
 def completed_epochs(within: str | None, after: str | None) -> int:
     """The epochs a resumed run had finished, from RESUMED's groups: in epoch E after a batch, or after epoch E."""
-    return int(within) - 1 if within else int(after)
+    if within:
+        return int(within) - 1
+    assert after is not None
+    return int(after)
 
 
 @pytest.mark.slurm
@@ -119,7 +139,9 @@ def test_usr2_requeues_and_resumes_where_it_stopped(data_root: Path, tmp_path: P
     epoch = completed_epochs(*resumed.groups()[1:])
     assert 2 <= epoch < epochs
     assert "Signal 12: saved" in log
-    delay = (datetime.strptime(resumed.group(1), "%Y-%m-%d %H:%M:%S") - signalled.replace(microsecond=0)).total_seconds()
+    delay = (
+        datetime.strptime(resumed.group(1), "%Y-%m-%d %H:%M:%S") - signalled.replace(microsecond=0)
+    ).total_seconds()
     print(f"\nUSR2 job resumed at epoch {epoch} (completed epochs), {delay:.0f} s after the signal")
 
 
@@ -134,7 +156,9 @@ def test_usr2_requeues_a_packed_job_and_every_member_resumes(data_root: Path, tm
     args = [*CPU_SLURM, *fast_overrides(data_root), f"epochs={epochs}", "model=vanilla_cnn", "seed=0,1", "pack=2"]
     proc, out, jobs, _ = usr2_after_two_epochs(args, tmp_path, held)  # one SLURM job runs both
     assert proc.returncode == 0, out[-3000:]
-    assert [job.name for job in jobs] == [f"{i}_batch_size=32,epochs={epochs},model=vanilla_cnn,seed={i}" for i in (0, 1)]
+    assert [job.name for job in jobs] == [
+        f"{i}_batch_size=32,epochs={epochs},model=vanilla_cnn,seed={i}" for i in (0, 1)
+    ]
     assert_complete(jobs, epochs=epochs)
     for job in jobs:
         with open(job / "history.csv") as f:
@@ -155,13 +179,20 @@ def test_usr2_requeues_a_packed_job_and_every_member_resumes(data_root: Path, tm
 
 @pytest.mark.slurm
 @needs_cluster
-def test_a_detached_rerun_with_nothing_alive_writes_the_results_at_once(data_root: Path, tmp_path: Path,
-                                                                          held: Gate) -> None:
+def test_a_detached_rerun_with_nothing_alive_writes_the_results_at_once(
+    data_root: Path, tmp_path: Path, held: Gate
+) -> None:
     """A detached sweep whose finish job was cancelled before its jobs ended: its results were never written. A
     detached rerun finds every job completed and nothing alive, so it submits no job that would write them: the
     command writes them before it returns."""
-    args = [*CPU_SLURM, *fast_overrides(data_root), "model=linear", "seed=0,1", "hydra.sweeper.detach=true",
-            f"hydra.sweep.dir={tmp_path}"]
+    args = [
+        *CPU_SLURM,
+        *fast_overrides(data_root),
+        "model=linear",
+        "seed=0,1",
+        "hydra.sweeper.detach=true",
+        f"hydra.sweep.dir={tmp_path}",
+    ]
     held.hold(1)  # the jobs wait after their epoch until the finish job is gone
     proc = sweep(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -169,8 +200,13 @@ def test_a_detached_rerun_with_nothing_alive_writes_the_results_at_once(data_roo
     held.wait_held(1, runs=2)
     subprocess.run(["scancel", finish], check=True)
     held.release()
-    watched = subprocess.run([sys.executable, "-m", "fmsweep.cli", "status", str(tmp_path), "--watch", "--interval",
-                              "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    watched = subprocess.run(
+        [sys.executable, "-m", "fmsweep.cli", "status", str(tmp_path), "--watch", "--interval", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert watched.returncode == 0, watched.stdout[-2000:] + watched.stderr[-2000:]
     assert f"finish job {finish} (writes the results): CANCELLED" in watched.stdout, watched.stdout
     assert not (tmp_path / "report.md").exists()
@@ -185,7 +221,14 @@ def test_a_detached_rerun_with_nothing_alive_writes_the_results_at_once(data_roo
 @pytest.mark.slurm
 @needs_cluster
 def test_failed_job_is_reported_and_the_others_complete(data_root: Path, tmp_path: Path) -> None:
-    proc = sweep(*CPU_SLURM, *fast_overrides(data_root), "model=fc", "optimizer=sgd", "optimizer.lr=1e-3,1e30,1e-2", f"hydra.sweep.dir={tmp_path}")
+    proc = sweep(
+        *CPU_SLURM,
+        *fast_overrides(data_root),
+        "model=fc",
+        "optimizer=sgd",
+        "optimizer.lr=1e-3,1e30,1e-2",
+        f"hydra.sweep.dir={tmp_path}",
+    )
     assert proc.returncode == 1
     jobs = job_dirs(tmp_path)
     assert [metrics(j)["status"] for j in jobs] == ["completed", "failed", "completed"]
@@ -196,12 +239,17 @@ def test_failed_job_is_reported_and_the_others_complete(data_root: Path, tmp_pat
 
 @pytest.mark.slurm
 @needs_cluster
-@pytest.mark.parametrize(("request_", "answer"), [
-    ("hydra.launcher.cpus_per_task=64", "Requested node configuration is not available"),
-    ("hydra.launcher.partition=nowhere", "Invalid partition name specified"),
-], ids=["64 CPUs on a 2-CPU node", "no such partition"])
-def test_an_impossible_slurm_request_is_refused_before_anything_is_submitted(data_root: Path, tmp_path: Path,
-                                                                               request_: str, answer: str) -> None:
+@pytest.mark.parametrize(
+    ("request_", "answer"),
+    [
+        ("hydra.launcher.cpus_per_task=64", "Requested node configuration is not available"),
+        ("hydra.launcher.partition=nowhere", "Invalid partition name specified"),
+    ],
+    ids=["64 CPUs on a 2-CPU node", "no such partition"],
+)
+def test_an_impossible_slurm_request_is_refused_before_anything_is_submitted(
+    data_root: Path, tmp_path: Path, request_: str, answer: str
+) -> None:
     before = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True).stdout
     proc = sweep(*CPU_SLURM, request_, *fast_overrides(data_root), "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert proc.returncode == 2
@@ -214,8 +262,14 @@ def test_an_impossible_slurm_request_is_refused_before_anything_is_submitted(dat
 
 @pytest.mark.slow
 def test_two_by_two_sweep_with_submitit_local(data_root: Path, tmp_path: Path) -> None:
-    proc = sweep("hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", *fast_overrides(data_root),
-                 "model=linear,fc", "seed=0,1", f"hydra.sweep.dir={tmp_path}")
+    proc = sweep(
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=10",
+        *fast_overrides(data_root),
+        "model=linear,fc",
+        "seed=0,1",
+        f"hydra.sweep.dir={tmp_path}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = job_dirs(tmp_path)
     assert len(jobs) == 4
@@ -225,8 +279,13 @@ def test_two_by_two_sweep_with_submitit_local(data_root: Path, tmp_path: Path) -
 
 @pytest.mark.slow
 def test_rerunning_a_finished_sweep_skips_its_jobs(data_root: Path, tmp_path: Path) -> None:
-    args = [*fast_overrides(data_root), "hydra/launcher=submitit_local", "model=linear", "seed=0,1",
-            f"hydra.sweep.dir={tmp_path}"]
+    args = [
+        *fast_overrides(data_root),
+        "hydra/launcher=submitit_local",
+        "model=linear",
+        "seed=0,1",
+        f"hydra.sweep.dir={tmp_path}",
+    ]
     assert sweep(*args).returncode == 0
     before = {j: (j / "metrics.json").read_bytes() for j in job_dirs(tmp_path)}
     again = sweep(*args)

@@ -1,6 +1,7 @@
 """fmsweep.sweep.status on fake sweep dirs: each rule of `read`, held run-dir locks (this process's and another's),
 stale results of relaunched jobs, SLURM's view from faked squeue/sacct commands (and from the real cluster, marker
 `slurm`), pids under submitit_local, `alive`, the table, `fmsweep status` and its --watch."""
+
 from __future__ import annotations
 
 import contextlib
@@ -12,11 +13,11 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
+from typing import Any, TextIO, cast
 
 import pytest
-
 from conftest import needs_cluster
 
 from fmsweep.files import atomic_write
@@ -50,18 +51,36 @@ def metrics(job_dir: Path, **values: object) -> None:
 def completed(job_dir: Path, epochs: int = 3, **values: object) -> None:
     """The metrics.json of a completed run: valid loss 0.3312 and valid acc 88.02 % at its best epoch, 1 (unless
     `values` say otherwise), and test figures, which status does not show."""
-    metrics(job_dir, **{"status": "completed", "best_epoch": 1, "valid_loss": 0.3312, "valid_acc": 0.8802,
-                        "test_loss": 0.3, "test_acc": 0.9, "epochs_run": epochs, **values})
+    metrics(
+        job_dir,
+        **{
+            "status": "completed",
+            "best_epoch": 1,
+            "valid_loss": 0.3312,
+            "valid_acc": 0.8802,
+            "test_loss": 0.3,
+            "test_acc": 0.9,
+            "epochs_run": epochs,
+            **values,
+        },
+    )
 
 
 COMPLETED = "completed: valid loss 0.3312, valid acc 88.02 % (best epoch 1 of 3)"  # `completed`'s, 3 epochs
 
 
-def sweep(sweep_dir: Path, n: int, launcher: str = "basic", epochs: int = 3, **fields: object) -> Manifest:
+def sweep(sweep_dir: Path, n: int, launcher: str = "basic", epochs: int = 3, **fields: Any) -> Manifest:
     """A recorded sweep of `n` jobs `<i>_lr=<i>` (none started)."""
     jobs = [JobRecord(num=i, name=f"{i}_lr={i}", overrides=[f"lr={i}"], epochs=epochs) for i in range(n)]
-    manifest = Manifest(sweep_dir=sweep_dir, kind="grid", launcher=launcher, command=["-m", "lr=0,1"],
-                        cwd=str(sweep_dir), jobs=jobs, **fields)
+    manifest = Manifest(
+        sweep_dir=sweep_dir,
+        kind="grid",
+        launcher=launcher,
+        command=["-m", "lr=0,1"],
+        cwd=str(sweep_dir),
+        jobs=jobs,
+        **fields,
+    )
     manifest.save()
     return manifest
 
@@ -95,10 +114,14 @@ def held() -> Iterator[contextlib.ExitStack]:
 @contextlib.contextmanager
 def held_by_another_process(run_dir: Path) -> Iterator[subprocess.Popen]:
     """A process holding `run_dir`'s lock as a training run does, until the block ends."""
-    code = ("import sys\nfrom pathlib import Path\nfrom fmsweep.sweep.lock import hold\n"
-            "with hold([Path(sys.argv[1])]):\n    print('held', flush=True)\n    sys.stdin.read()\n")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True)
+    code = (
+        "import sys\nfrom pathlib import Path\nfrom fmsweep.sweep.lock import hold\n"
+        "with hold([Path(sys.argv[1])]):\n    print('held', flush=True)\n    sys.stdin.read()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(run_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdin is not None and proc.stdout is not None
     try:
         assert proc.stdout.readline() == "held\n"
         yield proc
@@ -107,23 +130,31 @@ def held_by_another_process(run_dir: Path) -> Iterator[subprocess.Popen]:
         proc.wait(timeout=30)
 
 
-def fake_slurm(bin_dir: Path, monkeypatch: pytest.MonkeyPatch, squeue: str = "", sacct: str = "",
-               squeue_rc: int = 0, sacct_rc: int = 0, stderr: str = "") -> Path:
+def fake_slurm(
+    bin_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    squeue: str = "",
+    sacct: str = "",
+    squeue_rc: int = 0,
+    sacct_rc: int = 0,
+    stderr: str = "",
+) -> Path:
     """squeue and sacct commands first on PATH that print the given output and log their arguments; the log."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     log = bin_dir / "calls.log"
     for name, out, rc in (("squeue", squeue, squeue_rc), ("sacct", sacct, sacct_rc)):
         (bin_dir / f"{name}.out").write_text(out)
         script = bin_dir / name
-        script.write_text(f'#!/bin/sh\necho "{name} $*" >> {log}\ncat {bin_dir / name}.out\n'
-                          f'echo "{stderr}" >&2\nexit {rc}\n')
+        script.write_text(
+            f'#!/bin/sh\necho "{name} $*" >> {log}\ncat {bin_dir / name}.out\necho "{stderr}" >&2\nexit {rc}\n'
+        )
         script.chmod(0o755)
     log.touch()
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     return log
 
 
-def texts(manifest: Manifest, stale: object = ()) -> list[str]:
+def texts(manifest: Manifest, stale: Collection[int] = ()) -> list[str]:
     statuses = status.read(manifest, stale)
     return [statuses[job.num].text() for job in manifest.jobs]
 
@@ -150,21 +181,24 @@ def test_read_each_rule_from_the_job_dirs(tmp_path: Path, held: contextlib.ExitS
     completed(job[10], best_epoch=1, valid_loss=0.4, valid_acc=0.85, epochs_run=2, stopped_early=2)  # early stop
     (job[11] / "metrics.json").write_text('{"status": "compl')  # a metrics.json that cannot be read: no result
     held.enter_context(lock.hold([job[0]]))  # a run holds its lock while writing metrics.json: completed first
-    assert texts(manifest) == [
-        "completed: valid loss 0.2900, valid acc 91.23 % (best epoch 3 of 3)",  # the figures one chooses on
-        "pruned: at epoch 2",
-        "running: epoch 2 of 3, best valid loss 0.3500 (epoch 1)",
-        "running: starting",
-        f"failed: {' '.join(error.split())[:status.ERROR_CHARS]}",
-        "cancelled: cancelled by SIGTERM (scancel)",
-        "cancelled: by fmsweep cancel",
-        "stopped: epoch 2 of 3",
-        "stopped: epoch 0 of 3",
-        "stopped: epoch 3 of 5",
-        "completed: valid loss 0.4000, valid acc 85.00 % (best epoch 1 of 2)",
-        "stopped: epoch 0 of 3",
-        "pending",  # never started
-    ]
+    assert (
+        texts(manifest)
+        == [
+            "completed: valid loss 0.2900, valid acc 91.23 % (best epoch 3 of 3)",  # the figures one chooses on
+            "pruned: at epoch 2",
+            "running: epoch 2 of 3, best valid loss 0.3500 (epoch 1)",
+            "running: starting",
+            f"failed: {' '.join(error.split())[: status.ERROR_CHARS]}",
+            "cancelled: cancelled by SIGTERM (scancel)",
+            "cancelled: by fmsweep cancel",
+            "stopped: epoch 2 of 3",
+            "stopped: epoch 0 of 3",
+            "stopped: epoch 3 of 5",
+            "completed: valid loss 0.4000, valid acc 85.00 % (best epoch 1 of 2)",
+            "stopped: epoch 0 of 3",
+            "pending",  # never started
+        ]
+    )
     assert not any("test" in text for text in texts(manifest))  # the test split's figures are an outcome
     assert status.alive(manifest) == {0, 2, 3}
 
@@ -189,8 +223,9 @@ def test_a_lock_held_by_another_process_is_a_running_job(tmp_path: Path) -> None
     assert status.alive(manifest) == set()
 
 
-def test_locks_are_read_from_proc_locks_without_taking_them(tmp_path: Path, held: contextlib.ExitStack,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_locks_are_read_from_proc_locks_without_taking_them(
+    tmp_path: Path, held: contextlib.ExitStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Taking a lock to test it could make a run that starts at that instant find its dir busy: /proc/locks says
     it without that; where there is no /proc/locks, lock.check_free decides."""
     manifest = sweep(tmp_path, 3)
@@ -207,14 +242,19 @@ def test_locks_are_read_from_proc_locks_without_taking_them(tmp_path: Path, held
     assert [s.state for s in status.read(manifest).values()] == ["running", "stopped", "pending"]
 
 
-def test_stale_results_of_relaunched_jobs_wait_for_their_new_launch(tmp_path: Path,
-                                                                   held: contextlib.ExitStack) -> None:
+def test_stale_results_of_relaunched_jobs_wait_for_their_new_launch(tmp_path: Path, held: contextlib.ExitStack) -> None:
     manifest = sweep(tmp_path, 6)
     set_states(manifest, "fxssc" + "p", held)
     manifest.jobs[2].cancelled = True
     manifest.save()
-    before = ["failed: ValueError: bad", "cancelled: cancelled by SIGTERM", "cancelled: by fmsweep cancel",
-              "stopped: epoch 1 of 3", COMPLETED, "pending"]
+    before = [
+        "failed: ValueError: bad",
+        "cancelled: cancelled by SIGTERM",
+        "cancelled: by fmsweep cancel",
+        "stopped: epoch 1 of 3",
+        COMPLETED,
+        "pending",
+    ]
     assert texts(manifest) == before
     launched = ["pending"] * 4 + [COMPLETED, "pending"]  # a completed result stands
     assert texts(manifest, stale=range(6)) == launched
@@ -228,9 +268,14 @@ def test_stale_results_of_relaunched_jobs_wait_for_their_new_launch(tmp_path: Pa
         assert texts(manifest, stale)[0] == "running: epoch 1 of 3, best valid loss 0.4000 (epoch 1)"
     metrics(dirs[1], status="failed", error="OSError: disk full")  # a new result
     manifest.jobs[3].launcher_job = "4242"  # a new launcher job
-    assert texts(manifest, stale) == ["failed: ValueError: bad",  # its run ended without a new result: killed
-                                      "failed: OSError: disk full", "pending", "stopped: epoch 1 of 3",
-                                      COMPLETED, "pending"]
+    assert texts(manifest, stale) == [
+        "failed: ValueError: bad",  # its run ended without a new result: killed
+        "failed: OSError: disk full",
+        "pending",
+        "stopped: epoch 1 of 3",
+        COMPLETED,
+        "pending",
+    ]
 
 
 def test_slurm_state_from_one_squeue_and_one_sacct_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -248,11 +293,18 @@ def test_slurm_state_from_one_squeue_and_one_sacct_call(tmp_path: Path, monkeypa
     completed(dirs[3])
     completed(dirs[5])  # its pack still trains the other member
     metrics(dirs[13], status="failed", error="ValueError: bad")
-    log = fake_slurm(tmp_path / "bin", monkeypatch, squeue=(
-        "40_0|PENDING|Priority\n40_1|RUNNING|None\n40_2|CONFIGURING|None\n40_3|COMPLETING|None\n41|RUNNING|None\n"
-        "46|CANCELLED|None\n47|PENDING|None\n49|PENDING|Dependency\n"), sacct=(
-        "42|CANCELLED by 0|0:0|None\n43|FAILED|1:0|None\n44|TIMEOUT|0:0|None\n45|COMPLETED|0:0|None\n"
-        "46|CANCELLED by 1000|0:15|None\n48|FAILED|1:0|None\n"))
+    log = fake_slurm(
+        tmp_path / "bin",
+        monkeypatch,
+        squeue=(
+            "40_0|PENDING|Priority\n40_1|RUNNING|None\n40_2|CONFIGURING|None\n40_3|COMPLETING|None\n41|RUNNING|None\n"
+            "46|CANCELLED|None\n47|PENDING|None\n49|PENDING|Dependency\n"
+        ),
+        sacct=(
+            "42|CANCELLED by 0|0:0|None\n43|FAILED|1:0|None\n44|TIMEOUT|0:0|None\n45|COMPLETED|0:0|None\n"
+            "46|CANCELLED by 1000|0:15|None\n48|FAILED|1:0|None\n"
+        ),
+    )
     view = status.look(manifest)
     assert [view.statuses[job.num].text() for job in manifest.jobs] == [
         "pending (Priority)",
@@ -272,8 +324,10 @@ def test_slurm_state_from_one_squeue_and_one_sacct_call(tmp_path: Path, monkeypa
     ]
     assert view.alive == {0, 1, 2, 3, 4, 5, 12} and view.finish == "PENDING (Dependency)" and view.finish_alive
     calls = log.read_text().splitlines()
-    assert calls == ["squeue -h -r -o %i|%T|%r -j 40_0,40_1,40_2,40_3,41,42,43,44,45,46,47,48,49",
-                     "sacct -n -P -X -o JobID,State,ExitCode,Reason -j 42,43,44,45,46,48"]
+    assert calls == [
+        "squeue -h -r -o %i|%T|%r -j 40_0,40_1,40_2,40_3,41,42,43,44,45,46,47,48,49",
+        "sacct -n -P -X -o JobID,State,ExitCode,Reason -j 42,43,44,45,46,48",
+    ]
     log.write_text("")
     assert status.alive(manifest) == {0, 1, 2, 3, 4, 5, 12}
     assert log.read_text().startswith("squeue ") and "sacct" not in log.read_text()  # alive needs no accounting
@@ -284,29 +338,44 @@ def test_jobs_slurm_forgot_are_asked_of_sacct(tmp_path: Path, monkeypatch: pytes
     manifest = sweep(tmp_path / "sweep", 1, launcher="slurm")
     manifest.jobs[0].launcher_job = "7"
     manifest.save()
-    log = fake_slurm(tmp_path / "bin", monkeypatch, squeue_rc=1,
-                     stderr="slurm_load_jobs error: Invalid job id specified", sacct="7|OUT_OF_MEMORY|0:125|None\n")
+    log = fake_slurm(
+        tmp_path / "bin",
+        monkeypatch,
+        squeue_rc=1,
+        stderr="slurm_load_jobs error: Invalid job id specified",
+        sacct="7|OUT_OF_MEMORY|0:125|None\n",
+    )
     assert texts(manifest) == ["failed: SLURM OUT_OF_MEMORY, exit code 0:125"]
     assert len(log.read_text().splitlines()) == 2
 
 
 @pytest.mark.parametrize("without", ["failing", "missing"])
-def test_without_slurm_the_files_decide(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held: contextlib.ExitStack,
-                                        without: str) -> None:
+def test_without_slurm_the_files_decide(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held: contextlib.ExitStack, without: str
+) -> None:
     manifest = sweep(tmp_path / "sweep", 4, launcher="slurm", detach=True, finish_job="30")
     for job in manifest.jobs:
         job.launcher_job = str(20 + job.num)
     manifest.save()
     set_states(manifest, "csfp", held)
     if without == "failing":
-        fake_slurm(tmp_path / "bin", monkeypatch, squeue_rc=1, sacct_rc=1,
-                   stderr="slurm_load_jobs error: Unable to contact slurm controller (connect failure)")
+        fake_slurm(
+            tmp_path / "bin",
+            monkeypatch,
+            squeue_rc=1,
+            sacct_rc=1,
+            stderr="slurm_load_jobs error: Unable to contact slurm controller (connect failure)",
+        )
     else:  # a sweep dir copied to a laptop
         (tmp_path / "empty").mkdir()
         monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     view = status.look(manifest)
-    assert [s.text() for s in view.statuses.values()] == [COMPLETED, "stopped: epoch 1 of 3",
-                                                          "failed: ValueError: bad", "pending"]
+    assert [s.text() for s in view.statuses.values()] == [
+        COMPLETED,
+        "stopped: epoch 1 of 3",
+        "failed: ValueError: bad",
+        "pending",
+    ]
     assert view.finish == "unknown (SLURM does not answer)" and view.alive == set()
 
 
@@ -318,13 +387,20 @@ def test_a_copied_sweep_dir_on_a_machine_without_slurm(tmp_path: Path, held: con
     copy = tmp_path / "laptop" / "sweep"
     shutil.copytree(manifest.sweep_dir, copy)
     (tmp_path / "empty").mkdir()
-    proc = subprocess.run([sys.executable, "-m", "fmsweep.status", str(copy)], capture_output=True, text=True,
-                          env={**os.environ, "PATH": str(tmp_path / "empty")}, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fmsweep.status", str(copy)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": str(tmp_path / "empty")},
+        timeout=60,
+    )
     assert proc.returncode == 0 and proc.stderr == ""
-    assert proc.stdout.splitlines() == ["2 jobs (slurm): 0 pending, 0 running, 1 completed, 0 failed, 1 stopped; "
-                                        f"sweep dir {copy}", f"lr=0  {COMPLETED}",
-                                        "lr=1  stopped: epoch 1 of 3", f"resume the 1 unfinished job with: "
-                                        f"fmsweep resume {copy}"]
+    assert proc.stdout.splitlines() == [
+        f"2 jobs (slurm): 0 pending, 0 running, 1 completed, 0 failed, 1 stopped; sweep dir {copy}",
+        f"lr=0  {COMPLETED}",
+        "lr=1  stopped: epoch 1 of 3",
+        f"resume the 1 unfinished job with: fmsweep resume {copy}",
+    ]
 
 
 def test_a_live_pid_under_submitit_local_is_a_running_job(tmp_path: Path) -> None:
@@ -344,10 +420,13 @@ def test_a_live_pid_under_submitit_local_is_a_running_job(tmp_path: Path) -> Non
 
 def results(sweep_dir: Path) -> None:
     """What fmsweep.results.report and fmsweep.results.ensemble write, as far as the table reads it."""
-    (sweep_dir / "report.md").write_text(f"# Sweep report: {sweep_dir}\n\n4 jobs: 2 completed\n\n**Best setting on "
-                                         "validation: lr=0, mean valid acc 90.00 % over 1 job.**\n\n## Settings\n")
-    (sweep_dir / "ensemble.json").write_text(json.dumps({"split": "test", "members": [{}, {}],
-                                                          "average": {"loss": 0.3, "acc": 0.9123, "images": 10}}))
+    (sweep_dir / "report.md").write_text(
+        f"# Sweep report: {sweep_dir}\n\n4 jobs: 2 completed\n\n**Best setting on "
+        "validation: lr=0, mean valid acc 90.00 % over 1 job.**\n\n## Settings\n"
+    )
+    (sweep_dir / "ensemble.json").write_text(
+        json.dumps({"split": "test", "members": [{}, {}], "average": {"loss": 0.3, "acc": 0.9123, "images": 10}})
+    )
 
 
 def test_the_table(tmp_path: Path, held: contextlib.ExitStack, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -358,13 +437,15 @@ def test_the_table(tmp_path: Path, held: contextlib.ExitStack, monkeypatch: pyte
     history(manifest.sweep_dir / manifest.jobs[1].name, [0.3, 0.25])
     fake_slurm(tmp_path / "bin", monkeypatch, squeue="89|PENDING|Resources\n90|PENDING|Dependency\n")
     sweep_dir = manifest.sweep_dir
-    expected = [f"5 jobs (slurm): 1 pending, 1 running, 1 completed, 1 failed, 1 stopped; sweep dir {sweep_dir}",
-                f"lr=0  {COMPLETED}",
-                "lr=1  running: epoch 2 of 3, best valid loss 0.2500 (epoch 2)",
-                "lr=2  failed: ValueError: bad",
-                "lr=3  stopped: epoch 1 of 3",
-                "lr=4  pending (Resources)",
-                "finish job 90 (writes the results): PENDING (Dependency)"]
+    expected = [
+        f"5 jobs (slurm): 1 pending, 1 running, 1 completed, 1 failed, 1 stopped; sweep dir {sweep_dir}",
+        f"lr=0  {COMPLETED}",
+        "lr=1  running: epoch 2 of 3, best valid loss 0.2500 (epoch 2)",
+        "lr=2  failed: ValueError: bad",
+        "lr=3  stopped: epoch 1 of 3",
+        "lr=4  pending (Resources)",
+        "finish job 90 (writes the results): PENDING (Dependency)",
+    ]
     assert status.render(manifest, status.look(manifest)).splitlines() == expected
     results(sweep_dir)
     held.close()  # job 1 ends: nothing alive, the stopped jobs can be resumed
@@ -387,11 +468,16 @@ def test_the_table(tmp_path: Path, held: contextlib.ExitStack, monkeypatch: pyte
 def test_each_job_is_named_by_the_overrides_it_does_not_share(tmp_path: Path, held: contextlib.ExitStack) -> None:
     """The overrides every job shares are said once, under the counts; each job's line names its own (sorted, as
     its job dir name and the report sort them), not its whole job dir name."""
-    jobs = [JobRecord(num=i, name=f"{i}_epochs=3,model=fc,reg={reg},seed={seed}", epochs=3,
-                      overrides=["model=fc", f"reg={reg}", f"seed={seed}", "epochs=3", "data.root=/data"])
-            for i, (reg, seed) in enumerate(itertools.product(["none", "l2"], [0, 1]))]
-    manifest = Manifest(sweep_dir=tmp_path, kind="grid", launcher="basic", command=["-m"], cwd=str(tmp_path),
-                        jobs=jobs)
+    jobs = [
+        JobRecord(
+            num=i,
+            name=f"{i}_epochs=3,model=fc,reg={reg},seed={seed}",
+            epochs=3,
+            overrides=["model=fc", f"reg={reg}", f"seed={seed}", "epochs=3", "data.root=/data"],
+        )
+        for i, (reg, seed) in enumerate(itertools.product(["none", "l2"], [0, 1]))
+    ]
+    manifest = Manifest(sweep_dir=tmp_path, kind="grid", launcher="basic", command=["-m"], cwd=str(tmp_path), jobs=jobs)
     manifest.save()
     set_states(manifest, "crps", held)
     assert status.render(manifest, status.look(manifest)).splitlines() == [
@@ -413,18 +499,26 @@ def test_a_lone_job_is_named_by_all_its_overrides_and_twins_by_none(tmp_path: Pa
     for job in twins.jobs:
         job.overrides = ["seed=1"]  # `seed=1,1`: Hydra runs it twice
     assert status.named(twins, {0: pending, 1: pending}) == (
-        ["every job: seed=1"], [Line(0, "(shared overrides only)", pending), Line(1, "(shared overrides only)", pending)])
+        ["every job: seed=1"],
+        [Line(0, "(shared overrides only)", pending), Line(1, "(shared overrides only)", pending)],
+    )
 
 
-def test_a_search_shows_its_objective_first_and_its_values_as_the_report_does(tmp_path: Path,
-                                                                             held: contextlib.ExitStack) -> None:
+def test_a_search_shows_its_objective_first_and_its_values_as_the_report_does(
+    tmp_path: Path, held: contextlib.ExitStack
+) -> None:
     """A search chosen on valid accuracy: a trial's line gives its valid accuracy first, running or completed; a
     sampled float is shown to 4 significant digits, as the report and the trial's job dir name show it."""
     lrs = [0.006431172050131994, 0.0001234]
-    jobs = [JobRecord(num=i, name=f"{i}_model=fc,optimizer.lr={lr:.4g}", overrides=["model=fc", f"optimizer.lr={lr!r}"],
-                      epochs=3) for i, lr in enumerate(lrs)]
-    manifest = Manifest(sweep_dir=tmp_path, kind="search", launcher="basic", command=["-m"], cwd=str(tmp_path),
-                        jobs=jobs, trials=3)
+    jobs = [
+        JobRecord(
+            num=i, name=f"{i}_model=fc,optimizer.lr={lr:.4g}", overrides=["model=fc", f"optimizer.lr={lr!r}"], epochs=3
+        )
+        for i, lr in enumerate(lrs)
+    ]
+    manifest = Manifest(
+        sweep_dir=tmp_path, kind="search", launcher="basic", command=["-m"], cwd=str(tmp_path), jobs=jobs, trials=3
+    )
     manifest.save()
     set_states(manifest, "cr", held)
     hydra_yaml = tmp_path / jobs[0].name / ".hydra" / "hydra.yaml"
@@ -441,10 +535,27 @@ def test_a_search_shows_its_objective_first_and_its_values_as_the_report_does(tm
     assert status.objective(manifest) == "valid_loss"
 
 
-@pytest.mark.parametrize("override", [
-    "optimizer.lr=0.006431172050131994", "reg.l2=1.2345678e-05", "+reg.l2=0.00012345678", "x=-2.5000001e+10",
-    "x=.5000001", "x=3.000000001", "x=1234567.0", "x=10.", "lr=1e-3", "lr=0.1", "epochs=5", "x=inf", "model=fc",
-    "data.root=/a/b-1.5555555", "name='0.123456789'", "hidden=[256,128]"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "optimizer.lr=0.006431172050131994",
+        "reg.l2=1.2345678e-05",
+        "+reg.l2=0.00012345678",
+        "x=-2.5000001e+10",
+        "x=.5000001",
+        "x=3.000000001",
+        "x=1234567.0",
+        "x=10.",
+        "lr=1e-3",
+        "lr=0.1",
+        "epochs=5",
+        "x=inf",
+        "model=fc",
+        "data.root=/a/b-1.5555555",
+        "name='0.123456789'",
+        "hidden=[256,128]",
+    ],
+)
 def test_values_are_shown_as_the_report_shows_them(override: str) -> None:
     """status.display writes values as space.display_overrides does, without Hydra's parser."""
     assert status.display(override) == space.display_overrides([override])[0]
@@ -453,20 +564,25 @@ def test_values_are_shown_as_the_report_shows_them(override: str) -> None:
 def test_counts_name_the_rarer_states_only_when_there_are_any() -> None:
     assert status.counts(["pending", "running", "pending"]) == "2 pending, 1 running, 0 completed, 0 failed"
     assert status.counts(["stopped", "pruned", "cancelled"]) == (
-        "0 pending, 0 running, 0 completed, 1 pruned, 0 failed, 1 cancelled, 1 stopped")
+        "0 pending, 0 running, 0 completed, 1 pruned, 0 failed, 1 cancelled, 1 stopped"
+    )
     assert Status("pending", "Priority").text() == "pending (Priority)"
     assert Status("running", "epoch 1 of 3").text(progress=False) == "running"
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["{tmp}/nothing"], "{tmp}/nothing is not a directory (expected an fmsweep sweep dir)"),
-    (["{tmp}"], "{tmp} holds no sweep.json: not an fmsweep sweep dir (or one made before sweeps were recorded)"),
-    ([], "fmsweep status: the following arguments are required: DIR"),
-    (["{tmp}", "--interval", "0"], "fmsweep status: --interval must be > 0, got 0.0"),
-    (["{tmp}", "--wtach"], "fmsweep status: unrecognized arguments: --wtach"),
-])
-def test_a_bad_command_line_is_one_line_and_exit_code_2(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                        argv: list[str], message: str) -> None:
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["{tmp}/nothing"], "{tmp}/nothing is not a directory (expected an fmsweep sweep dir)"),
+        (["{tmp}"], "{tmp} holds no sweep.json: not an fmsweep sweep dir (or one made before sweeps were recorded)"),
+        ([], "fmsweep status: the following arguments are required: DIR"),
+        (["{tmp}", "--interval", "0"], "fmsweep status: --interval must be > 0, got 0.0"),
+        (["{tmp}", "--wtach"], "fmsweep status: unrecognized arguments: --wtach"),
+    ],
+)
+def test_a_bad_command_line_is_one_line_and_exit_code_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture, argv: list[str], message: str
+) -> None:
     with pytest.raises(SystemExit) as exit_info:
         status.main([arg.format(tmp=tmp_path) for arg in argv])
     assert exit_info.value.code == 2
@@ -496,8 +612,13 @@ def test_watch_follows_the_sweep_until_nothing_is_alive(tmp_path: Path, held: co
     running = tmp_path / manifest.jobs[1].name
     start(running)
     with held_by_another_process(running):
-        watch = subprocess.Popen([sys.executable, "-m", "fmsweep.status", str(tmp_path), "--watch", "--interval",
-                                  "0.05"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        watch = subprocess.Popen(
+            [sys.executable, "-m", "fmsweep.status", str(tmp_path), "--watch", "--interval", "0.05"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert watch.stdout is not None
         first = [watch.stdout.readline() for _ in range(3)]
         assert first[0] == f"2 jobs (basic): 0 pending, 1 running, 1 completed, 0 failed; sweep dir {tmp_path}\n"
         time.sleep(0.2)
@@ -518,14 +639,16 @@ def test_watch_follows_the_sweep_until_nothing_is_alive(tmp_path: Path, held: co
 def test_watch_exits_1_when_a_job_did_not_complete(tmp_path: Path, held: contextlib.ExitStack) -> None:
     manifest = sweep(tmp_path, 3)
     set_states(manifest, "cus", held)
-    proc = subprocess.run([sys.executable, "-m", "fmsweep.status", str(tmp_path), "--watch"], capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fmsweep.status", str(tmp_path), "--watch"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 1  # job 2 stopped
     assert proc.stdout == status.render(manifest, status.look(manifest))  # over at once: the table once
 
 
-def test_watch_on_a_terminal_is_one_block_never_taller_than_it(tmp_path: Path, held: contextlib.ExitStack,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_watch_on_a_terminal_is_one_block_never_taller_than_it(
+    tmp_path: Path, held: contextlib.ExitStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
     class Terminal(list):
         def isatty(self) -> bool:
             return True
@@ -541,22 +664,31 @@ def test_watch_on_a_terminal_is_one_block_never_taller_than_it(tmp_path: Path, h
     results(tmp_path)
     monkeypatch.setattr(status.shutil, "get_terminal_size", lambda: os.terminal_size((60, 8)))
     out = Terminal()
-    assert status.watch(manifest, out, 0.01) == 1
+    assert status.watch(manifest, cast(TextIO, out), 0.01) == 1
     lines = re.sub(r"\x1b\[(\d+F|2K|J)", "", "".join(out)).splitlines()
-    assert lines == [line[:59] for line in [
-        f"12 jobs (basic): 0 pending, 0 running, 11 completed, 1 failed; sweep dir {tmp_path}",
-        "lr=6   failed: ValueError: bad",
-        f"lr=0   {COMPLETED}",
-        "… 10 more (10 completed)",
-        f"report: {tmp_path / 'report.md'}: Best setting on validation",
-        f"ensemble: {tmp_path / 'ensemble.json'}: 2 models on the test split",
-        f"resume the 1 unfinished job with: fmsweep resume {tmp_path}"]]
+    assert lines == [
+        line[:59]
+        for line in [
+            f"12 jobs (basic): 0 pending, 0 running, 11 completed, 1 failed; sweep dir {tmp_path}",
+            "lr=6   failed: ValueError: bad",
+            f"lr=0   {COMPLETED}",
+            "… 10 more (10 completed)",
+            f"report: {tmp_path / 'report.md'}: Best setting on validation",
+            f"ensemble: {tmp_path / 'ensemble.json'}: 2 models on the test split",
+            f"resume the 1 unfinished job with: fmsweep resume {tmp_path}",
+        ]
+    ]
 
 
 def test_fmsweep_status_imports_neither_torch_nor_hydra() -> None:
     """`fmsweep status` answers at once: nothing of training is imported."""
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "fmsweep.status", "--help"], capture_output=True,
-                          text=True, cwd=ROOT, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "fmsweep.status", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert proc.returncode == 0 and proc.stdout.startswith("usage: fmsweep status")
     modules = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert not {m for m in modules if m.split(".")[0] in ("torch", "hydra", "omegaconf", "yaml", "numpy")}
@@ -567,13 +699,34 @@ def test_fmsweep_status_imports_neither_torch_nor_hydra() -> None:
 def test_read_sees_real_slurm_jobs_pending_running_and_cancelled(tmp_path: Path) -> None:
     """Two jobs that each want every CPU of the node: the first runs, the second pends; a third, held, is
     cancelled before it ever runs, which only sacct remembers once squeue forgets it."""
-    cpus = max(int(n) for n in subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True,
-                                              check=True).stdout.split())
+    cpus = max(
+        int(n)
+        for n in subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True, check=True).stdout.split()
+    )
 
     def sbatch(*args: str) -> str:
-        return subprocess.run(["sbatch", "--parsable", f"--cpus-per-task={cpus}", "-o", "/dev/null", "-J",
-                               "fmsweep-status-test", *args, "--wrap", "sleep 3600"], capture_output=True, text=True,
-                              check=True, cwd=tmp_path).stdout.strip().split(";")[0]
+        return (
+            subprocess.run(
+                [
+                    "sbatch",
+                    "--parsable",
+                    f"--cpus-per-task={cpus}",
+                    "-o",
+                    "/dev/null",
+                    "-J",
+                    "fmsweep-status-test",
+                    *args,
+                    "--wrap",
+                    "sleep 3600",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=tmp_path,
+            )
+            .stdout.strip()
+            .split(";")[0]
+        )
 
     ids = [sbatch(), sbatch(), sbatch("--hold")]
     try:
@@ -585,7 +738,7 @@ def test_read_sees_real_slurm_jobs_pending_running_and_cancelled(tmp_path: Path)
         deadline = time.monotonic() + 120  # other jobs on the cluster may hold the node a while
         while True:
             statuses = status.read(manifest)
-            if statuses[0].state == "running" and statuses[2].state == "cancelled" or time.monotonic() > deadline:
+            if (statuses[0].state == "running" and statuses[2].state == "cancelled") or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
         assert statuses[0] == Status("running", "starting")

@@ -1,8 +1,10 @@
 """hydra.sweeper.storage: where a search's study lives. Fast checks of what is refused before launch, of masking and
 of the journal and sqlite storages; with the MariaDB server of the test cluster (marker mariadb), a study shared by
 processes, a wrong password, and a whole search through the command line whose password ends up nowhere."""
+
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import secrets
@@ -37,10 +39,15 @@ def refusal(spec: str | None) -> str:
     return str(caught.value)
 
 
-@pytest.mark.parametrize("spec", ["mysql+pymysql://fm:hunter2@localhost/fm",
-                                  "mysql+pymysql://fm:${oc.env:FMSWEEP_OTHER,hunter2}@localhost/fm",
-                                  "mysql+pymysql://fm:pre${oc.env:FMSWEEP_OTHER}hunter2@localhost/fm",
-                                  "postgresql+psycopg://fm@localhost/fm?sslmode=disable&password=hunter2"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "mysql+pymysql://fm:hunter2@localhost/fm",
+        "mysql+pymysql://fm:${oc.env:FMSWEEP_OTHER,hunter2}@localhost/fm",
+        "mysql+pymysql://fm:pre${oc.env:FMSWEEP_OTHER}hunter2@localhost/fm",
+        "postgresql+psycopg://fm@localhost/fm?sslmode=disable&password=hunter2",
+    ],
+)
 def test_a_written_password_is_refused_with_the_way_to_take_it_from_the_environment(spec: str) -> None:
     line = refusal(spec)
     assert "hunter2" not in line and "***" in line
@@ -50,25 +57,32 @@ def test_a_written_password_is_refused_with_the_way_to_take_it_from_the_environm
     assert proposed.startswith(spec.split(":")[0] + "://fm") and "${oc.env:FMSWEEP_DB_PASSWORD}" in proposed
 
 
-@pytest.mark.parametrize("spec, words", [
-    ("not a url", "is not a database URL Optuna's RDB storage takes"),
-    ("redis://localhost/0", "is not a database URL Optuna's RDB storage takes"),
-    ("mysql+nodriver://fm@localhost/fm", "is not a database URL Optuna's RDB storage takes"),
-    ("sqlite://", "in-memory database"),
-    ("sqlite:///:memory:", "in-memory database"),
-])
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ("not a url", "is not a database URL Optuna's RDB storage takes"),
+        ("redis://localhost/0", "is not a database URL Optuna's RDB storage takes"),
+        ("mysql+nodriver://fm@localhost/fm", "is not a database URL Optuna's RDB storage takes"),
+        ("sqlite://", "in-memory database"),
+        ("sqlite:///:memory:", "in-memory database"),
+    ],
+)
 def test_a_storage_optuna_cannot_use_is_refused(spec: str, words: str) -> None:
     line = refusal(spec)
     assert words in line and "nothing was launched" in line
 
 
-@pytest.mark.parametrize("spec, module, install", [
-    ("mysql+pymysql://fm@localhost/fm", "pymysql", "pip install pymysql"),
-    ("mysql://fm@localhost/fm", "MySQLdb", "pip install mysqlclient"),
-    ("postgresql+psycopg://fm@localhost/fm", "psycopg", "pip install 'psycopg[binary]'"),
-])
-def test_a_missing_driver_is_refused_with_what_to_install(spec: str, module: str, install: str,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "spec, module, install",
+    [
+        ("mysql+pymysql://fm@localhost/fm", "pymysql", "pip install pymysql"),
+        ("mysql://fm@localhost/fm", "MySQLdb", "pip install mysqlclient"),
+        ("postgresql+psycopg://fm@localhost/fm", "psycopg", "pip install 'psycopg[binary]'"),
+    ],
+)
+def test_a_missing_driver_is_refused_with_what_to_install(
+    spec: str, module: str, install: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(sys.modules, module, None)  # as if not installed
     assert install in refusal(spec)
 
@@ -87,34 +101,54 @@ def test_a_password_with_an_at_sign_must_be_url_encoded(monkeypatch: pytest.Monk
     assert "URL-encode it" in line and "hunt@r2" not in line
 
 
-def test_check_accepts_what_optuna_can_use_and_connects_to_nothing(monkeypatch: pytest.MonkeyPatch,
-                                                                   tmp_path: Path) -> None:
+def test_check_accepts_what_optuna_can_use_and_connects_to_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv(ENV, "hunter2")
     nowhere = f"127.0.0.1:{closed_port()}"
-    for spec in (None, f"sqlite:///{tmp_path}/study.db", "mysql+pymysql://fm@localhost/fm",
-                 f"mysql+pymysql://fm:${{oc.env:{ENV}}}@{nowhere}/fm", f"mysql+pymysql://fm:@{nowhere}/fm",
-                 f"mysql+pymysql://${{oc.env:{ENV}}}:${{oc.env:{ENV}}}@{nowhere}/fm"):
+    for spec in (
+        None,
+        f"sqlite:///{tmp_path}/study.db",
+        "mysql+pymysql://fm@localhost/fm",
+        f"mysql+pymysql://fm:${{oc.env:{ENV}}}@{nowhere}/fm",
+        f"mysql+pymysql://fm:@{nowhere}/fm",
+        f"mysql+pymysql://${{oc.env:{ENV}}}:${{oc.env:{ENV}}}@{nowhere}/fm",
+    ):
         storage.check(spec)
     assert not (tmp_path / "study.db").exists()
 
 
 def test_resolve_takes_the_password_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENV, "hunter2")
-    assert storage.resolve("mysql+pymysql://fm:${oc.env:FMSWEEP_DB_PASSWORD}@localhost/fm") == \
-        "mysql+pymysql://fm:hunter2@localhost/fm"
+    assert (
+        storage.resolve("mysql+pymysql://fm:${oc.env:FMSWEEP_DB_PASSWORD}@localhost/fm")
+        == "mysql+pymysql://fm:hunter2@localhost/fm"
+    )
 
 
-@pytest.mark.parametrize("text, masked", [
-    ("mysql+pymysql://fm:hunter2@localhost/fm", "mysql+pymysql://fm:***@localhost/fm"),
-    ("(pymysql) 'mysql+pymysql://fm:hunt@r2@localhost:3306/fm' and postgresql://u:s3cr3t@db/x: refused",
-     "(pymysql) 'mysql+pymysql://fm:***@localhost:3306/fm' and postgresql://u:***@db/x: refused"),
-    ("postgresql://db/x?sslmode=disable&password=hunter2&a=b", "postgresql://db/x?sslmode=disable&password=***&a=b"),
-    ("mysql+pymysql://fm:${oc.env:FMSWEEP_DB_PASSWORD}@localhost/fm",
-     "mysql+pymysql://fm:${oc.env:FMSWEEP_DB_PASSWORD}@localhost/fm"),
-    ("mysql+pymysql://fm:${oc.env:PW,hunter2}@localhost/fm", "mysql+pymysql://fm:***@localhost/fm"),
-    ("sqlite:///runs/a:b@c.db, https://example.org/x, user@host", "sqlite:///runs/a:b@c.db, https://example.org/x, "
-                                                                  "user@host"),
-])
+@pytest.mark.parametrize(
+    "text, masked",
+    [
+        ("mysql+pymysql://fm:hunter2@localhost/fm", "mysql+pymysql://fm:***@localhost/fm"),
+        (
+            "(pymysql) 'mysql+pymysql://fm:hunt@r2@localhost:3306/fm' and postgresql://u:s3cr3t@db/x: refused",
+            "(pymysql) 'mysql+pymysql://fm:***@localhost:3306/fm' and postgresql://u:***@db/x: refused",
+        ),
+        (
+            "postgresql://db/x?sslmode=disable&password=hunter2&a=b",
+            "postgresql://db/x?sslmode=disable&password=***&a=b",
+        ),
+        (
+            "mysql+pymysql://fm:${oc.env:FMSWEEP_DB_PASSWORD}@localhost/fm",
+            "mysql+pymysql://fm:${oc.env:FMSWEEP_DB_PASSWORD}@localhost/fm",
+        ),
+        ("mysql+pymysql://fm:${oc.env:PW,hunter2}@localhost/fm", "mysql+pymysql://fm:***@localhost/fm"),
+        (
+            "sqlite:///runs/a:b@c.db, https://example.org/x, user@host",
+            "sqlite:///runs/a:b@c.db, https://example.org/x, user@host",
+        ),
+    ],
+)
 def test_mask_hides_every_written_password(text: str, masked: str) -> None:
     assert storage.mask(text) == masked
 
@@ -142,8 +176,9 @@ def test_describe_names_the_journal_or_the_masked_url(tmp_path: Path) -> None:
     assert storage.describe(None, tmp_path) == str(tmp_path / "optuna.journal")
     url = "mysql+pymysql://fm:${oc.env:FMSWEEP_DB_PASSWORD}@localhost/fm"
     assert storage.describe(url, tmp_path) == url
-    assert storage.describe("mysql+pymysql://fm:hunter2@localhost/fm", tmp_path) == \
-        "mysql+pymysql://fm:***@localhost/fm"
+    assert (
+        storage.describe("mysql+pymysql://fm:hunter2@localhost/fm", tmp_path) == "mysql+pymysql://fm:***@localhost/fm"
+    )
 
 
 def ask_and_tell(study: optuna.Study, trials: int) -> None:
@@ -172,6 +207,7 @@ def test_a_database_that_cannot_be_opened_is_one_line_without_its_password(tmp_p
 @dataclass(frozen=True)
 class Database:
     """A MariaDB database and a user of its own, that only this test knows the password of."""
+
     name: str
     user: str
     password: str
@@ -201,10 +237,8 @@ def database() -> Iterator[Database]:
         with root.cursor() as cursor:
             cursor.execute("SELECT id FROM information_schema.processlist WHERE user = %s", (db.user,))
             for (connection,) in cursor.fetchall():
-                try:
+                with contextlib.suppress(pymysql.MySQLError):  # it closed meanwhile
                     cursor.execute(f"KILL {int(connection)}")
-                except pymysql.MySQLError:  # it closed meanwhile
-                    pass
             cursor.execute(f"DROP DATABASE IF EXISTS `{db.name}`")
             cursor.execute(f"DROP USER IF EXISTS '{db.user}'@'localhost'")
         root.close()
@@ -223,13 +257,22 @@ for _ in range(int(sys.argv[3])):
 
 
 @pytest.mark.mariadb
-def test_processes_share_a_study_in_mariadb(database: Database, monkeypatch: pytest.MonkeyPatch,
-                                            tmp_path: Path) -> None:
+def test_processes_share_a_study_in_mariadb(
+    database: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv(ENV, database.password)
     storage.check(database.url())
     optuna.create_study(study_name=storage.STUDY, storage=storage.open(database.url(), tmp_path))
-    workers = [subprocess.Popen([sys.executable, "-c", WORKER, database.url(), storage.STUDY, "15"], cwd=ROOT,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, database.url(), storage.STUDY, "15"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     for worker in workers:
         out, err = worker.communicate(timeout=120)
         assert worker.returncode == 0, err
@@ -240,8 +283,9 @@ def test_processes_share_a_study_in_mariadb(database: Database, monkeypatch: pyt
 
 
 @pytest.mark.mariadb
-def test_a_wrong_password_is_one_line_without_it(database: Database, monkeypatch: pytest.MonkeyPatch,
-                                                 tmp_path: Path) -> None:
+def test_a_wrong_password_is_one_line_without_it(
+    database: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     wrong = secrets.token_hex(16)
     monkeypatch.setenv(ENV, wrong)
     with pytest.raises(UserError) as caught:
@@ -253,19 +297,27 @@ def test_a_wrong_password_is_one_line_without_it(database: Database, monkeypatch
 
 @pytest.mark.slow
 @pytest.mark.mariadb
-def test_a_search_keeps_its_study_in_mariadb_and_its_password_nowhere(database: Database, data_root: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch,
-                                                                      tmp_path: Path, held: Gate) -> None:
+def test_a_search_keeps_its_study_in_mariadb_and_its_password_nowhere(
+    database: Database, data_root: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, held: Gate
+) -> None:
     """Two workers share the study: the gate holds the trials after their first epoch until two are held at once,
     one of each worker, so that the workers ask, train and tell side by side whatever the machine's speed."""
     monkeypatch.setenv(ENV, database.password)  # the command and its jobs inherit it
     sweep_dir = tmp_path / "sweep"
-    args = ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
-            "optimizer.lr=tag(log,interval(1e-4,1e-1))", "model=fc", "epochs=2", "hydra.sweeper.n_trials=4",
-            "hydra.sweeper.n_jobs=2", f"hydra.sweeper.storage={database.url()}"]
+    args = [
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=10",
+        "optimizer.lr=tag(log,interval(1e-4,1e-1))",
+        "model=fc",
+        "epochs=2",
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.n_jobs=2",
+        f"hydra.sweeper.storage={database.url()}",
+    ]
     held.hold(1)
-    proc = subprocess.Popen(command(data_root, sweep_dir, *args), cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        command(data_root, sweep_dir, *args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         side_by_side = held.wait_held(1, runs=2, alive=lambda: proc.poll() is None)
     finally:
@@ -278,6 +330,7 @@ def test_a_search_keeps_its_study_in_mariadb_and_its_password_nowhere(database: 
     # what the sweep records of its storage is the URL as written
     assert any(database.url().encode() in data for data in files.values())
     study = storage.find_study(sweep_dir)  # from the storage multirun.yaml names, as the report finds it
+    assert study is not None
     assert study.study_name == f"fmsweep:{sweep_dir.resolve()}"
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
     # both workers trained trials, at once: the two trials held together are of two workers, and their logs

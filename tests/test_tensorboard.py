@@ -1,5 +1,6 @@
 """What TensorBoard gets from a sweep: run names from job overrides, the same hparams keys in every run,
 test samples and a confusion matrix (also as files in the run dir); the log line's percentages."""
+
 import io
 import json
 from pathlib import Path
@@ -64,6 +65,13 @@ def test_each_run_logs_test_samples_and_a_confusion_matrix(tiny_sweep: Path) -> 
 
 
 def test_the_log_line_gives_accuracies_in_percent() -> None:
-    row = {"epoch": 1, "train_loss": 0.46961, "train_acc": 0.83264, "valid_loss": 0.41, "valid_acc": 0.855,
-           "lr": 0.001, "epoch_seconds": 1.149}
+    row = {
+        "epoch": 1,
+        "train_loss": 0.46961,
+        "train_acc": 0.83264,
+        "valid_loss": 0.41,
+        "valid_acc": 0.855,
+        "lr": 0.001,
+        "epoch_seconds": 1.149,
+    }
     assert epoch_line(row) == "train_loss 0.4696  train_acc 83.26%  valid_loss 0.41  valid_acc 85.50%  lr 0.001  1.15s"

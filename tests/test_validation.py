@@ -1,5 +1,6 @@
 """Bad input of every kind ends in one clear UserError (one line and exit 2 on the command line), before
 anything is written where possible; checkpoints never run code from the file."""
+
 from __future__ import annotations
 
 import ast
@@ -12,10 +13,12 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
 import torch
+from conftest import CONF, ROOT, fast_overrides, make_fashion_root, write_idx
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from hydra.utils import instantiate
@@ -24,7 +27,6 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from conftest import CONF, ROOT, fast_overrides, make_fashion_root, write_idx
 from fmsweep import checkpoint, config, data, train
 from fmsweep.config import ValidateBeforeRun, validate
 from fmsweep.errors import UserError
@@ -39,7 +41,10 @@ BAD_CONFIGS = [
     (["early_stop.min_delta=-1"], "early_stop.min_delta must be a number >= 0, got -1"),
     (["scheduler=cosine", "scheduler.final=2"], "scheduler.final must be a number in [0, 1], got 2"),
     (["scheduler=multistep", "scheduler.gamma=0"], "scheduler.gamma must be a number in (0, 1], got 0"),
-    (["scheduler=multistep", "scheduler.milestones=[0]"], "scheduler.milestones must be a list of integers >= 1, got [0]"),
+    (
+        ["scheduler=multistep", "scheduler.milestones=[0]"],
+        "scheduler.milestones must be a list of integers >= 1, got [0]",
+    ),
     (["+scheduler.t_max=3"], "scheduler.t_max is not a setting of Constant"),
     (["+aug.scale=2"], "aug.scale is not a setting of FlipAffine (it takes: degrees, hflip, translate)"),
     (["aug._target_=os.system"], "aug._target_ must name an augmentation of fmsweep.augment, got 'os.system'"),
@@ -158,8 +163,14 @@ def test_the_callback_exits_2_with_one_line(make_cfg, capsys: pytest.CaptureFixt
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     environ = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
-    return subprocess.run([sys.executable, "-m", "fmsweep", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env={**environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "fmsweep", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**environ, **(env or {})},
+    )
 
 
 @pytest.mark.parametrize(
@@ -170,8 +181,9 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         (["data.root=/nonexistent/fmsweep"], "missing train-images-idx3-ubyte"),
     ],
 )
-def test_rejected_run_is_one_line_exit_2_and_leaves_no_run_dir(data_root: Path, tmp_path: Path, args: list[str],
-                                                                message: str) -> None:
+def test_rejected_run_is_one_line_exit_2_and_leaves_no_run_dir(
+    data_root: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
     run_dir = tmp_path / "run"
     proc = cli(*fast_overrides(data_root), *args, f"hydra.run.dir={run_dir}", env={"CUDA_VISIBLE_DEVICES": ""})
     assert proc.returncode == 2
@@ -183,12 +195,24 @@ def test_rejected_run_is_one_line_exit_2_and_leaves_no_run_dir(data_root: Path, 
 @pytest.mark.parametrize(
     ("args", "line"),
     [
-        (["model=resnet9000"], "model=resnet9000: no such option of model (its options: fancy_cnn, fc, linear, vanilla_cnn)"),
-        (["model=fcc"], "model=fcc: no such option of model (its options: fancy_cnn, fc, linear, vanilla_cnn); did you mean fc?"),
-        (["optimizer=adan"], "optimizer=adan: no such option of optimizer (its options: adam, adamw, sgd); did you mean adam?"),
+        (
+            ["model=resnet9000"],
+            "model=resnet9000: no such option of model (its options: fancy_cnn, fc, linear, vanilla_cnn)",
+        ),
+        (
+            ["model=fcc"],
+            "model=fcc: no such option of model (its options: fancy_cnn, fc, linear, vanilla_cnn); did you mean fc?",
+        ),
+        (
+            ["optimizer=adan"],
+            "optimizer=adan: no such option of optimizer (its options: adam, adamw, sgd); did you mean adam?",
+        ),
         (["model=null"], "model=null: model takes one of its options (fancy_cnn, fc, linear, vanilla_cnn), not null"),
-        (["foo=1"], "foo=1: unknown config key foo (known keys there: aug, batch_size, cuda, data, device, early_stop, "
-                    "epochs, model, optimizer, pack, reg, scheduler, seed, stack)"),
+        (
+            ["foo=1"],
+            "foo=1: unknown config key foo (known keys there: aug, batch_size, cuda, data, device, early_stop, "
+            "epochs, model, optimizer, pack, reg, scheduler, seed, stack)",
+        ),
         (["epoch=3"], "epoch=3: unknown config key epoch; did you mean epochs?"),
         (["data.rot=/tmp"], "data.rot=/tmp: unknown config key data.rot; did you mean data.root?"),
         (["lrr=0.1"], "lrr=0.1: unknown config key lrr; did you mean optimizer.lr?"),
@@ -209,12 +233,16 @@ def test_hydra_full_error_set_by_the_user_keeps_hydras_own_report(tmp_path: Path
     assert proc.returncode == 1 and "Traceback" in proc.stderr and "MissingConfigException" in proc.stderr
 
 
-def test_a_bad_job_in_the_middle_of_a_sweep_stops_it_before_anything_is_launched(data_root: Path, tmp_path: Path) -> None:
+def test_a_bad_job_in_the_middle_of_a_sweep_stops_it_before_anything_is_launched(
+    data_root: Path, tmp_path: Path
+) -> None:
     sweep_dir = tmp_path / "sweep"
     proc = cli("-m", *fast_overrides(data_root), "reg.l2=0,-1,0.1", f"hydra.sweep.dir={sweep_dir}")
     assert proc.returncode == 2
-    assert proc.stderr == ("fmsweep: error: job 1_batch_size=32,epochs=1,reg.l2=-1: reg.l2 must be a number >= 0, "
-                           "got -1; nothing was launched\n")  # the job as its dir would be named
+    assert proc.stderr == (
+        "fmsweep: error: job 1_batch_size=32,epochs=1,reg.l2=-1: reg.l2 must be a number >= 0, "
+        "got -1; nothing was launched\n"
+    )  # the job as its dir would be named
     assert not sweep_dir.exists()  # no job dir, not even the sweep dir
 
 
@@ -244,18 +272,21 @@ def test_the_first_run_without_internet_says_why_and_what_to_do_and_leaves_nothi
 def truncate(name: str, keep: int) -> Callable[[Path], None]:
     def corrupt(raw: Path) -> None:
         (raw / name).write_bytes((raw / name).read_bytes()[:keep])
+
     return corrupt
 
 
 def overwrite(name: str, content: bytes) -> Callable[[Path], None]:
     def corrupt(raw: Path) -> None:
         (raw / name).write_bytes(content)
+
     return corrupt
 
 
 def rewrite(name: str, array: np.ndarray) -> Callable[[Path], None]:
     def corrupt(raw: Path) -> None:
         write_idx(raw / name, array)
+
     return corrupt
 
 
@@ -263,6 +294,7 @@ def replace_with_folder(name: str) -> Callable[[Path], None]:
     def corrupt(raw: Path) -> None:
         (raw / name).unlink()
         (raw / name).mkdir()
+
     return corrupt
 
 
@@ -284,11 +316,23 @@ DATA_CORRUPTIONS = {
     "header truncated": (truncate("train-images-idx3-ubyte", 6), "unreadable IDX files"),
     "empty file": (overwrite("t10k-images-idx3-ubyte", b""), "unreadable IDX files"),
     "garbled header": (garble_header, "unreadable IDX files"),
-    "text instead of IDX": (overwrite("train-labels-idx1-ubyte", b"<html>404 Not Found</html>\n"), "unreadable IDX files"),
-    "unknown IDX type code": (overwrite("train-images-idx3-ubyte", idx_header(0x0A, 1, 28, 28) + bytes(784)), "unreadable IDX files"),
-    "float IDX": (overwrite("train-images-idx3-ubyte", idx_header(0x0D, 1, 28, 28) + bytes(4 * 784)), "unreadable IDX files"),
+    "text instead of IDX": (
+        overwrite("train-labels-idx1-ubyte", b"<html>404 Not Found</html>\n"),
+        "unreadable IDX files",
+    ),
+    "unknown IDX type code": (
+        overwrite("train-images-idx3-ubyte", idx_header(0x0A, 1, 28, 28) + bytes(784)),
+        "unreadable IDX files",
+    ),
+    "float IDX": (
+        overwrite("train-images-idx3-ubyte", idx_header(0x0D, 1, 28, 28) + bytes(4 * 784)),
+        "unreadable IDX files",
+    ),
     "images where labels belong": (rewrite("train-labels-idx1-ubyte", np.zeros((50, 28, 28))), "unreadable IDX files"),
-    "images of 32x32": (rewrite("t10k-images-idx3-ubyte", np.zeros((20, 32, 32))), "holds images of shape (20, 32, 32)"),
+    "images of 32x32": (
+        rewrite("t10k-images-idx3-ubyte", np.zeros((20, 32, 32))),
+        "holds images of shape (20, 32, 32)",
+    ),
     "no images": (rewrite("train-images-idx3-ubyte", np.zeros((0, 28, 28))), "holds no images"),
     "fewer labels than images": (rewrite("train-labels-idx1-ubyte", np.zeros(49)), "holds 49 labels for 50 images"),
     "label out of range": (rewrite("t10k-labels-idx1-ubyte", np.full(20, 12)), "labels outside 0-9"),
@@ -329,11 +373,16 @@ def copy_run(run: Path, tmp_path: Path) -> Path:
 
 
 def test_a_folder_that_is_not_a_run_is_refused(runs: dict[str, Path], tmp_path: Path) -> None:
-    for path, message in [(tmp_path, "is not an fmsweep run directory"),
-                          (tmp_path / "nowhere", "no such file or directory"),
-                          (runs["linear"] / "metrics.json", "is a file, not a run directory"),
-                          (runs["linear"].parent, r"is a sweep directory, not a run directory: its best run on "
-                                                  r"validation is fmsweep.load_sweep\(.*\).best\(\)")]:  # a folder of runs
+    for path, message in [
+        (tmp_path, "is not an fmsweep run directory"),
+        (tmp_path / "nowhere", "no such file or directory"),
+        (runs["linear"] / "metrics.json", "is a file, not a run directory"),
+        (
+            runs["linear"].parent,
+            r"is a sweep directory, not a run directory: its best run on "
+            r"validation is fmsweep.load_sweep\(.*\).best\(\)",
+        ),
+    ]:  # a folder of runs
         with pytest.raises(UserError, match=message) as error:
             checkpoint.load_model(path)
         assert str(error.value).startswith(str(path)) and "\n" not in str(error.value)
@@ -431,7 +480,10 @@ def unsafe_torch_load(content: bytes) -> object:
     return torch.load(io.BytesIO(content), weights_only=False)
 
 
-MALICIOUS = {"pickle": (lambda p: pickle.dumps(p, protocol=2), pickle.loads), "torch zip": (torch_file, unsafe_torch_load)}
+MALICIOUS = {
+    "pickle": (lambda p: pickle.dumps(p, protocol=2), pickle.loads),
+    "torch zip": (torch_file, unsafe_torch_load),
+}
 
 
 @pytest.mark.parametrize(("make", "unsafe_load"), MALICIOUS.values(), ids=MALICIOUS.keys())
@@ -443,8 +495,9 @@ def test_the_payload_runs_when_loaded_unsafely(tmp_path: Path, make, unsafe_load
 
 @pytest.mark.parametrize("make", [make for make, _ in MALICIOUS.values()], ids=MALICIOUS.keys())
 @pytest.mark.parametrize("name", [checkpoint.BEST, checkpoint.LAST])
-def test_a_checkpoint_crafted_to_run_code_is_refused_and_never_runs(make_cfg, runs: dict[str, Path], tmp_path: Path,
-                                                                     make, name: str) -> None:
+def test_a_checkpoint_crafted_to_run_code_is_refused_and_never_runs(
+    make_cfg, runs: dict[str, Path], tmp_path: Path, make, name: str
+) -> None:
     run = copy_run(runs["linear"], tmp_path)
     marker = tmp_path / "marker"
     (run / name).write_bytes(make(Payload(marker)))
@@ -474,23 +527,51 @@ def test_every_torch_load_in_the_package_is_weights_only() -> None:
 # ---------------------------------------------------------------- random overrides
 
 KEYS = [*config.RUN_KEYS, *config.ARGUMENTS, "model._target_", "optimizer._target_", "optimizer._partial_"]
-GROUPS = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml")) for group in ("model", "optimizer", "reg", "aug", "experiment")}
+GROUPS = {
+    group: sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    for group in ("model", "optimizer", "reg", "aug", "experiment")
+}
 VALUES = st.one_of(
     st.integers(-3, 300).map(str),
     st.integers().map(str),
     st.floats(-2, 2).map(repr),
     st.floats().map(repr),  # nan, inf, 1e+300, ...
-    st.sampled_from(["null", "true", "false", "''", "auto", "cpu", "cuda", "cuda:1", "pixel", "none", "global",
-                     "fmsweep.models.FancyCNN", "torch.optim.SGD", "${reg.dropout}", "${nope}", "???", "/tmp", "{}"]),
+    st.sampled_from(
+        [
+            "null",
+            "true",
+            "false",
+            "''",
+            "auto",
+            "cpu",
+            "cuda",
+            "cuda:1",
+            "pixel",
+            "none",
+            "global",
+            "fmsweep.models.FancyCNN",
+            "torch.optim.SGD",
+            "${reg.dropout}",
+            "${nope}",
+            "???",
+            "/tmp",
+            "{}",
+        ]
+    ),
     st.lists(st.integers(-2, 40).map(str), max_size=4).map(lambda v: f"[{','.join(v)}]"),
     st.text(alphabet="abc01.-_:$ {}[],=~+'\"\\", max_size=8),  # mostly override syntax errors
 )
-KNOWN_KEY = st.sampled_from(KEYS).flatmap(lambda key: st.one_of(
-    VALUES.map(lambda value: f"{key}={value}"), VALUES.map(lambda value: f"++{key}={value}"), st.just(f"~{key}")))
+KNOWN_KEY = st.sampled_from(KEYS).flatmap(
+    lambda key: st.one_of(
+        VALUES.map(lambda value: f"{key}={value}"), VALUES.map(lambda value: f"++{key}={value}"), st.just(f"~{key}")
+    )
+)
 JUNK_KEY = st.from_regex(r"[a-z_]{1,6}(\.[a-z_]{1,6})?", fullmatch=True).flatmap(
-    lambda key: VALUES.map(lambda value: f"+{key}={value}"))
+    lambda key: VALUES.map(lambda value: f"+{key}={value}")
+)
 GROUP_OPTION = st.sampled_from(sorted(GROUPS)).flatmap(
-    lambda group: st.sampled_from([*GROUPS[group], "resnet9000"]).map(lambda option: f"{group}={option}"))
+    lambda group: st.sampled_from([*GROUPS[group], "resnet9000"]).map(lambda option: f"{group}={option}")
+)
 OVERRIDES = st.lists(st.one_of(KNOWN_KEY, KNOWN_KEY, KNOWN_KEY, JUNK_KEY, GROUP_OPTION), min_size=1, max_size=4)
 
 
@@ -510,7 +591,7 @@ def test_random_overrides_give_a_clean_error_or_a_working_config(data_root: Path
                 assert "\n" not in str(exc)
                 return
             # passed: the parts of a run work with it
-            run = OmegaConf.to_container(cfg, resolve=True)
+            run = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
             net = checkpoint.build_network(run["model"])
             assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
             instantiate(cfg.optimizer)(net.parameters())

@@ -1,6 +1,7 @@
 """A search's workers (fmsweep.sweep.worker) as run_search makes them, in this process under the basic launcher:
 one slot there, whatever n_jobs says; a worker composes a combination of group choices once for all its trials;
 a trial that another process trains is left to it instead of being taken again."""
+
 from __future__ import annotations
 
 import logging
@@ -27,8 +28,10 @@ from fmsweep.sweep.worker import Worker
 
 SPACE = ["model=linear", "optimizer.lr=tag(log,interval(1e-4,1e-1))"]
 # holds the lock of the run dir argv[1] until its stdin closes, as a run training there does
-HOLD = ("import sys\nfrom pathlib import Path\nfrom fmsweep.sweep.lock import hold\n"
-        "with hold([Path(sys.argv[1])]):\n    print('held', flush=True)\n    sys.stdin.read()")
+HOLD = (
+    "import sys\nfrom pathlib import Path\nfrom fmsweep.sweep.lock import hold\n"
+    "with hold([Path(sys.argv[1])]):\n    print('held', flush=True)\n    sys.stdin.read()"
+)
 
 
 class Launched(Exception):
@@ -46,21 +49,33 @@ def loader() -> Iterator[ConfigLoader]:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3", job_name="fmsweep"):
-        yield GlobalHydra.instance().hydra.config_loader
+        hydra = GlobalHydra.instance().hydra
+        assert hydra is not None
+        yield hydra.config_loader
     root.handlers[:] = handlers
     root.setLevel(level)
 
 
-def search_workers(loader: ConfigLoader, data_root: Path, sweep_dir: Path, monkeypatch: pytest.MonkeyPatch,
-                   *args: str) -> tuple[list[Worker], DictConfig]:
+def search_workers(
+    loader: ConfigLoader, data_root: Path, sweep_dir: Path, monkeypatch: pytest.MonkeyPatch, *args: str
+) -> tuple[list[Worker], DictConfig]:
     """The workers that `fmsweep -m hydra/sweeper=optuna SPACE args` (basic launcher) makes to run its trials, its
     study and record written; and its master config."""
-    master = loader.load_configuration("config", ["hydra/sweeper=optuna", "hydra.mode=MULTIRUN",
-                                                  f"hydra.sweep.dir={sweep_dir}", *fast_overrides(data_root),
-                                                  *SPACE, *args], run_mode=RunMode.MULTIRUN)
+    master = loader.load_configuration(
+        "config",
+        [
+            "hydra/sweeper=optuna",
+            "hydra.mode=MULTIRUN",
+            f"hydra.sweep.dir={sweep_dir}",
+            *fast_overrides(data_root),
+            *SPACE,
+            *args,
+        ],
+        run_mode=RunMode.MULTIRUN,
+    )
     sweeper = Plugins.instance().instantiate_sweeper(
-        hydra_context=HydraContext(config_loader=loader, callbacks=Callbacks(master)), task_function=task,
-        config=master)
+        hydra_context=HydraContext(config_loader=loader, callbacks=Callbacks(master)), task_function=task, config=master
+    )
 
     def launched(launcher: object, record: manifest.Manifest, workers: list[Worker], detach: bool) -> None:
         raise Launched(workers)
@@ -71,22 +86,27 @@ def search_workers(loader: ConfigLoader, data_root: Path, sweep_dir: Path, monke
     return caught.value.workers, master
 
 
-def test_the_basic_launcher_runs_one_slot_whatever_n_jobs_says(loader: ConfigLoader, data_root: Path, tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_basic_launcher_runs_one_slot_whatever_n_jobs_says(
+    loader: ConfigLoader,
+    data_root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """Its trials run one after another in the launching process: a second worker there would only find nothing
     left, and the line would promise two slots."""
-    workers, _ = search_workers(loader, data_root, tmp_path, monkeypatch, "hydra.sweeper.n_trials=4",
-                                "hydra.sweeper.n_jobs=2")
+    workers, _ = search_workers(
+        loader, data_root, tmp_path, monkeypatch, "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2"
+    )
     assert len(workers) == 1
     out = capsys.readouterr().out
     assert "the basic launcher runs one trial at a time (hydra.sweeper.n_jobs=2 needs" in out
     assert "fmsweep: 1 worker for 4 trials\n" in out
 
 
-def test_a_worker_composes_its_group_choices_once_for_all_its_trials(loader: ConfigLoader, data_root: Path,
-                                                                    tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_worker_composes_its_group_choices_once_for_all_its_trials(
+    loader: ConfigLoader, data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Hydra's composition (~50 ms) runs once per worker for a combination of group choices; each trial's config
     is derived from it (a few ms), the worker keeping one composer from trial to trial."""
     [worker], _ = search_workers(loader, data_root, tmp_path, monkeypatch, "hydra.sweeper.n_trials=2")
@@ -96,8 +116,9 @@ def test_a_worker_composes_its_group_choices_once_for_all_its_trials(loader: Con
     assert compositions == [["model=linear"]]
 
 
-def test_a_worker_leaves_a_trial_another_process_trains_to_it(loader: ConfigLoader, data_root: Path, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_worker_leaves_a_trial_another_process_trains_to_it(
+    loader: ConfigLoader, data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Worker w took trial 0 (the record names it), and finds its run dir held by another process: it leaves the
     trial to that one, which tells the study, instead of taking it again and again; the search has no other trial
     to run, so the worker ends."""
@@ -106,9 +127,11 @@ def test_a_worker_leaves_a_trial_another_process_trains_to_it(loader: ConfigLoad
     with manifest.locked(tmp_path):  # trial 0 taken by w, as the worker takes one
         record = manifest.require(tmp_path)
         [num] = worker.take(study, record, "w", prelaunch.SweepComposer(loader, master), set())
-        record.job(num).launcher_job = "w"
+        job = record.job(num)
+        assert job is not None
+        job.launcher_job = "w"
         record.save()
-    run_dir = tmp_path / record.job(num).name
+    run_dir = tmp_path / job.name
     runs: list[str] = []
     call = launch.Unit.__call__
 
@@ -118,8 +141,10 @@ def test_a_worker_leaves_a_trial_another_process_trains_to_it(loader: ConfigLoad
         return call(unit, job_id)
 
     monkeypatch.setattr(launch.Unit, "__call__", once)
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], cwd=ROOT, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(run_dir)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdin is not None and holder.stdout is not None
     try:
         assert holder.stdout.readline() == "held\n"
         assert worker("w") == 0

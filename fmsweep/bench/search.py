@@ -12,6 +12,7 @@ completed trial's valid_loss. Prints a
 line per run, then a table of medians over the rounds (also in <out>/bench_search.md; the raw numbers in
 <out>/bench_search.json) with the targets: busy >= 85 % and baseline wall / current wall >= 1.4.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,9 +38,18 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO.parent / "shared" / "data"
 # the search measured, but for data.root and data.download (from --data)
-DEFAULTS = ("hydra/sweeper=optuna", "hydra/launcher=submitit_local", "optimizer.lr=tag(log,interval(1e-5,1e-1))",
-            "model=fc", "epochs=9", "data.subset=8000", "hydra.sweeper.pruner=halving", "hydra.sweeper.n_jobs=2",
-            "hydra.sweeper.n_trials=12", "hydra.launcher.cpus_per_task=1")
+DEFAULTS = (
+    "hydra/sweeper=optuna",
+    "hydra/launcher=submitit_local",
+    "optimizer.lr=tag(log,interval(1e-5,1e-1))",
+    "model=fc",
+    "epochs=9",
+    "data.subset=8000",
+    "hydra.sweeper.pruner=halving",
+    "hydra.sweeper.n_jobs=2",
+    "hydra.sweeper.n_trials=12",
+    "hydra.launcher.cpus_per_task=1",
+)
 CODES = ("baseline", "current")
 STATUSES = ("completed", "pruned", "failed")
 TARGET_BUSY = 0.85
@@ -54,6 +64,7 @@ TAIL_LINES = 20
 class Trial:
     """One job of a search: its number, how it ended, its logged seconds and (when completed) its valid_loss; its
     log's first and last stamps (seconds since the epoch; None without lines)."""
+
     number: int
     status: str
     seconds: float
@@ -78,8 +89,11 @@ def merge_overrides(defaults: list[str], extra: list[str]) -> list[str]:
 
 def log_span(log: Path) -> tuple[float, float] | None:
     """The first and last timestamped lines of a job log, in seconds since the epoch (None without any)."""
-    stamps = [datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f").timestamp()
-              for match in map(STAMP.match, log.read_text(errors="replace").splitlines()) if match]
+    stamps = [
+        datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        for match in map(STAMP.match, log.read_text(errors="replace").splitlines())
+        if match
+    ]
     return (stamps[0], stamps[-1]) if stamps else None
 
 
@@ -98,16 +112,22 @@ def read_trial(job_dir: Path, number: int, fixed: set[str]) -> Trial:
     overrides = (yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else None) or []
     status = metrics.get("status", "none")
     spans = [span for span in map(log_span, logs) if span]
-    return Trial(number, status, sum(log_seconds(log) for log in logs),
-                 metrics.get("valid_loss") if status == "completed" else None,
-                 [override for override in overrides if override not in fixed],
-                 min((a for a, _ in spans), default=None), max((b for _, b in spans), default=None))
+    return Trial(
+        number,
+        status,
+        sum(log_seconds(log) for log in logs),
+        metrics.get("valid_loss") if status == "completed" else None,
+        [override for override in overrides if override not in fixed],
+        min((a for a, _ in spans), default=None),
+        max((b for _, b in spans), default=None),
+    )
 
 
 def read_trials(sweep_dir: Path, fixed: set[str]) -> list[Trial]:
     """The trials of a sweep dir, by number: its `<num>_<overrides>` job dirs."""
-    jobs = [(int(match[1]), path) for path in sweep_dir.iterdir()
-            if path.is_dir() and (match := JOB_DIR.match(path.name))]
+    jobs = [
+        (int(match[1]), path) for path in sweep_dir.iterdir() if path.is_dir() and (match := JOB_DIR.match(path.name))
+    ]
     return [read_trial(path, number, fixed) for number, path in sorted(jobs)]
 
 
@@ -120,12 +140,21 @@ def measure(code: str, round_: int, sweep_dir: Path, wall: float, overrides: lis
     best = min(completed, key=lambda pair: pair[0])[1] if completed else None
     starts, ends = [t.start for t in trials if t.start is not None], [t.end for t in trials if t.end is not None]
     span = max(ends) - min(starts) if starts else 0.0
-    return {"code": code, "round": round_, "sweep_dir": str(sweep_dir), "wall_s": wall, "n_jobs": n_jobs,
-            "trial_seconds": trial_seconds, "busy": trial_seconds / (wall * n_jobs), "span_s": span,
-            "busy_span": trial_seconds / (span * n_jobs) if span > 0 else 0.0,
-            "statuses": dict(Counter(trial.status for trial in trials)),
-            "best_valid_loss": best.valid_loss if best else None, "best_overrides": best.overrides if best else None,
-            "trials": [dataclasses.asdict(trial) for trial in trials]}
+    return {
+        "code": code,
+        "round": round_,
+        "sweep_dir": str(sweep_dir),
+        "wall_s": wall,
+        "n_jobs": n_jobs,
+        "trial_seconds": trial_seconds,
+        "busy": trial_seconds / (wall * n_jobs),
+        "span_s": span,
+        "busy_span": trial_seconds / (span * n_jobs) if span > 0 else 0.0,
+        "statuses": dict(Counter(trial.status for trial in trials)),
+        "best_valid_loss": best.valid_loss if best else None,
+        "best_overrides": best.overrides if best else None,
+        "trials": [dataclasses.asdict(trial) for trial in trials],
+    }
 
 
 def run_line(run: dict[str, Any]) -> str:
@@ -133,12 +162,17 @@ def run_line(run: dict[str, Any]) -> str:
     statuses = run["statuses"]
     ended = ", ".join(f"{statuses.get(name, 0)} {name}" for name in STATUSES)
     others = "".join(f", {count} {name}" for name, count in statuses.items() if name not in STATUSES)
-    best = ("no completed trial" if run["best_valid_loss"] is None else
-            f"best valid_loss {run['best_valid_loss']:.4f} ({' '.join(run['best_overrides'])})")
-    return (f"round {run['round']} {run['code']:<8}: wall {run['wall_s']:.1f} s, {len(run['trials'])} trials "
-            f"({ended}{others}), trial-s {run['trial_seconds']:.1f}, busy {100 * run['busy']:.1f} % "
-            f"of {run['n_jobs']} slots ({100 * run['busy_span']:.1f} % over the trials' span of "
-            f"{run['span_s']:.1f} s), {best}")
+    best = (
+        "no completed trial"
+        if run["best_valid_loss"] is None
+        else f"best valid_loss {run['best_valid_loss']:.4f} ({' '.join(run['best_overrides'])})"
+    )
+    return (
+        f"round {run['round']} {run['code']:<8}: wall {run['wall_s']:.1f} s, {len(run['trials'])} trials "
+        f"({ended}{others}), trial-s {run['trial_seconds']:.1f}, busy {100 * run['busy']:.1f} % "
+        f"of {run['n_jobs']} slots ({100 * run['busy_span']:.1f} % over the trials' span of "
+        f"{run['span_s']:.1f} s), {best}"
+    )
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -148,16 +182,23 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for code in CODES:
         mine = [run for run in runs if run["code"] == code]
         bests = [run["best_valid_loss"] for run in mine if run["best_valid_loss"] is not None]
-        codes[code] = {"runs": len(mine), "wall_s": statistics.median(run["wall_s"] for run in mine),
-                       "trial_seconds": statistics.median(run["trial_seconds"] for run in mine),
-                       "busy": statistics.median(run["busy"] for run in mine),
-                       "busy_span": statistics.median(run["busy_span"] for run in mine),
-                       "best_valid_loss_median": statistics.median(bests) if bests else None,
-                       "best_valid_loss_min": min(bests) if bests else None}
+        codes[code] = {
+            "runs": len(mine),
+            "wall_s": statistics.median(run["wall_s"] for run in mine),
+            "trial_seconds": statistics.median(run["trial_seconds"] for run in mine),
+            "busy": statistics.median(run["busy"] for run in mine),
+            "busy_span": statistics.median(run["busy_span"] for run in mine),
+            "best_valid_loss_median": statistics.median(bests) if bests else None,
+            "best_valid_loss_min": min(bests) if bests else None,
+        }
     ratio = codes["baseline"]["wall_s"] / codes["current"]["wall_s"]
-    return {"codes": codes, "ratio": ratio, "busy_met": codes["current"]["busy"] >= TARGET_BUSY,
-            "busy_span_met": codes["current"]["busy_span"] >= TARGET_BUSY,
-            "ratio_met": ratio >= TARGET_RATIO}
+    return {
+        "codes": codes,
+        "ratio": ratio,
+        "busy_met": codes["current"]["busy"] >= TARGET_BUSY,
+        "busy_span_met": codes["current"]["busy_span"] >= TARGET_BUSY,
+        "ratio_met": ratio >= TARGET_RATIO,
+    }
 
 
 def loss(value: float | None) -> str:
@@ -166,31 +207,45 @@ def loss(value: float | None) -> str:
 
 def table(summary: dict[str, Any], machine: str, command: str) -> str:
     """The markdown report of a summary."""
-    lines = ["| code | runs | median wall s | median trial-s sum | median busy % of the wall | median busy % of the "
-             "trials' span | best valid loss: median | best of rounds |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| code | runs | median wall s | median trial-s sum | median busy % of the wall | median busy % of the "
+        "trials' span | best valid loss: median | best of rounds |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for code, numbers in summary["codes"].items():
-        lines.append(f"| {code} | {numbers['runs']} | {numbers['wall_s']:.1f} | {numbers['trial_seconds']:.1f} | "
-                     f"{100 * numbers['busy']:.1f} | {100 * numbers['busy_span']:.1f} | "
-                     f"{loss(numbers['best_valid_loss_median'])} | "
-                     f"{loss(numbers['best_valid_loss_min'])} |")
+        lines.append(
+            f"| {code} | {numbers['runs']} | {numbers['wall_s']:.1f} | {numbers['trial_seconds']:.1f} | "
+            f"{100 * numbers['busy']:.1f} | {100 * numbers['busy_span']:.1f} | "
+            f"{loss(numbers['best_valid_loss_median'])} | "
+            f"{loss(numbers['best_valid_loss_min'])} |"
+        )
     met = {True: "met", False: "missed"}
-    return "\n".join([
-        *lines, "",
-        f"baseline wall / current wall (medians): {summary['ratio']:.2f}× (target ≥ {TARGET_RATIO}×: "
-        f"{met[summary['ratio_met']]})",
-        f"current busy: {100 * summary['codes']['current']['busy']:.1f} % of the command's wall, "
-        f"{100 * summary['codes']['current']['busy_span']:.1f} % of the trials' span, from the first trial's first "
-        f"log line to the last one's last (target ≥ {100 * TARGET_BUSY:.0f} %: {met[summary['busy_met']]} of the wall, "
-        f"{met[summary['busy_span_met']]} of the span)", "",
-        f"machine: {machine}", f"command: `{command}`", ""])
+    return "\n".join(
+        [
+            *lines,
+            "",
+            f"baseline wall / current wall (medians): {summary['ratio']:.2f}× (target ≥ {TARGET_RATIO}×: "
+            f"{met[summary['ratio_met']]})",
+            f"current busy: {100 * summary['codes']['current']['busy']:.1f} % of the command's wall, "
+            f"{100 * summary['codes']['current']['busy_span']:.1f} % of the trials' span, from the first trial's first "
+            f"log line to the last one's last (target ≥ {100 * TARGET_BUSY:.0f} %: {met[summary['busy_met']]} of the "
+            f"wall, {met[summary['busy_span_met']]} of the span)",
+            "",
+            f"machine: {machine}",
+            f"command: `{command}`",
+            "",
+        ]
+    )
 
 
 def machine_line() -> str:
     """CPU model, core count and torch version."""
     cpuinfo = Path("/proc/cpuinfo")
     models = re.findall(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.M) if cpuinfo.is_file() else []
-    return (f"{models[0] if models else platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-            f"torch {importlib.metadata.version('torch')}")
+    return (
+        f"{models[0] if models else platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {importlib.metadata.version('torch')}"
+    )
 
 
 def checkout_env(checkout: Path) -> dict[str, str]:
@@ -199,15 +254,20 @@ def checkout_env(checkout: Path) -> dict[str, str]:
 
 def check_imports(checkout: Path) -> str:
     """Where fmsweep and its sweeper plugin import from under PYTHONPATH=<checkout>; exits unless from it."""
-    probe = ("import fmsweep, hydra_plugins.fmsweep_sweeper.search_sweeper as s, conf; "
-             "print(fmsweep.__file__, s.__file__, conf.__file__, sep='\\n')")
+    probe = (
+        "import fmsweep, hydra_plugins.fmsweep_sweeper.search_sweeper as s, conf; "
+        "print(fmsweep.__file__, s.__file__, conf.__file__, sep='\\n')"
+    )
     with tempfile.TemporaryDirectory() as cwd:
-        done = subprocess.run([sys.executable, "-c", probe], cwd=cwd, env=checkout_env(checkout),
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-c", probe], cwd=cwd, env=checkout_env(checkout), capture_output=True, text=True
+        )
     files = done.stdout.split()
     if done.returncode or len(files) != 3 or not all(Path(file).is_relative_to(checkout) for file in files):
-        sys.exit(f"fmsweep.bench.search: error: PYTHONPATH={checkout} does not import its own fmsweep, "
-                 f"hydra_plugins and conf:\n{done.stdout}{done.stderr}")
+        sys.exit(
+            f"fmsweep.bench.search: error: PYTHONPATH={checkout} does not import its own fmsweep, "
+            f"hydra_plugins and conf:\n{done.stdout}{done.stderr}"
+        )
     return files[0]
 
 
@@ -217,14 +277,18 @@ def run_search(checkout: Path, overrides: list[str], sweep_dir: Path) -> float:
     command = [sys.executable, "-m", "fmsweep", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]
     with tempfile.TemporaryDirectory() as cwd:
         start = time.monotonic()
-        done = subprocess.run(command, cwd=cwd, env=checkout_env(checkout), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+        done = subprocess.run(
+            command, cwd=cwd, env=checkout_env(checkout), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         wall = time.monotonic() - start
     sweep_dir.with_name(sweep_dir.name + ".out").write_text(done.stdout)
     if done.returncode:
         tail = "\n".join(done.stdout.splitlines()[-TAIL_LINES:])
-        print(f"fmsweep.bench.search: error: PYTHONPATH={checkout} {shlex.join(command)} exited with "
-              f"{done.returncode}; its last lines:\n{tail}", file=sys.stderr)
+        print(
+            f"fmsweep.bench.search: error: PYTHONPATH={checkout} {shlex.join(command)} exited with "
+            f"{done.returncode}; its last lines:\n{tail}",
+            file=sys.stderr,
+        )
         sys.exit(1)
     return wall
 
@@ -245,8 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     checkouts = {"baseline": args.baseline.resolve(), "current": args.current.resolve()}
     out = (args.out or Path(tempfile.mkdtemp(prefix="bench_search-"))).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    overrides = merge_overrides([*DEFAULTS, f"data.root={args.data.resolve()}", "data.download=false"],
-                                args.overrides)
+    overrides = merge_overrides([*DEFAULTS, f"data.root={args.data.resolve()}", "data.download=false"], args.overrides)
     command = shlex.join(["python", "-m", "fmsweep.bench.search", *argv])
     machine = machine_line()
     for code, checkout in checkouts.items():
@@ -263,9 +326,20 @@ def main(argv: list[str] | None = None) -> None:
     report = table(summary, machine, command)
     print(f"\n{report}", end="")
     (out / "bench_search.md").write_text(report)
-    (out / "bench_search.json").write_text(json.dumps(
-        {"command": command, "machine": machine, "checkouts": {code: str(path) for code, path in checkouts.items()},
-         "overrides": overrides, "summary": summary, "runs": runs}, indent=2) + "\n")
+    (out / "bench_search.json").write_text(
+        json.dumps(
+            {
+                "command": command,
+                "machine": machine,
+                "checkouts": {code: str(path) for code, path in checkouts.items()},
+                "overrides": overrides,
+                "summary": summary,
+                "runs": runs,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ before it does anything useful, as a user (and every job of a sweep) pays it: `f
 before the first batch); with --grid, instead, sweeps of N such runs (one seed each, basic launcher) from the
 command to their first job, which waits for the sweep's check of every job (fmsweep.sweep.prelaunch). Medians of
 N runs, in fresh processes, after one untimed run of each."""
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,12 @@ def time_to_first_batch(overrides: list[str]) -> float:
     """Seconds from starting a 1-epoch linear run to its start line (the first training batch follows it)."""
     with tempfile.TemporaryDirectory() as run_dir:
         start = time.perf_counter()
-        proc = subprocess.Popen([*command(), "model=linear", "epochs=1", *overrides, f"hydra.run.dir={run_dir}"],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [*command(), "model=linear", "epochs=1", *overrides, f"hydra.run.dir={run_dir}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         assert proc.stdout is not None
         output = []
         for line in proc.stdout:  # the logging handler flushes each line
@@ -57,15 +62,28 @@ def time_to_first_job(jobs: int, overrides: list[str]) -> float:
     .hydra/config.yaml; the sweep (its process group) is then killed."""
     with tempfile.TemporaryDirectory() as sweep_dir, tempfile.TemporaryFile() as stderr:
         start = time.perf_counter()
-        proc = subprocess.Popen([*command(), "-m", "model=linear", "epochs=1", f"seed=range({jobs})", *overrides,
-                                 f"hydra.sweep.dir={sweep_dir}"], stdout=subprocess.DEVNULL, stderr=stderr,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                *command(),
+                "-m",
+                "model=linear",
+                "epochs=1",
+                f"seed=range({jobs})",
+                *overrides,
+                f"hydra.sweep.dir={sweep_dir}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
+        )
         ended = False
         while not any(Path(sweep_dir).glob(FIRST_JOB)):
             if ended:
                 stderr.seek(0)
-                sys.exit(f"fmsweep.bench.startup: error: the sweep ended before its first job:\n"
-                         f"{stderr.read().decode(errors='replace')[-4000:]}")
+                sys.exit(
+                    f"fmsweep.bench.startup: error: the sweep ended before its first job:\n"
+                    f"{stderr.read().decode(errors='replace')[-4000:]}"
+                )
             ended = proc.poll() is not None  # one more look: the job may have started just before the end
             time.sleep(0.01)
         seconds = time.perf_counter() - start
@@ -90,18 +108,23 @@ def report(name: str, seconds: list[float]) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fmsweep.bench.startup", description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5, help="timed runs of each (default: %(default)s)")
-    parser.add_argument("--grid", type=grids, metavar="N,...",
-                        help="instead: sweeps of N runs (seed=range(N)), from the command to their first job")
-    parser.add_argument("overrides", nargs="*",
-                        help="config overrides of the run, e.g. data.root=DIR data.download=false")
+    parser.add_argument(
+        "--grid",
+        type=grids,
+        metavar="N,...",
+        help="instead: sweeps of N runs (seed=range(N)), from the command to their first job",
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="config overrides of the run, e.g. data.root=DIR data.download=false"
+    )
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be >= 1")
     if args.grid:
         time_to_first_job(min(args.grid), args.overrides)  # warm the file cache
-        firsts = {jobs: [time_to_first_job(jobs, args.overrides) for _ in range(args.repeat)] for jobs in args.grid}
+        by_jobs = {jobs: [time_to_first_job(jobs, args.overrides) for _ in range(args.repeat)] for jobs in args.grid}
         print(f"{' '.join(command())} -m ({os.cpu_count()} CPUs), medians of {args.repeat}:")
-        for jobs, seconds in firsts.items():
+        for jobs, seconds in by_jobs.items():
             report(f"{jobs} jobs of model=linear epochs=1 to the first:", seconds)
         return
     time_help(), time_to_first_batch(args.overrides)  # warm the file cache

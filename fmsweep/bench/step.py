@@ -15,6 +15,7 @@ on `--cpu-cnn-batches` batches per epoch (a full epoch takes minutes there). Wri
 to `--out`. Config overrides are those of `python -m fmsweep`, e.g. data.root=... data.download=false.
 With `--pack K` it times K whole jobs one after another against one packed job of them instead.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -44,10 +45,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms
 
 from fmsweep import checkpoint, train
-from fmsweep.loader import TrainLoader
 from fmsweep.config import device_name, resolve_device, validate
 from fmsweep.data import Splits, load_fashion_mnist, split_indices
 from fmsweep.errors import UserError
+from fmsweep.loader import TrainLoader
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 CASES = ("linear", "fc", "fancy_cnn+flip_affine")
@@ -62,18 +63,37 @@ PACK_TARGETS = {"cpu": {"linear": 3.0, "fc": 2.5, "fancy_cnn+flip_affine": 1.0},
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m fmsweep.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated MODEL or MODEL+AUG (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per pipeline and case (default: %(default)s)")
+    parser.add_argument(
+        "--cases", default=",".join(CASES), help="comma-separated MODEL or MODEL+AUG (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=3, help="timed epochs per pipeline and case (default: %(default)s)"
+    )
     parser.add_argument("--warmup", type=int, default=1, help="untimed epochs first (default: %(default)s)")
-    parser.add_argument("--cpu-cnn-batches", type=int, default=10,
-                        help="on CPU, batches per epoch of convolutional models; 0: whole epochs (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
-                        help="DataLoader workers of the practical (default: the CPU count, %(default)s)")
-    parser.add_argument("--pack", type=int, default=1, metavar="K",
-                        help="K >= 2: instead, time K unpacked jobs in sequence (seeds 0 to K-1) against one packed job of "
-                             "K, whole jobs (set-up, epochs, final evaluation, files), --warmup untimed and --epochs "
-                             "timed rounds of both (default: %(default)s)")
-    parser.add_argument("--job-epochs", type=int, default=3, help="with --pack: epochs of each job (default: %(default)s)")
+    parser.add_argument(
+        "--cpu-cnn-batches",
+        type=int,
+        default=10,
+        help="on CPU, batches per epoch of convolutional models; 0: whole epochs (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="DataLoader workers of the practical (default: the CPU count, %(default)s)",
+    )
+    parser.add_argument(
+        "--pack",
+        type=int,
+        default=1,
+        metavar="K",
+        help="K >= 2: instead, time K unpacked jobs in sequence (seeds 0 to K-1) against one packed job of "
+        "K, whole jobs (set-up, epochs, final evaluation, files), --warmup untimed and --epochs "
+        "timed rounds of both (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--job-epochs", type=int, default=3, help="with --pack: epochs of each job (default: %(default)s)"
+    )
     parser.add_argument("--out", type=Path, default=Path("."), help="folder for bench.json and bench.md (default: .)")
     parser.add_argument("overrides", nargs="*", help="config overrides as for python -m fmsweep, e.g. data.root=DIR")
     args = parser.parse_args(argv)
@@ -105,15 +125,19 @@ def timed(epoch: Callable[[], Any], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def rounds(what: str, pipelines: dict[str, Callable[[], Any]], device: torch.device,
-           args: argparse.Namespace) -> dict[str, list[float]]:
+def rounds(
+    what: str, pipelines: dict[str, Callable[[], Any]], device: torch.device, args: argparse.Namespace
+) -> dict[str, list[float]]:
     """`--warmup` untimed, then `--epochs` timed rounds that each run every pipeline once, alternating so that load
     from other processes hits them alike; the seconds of each pipeline's timed runs."""
     seconds: dict[str, list[float]] = {name: [] for name in pipelines}
     for round_ in range(args.warmup + args.epochs):
         times = {name: timed(pipeline, device) for name, pipeline in pipelines.items()}
-        print(f"{what} {'warm-up' if round_ < args.warmup else 'timed'}: "
-              + ", ".join(f"{name} {t:.3f}s" for name, t in times.items()), file=sys.stderr)
+        print(
+            f"{what} {'warm-up' if round_ < args.warmup else 'timed'}: "
+            + ", ".join(f"{name} {t:.3f}s" for name, t in times.items()),
+            file=sys.stderr,
+        )
         if round_ >= args.warmup:
             for name, t in times.items():
                 seconds[name].append(t)
@@ -140,7 +164,7 @@ def fmsweep_epoch(run: train.RunState) -> Callable[[], float]:
 class DatasetTransformer(Dataset):
     """The practical's wrapper: applies `transform` to the image of each (image, target) pair."""
 
-    def __init__(self, base_dataset: Dataset, transform: Callable) -> None:
+    def __init__(self, base_dataset: Subset, transform: Callable) -> None:
         self.base_dataset, self.transform = base_dataset, transform
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
@@ -161,11 +185,14 @@ def practical_epoch(cfg: DictConfig, data: Splits, workers: int) -> Callable[[],
     device, n_train = data.train_x.device, len(data.train_y)
     base = torchvision.datasets.FashionMNIST(str(Path(cfg.data.root).expanduser()), train=True, download=False)
     train_idx, _ = split_indices(len(base), cfg.data.valid_ratio, cfg.data.subset, cfg.seed)
-    steps: list[Callable] = [transforms.ToTensor(), transforms.Lambda(partial(normalize, mean=data.mean.cpu(), std=data.std.cpu()))]
+    steps: list[Callable] = [
+        transforms.ToTensor(),
+        transforms.Lambda(partial(normalize, mean=data.mean.cpu(), std=data.std.cpu())),
+    ]
     steps[:0] = instantiate(cfg.aug).torchvision()
     dataset = DatasetTransformer(Subset(base, train_idx[:n_train].tolist()), transforms.Compose(steps))
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, num_workers=workers)
-    model = checkpoint.build_network(OmegaConf.to_container(cfg.model, resolve=True)).to(device)
+    model = checkpoint.build_network(cast(dict[str, Any], OmegaConf.to_container(cfg.model, resolve=True))).to(device)
     optimizer = instantiate(cfg.optimizer)(model.parameters())
 
     def epoch() -> float:
@@ -187,18 +214,28 @@ def bench_case(case: str, cfg: DictConfig, args: argparse.Namespace) -> dict[str
     with tempfile.TemporaryDirectory() as run_dir:
         run = train.RunState(cfg, Path(run_dir), device, load_fashion_mnist(cfg.data.root, cfg.data.download), "")
         n_train = len(run.data.train_y)
-        limited = device.type == "cpu" and cfg.model._target_.split(".")[-1] in CNN_NETWORKS and args.cpu_cnn_batches > 0
+        limited = (
+            device.type == "cpu" and cfg.model._target_.split(".")[-1] in CNN_NETWORKS and args.cpu_cnn_batches > 0
+        )
         if limited:
             n_train = min(n_train, args.cpu_cnn_batches * cfg.batch_size)
-            run.data = dataclasses.replace(run.data, train_x=run.data.train_x[:n_train], train_y=run.data.train_y[:n_train])
+            run.data = dataclasses.replace(
+                run.data, train_x=run.data.train_x[:n_train], train_y=run.data.train_y[:n_train]
+            )
         pipelines = {"practical": practical_epoch(cfg, run.data, args.workers), "fmsweep": fmsweep_epoch(run)}
         seconds = rounds(f"{case}: epoch", pipelines, device, args)
     median = {name: statistics.median(s) for name, s in seconds.items()}
     return {
-        "case": case, "images_per_epoch": n_train, "batches_per_epoch": -(-n_train // cfg.batch_size),
-        "limited_batches": limited, "batch_size": cfg.batch_size, "epoch_seconds": seconds,
-        "median_seconds": median, "images_per_second": {name: n_train / s for name, s in median.items()},
-        "speedup": median["practical"] / median["fmsweep"], "target": TARGETS.get(device.type, {}).get(case),
+        "case": case,
+        "images_per_epoch": n_train,
+        "batches_per_epoch": -(-n_train // cfg.batch_size),
+        "limited_batches": limited,
+        "batch_size": cfg.batch_size,
+        "epoch_seconds": seconds,
+        "median_seconds": median,
+        "images_per_second": {name: n_train / s for name, s in median.items()},
+        "speedup": median["practical"] / median["fmsweep"],
+        "target": TARGETS.get(device.type, {}).get(case),
     }
 
 
@@ -210,8 +247,11 @@ def bench_pack(case: str, overrides: list[str], args: argparse.Namespace) -> dic
     limited = device.type == "cpu" and cfg.model._target_.split(".")[-1] in CNN_NETWORKS and args.cpu_cnn_batches > 0
     if limited:  # data.subset such that the train split holds cpu_cnn_batches batches
         subset = math.ceil(args.cpu_cnn_batches * cfg.batch_size / (1 - cfg.data.valid_ratio))
-        configs = [case_config(case, [*overrides, f"seed={k}", f"epochs={args.job_epochs}", f"data.subset={subset}"])
-                   for k in range(args.pack)]
+        configs = [
+            case_config(case, [*overrides, f"seed={k}", f"epochs={args.job_epochs}", f"data.subset={subset}"])
+            for k in range(args.pack)
+        ]
+
     def unpacked() -> None:
         with tempfile.TemporaryDirectory() as out:
             for k, c in enumerate(configs):
@@ -229,8 +269,15 @@ def bench_pack(case: str, overrides: list[str], args: argparse.Namespace) -> dic
     images = args.pack * args.job_epochs * n_train
     together = train.stacked(device, cfg, args.pack)
     return {
-        "case": case, "pack": args.pack, "stacked": together, "job_epochs": args.job_epochs, "train_images": n_train,
-        "limited_batches": limited, "batch_size": cfg.batch_size, "seconds": seconds, "median_seconds": median,
+        "case": case,
+        "pack": args.pack,
+        "stacked": together,
+        "job_epochs": args.job_epochs,
+        "train_images": n_train,
+        "limited_batches": limited,
+        "batch_size": cfg.batch_size,
+        "seconds": seconds,
+        "median_seconds": median,
         "images_per_second": {name: images / s for name, s in median.items()},
         "ratio": median["unpacked"] / median["packed"],
         "target": PACK_TARGETS.get(device.type, {}).get(case) if together == (device.type == "cuda") else None,
@@ -241,9 +288,14 @@ def machine(device: torch.device, workers: int) -> dict[str, Any]:
     """What the numbers were measured on."""
     return {
         "device": device_name(device),
-        "device_type": device.type, "cpu_count": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads(),
-        "workers": workers, "torch": torch.__version__, "torchvision": torchvision.__version__,
-        "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "device_type": device.type,
+        "cpu_count": len(os.sched_getaffinity(0)),
+        "torch_threads": torch.get_num_threads(),
+        "workers": workers,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 
 
@@ -261,33 +313,77 @@ def verdict(value: float, target: float | None) -> str:
 def markdown(report: dict[str, Any]) -> str:
     """The results as a markdown table with a header line on the machine."""
     m, results = report["machine"], report["results"]
-    machine_text = (f"{m['device_type']}: {m['device']}, {m['cpu_count']} CPUs, torch {m['torch']}, "
-                    f"{m['torch_threads']} threads")
+    machine_text = (
+        f"{m['device_type']}: {m['device']}, {m['cpu_count']} CPUs, torch {m['torch']}, {m['torch_threads']} threads"
+    )
     limited = any(r["limited_batches"] for r in results)
     if "pack" not in results[0]:
-        title = (f"Training epoch (batch {results[0]['batch_size']}), median of {report['epochs']} epochs after "
-                 f"{report['warmup']} warm-up; {machine_text}; the practical's DataLoader with {m['workers']} workers.")
-        columns = ["case", "images/epoch", "practical s/epoch", "practical img/s", "fmsweep s/epoch", "fmsweep img/s",
-                   "speed-up", "target"]
-        rows = [[r["case"], f"{r['images_per_epoch']}{' *' if r['limited_batches'] else ''}",
-                 f"{r['median_seconds']['practical']:.3f}", f"{r['images_per_second']['practical']:,.0f}",
-                 f"{r['median_seconds']['fmsweep']:.3f}", f"{r['images_per_second']['fmsweep']:,.0f}",
-                 f"{r['speedup']:.2f}×", verdict(r["speedup"], r["target"])] for r in results]
-        footnote = (f"\\* on CPU, convolutional models train on {report['cpu_cnn_batches']} batches per epoch (the images "
-                    "counted), not on the whole training split: set --cpu-cnn-batches 0 for whole epochs.")
+        title = (
+            f"Training epoch (batch {results[0]['batch_size']}), median of {report['epochs']} epochs after "
+            f"{report['warmup']} warm-up; {machine_text}; the practical's DataLoader with {m['workers']} workers."
+        )
+        columns = [
+            "case",
+            "images/epoch",
+            "practical s/epoch",
+            "practical img/s",
+            "fmsweep s/epoch",
+            "fmsweep img/s",
+            "speed-up",
+            "target",
+        ]
+        rows = [
+            [
+                r["case"],
+                f"{r['images_per_epoch']}{' *' if r['limited_batches'] else ''}",
+                f"{r['median_seconds']['practical']:.3f}",
+                f"{r['images_per_second']['practical']:,.0f}",
+                f"{r['median_seconds']['fmsweep']:.3f}",
+                f"{r['images_per_second']['fmsweep']:,.0f}",
+                f"{r['speedup']:.2f}×",
+                verdict(r["speedup"], r["target"]),
+            ]
+            for r in results
+        ]
+        footnote = (
+            f"\\* on CPU, convolutional models train on {report['cpu_cnn_batches']} batches per epoch (the images "
+            "counted), not on the whole training split: set --cpu-cnn-batches 0 for whole epochs."
+        )
     else:
-        title = (f"{results[0]['pack']} jobs of {results[0]['job_epochs']} epochs (batch {results[0]['batch_size']}): "
-                 f"unpacked in sequence against one packed job, whole jobs in one process, median of {report['epochs']} "
-                 f"rounds after {report['warmup']} warm-up; {machine_text}.")
-        columns = ["case", "packed as", "train images", "unpacked s", "unpacked img/s", "packed s", "packed img/s",
-                   "ratio", "target"]
-        rows = [[r["case"], "stacked" if r["stacked"] else "one after another",
-                 f"{r['train_images']}{' *' if r['limited_batches'] else ''}",
-                 f"{r['median_seconds']['unpacked']:.2f}", f"{r['images_per_second']['unpacked']:,.0f}",
-                 f"{r['median_seconds']['packed']:.2f}", f"{r['images_per_second']['packed']:,.0f}",
-                 f"{r['ratio']:.2f}×", verdict(r["ratio"], r["target"])] for r in results]
-        footnote = (f"\\* on CPU, convolutional models train on data.subset such that the train split holds "
-                    f"{report['cpu_cnn_batches']} batches: set --cpu-cnn-batches 0 for the whole split.")
+        title = (
+            f"{results[0]['pack']} jobs of {results[0]['job_epochs']} epochs (batch {results[0]['batch_size']}): "
+            f"unpacked in sequence against one packed job, whole jobs in one process, median of {report['epochs']} "
+            f"rounds after {report['warmup']} warm-up; {machine_text}."
+        )
+        columns = [
+            "case",
+            "packed as",
+            "train images",
+            "unpacked s",
+            "unpacked img/s",
+            "packed s",
+            "packed img/s",
+            "ratio",
+            "target",
+        ]
+        rows = [
+            [
+                r["case"],
+                "stacked" if r["stacked"] else "one after another",
+                f"{r['train_images']}{' *' if r['limited_batches'] else ''}",
+                f"{r['median_seconds']['unpacked']:.2f}",
+                f"{r['images_per_second']['unpacked']:,.0f}",
+                f"{r['median_seconds']['packed']:.2f}",
+                f"{r['images_per_second']['packed']:,.0f}",
+                f"{r['ratio']:.2f}×",
+                verdict(r["ratio"], r["target"]),
+            ]
+            for r in results
+        ]
+        footnote = (
+            f"\\* on CPU, convolutional models train on data.subset such that the train split holds "
+            f"{report['cpu_cnn_batches']} batches: set --cpu-cnn-batches 0 for the whole split."
+        )
     return table(title, columns, rows, footnote if limited else None)
 
 
@@ -303,8 +399,13 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as exc:
         print(f"fmsweep.bench: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    report = {"machine": machine(device, args.workers), "epochs": args.epochs, "warmup": args.warmup,
-              "cpu_cnn_batches": args.cpu_cnn_batches, "results": results}
+    report = {
+        "machine": machine(device, args.workers),
+        "epochs": args.epochs,
+        "warmup": args.warmup,
+        "cpu_cnn_batches": args.cpu_cnn_batches,
+        "results": results,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
     text = markdown(report)

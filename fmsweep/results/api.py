@@ -4,6 +4,7 @@ One row per job (its swept values typed, status, final metrics, absolute path), 
 per setting (jobs that differ only by seed: mean and std of each metric, rank on validation), a search's trials,
 and the best run on validation with its model. It reads the job dirs as the report does (fmsweep.results.runs)
 and ranks as the report ranks (fmsweep.results.report): the two never disagree."""
+
 from __future__ import annotations
 
 import math
@@ -69,8 +70,10 @@ class Sweep:
         self._order = report.ranked(self._stats, self.objective, self.minimize)
 
     def __repr__(self) -> str:
-        return (f"<Sweep {self.path}: {len(self.runs)} jobs, {len(self._stats)} settings, ranked by "
-                f"{self.objective} ({'lower' if self.minimize else 'higher'} is better)>")
+        return (
+            f"<Sweep {self.path}: {len(self.runs)} jobs, {len(self._stats)} settings, ranked by "
+            f"{self.objective} ({'lower' if self.minimize else 'higher'} is better)>"
+        )
 
     def _swept(self, run: Run, seed: bool = True) -> dict[str, Any]:
         return {key: typed(run, key) for key in self.keys if seed or key != report.SEED_KEY}
@@ -81,9 +84,17 @@ class Sweep:
         (NaN where a job has none yet), path (absolute)."""
         import pandas as pd
 
-        rows = [{"job": report.job_id(run), **self._swept(run), "setting": run.setting, "status": run.status,
-                 **{key: run.metrics.get(key, math.nan) for key in FINAL_METRICS}, "path": str(run.path)}
-                for run in self.runs]
+        rows = [
+            {
+                "job": report.job_id(run),
+                **self._swept(run),
+                "setting": run.setting,
+                "status": run.status,
+                **{key: run.metrics.get(key, math.nan) for key in FINAL_METRICS},
+                "path": str(run.path),
+            }
+            for run in self.runs
+        ]
         return pd.DataFrame(rows)
 
     @property
@@ -93,8 +104,11 @@ class Sweep:
         epoch_seconds)."""
         import pandas as pd
 
-        rows = [{"job": report.job_id(run), **self._swept(run), "setting": run.setting, **row}
-                for run in self.runs for row in run.history()]
+        rows = [
+            {"job": report.job_id(run), **self._swept(run), "setting": run.setting, **row}
+            for run in self.runs
+            for row in run.history()
+        ]
         frame = pd.DataFrame(rows)
         if "epoch" in frame:
             frame["epoch"] = frame["epoch"].astype(int)
@@ -126,26 +140,41 @@ class Sweep:
             raise UserError(f"{self.path}: no completed job yet, so no best run")
         setting = self._order[0]
         sign = 1 if self.minimize else -1
-        run = min((r for r in self.runs if r.setting == setting and r.completed),
-                  key=lambda r: sign * float(r.metrics[self.objective]))
+        run = min(
+            (r for r in self.runs if r.setting == setting and r.completed),
+            key=lambda r: sign * float(r.metrics[self.objective]),
+        )
         mean = self._stats[setting][self.objective][0]
-        ties = [s for s in self._order[1:]
-                if self._stats[s][self.objective] is not None and self._stats[s][self.objective][0] == mean]
+        ties = [
+            s
+            for s in self._order[1:]
+            if self._stats[s][self.objective] is not None and self._stats[s][self.objective][0] == mean
+        ]
         shared = report.shared_overrides(self.runs)
         labels = {r.setting: report.label(r, shared) for r in self.runs}
         name, unit = self.objective.replace("_", " "), " %" if self.objective.endswith("acc") else ""
-        statement = (f"job {report.job_id(run)} ({','.join(run.overrides) or 'defaults'}): {name} "
-                     f"{report.metric_text(self.objective, float(run.metrics[self.objective]))}{unit}, the best of "
-                     f"its setting {labels[setting]} (mean {report.metric_text(self.objective, mean)}{unit} over "
-                     f"{self._stats[setting]['n']} completed jobs)")
+        statement = (
+            f"job {report.job_id(run)} ({','.join(run.overrides) or 'defaults'}): {name} "
+            f"{report.metric_text(self.objective, float(run.metrics[self.objective]))}{unit}, the best of "
+            f"its setting {labels[setting]} (mean {report.metric_text(self.objective, mean)}{unit} over "
+            f"{self._stats[setting]['n']} completed jobs)"
+        )
         if ties:
-            statement += (f"; tied on the mean with {', '.join(labels[s] for s in ties)}: the first in job order is "
-                          "taken")
+            statement += (
+                f"; tied on the mean with {', '.join(labels[s] for s in ties)}: the first in job order is taken"
+            )
         elif len(self._order) > 1:
             ahead = report.margin(self._stats, self._order, self.objective)
             statement += f", ahead of the next setting ({labels[self._order[1]]}) by {ahead}" if ahead else ""
-        return Best(job=report.job_id(run), path=run.path, setting=setting, objective=self.objective,
-                    value=float(run.metrics[self.objective]), metrics=dict(run.metrics), statement=statement)
+        return Best(
+            job=report.job_id(run),
+            path=run.path,
+            setting=setting,
+            objective=self.objective,
+            value=float(run.metrics[self.objective]),
+            metrics=dict(run.metrics),
+            statement=statement,
+        )
 
 
 def load_sweep(path: str | Path) -> Sweep:

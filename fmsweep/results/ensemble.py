@@ -1,6 +1,7 @@
 """`python -m fmsweep.results.ensemble <sweep dir or run dirs...>`: the best model of each run, on its own and all
 together as one model that averages their softmax probabilities, on the test (or valid) split: on images that
 every member held out, at least MIN_IMAGES of them."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,9 +21,9 @@ from fmsweep import checkpoint
 from fmsweep.config import resolve_device
 from fmsweep.data import load_fashion_mnist, split_indices
 from fmsweep.errors import ArgumentParser, UserError
+from fmsweep.evaluate import predict, scores
 from fmsweep.files import atomic_write
 from fmsweep.results.runs import Run, find_runs, is_run, markdown_table
-from fmsweep.evaluate import predict, scores
 
 OUT_NAME = "ensemble.json"
 # Fewest images an ensemble is scored on: with fewer, an accuracy near 90 % is uncertain by more than a percentage
@@ -45,12 +46,20 @@ class Member:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = ArgumentParser(prog="fmsweep ensemble", description=__doc__)
     parser.add_argument("paths", nargs="+", type=Path, help="a sweep dir (every run below it) or run dirs")
-    parser.add_argument("--split", choices=("test", "valid"), default="test",
-                        help="test (default), or valid: the valid split the members share (one seed, "
-                             "data.valid_ratio and data.subset)")
-    parser.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
-                        help="keep runs with this config group option (model=fc) or config value (reg.l2=0.001); "
-                             "repeatable, all must hold")
+    parser.add_argument(
+        "--split",
+        choices=("test", "valid"),
+        default="test",
+        help="test (default), or valid: the valid split the members share (one seed, data.valid_ratio and data.subset)",
+    )
+    parser.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="keep runs with this config group option (model=fc) or config value (reg.l2=0.001); "
+        "repeatable, all must hold",
+    )
     parser.add_argument("--top-k", type=int, metavar="K", help="keep the K runs of lowest best valid loss")
     parser.add_argument("--data-root", help="read Fashion-MNIST from here instead of each run's data.root")
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, ...")
@@ -80,7 +89,9 @@ def select(runs: list[Run], where: list[str]) -> list[Run]:
         key, sep, wanted = condition.partition("=")
         if not sep or not key:
             raise UserError(f"--where {condition!r}: expected KEY=VALUE, e.g. model=fc or reg.l2=0.001")
-        values = [r.choices[key] if key in r.choices else OmegaConf.select(r.config, key, default=missing) for r in runs]
+        values = [
+            r.choices[key] if key in r.choices else OmegaConf.select(r.config, key, default=missing) for r in runs
+        ]
         if all(v is missing for v in values):
             raise UserError(f"--where {condition!r}: {key} is neither a config group nor a config key of these runs")
         runs = [r for r, v in zip(runs, values) if v is not missing and same_value(v, wanted)]
@@ -109,10 +120,14 @@ def data_root(members: list[Member], override: str | None) -> tuple[str, bool]:
     """The one data set all members read (root, download), or `override`."""
     if override is not None:
         return override, False
-    roots = {(str(Path(m.run.config.data.root).expanduser().resolve()), bool(m.run.config.data.download)) for m in members}
+    roots = {
+        (str(Path(m.run.config.data.root).expanduser().resolve()), bool(m.run.config.data.download)) for m in members
+    }
     if len({root for root, _ in roots}) > 1:
-        raise UserError(f"the runs read different data sets ({', '.join(sorted({r for r, _ in roots}))}); "
-                        "pass --data-root to evaluate them all on one")
+        raise UserError(
+            f"the runs read different data sets ({', '.join(sorted({r for r, _ in roots}))}); "
+            "pass --data-root to evaluate them all on one"
+        )
     return min(roots)
 
 
@@ -124,25 +139,35 @@ def split_images(members: list[Member], split: str, root: str, download: bool) -
     if split == "test":
         images, labels = test_x, test_y
     else:
-        valid = [split_indices(len(train_x), m.run.config.data.valid_ratio, m.run.config.data.subset,
-                               m.run.config.seed)[1] for m in members]
+        valid = [
+            split_indices(len(train_x), m.run.config.data.valid_ratio, m.run.config.data.subset, m.run.config.seed)[1]
+            for m in members
+        ]
         shared = set(valid[0].tolist()).intersection(*(v.tolist() for v in valid[1:]))
         if any(len(v) != len(shared) for v in valid):
             keys = [k for k in SPLIT_KEYS if len({str(OmegaConf.select(m.run.config, k)) for m in members}) > 1]
-            raise UserError(f"--split valid: the members' valid splits differ (by {', '.join(keys)}), so only "
-                            f"{len(shared)} images are held out from all of them; use --split test, the split no "
-                            "member trained on (or members of one valid split, e.g. --where seed=N)")
+            raise UserError(
+                f"--split valid: the members' valid splits differ (by {', '.join(keys)}), so only "
+                f"{len(shared)} images are held out from all of them; use --split test, the split no "
+                "member trained on (or members of one valid split, e.g. --where seed=N)"
+            )
         images, labels = train_x[valid[0]], train_y[valid[0]]
     if len(labels) < MIN_IMAGES:
-        remedy = ("use --split test" if split == "valid"
-                  else "pass --data-root with the full Fashion-MNIST test split (10,000 images)")
-        raise UserError(f"the {split} split holds only {len(labels)} images, fewer than the {MIN_IMAGES} an "
-                        f"ensemble's accuracy needs to mean something; {remedy}")
+        remedy = (
+            "use --split test"
+            if split == "valid"
+            else "pass --data-root with the full Fashion-MNIST test split (10,000 images)"
+        )
+        raise UserError(
+            f"the {split} split holds only {len(labels)} images, fewer than the {MIN_IMAGES} an "
+            f"ensemble's accuracy needs to mean something; {remedy}"
+        )
     return images, labels
 
 
-def evaluate_members(members: list[Member], images: torch.Tensor, labels: torch.Tensor,
-                     device: torch.device) -> dict[str, Any]:
+def evaluate_members(
+    members: list[Member], images: torch.Tensor, labels: torch.Tensor, device: torch.device
+) -> dict[str, Any]:
     """Each member's loss and accuracy on the images, then the ensemble's: the mean of their probabilities."""
     log_probs = []
     for m in members:
@@ -157,10 +182,13 @@ def evaluate_members(members: list[Member], images: torch.Tensor, labels: torch.
 def table(members: list[Member], average: dict[str, Any], split: str) -> str:
     """The practical's comparison: every model, then their ensemble."""
     images = str(average["images"])
-    rows = [[m.name, str(m.run.config.model._target_).rpartition(".")[2], images, f"{m.loss:.4f}", f"{100 * m.acc:.2f}"]
-            for m in members]
-    rows.append([f"ensemble of {len(members)}", "softmax mean", images, f"{average['loss']:.4f}",
-                 f"{100 * average['acc']:.2f}"])
+    rows = [
+        [m.name, str(m.run.config.model._target_).rpartition(".")[2], images, f"{m.loss:.4f}", f"{100 * m.acc:.2f}"]
+        for m in members
+    ]
+    rows.append(
+        [f"ensemble of {len(members)}", "softmax mean", images, f"{average['loss']:.4f}", f"{100 * average['acc']:.2f}"]
+    )
     header = ["run", "model", "images", f"{split} loss", f"{split} acc (%)"]
     return markdown_table(header, rows, right={2, 3, 4})
 
@@ -177,17 +205,28 @@ def run(args: argparse.Namespace) -> str:
         raise UserError(f"no run matches {' and '.join(args.where)} (of {len(runs)} runs)")
     members, skipped = load_members(selected, base, args.top_k)
     if not members:
-        raise UserError(f"none of the {len(selected)} selected runs has a usable {checkpoint.BEST}: "
-                        + "; ".join(f"{s['run']}: {s['reason']}" for s in skipped))
+        raise UserError(
+            f"none of the {len(selected)} selected runs has a usable {checkpoint.BEST}: "
+            + "; ".join(f"{s['run']}: {s['reason']}" for s in skipped)
+        )
     root, download = data_root(members, args.data_root)
     images, labels = split_images(members, args.split, root, download)
     average = evaluate_members(members, images, labels, resolve_device(args.device))
     out = args.out or base / OUT_NAME
     result = {
         "split": args.split,
-        "members": [{"run": m.name, "path": str(m.run.path.resolve()), "overrides": m.run.overrides,
-                     "model": m.run.config.model._target_, "images": len(labels), "loss": m.loss, "acc": m.acc}
-                    for m in members],
+        "members": [
+            {
+                "run": m.name,
+                "path": str(m.run.path.resolve()),
+                "overrides": m.run.overrides,
+                "model": m.run.config.model._target_,
+                "images": len(labels),
+                "loss": m.loss,
+                "acc": m.acc,
+            }
+            for m in members
+        ],
         "average": average,
         "selection": {"where": args.where, "top_k": args.top_k},
         "skipped": skipped,
@@ -196,8 +235,10 @@ def run(args: argparse.Namespace) -> str:
     title = f"{len(members)} best models and their ensemble (the mean of their softmax probabilities)"
     lines = [f"{title}, {args.split} split", "", table(members, average, args.split), ""]
     if args.split == "valid":
-        lines.append("The valid split chose each member's best epoch (and the --top-k): the test split scores them "
-                     "without that advantage.")
+        lines.append(
+            "The valid split chose each member's best epoch (and the --top-k): the test split scores them "
+            "without that advantage."
+        )
     lines += [f"Skipped {s['run']}: {s['reason']}" for s in skipped]
     lines.append(f"Wrote {out}")
     return "\n".join(lines)

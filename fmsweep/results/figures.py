@@ -1,9 +1,12 @@
 """Matplotlib figures, drawn with the Agg backend (no display, no pyplot state): a run's test samples and
 confusion matrix (TensorBoard, and files in its run dir), and a sweep report's curves, settings ranked on validation
 and heatmap. Accuracies are drawn in percent."""
+
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -15,6 +18,10 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from fmsweep.classes import CLASSES
+
+if TYPE_CHECKING:
+    from matplotlib.typing import LineStyleType
+
 SIZE = 28
 
 
@@ -32,7 +39,9 @@ def to_png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def samples(images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor, columns: int = 8, rows: int = 3) -> Figure:
+def samples(
+    images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor, columns: int = 8, rows: int = 3
+) -> Figure:
     """The first columns x rows uint8 images, each captioned with its predicted and true class (red when wrong)."""
     n = min(len(images), columns * rows)
     caption = 16  # pixel rows of text space above each image
@@ -46,8 +55,15 @@ def samples(images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor,
         top, left = r * cell_h + caption, c * cell_w + 1
         montage[top : top + SIZE, left : left + SIZE] = images[k].cpu().numpy()
         p, t = int(predicted[k]), int(labels[k])
-        ax.text(left + SIZE / 2, top - 1, f"{CLASSES[p]}\n({CLASSES[t]})", ha="center", va="bottom", fontsize=7,
-                color="black" if p == t else "red")
+        ax.text(
+            left + SIZE / 2,
+            top - 1,
+            f"{CLASSES[p]}\n({CLASSES[t]})",
+            ha="center",
+            va="bottom",
+            fontsize=7,
+            color="black" if p == t else "red",
+        )
     ax.imshow(montage, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     ax.set_axis_off()
     fig.suptitle("test images: predicted (true), red when wrong", fontsize=9)
@@ -63,8 +79,9 @@ def confusion(matrix: torch.Tensor, title: str) -> Figure:
     threshold = counts.max() / 2
     for (i, j), value in np.ndenumerate(counts):
         if value:  # empty cells stay blank
-            ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
-                    color="white" if value > threshold else "black")
+            ax.text(
+                j, i, str(value), ha="center", va="center", fontsize=7, color="white" if value > threshold else "black"
+            )
     ticks = range(len(CLASSES))
     ax.set_xticks(ticks, CLASSES, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(ticks, CLASSES, fontsize=8)
@@ -91,11 +108,11 @@ def epoch_ticks(last: int) -> list[int]:
 
 
 LEGEND_SETTINGS = 12  # beyond this many settings the curves' legend names the best ones and counts the rest
-LINESTYLES = ("-", "--", ":", "-.")
+LINESTYLES: tuple[LineStyleType, ...] = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "h", "<")
 
 
-def setting_colors(count: int) -> list[tuple[float, ...]]:
+def setting_colors(count: int) -> list[tuple[float, float, float, float]]:
     """`count` distinct colours, in rank order: tab10 / tab20 for up to 10 / 20, else evenly spaced along a
     perceptually ordered colormap (the best settings darkest)."""
     if count <= 10:
@@ -110,8 +127,14 @@ def shorten(text: str, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def sweep(order: list[str], curves: dict[str, list[tuple[str, list[float], list[float]]]],
-          points: dict[str, tuple[float, float, int]], objective: str, minimize: bool, shared: list[str]) -> Figure:
+def sweep(
+    order: list[str],
+    curves: Mapping[str, Sequence[tuple[str, Sequence[float], Sequence[float]]]],
+    points: dict[str, tuple[float, float, int]],
+    objective: str,
+    minimize: bool,
+    shared: list[str],
+) -> Figure:
     """A sweep's settings, `order`ed best first (by their mean valid objective). Left: the objective per epoch of
     every job (`curves`: setting -> (seed, epochs, values) per job), one colour per setting, the seeds of a
     setting told apart by line style and marker. Right: each setting's objective (`points`: setting -> (mean, std,
@@ -131,8 +154,15 @@ def sweep(order: list[str], curves: dict[str, list[tuple[str, list[float], list[
     for setting in order:
         for seed, epochs, values in curves.get(setting, []):
             linestyle, marker = style[seed]
-            left.plot(epochs, [factor * v for v in values], linestyle=linestyle, marker=marker, markersize=3,
-                      linewidth=1, color=color[setting])
+            left.plot(
+                epochs,
+                [factor * v for v in values],
+                linestyle=linestyle,
+                marker=marker,
+                markersize=3,
+                linewidth=1,
+                color=color[setting],
+            )
             last_epoch = max(last_epoch, int(max(epochs)))
     left.set_xticks(epoch_ticks(last_epoch))
     left.set_xlabel("epoch")
@@ -146,38 +176,67 @@ def sweep(order: list[str], curves: dict[str, list[tuple[str, list[float], list[
         handles.append(Line2D([], [], linestyle="none"))
         labels.append(f"… {len(order) - len(named)} more, coloured by rank")
     if len(seeds) > 1:
-        handles += [Line2D([], [], color="black", linestyle=style[s][0], marker=style[s][1], markersize=3)
-                    for s in seeds]
+        handles += [
+            Line2D([], [], color="black", linestyle=style[s][0], marker=style[s][1], markersize=3) for s in seeds
+        ]
         labels += [f"seed {s}" for s in seeds]
-    left.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0,
-                title="settings, best first" + (" · seeds" if len(seeds) > 1 else ""), title_fontsize=7)
+    left.legend(
+        handles,
+        labels,
+        fontsize=7,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1),
+        borderaxespad=0,
+        title="settings, best first" + (" · seeds" if len(seeds) > 1 else ""),
+        title_fontsize=7,
+    )
 
     ranked = [s for s in order if s in points]
     repeated = any(points[s][2] > 1 for s in ranked)
     size = 8 if rows <= 20 else 6
     for k, setting in enumerate(ranked):
         mean, std, n = (factor * points[setting][0], factor * points[setting][1], points[setting][2])
-        right.errorbar(mean, k, xerr=std if n > 1 else None, fmt="*" if k == 0 else "o", markersize=9 if k == 0 else 5,
-                       capsize=3, color=color[setting])
-    right.set_yticks(range(len(ranked)),
-                     [f"{'best: ' if k == 0 and len(ranked) > 1 else ''}{shorten(s)}  (n={points[s][2]})"
-                      for k, s in enumerate(ranked)],
-                     fontsize=size)
+        right.errorbar(
+            mean,
+            k,
+            xerr=std if n > 1 else None,
+            fmt="*" if k == 0 else "o",
+            markersize=9 if k == 0 else 5,
+            capsize=3,
+            color=color[setting],
+        )
+    right.set_yticks(
+        range(len(ranked)),
+        [
+            f"{'best: ' if k == 0 and len(ranked) > 1 else ''}{shorten(s)}  (n={points[s][2]})"
+            for k, s in enumerate(ranked)
+        ],
+        fontsize=size,
+    )
     if ranked:
         right.set_ylim(len(ranked) - 0.5, -0.5)  # the best on top
         low = factor * min(points[s][0] - points[s][1] for s in ranked)
         high = factor * max(points[s][0] + points[s][1] for s in ranked)
         pad = max(0.1 * (high - low), 1e-3)
         right.set_xlim(low - pad, high + pad)
-    right.set_xlabel(f"{axis_label(objective)}, " + ("mean ± std over seeds" if repeated else "one job each")
-                     + f" ({'lower' if minimize else 'higher'} is better)")
+    right.set_xlabel(
+        f"{axis_label(objective)}, "
+        + ("mean ± std over seeds" if repeated else "one job each")
+        + f" ({'lower' if minimize else 'higher'} is better)"
+    )
     right.set_title(f"settings ranked by {what}", fontsize=10)
     right.grid(axis="x", alpha=0.3)
     return fig
 
 
-def heatmap(keys: list[str], values: list[list[str]], means: list[list[float | None]], best: tuple[int, int] | None,
-            objective: str, minimize: bool) -> Figure:
+def heatmap(
+    keys: list[str],
+    values: list[list[str]],
+    means: list[list[float | None]],
+    best: tuple[int, int] | None,
+    objective: str,
+    minimize: bool,
+) -> Figure:
     """A grid over two keys: the mean `objective` of each combination (`means[row][column]`, None where no job
     completed) for the values of keys[0] (rows) and keys[1] (columns), printed in its cell, the `best` cell framed.
     Brighter is better, whichever way the objective goes."""
@@ -191,8 +250,16 @@ def heatmap(keys: list[str], values: list[list[str]], means: list[list[float | N
     for (i, j), value in np.ndenumerate(grid):
         shade = 0.5 if high == low or np.isnan(value) else (value - low) / (high - low)
         text = "–" if np.isnan(value) else f"{value:.2f}" if factor != 1 else f"{value:.4f}"
-        ax.text(j, i, text, ha="center", va="center", fontsize=9, fontweight="bold" if (i, j) == best else "normal",
-                color="black" if (shade > 0.5) != minimize else "white")
+        ax.text(
+            j,
+            i,
+            text,
+            ha="center",
+            va="center",
+            fontsize=9,
+            fontweight="bold" if (i, j) == best else "normal",
+            color="black" if (shade > 0.5) != minimize else "white",
+        )
     if best is not None:
         ax.add_patch(Rectangle((best[1] - 0.5, best[0] - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=3))
     ax.set_xticks(range(columns), values[1], fontsize=8)
@@ -205,8 +272,9 @@ def heatmap(keys: list[str], values: list[list[str]], means: list[list[float | N
     return fig
 
 
-def search(objective: str, trials: list[tuple[int, str, float | None, dict[str, float]]], log_scale: set[str],
-           minimize: bool) -> Figure:
+def search(
+    objective: str, trials: list[tuple[int, str, float | None, dict[str, float]]], log_scale: set[str], minimize: bool
+) -> Figure:
     """A search's trials (number, state, objective value or None, searched values): the objective against each
     searched parameter (completed trials as dots, pruned ones as crosses at their last reported value), and the
     best value so far against the trial number. A loss (minimized) is drawn on a log scale: a diverging trial's
@@ -217,8 +285,9 @@ def search(objective: str, trials: list[tuple[int, str, float | None, dict[str, 
     axes = fig.subplots(1, len(names) + 1, squeeze=False)[0]
     for ax, name in zip(axes, names):
         for state, marker in (("complete", "o"), ("pruned", "x")):
-            points = [(params[name], factor * value) for _, s, value, params in trials
-                      if s == state and value is not None]
+            points = [
+                (params[name], factor * value) for _, s, value, params in trials if s == state and value is not None
+            ]
             if points:
                 ax.scatter(*zip(*points), marker=marker, label=state, alpha=0.8)
         ax.set_xscale("log" if name in log_scale else "linear")

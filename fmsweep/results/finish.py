@@ -1,6 +1,7 @@
 """The results of a sweep that ended: its report (fmsweep.results.report: md, csv, png) and, where seeds repeat its best
-setting, the ensemble of that setting's models (fmsweep.results.ensemble). Written by the launching command of an attached
-sweep, and for a detached one by a small SLURM job that starts once the sweep's jobs ended."""
+setting, the ensemble of that setting's models (fmsweep.results.ensemble). Written by the launching command of an
+attached sweep, and for a detached one by a small SLURM job that starts once the sweep's jobs ended."""
+
 from __future__ import annotations
 
 import json
@@ -38,15 +39,18 @@ def results(sweep_dir: Path) -> tuple[list[str], list[str]]:
         _, files, best = report.write_report(sweep_dir)
         written += [best, f"report: {files[0]} (with {', '.join(p.name for p in files[1:])})"]
     except Exception as exc:  # noqa: BLE001 (a report that cannot be written is one line; the rest goes on)
-        missing.append(f"the report of {sweep_dir} could not be written ({type(exc).__name__}: {exc}); "
-                       f"try: fmsweep report {sweep_dir}")
+        missing.append(
+            f"the report of {sweep_dir} could not be written ({type(exc).__name__}: {exc}); "
+            f"try: fmsweep report {sweep_dir}"
+        )
     try:
         made = write_ensemble(sweep_dir)
     except UserError as exc:
         missing.append(f"no ensemble of the best setting: {exc}")
     except Exception as exc:  # noqa: BLE001 (as above)
-        missing.append(f"the ensemble could not be written ({type(exc).__name__}: {exc}); "
-                       f"try: fmsweep ensemble {sweep_dir}")
+        missing.append(
+            f"the ensemble could not be written ({type(exc).__name__}: {exc}); try: fmsweep ensemble {sweep_dir}"
+        )
     else:
         written += [made] if made else []
     return written, missing

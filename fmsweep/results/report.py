@@ -1,12 +1,13 @@
-"""`python -m fmsweep.results.report <sweep dir>`: the sweep's settings (jobs that differ only by seed) ranked by their mean
-valid objective (a search's objective, else the valid loss), the best marked with its margin over the next (on valid
-loss and on valid accuracy), the jobs still improving when they stopped flagged; every job; the best job's test
+"""`python -m fmsweep.results.report <sweep dir>`: the sweep's settings (jobs that differ only by seed) ranked by their
+mean valid objective (a search's objective, else the valid loss), the best marked with its margin over the next (on
+valid loss and on valid accuracy), the jobs still improving when they stopped flagged; every job; the best job's test
 predictions; and for a search (hydra/sweeper=optuna) its trials by objective. Test figures are shown as each
 setting's outcome, never used to rank. Writes report.md, report.csv (one row per setting: a column per swept key,
 each metric's mean, std and n), jobs.csv (one row per job), report.png, best_samples.png and best_confusion.png
 (where the best job has them), heatmap.png (a grid over two keys besides the seed) and search.png (a search) into
 the sweep dir, and prints the markdown and the paths of the files written. Accuracies are fractions in the CSVs,
 percent where people read them."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,17 +18,18 @@ import os
 import statistics
 import sys
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from fmsweep.results import figures
-from fmsweep.sweep import space, storage
 from fmsweep.errors import ArgumentParser, UserError
 from fmsweep.files import atomic_write
+from fmsweep.results import figures
 from fmsweep.results.runs import SEED_KEY, Run, command, find_runs, markdown_table, override_key
+from fmsweep.sweep import space, storage
 from fmsweep.tracking import CONFUSION_PNG, SAMPLES_PNG
 
 METRICS = ("valid_loss", "valid_acc", "test_loss", "test_acc")
@@ -68,8 +70,14 @@ def job_rows(runs: list[Run]) -> list[dict[str, Any]]:
     keys, rows = swept_keys(runs, seed=True), []
     for run in runs:
         m = run.metrics
-        row = {"job": job_id(run), **swept_values(run.overrides, keys), "overrides": ",".join(run.overrides),
-               "setting": run.setting, "status": run.status, "path": run.name}
+        row = {
+            "job": job_id(run),
+            **swept_values(run.overrides, keys),
+            "overrides": ",".join(run.overrides),
+            "setting": run.setting,
+            "status": run.status,
+            "path": run.name,
+        }
         row.update({k: m.get(k, "") for k in ("best_epoch", *METRICS, "num_params", "train_seconds", "epochs_run")})
         rows.append(row)
     return rows
@@ -79,15 +87,33 @@ def job_table(runs: list[Run], rows: list[dict[str, Any]]) -> str:
     """The jobs in job order, each named by the overrides it does not share with every other job (floats
     rounded for people)."""
     shared = shared_overrides(runs)
-    header = ["job", "overrides", "status", "best epoch", "valid loss", "valid acc (%)", "test loss", "test acc (%)",
-              "params", "train s"]
+    header = [
+        "job",
+        "overrides",
+        "status",
+        "best epoch",
+        "valid loss",
+        "valid acc (%)",
+        "test loss",
+        "test acc (%)",
+        "params",
+        "train s",
+    ]
     lines = []
     for run, r in zip(runs, rows):
         metrics = [metric_text(k, r[k]) if r[k] != "" else MISSING for k in METRICS]
         own = ",".join(space.display_overrides([o for o in run.overrides if o not in shared]))
-        lines.append([r["job"], own or "(shared overrides only)", r["status"], str(r["best_epoch"]) or MISSING,
-                      *metrics, str(r["num_params"]) or MISSING,
-                      f"{r['train_seconds']:.1f}" if r["train_seconds"] != "" else MISSING])
+        lines.append(
+            [
+                r["job"],
+                own or "(shared overrides only)",
+                r["status"],
+                str(r["best_epoch"]) or MISSING,
+                *metrics,
+                str(r["num_params"]) or MISSING,
+                f"{r['train_seconds']:.1f}" if r["train_seconds"] != "" else MISSING,
+            ]
+        )
     return markdown_table(header, lines, right={3, 4, 5, 6, 7, 8, 9})
 
 
@@ -112,7 +138,9 @@ def setting_stats(runs: list[Run]) -> dict[str, dict[str, Any]]:
         entry: dict[str, Any] = {"jobs": len(group), "n": len(done), "improving": sum(map(still_improving, done))}
         for key in METRICS:
             values = [float(r.metrics[key]) for r in done]
-            entry[key] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0) if values else None
+            entry[key] = (
+                (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0) if values else None
+            )
         stats[setting] = entry
     return stats
 
@@ -120,6 +148,7 @@ def setting_stats(runs: list[Run]) -> dict[str, dict[str, Any]]:
 def ranked(stats: dict[str, dict[str, Any]], objective: str, minimize: bool) -> list[str]:
     """The settings best first by their mean `objective` over completed jobs; those without one last, in job
     order. Test figures play no part."""
+
     def key(setting: str) -> tuple[int, float]:
         value = stats[setting][objective]
         return (1, 0.0) if value is None else (0, value[0] if minimize else -value[0])
@@ -178,11 +207,15 @@ def margins_line(stats: dict[str, dict[str, Any]], order: list[str], labels: dic
         worse = "valid loss" if loss < 0 else "valid acc"
         return text + f" The two disagree: the next setting is better on {worse}."
     if loss_errors is not None and acc_errors is not None:
-        for (clear, errors), (noisy, other) in ((("valid loss", loss_errors), ("valid acc", acc_errors)),
-                                                (("valid acc", acc_errors), ("valid loss", loss_errors))):
+        for (clear, errors), (noisy, other) in (
+            (("valid loss", loss_errors), ("valid acc", acc_errors)),
+            (("valid acc", acc_errors), ("valid loss", loss_errors)),
+        ):
             if errors > CLEAR and other < NOISE:
-                return text + (f" The two disagree: the lead is clear on {clear} (over {CLEAR:g} standard errors) but "
-                               f"within noise on {noisy} (under {NOISE:g}).")
+                return text + (
+                    f" The two disagree: the lead is clear on {clear} (over {CLEAR:g} standard errors) but "
+                    f"within noise on {noisy} (under {NOISE:g})."
+                )
     return text
 
 
@@ -196,12 +229,16 @@ def improving_line(runs: list[Run]) -> str:
     near = any(max(1, int(IMPROVING_SHARE * run.metrics["epochs_run"])) > 1 for run in done)
     where = f"in the last {100 * IMPROVING_SHARE:.0f} % of their epochs" if near else "at their last epoch"
     if not late:
-        return (f"No completed job ({len(done)}) had its best valid loss {where.replace('their', 'its')}: each had "
-                "stopped improving on validation before its epochs ran out.")
+        return (
+            f"No completed job ({len(done)}) had its best valid loss {where.replace('their', 'its')}: each had "
+            "stopped improving on validation before its epochs ran out."
+        )
     its, were = ("its", "it was") if len(late) == 1 else ("their", "they were")
     epochs = 2 * max(int(run.metrics["epochs_run"]) for run in late)
-    return (f"{len(late)} of {len(done)} completed job{'s' if len(done) > 1 else ''} had {its} best valid loss "
-            f"{where.replace('their', its)}: {were} still improving; train longer (epochs={epochs}).")
+    return (
+        f"{len(late)} of {len(done)} completed job{'s' if len(done) > 1 else ''} had {its} best valid loss "
+        f"{where.replace('their', its)}: {were} still improving; train longer (epochs={epochs})."
+    )
 
 
 def setting_table(stats: dict[str, dict[str, Any]], order: list[str], labels: dict[str, str]) -> str:
@@ -233,8 +270,14 @@ def setting_rows(runs: list[Run], stats: dict[str, dict[str, Any]], order: list[
     rows = []
     for rank, setting in enumerate(order, 1):
         s = stats[setting]
-        row: dict[str, Any] = {"rank": rank if s["n"] else "", **swept_values(first[setting].overrides, keys),
-                               "setting": setting, "jobs": s["jobs"], "n": s["n"], "still_improving": s["improving"]}
+        row: dict[str, Any] = {
+            "rank": rank if s["n"] else "",
+            **swept_values(first[setting].overrides, keys),
+            "setting": setting,
+            "jobs": s["jobs"],
+            "n": s["n"],
+            "still_improving": s["improving"],
+        }
         for key in METRICS:
             row[f"{key}_mean"], row[f"{key}_std"] = s[key] if s[key] is not None else ("", "")
         rows.append(row)
@@ -257,10 +300,15 @@ def group_values(run: Run, override: str) -> str:
     if not isinstance(node, DictConfig):
         return override
     overridden = {override_key(o) for o in run.overrides}
-    values = [f"{key}={space.readable(node[key])}" for key in node
-              if not str(key).startswith("_") and f"{group}.{key}" not in overridden
-              and not OmegaConf.is_interpolation(node, key) and not isinstance(node[key], (DictConfig, ListConfig))
-              and node[key] not in (0, None, False)]
+    values = [
+        f"{key}={space.readable(node[key])}"
+        for key in cast("Iterable[str]", node)
+        if not str(key).startswith("_")
+        and f"{group}.{key}" not in overridden
+        and not OmegaConf.is_interpolation(node, key)
+        and not isinstance(node[key], (DictConfig, ListConfig))
+        and node[key] not in (0, None, False)
+    ]
     return f"{override} ({', '.join(values)})" if values else override
 
 
@@ -268,12 +316,14 @@ def label(run: Run, shared: list[str]) -> str:
     """The job's setting as the figure labels it: its overrides without the seed and the shared ones, floats
     rounded for people, each config group option with the values it sets (group_values)."""
     own = [o for o in run.overrides if override_key(o) != SEED_KEY and o not in shared]
-    return (",".join(group_values(run, o) for o in space.display_overrides(own))
-            or ("(shared overrides only)" if shared else "(defaults)"))
+    return ",".join(group_values(run, o) for o in space.display_overrides(own)) or (
+        "(shared overrides only)" if shared else "(defaults)"
+    )
 
 
-def figure(runs: list[Run], stats: dict[str, dict[str, Any]], order: list[str], objective: str,
-           minimize: bool) -> Figure:
+def figure(
+    runs: list[Run], stats: dict[str, dict[str, Any]], order: list[str], objective: str, minimize: bool
+) -> Figure:
     """report.png: the objective per epoch of every job by setting and seed; each setting's mean objective,
     ranked."""
     shared = shared_overrides(runs)
@@ -296,8 +346,9 @@ def value_order(value: str) -> tuple[int, float, str]:
         return 1, 0.0, value
 
 
-def heatmap(runs: list[Run], stats: dict[str, dict[str, Any]], order: list[str], objective: str,
-            minimize: bool) -> Figure | None:
+def heatmap(
+    runs: list[Run], stats: dict[str, dict[str, Any]], order: list[str], objective: str, minimize: bool
+) -> Figure | None:
     """heatmap.png for a grid over exactly two keys besides the seed: each combination's mean objective, the best
     marked. None for any other sweep (one key or three, a search's scattered values)."""
     keys = swept_keys(runs, seed=False)
@@ -307,7 +358,7 @@ def heatmap(runs: list[Run], stats: dict[str, dict[str, Any]], order: list[str],
     rows, columns = (sorted({c[k] for c in cell.values()}, key=value_order) for k in range(2))
     if len(set(cell.values())) != len(cell) or len(cell) != len(rows) * len(columns):
         return None
-    means = [[None] * len(columns) for _ in rows]
+    means: list[list[float | None]] = [[None] * len(columns) for _ in rows]
     for setting, (row, column) in cell.items():
         value = stats[setting][objective]
         means[rows.index(row)][columns.index(column)] = None if value is None else value[0]
@@ -330,11 +381,18 @@ def best_job_section(sweep_dir: Path, run: Run, shared: list[str], objective: st
     """Copy the best job's samples.png and confusion.png next to the report as best_samples.png and
     best_confusion.png; return the markdown that shows them (or says which it lacks) and the files written."""
     own = ",".join(space.display_overrides([o for o in run.overrides if o not in shared]))
-    lines = ["## Best job", "", f"Job {job_id(run)}{f' ({own})' if own else ''}, the best setting's best job on "
-             f"{objective.replace('_', ' ')}: its predictions on the test split (shown, never used to choose).", ""]
+    lines = [
+        "## Best job",
+        "",
+        f"Job {job_id(run)}{f' ({own})' if own else ''}, the best setting's best job on "
+        f"{objective.replace('_', ' ')}: its predictions on the test split (shown, never used to choose).",
+        "",
+    ]
     written, absent = [], []
-    for name, alt in ((SAMPLES_PNG, "test images with their predicted (true) class, red when wrong"),
-                      (CONFUSION_PNG, "test confusion matrix: true class by row, predicted by column")):
+    for name, alt in (
+        (SAMPLES_PNG, "test images with their predicted (true) class, red when wrong"),
+        (CONFUSION_PNG, "test confusion matrix: true class by row, predicted by column"),
+    ):
         try:
             image = (run.path / name).read_bytes()
         except FileNotFoundError:
@@ -344,8 +402,11 @@ def best_job_section(sweep_dir: Path, run: Run, shared: list[str], objective: st
         written.append(sweep_dir / f"best_{name}")
         lines += [f"![{alt}](best_{name})", ""]
     if absent:
-        lines += [f"The job has no {' and no '.join(absent)} (a run from before fmsweep wrote them): see its test "
-                  "images in TensorBoard.", ""]
+        lines += [
+            f"The job has no {' and no '.join(absent)} (a run from before fmsweep wrote them): see its test "
+            "images in TensorBoard.",
+            "",
+        ]
     return "\n".join(lines), written
 
 
@@ -372,8 +433,12 @@ def search_section(sweep_dir: Path, runs: list[Run]) -> tuple[str, Figure] | Non
     by_num = {run.num: run for run in runs if run.path.parent == sweep_dir}
     trials = study.trials
     names = list(dict.fromkeys(name for t in trials for name in t.distributions))
-    log_scale = {name for t in trials for name, d in t.distributions.items()
-                 if isinstance(d, (FloatDistribution, IntDistribution)) and d.log}
+    log_scale = {
+        name
+        for t in trials
+        for name, d in t.distributions.items()
+        if isinstance(d, (FloatDistribution, IntDistribution)) and d.log
+    }
 
     def value(t: optuna.trial.FrozenTrial) -> float | None:
         if t.value is not None:
@@ -384,13 +449,24 @@ def search_section(sweep_dir: Path, runs: list[Run]) -> tuple[str, Figure] | Non
         v = t.value if t.value is not None else math.inf
         return (0, v if minimize else -v) if t.state.name == "COMPLETE" else (1, t.number)
 
-    rows = [[str(t.number), by_num[t.number].status if t.number in by_num else t.state.name.lower(),
-             metric_text(objective, t.value) if t.value is not None else MISSING,
-             *(space.readable(t.params[n]) if n in t.params else MISSING for n in names)]
-            for t in sorted(trials, key=order)]
-    lines = ["## Search", "", f"{len(trials)} trials, objective {objective} ({'minimized' if minimize else 'maximized'}), "
-             "best first; a pruned trial stopped at the epoch its status names, with its last reported value.", "",
-             markdown_table(["trial", "status", figures.axis_label(objective), *names], rows, right={0, 2}), ""]
+    rows = [
+        [
+            str(t.number),
+            by_num[t.number].status if t.number in by_num else t.state.name.lower(),
+            metric_text(objective, t.value) if t.value is not None else MISSING,
+            *(space.readable(t.params[n]) if n in t.params else MISSING for n in names),
+        ]
+        for t in sorted(trials, key=order)
+    ]
+    lines = [
+        "## Search",
+        "",
+        f"{len(trials)} trials, objective {objective} ({'minimized' if minimize else 'maximized'}), "
+        "best first; a pruned trial stopped at the epoch its status names, with its last reported value.",
+        "",
+        markdown_table(["trial", "status", figures.axis_label(objective), *names], rows, right={0, 2}),
+        "",
+    ]
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     if complete:
         best = study.best_trial
@@ -421,9 +497,11 @@ def best_line(stats: dict[str, dict[str, Any]], order: list[str], labels: dict[s
     ahead = margin(stats, order, objective)
     # a sweep of seeds alone has one setting: named by its overrides, it has no rival to be best against
     name = f"best setting on validation: {labels[order[0]]}" if len(order) > 1 else f"one setting: {order[0]}"
-    return (f"{name}, mean {objective.replace('_', ' ')} {metric_text(objective, best[objective][0])}"
-            f"{' %' if objective.endswith('acc') else ''} over {best['n']} job{'s' if best['n'] > 1 else ''}"
-            + (f", ahead of the next by {ahead}" if ahead else ""))
+    return (
+        f"{name}, mean {objective.replace('_', ' ')} {metric_text(objective, best[objective][0])}"
+        f"{' %' if objective.endswith('acc') else ''} over {best['n']} job{'s' if best['n'] > 1 else ''}"
+        + (f", ahead of the next by {ahead}" if ahead else "")
+    )
 
 
 def write_report(sweep_dir: Path) -> tuple[str, list[Path], str]:
@@ -438,7 +516,7 @@ def write_report(sweep_dir: Path) -> tuple[str, list[Path], str]:
     shared = shared_overrides(runs)
     labels = {run.setting: label(run, shared) for run in runs}
     best = best_line(stats, order, labels, objective)
-    statuses = defaultdict(int)
+    statuses: defaultdict[str, int] = defaultdict(int)
     for row in rows:
         statuses[row["status"]] += 1
     what = objective.replace("_", " ")
@@ -451,8 +529,12 @@ def write_report(sweep_dir: Path) -> tuple[str, list[Path], str]:
         f"**{best[0].upper() + best[1:]}.**",
         "",
     ]
-    lines += [paragraph for text in (margins_line(stats, order, labels), improving_line(runs)) if text
-              for paragraph in (text, "")]
+    lines += [
+        paragraph
+        for text in (margins_line(stats, order, labels), improving_line(runs))
+        if text
+        for paragraph in (text, "")
+    ]
     lines += [
         "## Settings",
         "",
@@ -467,7 +549,8 @@ def write_report(sweep_dir: Path) -> tuple[str, list[Path], str]:
         "",
     ]
     md_path, csv_path, jobs_path, png_path, heatmap_path = (
-        sweep_dir / name for name in ("report.md", "report.csv", "jobs.csv", "report.png", "heatmap.png"))
+        sweep_dir / name for name in ("report.md", "report.csv", "jobs.csv", "report.png", "heatmap.png")
+    )
     atomic_write(csv_path, csv_text(setting_rows(runs, stats, order)))
     atomic_write(jobs_path, csv_text(rows))
     atomic_write(png_path, figures.to_png(figure(runs, stats, order, objective, minimize)))

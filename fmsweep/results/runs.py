@@ -4,6 +4,7 @@ the markdown tables and command-line parsing that the sweep tools (ensemble, rep
 The readers of a run's own files, metrics.json (`read_metrics`) and history.csv (`read_history`), are the only ones:
 the report, the ensemble and `fmsweep status` all read through them. Importing this module loads neither torch,
 OmegaConf nor YAML (those load where a run's settings are read): `fmsweep status` imports it and answers at once."""
+
 from __future__ import annotations
 
 import contextlib
@@ -14,7 +15,7 @@ import sys
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 from fmsweep.errors import UserError, first_line
 
@@ -30,8 +31,16 @@ CONFIG_KEYS = ("seed", "epochs", "model._target_", "data.root", "data.download",
 # stopped by a cancel, resumable); a finished run's metrics.json (completed, or pruned by a search) holds these numbers
 # too (train.RunState.finish).
 STATUSES = ("completed", "pruned", "failed", "cancelled")
-FINAL_METRICS = ("best_epoch", "valid_loss", "valid_acc", "test_loss", "test_acc", "num_params", "train_seconds",
-                 "epochs_run")
+FINAL_METRICS = (
+    "best_epoch",
+    "valid_loss",
+    "valid_acc",
+    "test_loss",
+    "test_acc",
+    "num_params",
+    "train_seconds",
+    "epochs_run",
+)
 
 
 class NotARun(Exception):
@@ -123,7 +132,6 @@ def reading(file: str) -> Iterator[None]:
     try:
         yield
     except (OSError, ValueError, TypeError, yaml.YAMLError, OmegaConfBaseException) as exc:
-
         raise NotARun(f"invalid {file} ({first_line(exc)})") from None
 
 
@@ -136,7 +144,7 @@ def mapping(loaded: Any) -> DictConfig:
     return loaded
 
 
-def is_number(value: Any) -> bool:
+def is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -210,14 +218,24 @@ def read_run(path: Path, name: str) -> Run:
     with reading(f"{HYDRA_DIR}/config.yaml"):
         config = mapping(OmegaConf.load(path / HYDRA_DIR / "config.yaml"))
         absent = object()
-        missing = [key for key in CONFIG_KEYS
-                   if OmegaConf.select(config, key, default=absent, throw_on_resolution_failure=False) is absent]
+        missing = [
+            key
+            for key in CONFIG_KEYS
+            if OmegaConf.select(config, key, default=absent, throw_on_resolution_failure=False) is absent
+        ]
     if missing:
         raise NotARun(f"{HYDRA_DIR}/config.yaml is not an fmsweep run's: it lacks {', '.join(missing)}")
     with reading(f"{HYDRA_DIR}/overrides.yaml"):
         overrides = read_overrides(path)
-    return Run(path=path, name=name, num=num, overrides=overrides, config=config,
-               choices=OmegaConf.to_container(choices), metrics=read_run_metrics(path))
+    return Run(
+        path=path,
+        name=name,
+        num=num,
+        overrides=overrides,
+        config=config,
+        choices=cast(dict[str, Any], OmegaConf.to_container(choices)),
+        metrics=read_run_metrics(path),
+    )
 
 
 def find_runs(path: str | Path) -> list[Run]:
@@ -236,8 +254,10 @@ def find_runs(path: str | Path) -> list[Run]:
         except NotARun as exc:
             print(f"skipped {d}: {exc}", file=sys.stderr)
     if not runs:
-        raise UserError(f"{root} is not an fmsweep sweep or run directory: none of the {len(dirs)} dir(s) with a "
-                        f"{HYDRA_DIR}/config.yaml in it or below is a complete run (skipped, see above)")
+        raise UserError(
+            f"{root} is not an fmsweep sweep or run directory: none of the {len(dirs)} dir(s) with a "
+            f"{HYDRA_DIR}/config.yaml in it or below is a complete run (skipped, see above)"
+        )
     return sorted(runs, key=lambda r: (str(r.path.parent), r.num if r.num is not None else -1, r.name))
 
 
@@ -246,9 +266,13 @@ def markdown_table(header: list[str], rows: list[list[str]], right: Collection[i
     widths = [max(3, *(len(str(c)) for c in col)) for col in zip(header, *rows)]
 
     def line(cells: list[str]) -> str:
-        return "| " + " | ".join(
-            str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
-        ) + " |"
+        return (
+            "| "
+            + " | ".join(
+                str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+            )
+            + " |"
+        )
 
     rule = "| " + " | ".join("-" * (w - 1) + ":" if i in right else "-" * w for i, w in enumerate(widths)) + " |"
     return "\n".join([line(header), rule, *(line(r) for r in rows)])

@@ -3,6 +3,7 @@
 On SLURM, `scancel` each launcher job of the sweep (and the job that would write its results) that squeue still
 lists; under submitit_local, SIGTERM each job process still alive. A job that trains saves its last.pt and stops;
 every job that did not complete is recorded cancelled in sweep.json, and `fmsweep resume DIR` launches them again."""
+
 from __future__ import annotations
 
 import argparse
@@ -139,14 +140,18 @@ def cancel(sweep: Manifest, shown: str) -> str:
         def live() -> list[str]:
             return [str(pid) for pid in alive if pid_alive(pid)]
     else:
-        return (f"fmsweep: nothing to cancel: {shown} ran under the {sweep.launcher} launcher, whose jobs run "
-                f"inside the process that made the sweep (stop that one)")
+        return (
+            f"fmsweep: nothing to cancel: {shown} ran under the {sweep.launcher} launcher, whose jobs run "
+            f"inside the process that made the sweep (stop that one)"
+        )
     record(sweep.sweep_dir)
     remaining = wait(live)
     cancelled, completed = record(sweep.sweep_dir)  # again: a job may have completed while it was cancelled
     ending = f"; still ending after {WAIT_S} s: {' '.join(remaining)}" if remaining else ""
-    return (f"fmsweep: cancelled {what}; {count(cancelled, 'job')} recorded cancelled, {completed} completed "
-            f"before{ending}; resume with: fmsweep resume {shlex.quote(shown)}")
+    return (
+        f"fmsweep: cancelled {what}; {count(cancelled, 'job')} recorded cancelled, {completed} completed "
+        f"before{ending}; resume with: fmsweep resume {shlex.quote(shown)}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

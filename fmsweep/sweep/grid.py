@@ -1,6 +1,7 @@
 """A grid sweep (every combination of the command line's sweeps, as Hydra's basic sweeper expands them), made
 durable: every job checked before anything launches, the sweep recorded in its sweep dir, and a rerun of it (the
 same command, or `fmsweep resume DIR`) launching only the jobs that are neither completed nor alive."""
+
 from __future__ import annotations
 
 import os
@@ -18,28 +19,47 @@ from fmsweep.sweep.manifest import JobRecord, Manifest
 SHOWN_NAMES = 5  # job names listed in a line about skipped jobs
 
 
-def record(sweep_dir: Path, kind: str, launcher: Any, detach: bool, configs: list[DictConfig],
-           job_overrides: list[list[str]]) -> Manifest:
+def record(
+    sweep_dir: Path, kind: str, launcher: Any, detach: bool, configs: list[DictConfig], job_overrides: list[list[str]]
+) -> Manifest:
     """The sweep's record for these checked jobs. Where the sweep dir already records a sweep, it must be the same
     one (the same jobs, each with the same overrides; UserError naming the first difference), and what it knows of
     each job (pack, launcher job, cancelled) is kept."""
-    jobs = [JobRecord(num=int(cfg.hydra.job.num), name=str(cfg.hydra.sweep.subdir), overrides=list(overrides),
-                      epochs=int(cfg.epochs)) for cfg, overrides in zip(configs, job_overrides)]
+    jobs = [
+        JobRecord(
+            num=int(cfg.hydra.job.num),
+            name=str(cfg.hydra.sweep.subdir),
+            overrides=list(overrides),
+            epochs=int(cfg.epochs),
+        )
+        for cfg, overrides in zip(configs, job_overrides)
+    ]
     old = manifest.load(sweep_dir)
     if old is not None:
         again = f"rerun it with its own command (fmsweep resume {sweep_dir}) or choose another hydra.sweep.dir"
         if old.kind != kind or len(old.jobs) != len(jobs):
-            raise UserError(f"{sweep_dir} holds another sweep ({old.kind} of {len(old.jobs)} jobs; this command "
-                            f"makes a {kind} of {len(jobs)}): {again}; nothing was launched")
+            raise UserError(
+                f"{sweep_dir} holds another sweep ({old.kind} of {len(old.jobs)} jobs; this command "
+                f"makes a {kind} of {len(jobs)}): {again}; nothing was launched"
+            )
         for job, before in zip(jobs, old.jobs):
             difference = manifest.differences(before, job.overrides)
             if difference:
-                raise UserError(f"job {before.num} of the sweep in {sweep_dir} ({before.name}) differs: "
-                                f"{difference}: {again}; nothing was launched")
+                raise UserError(
+                    f"job {before.num} of the sweep in {sweep_dir} ({before.name}) differs: "
+                    f"{difference}: {again}; nothing was launched"
+                )
             job.pack, job.launcher_job, job.cancelled = before.pack, before.launcher_job, before.cancelled
-    return Manifest(sweep_dir=sweep_dir, kind=kind, launcher=manifest.LAUNCHERS[type(launcher).__name__],
-                    command=sys.argv[1:], cwd=os.getcwd(), detach=detach, jobs=jobs,
-                    finish_job=old.finish_job if old else None)
+    return Manifest(
+        sweep_dir=sweep_dir,
+        kind=kind,
+        launcher=manifest.LAUNCHERS[type(launcher).__name__],
+        command=sys.argv[1:],
+        cwd=os.getcwd(),
+        detach=detach,
+        jobs=jobs,
+        finish_job=old.finish_job if old else None,
+    )
 
 
 def names(jobs: list[JobRecord]) -> str:
@@ -57,8 +77,10 @@ def to_launch(sweep: Manifest, configs: list[DictConfig]) -> dict[int, DictConfi
         print(f"fmsweep: {len(done)} of {len(sweep.jobs)} jobs completed before, skipped: {names(done)}")
     if living:
         ids = sorted({job.launcher_job for job in living if job.launcher_job})
-        print(f"fmsweep: {len(living)} job(s) still alive from an earlier launch, left to it: {names(living)}"
-              + (f" (launcher jobs {', '.join(ids)})" if ids else ""))
+        print(
+            f"fmsweep: {len(living)} job(s) still alive from an earlier launch, left to it: {names(living)}"
+            + (f" (launcher jobs {', '.join(ids)})" if ids else "")
+        )
     skipped = {job.num for job in [*done, *living]}
     return {int(cfg.hydra.job.num): cfg for cfg in configs if int(cfg.hydra.job.num) not in skipped}
 

@@ -4,6 +4,7 @@ or as submitit jobs (submitit_local; SLURM, in arrays of at most MaxArraySize, n
 id written into the sweep's record as soon as it is known. Attached, the live status runs until every job of the
 sweep ended; detached (SLURM), the command returns once the jobs and the job that writes the results are
 submitted."""
+
 from __future__ import annotations
 
 import copy
@@ -15,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO, cast
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup_globals
@@ -39,8 +40,9 @@ class Unit:
     config composed in the launching process: a job's own, or its pack's (whose folder's pack.yaml names the
     members). Submitit calls `checkpoint` when the job is about to be requeued: it runs again as it is."""
 
-    def __init__(self, hydra_context: Any, task_function: Any, config: DictConfig,
-                 singleton_state: dict[Any, Any]) -> None:
+    def __init__(
+        self, hydra_context: Any, task_function: Any, config: DictConfig, singleton_state: dict[Any, Any]
+    ) -> None:
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
         self.singleton_state = singleton_state
 
@@ -55,8 +57,13 @@ class Unit:
         config = copy.deepcopy(self.config)
         with open_dict(config):
             config.hydra.job.id = job_id
-        return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=config,
-                       job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+        return run_job(
+            hydra_context=self.hydra_context,
+            task_function=self.task_function,
+            config=config,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
 
     def checkpoint(self, *args: Any) -> Any:
         import submitit
@@ -190,8 +197,10 @@ def launch(launcher: Any, manifest: Manifest, configs: dict[int, DictConfig], de
     planned = units(launcher, manifest, configs)
     manifest.save()
     if len(planned) < len(configs):
-        print(f"fmsweep: {len(configs)} jobs in {len(planned)} launcher jobs "
-              f"(pack={max(int(c.pack) for c in configs.values())})")
+        print(
+            f"fmsweep: {len(configs)} jobs in {len(planned)} launcher jobs "
+            f"(pack={max(int(c.pack) for c in configs.values())})"
+        )
     if detach:
         submitted = submit(launcher, manifest, planned)
         finish = submit_finish(launcher, manifest)
@@ -202,16 +211,29 @@ def launch(launcher: Any, manifest: Manifest, configs: dict[int, DictConfig], de
             write_results(sweep_dir)
         return None
     earlier = status.alive(manifest) - set(configs)
-    return attend(launcher, manifest, list(configs), lambda: run_here(launcher, planned),
-                  lambda: submit(launcher, manifest, planned), lambda: bool(earlier & status.alive(manifest)),
-                  # the record has the ids of what was submitted, also when the Ctrl-C came amid the submission
-                  lambda: list(dict.fromkeys(job.launcher_job for job in manifest.jobs
-                                             if job.num in configs and job.launcher_job)))
+    return attend(
+        launcher,
+        manifest,
+        list(configs),
+        lambda: run_here(launcher, planned),
+        lambda: submit(launcher, manifest, planned),
+        lambda: bool(earlier & status.alive(manifest)),
+        # the record has the ids of what was submitted, also when the Ctrl-C came amid the submission
+        lambda: list(
+            dict.fromkeys(job.launcher_job for job in manifest.jobs if job.num in configs and job.launcher_job)
+        ),
+    )
 
 
-def attend(launcher: Any, manifest: Manifest, launched: list[int], here: Callable[[], Exception | None],
-           submit_all: Callable[[], list[Any]], earlier_alive: Callable[[], bool],
-           submitted_ids: Callable[[], list[str]]) -> Exception | None:
+def attend(
+    launcher: Any,
+    manifest: Manifest,
+    launched: list[int],
+    here: Callable[[], Exception | None],
+    submit_all: Callable[[], list[Any]],
+    earlier_alive: Callable[[], bool],
+    submitted_ids: Callable[[], list[str]],
+) -> Exception | None:
     """An attached launch: with the live status shown, run the launch `here` (basic launcher) or `submit_all` its
     submitit jobs and wait for them, then for what an earlier launch left alive; the first failed job's error. A
     Ctrl-C is one line naming what keeps running (`submitted_ids`) and how to resume, exit code 130."""
@@ -219,7 +241,7 @@ def attend(launcher: Any, manifest: Manifest, launched: list[int], here: Callabl
 
     sweep_dir, kind = manifest.sweep_dir, type(launcher).__name__
     # jobs of the basic launcher print their own progress here: their status comes one line per change
-    stream = sys.stdout if kind != "BasicLauncher" else _Lines(sys.stdout)
+    stream = sys.stdout if kind != "BasicLauncher" else cast(TextIO, _Lines(sys.stdout))
     quiet = _quiet_controllers(sweep_dir) if kind == "LocalLauncher" else nullcontext()
     error = None
     with LiveStatus(manifest, launched, stream=stream), quiet:
@@ -230,8 +252,10 @@ def attend(launcher: Any, manifest: Manifest, launched: list[int], here: Callabl
                 submitted = submit_all()
                 if kind == "SlurmLauncher" and submitted:
                     ids = [str(j.job_id) for j in submitted]
-                    print(f"fmsweep: submitted {len(ids)} SLURM job(s): {ids_text(ids)}; watch from any shell: "
-                          f"fmsweep status {sweep_dir}; cancel: fmsweep cancel {sweep_dir}")
+                    print(
+                        f"fmsweep: submitted {len(ids)} SLURM job(s): {ids_text(ids)}; watch from any shell: "
+                        f"fmsweep status {sweep_dir}; cancel: fmsweep cancel {sweep_dir}"
+                    )
                 error = wait(submitted)
             while earlier_alive():
                 time.sleep(ALIVE_POLL_S)
@@ -278,9 +302,15 @@ def launch_workers(launcher: Any, manifest: Manifest, workers: list[Any], detach
         configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
 
     earlier = bool(manifest.workers)
-    return attend(launcher, manifest, [], here, submit_all,
-                  lambda: earlier and bool(status.look(load(sweep_dir) or manifest, accounting=False).workers_alive),
-                  lambda: list(manifest.workers))
+    return attend(
+        launcher,
+        manifest,
+        [],
+        here,
+        submit_all,
+        lambda: earlier and bool(status.look(load(sweep_dir) or manifest, accounting=False).workers_alive),
+        lambda: list(manifest.workers),
+    )
 
 
 def local_id() -> str:
@@ -299,9 +329,14 @@ def submit_finish(launcher: Any, manifest: Manifest, waits: Sequence[str] = ()) 
     from fmsweep.sweep.manifest import load, locked
 
     view = status.look(manifest, accounting=False)
-    alive_jobs = sorted({manifest.job(n).launcher_job.partition("_")[0] for n in view.alive
-                         if manifest.job(n) is not None and manifest.job(n).launcher_job}
-                        | {job.partition("_")[0] for job in waits})
+    alive_jobs = sorted(
+        {
+            entry.launcher_job.partition("_")[0]
+            for n in view.alive
+            if (entry := manifest.job(n)) is not None and entry.launcher_job
+        }
+        | {job.partition("_")[0] for job in waits}
+    )
     if manifest.finish_job and manifest.finish_job not in alive_jobs:
         subprocess.run(["scancel", manifest.finish_job], capture_output=True, timeout=30)
     if not alive_jobs:
@@ -309,9 +344,14 @@ def submit_finish(launcher: Any, manifest: Manifest, waits: Sequence[str] = ()) 
     params = launcher.params
     ex = submitit.AutoExecutor(cluster="slurm", folder=params["submitit_folder"])
     optional = {f"slurm_{k}": params[k] for k in ("partition", "account", "qos") if params.get(k)}
-    ex.update_parameters(name=f"{job_name(manifest.sweep_dir)}:results", timeout_min=30, cpus_per_task=1,
-                         mem_gb=4, **optional, slurm_additional_parameters={"dependency":
-                                                                            f"afterany:{':'.join(alive_jobs)}"})
+    ex.update_parameters(
+        name=f"{job_name(manifest.sweep_dir)}:results",
+        timeout_min=30,
+        cpus_per_task=1,
+        mem_gb=4,
+        **optional,
+        slurm_additional_parameters={"dependency": f"afterany:{':'.join(alive_jobs)}"},
+    )
     job = ex.submit(finish.finish, str(manifest.sweep_dir))
     with locked(manifest.sweep_dir):  # a search's workers may have added trials since `manifest` was read
         record = load(manifest.sweep_dir) or manifest
@@ -331,8 +371,10 @@ def detached_lines(manifest: Manifest, ids: list[str], finish_job: str | None) -
     lines.append(f"fmsweep: submitted SLURM job(s) {ids_text(ids)}" if ids else "fmsweep: nothing to submit")
     if finish_job:
         lines.append(f"fmsweep: job {finish_job} writes the report (and ensemble) once they end")
-    lines.append(f"fmsweep: watch: fmsweep status {sweep_dir} --watch; cancel: fmsweep cancel {sweep_dir}; "
-                 f"resume: fmsweep resume {sweep_dir}")
+    lines.append(
+        f"fmsweep: watch: fmsweep status {sweep_dir} --watch; cancel: fmsweep cancel {sweep_dir}; "
+        f"resume: fmsweep resume {sweep_dir}"
+    )
     return "\n".join(lines)
 
 
@@ -345,16 +387,22 @@ def interrupted_line(slurm: bool, job_ids: list[str], sweep_dir: Path) -> str:
     if not job_ids:
         return f"fmsweep: interrupted before a job was submitted; resume the sweep with: {resume}"
     if slurm:
-        return (f"fmsweep: interrupted; the sweep's SLURM jobs {ids_text(job_ids)} keep running (watch: fmsweep "
-                f"status {sweep_dir} --watch; cancel: fmsweep cancel {sweep_dir}); once they ended, resume the "
-                f"sweep with: {resume}")
+        return (
+            f"fmsweep: interrupted; the sweep's SLURM jobs {ids_text(job_ids)} keep running (watch: fmsweep "
+            f"status {sweep_dir} --watch; cancel: fmsweep cancel {sweep_dir}); once they ended, resume the "
+            f"sweep with: {resume}"
+        )
     running = _wait_for_children([int(i) for i in job_ids], LOCAL_STOP_S)
     if running:
         pids = " ".join(map(str, running))
-        return (f"fmsweep: interrupted; the sweep's submitit_local jobs (pids {pids}) keep running (stop them: "
-                f"fmsweep cancel {sweep_dir}); once they ended, resume the sweep with: {resume}")
-    return (f"fmsweep: interrupted; the sweep's jobs got the Ctrl-C too and stopped, each resumable from its last.pt; "
-            f"resume the sweep with: {resume}")
+        return (
+            f"fmsweep: interrupted; the sweep's submitit_local jobs (pids {pids}) keep running (stop them: "
+            f"fmsweep cancel {sweep_dir}); once they ended, resume the sweep with: {resume}"
+        )
+    return (
+        f"fmsweep: interrupted; the sweep's jobs got the Ctrl-C too and stopped, each resumable from its last.pt; "
+        f"resume the sweep with: {resume}"
+    )
 
 
 def _wait_for_children(pids: list[int], timeout_s: float) -> list[int]:

@@ -8,18 +8,22 @@ job shares, then the jobs that need watching first (running, failed), and where 
 those left out.
 Elsewhere (a file, a pipe, a SLURM log) a line is written per change of a job's state, never one per epoch, so that
 a log of a long sweep stays readable."""
+
 from __future__ import annotations
 
 import logging
 import sys
 import threading
 from collections.abc import Collection
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from fmsweep.sweep import manifest as records
 from fmsweep.sweep import status as reading
 from fmsweep.sweep.manifest import Manifest
 from fmsweep.sweep.status import Stale, Status
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +39,9 @@ class LiveStatus:
     poll are counted, not reported. A search's trials that no worker asked yet are counted as pending; those asked
     after this began are reported as any launched job."""
 
-    def __init__(self, manifest: Manifest, launched: Collection[int], stream: TextIO = sys.stdout,
-                 interval: float = 2.0) -> None:
+    def __init__(
+        self, manifest: Manifest, launched: Collection[int], stream: TextIO = sys.stdout, interval: float = 2.0
+    ) -> None:
         self.manifest, self.stream, self.interval = manifest, stream, interval
         self.stale = Stale(manifest, launched)
         self.recorded = {job.num for job in manifest.jobs}  # a search's trials asked later are this launch's
@@ -46,7 +51,7 @@ class LiveStatus:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fmsweep-live-status", daemon=True)
 
-    def __enter__(self) -> LiveStatus:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -69,9 +74,15 @@ class LiveStatus:
             self._screen.draw(reading.fit([total, *shared], jobs, [], *reading.terminal()))
             return
         if self._changes is None:
-            self._changes = reading.Changes({job.num: self.statuses[job.num].state for job in self.manifest.jobs
-                                             if job.num in self.recorded and job.num not in self.stale
-                                             and self.statuses[job.num].state in reading.FINAL})
+            self._changes = reading.Changes(
+                {
+                    job.num: self.statuses[job.num].state
+                    for job in self.manifest.jobs
+                    if job.num in self.recorded
+                    and job.num not in self.stale
+                    and self.statuses[job.num].state in reading.FINAL
+                }
+            )
         self._changes.write(self.stream, jobs, ["pending"] * self.manifest.not_asked())
 
     def _run(self) -> None:

@@ -6,6 +6,7 @@ The lock is `fcntl.flock` on a file in the run dir: the kernel drops it when its
 a killed or requeued job never blocks the next attempt; on Linux NFS mounts it is a POSIX lock on the server. The
 file holds who holds the lock (host, pid, SLURM job), for the message of the process it stops.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,8 +31,11 @@ def holder() -> str:
     job = os.environ.get("SLURM_JOB_ID")
     if "SLURM_ARRAY_JOB_ID" in os.environ:
         job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
-    return (f"pid {os.getpid()} on {socket.gethostname()}" + (f", SLURM job {job}" if job else "")
-            + f", since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    return (
+        f"pid {os.getpid()} on {socket.gethostname()}"
+        + (f", SLURM job {job}" if job else "")
+        + f", since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    )
 
 
 def busy(run_dir: Path, fd: int) -> RunDirBusy:

@@ -3,6 +3,7 @@ the launcher and each job's launcher job id, the command that made the sweep, an
 finishes it. It is written before anything is launched and rewritten (atomically) as jobs are submitted; with the
 job dirs it is all that `fmsweep status`, `resume` and `cancel` need, with no process of the sweep alive. A search's
 workers add their trials to it as they ask them: every writer of a search's record rewrites it under `locked`."""
+
 from __future__ import annotations
 
 import contextlib
@@ -107,10 +108,18 @@ def load(sweep_dir: Path) -> Manifest | None:
         raise UserError(f"{path} is not an fmsweep sweep record (format {FORMAT})")
     try:
         jobs = [JobRecord(**job) for job in data["jobs"]]
-        return Manifest(sweep_dir=Path(sweep_dir), kind=data["kind"], launcher=data["launcher"],
-                        command=list(data["command"]), cwd=data["cwd"], detach=bool(data["detach"]), jobs=jobs,
-                        finish_job=data.get("finish_job"), trials=data.get("trials"),
-                        workers=list(data.get("workers", [])))
+        return Manifest(
+            sweep_dir=Path(sweep_dir),
+            kind=data["kind"],
+            launcher=data["launcher"],
+            command=list(data["command"]),
+            cwd=data["cwd"],
+            detach=bool(data["detach"]),
+            jobs=jobs,
+            finish_job=data.get("finish_job"),
+            trials=data.get("trials"),
+            workers=list(data.get("workers", [])),
+        )
     except (KeyError, TypeError) as exc:
         raise UserError(f"{path} is not an fmsweep sweep record: {exc}") from None
 
@@ -121,8 +130,9 @@ def require(sweep_dir: Path) -> Manifest:
         raise UserError(f"{sweep_dir} is not a directory (expected an fmsweep sweep dir)")
     manifest = load(sweep_dir)
     if manifest is None:
-        raise UserError(f"{sweep_dir} holds no {FILE}: not an fmsweep sweep dir (or one made before sweeps were "
-                        f"recorded)")
+        raise UserError(
+            f"{sweep_dir} holds no {FILE}: not an fmsweep sweep dir (or one made before sweeps were recorded)"
+        )
     return manifest
 
 

@@ -8,11 +8,13 @@ or more is launched as one job of the launcher, in its own folder below the swee
 member's .hydra/ as Hydra would have, and trains the members together (train.run_pack), each into the job dir it
 would have had alone.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -29,7 +31,7 @@ def pack_key(cfg: DictConfig) -> str:
     """What jobs of one pack must share: the whole run config but for the seed, the regularization, the schedule,
     early stopping, the optimizer's and the augmentation's settings (each member has its own; dropout rates reach
     the model config, which is kept)."""
-    tree = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+    tree = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"]), resolve=True)
     assert isinstance(tree, dict)
     for key in ("seed", "reg", "scheduler", "early_stop"):
         tree.pop(key)
@@ -71,7 +73,7 @@ def write_pack(sweep_dir: Path, members: list[DictConfig]) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     manifest = []
     for cfg in members:
-        config = OmegaConf.to_container(cfg)
+        config = cast(dict[str, Any], OmegaConf.to_container(cfg))
         # resolved here: ${now:...} in the sweep dir would give another time in the job
         config["hydra"]["sweep"] = {"dir": str(sweep_dir), "subdir": str(cfg.hydra.sweep.subdir)}
         manifest.append({"name": str(cfg.hydra.sweep.subdir), "config": config})
@@ -104,14 +106,14 @@ def run(pack_dir: Path, hydra_cfg: DictConfig) -> float:
 
     configs, dirs = [], []
     for member in OmegaConf.load(pack_dir / MANIFEST).members:
-        cfg = OmegaConf.create(OmegaConf.to_container(member.config))
+        cfg = cast(DictConfig, OmegaConf.create(OmegaConf.to_container(member.config)))
         run_dir = pack_dir.parent.parent / str(member.name)
         with open_dict(cfg):
             cfg.hydra.job.id = hydra_cfg.job.id
             cfg.hydra.runtime.output_dir = str(run_dir)
         hydra_dir = run_dir / HYDRA_DIR
         hydra_dir.mkdir(parents=True, exist_ok=True)
-        task_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+        task_cfg = OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"])
         OmegaConf.save(cfg.hydra.overrides.task, hydra_dir / "overrides.yaml")
         OmegaConf.save(OmegaConf.create({"hydra": cfg.hydra}), hydra_dir / "hydra.yaml")
         OmegaConf.save(task_cfg, hydra_dir / "config.yaml")  # last: the live status sees the job start with it

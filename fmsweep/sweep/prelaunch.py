@@ -3,6 +3,7 @@ composed config, the data set (downloaded once, here, rather than by every job),
 on SLURM the time limit against the stop warning and the resource request against the cluster (`sbatch --test-only`
 on the settings the launch submits with, `launcher_settings`). A mistake is one UserError; nothing has been
 launched."""
+
 from __future__ import annotations
 
 import copy
@@ -12,7 +13,7 @@ import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
 from hydra.core.config_loader import ConfigLoader
@@ -26,9 +27,15 @@ from fmsweep.errors import UserError
 from fmsweep.sweep import manifest
 
 
-def check_jobs(loader: ConfigLoader, config: DictConfig, job_overrides: Sequence[Sequence[str]],
-               first_num: int = 0, *, names: Sequence[Sequence[str]] | None = None,
-               composer: SweepComposer | None = None) -> list[DictConfig]:
+def check_jobs(
+    loader: ConfigLoader,
+    config: DictConfig,
+    job_overrides: Sequence[Sequence[str]],
+    first_num: int = 0,
+    *,
+    names: Sequence[Sequence[str]] | None = None,
+    composer: SweepComposer | None = None,
+) -> list[DictConfig]:
     """Compose and validate the config of every job (numbered from `first_num`, as the launchers number them); the
     first bad one is a UserError naming the job as its dir is named. Then fetch the data set once for all jobs that
     may download it. Returns the composed configs, each what `loader.load_sweep_config` composes (see SweepComposer);
@@ -86,14 +93,14 @@ class SweepComposer:
             parsed = self.parse(overrides)
             kinds = [self._kind(o) for o in parsed]
             if None not in kinds:
-                shared = tuple(o.input_line for o, kind in zip(parsed, kinds) if kind == "shared")
+                shared = tuple(cast(str, o.input_line) for o, kind in zip(parsed, kinds) if kind == "shared")
                 if shared not in self.bases:
                     self.bases[shared] = self._base(list(shared))
                 base = self.bases[shared]
                 if base is not None:
                     try:
                         return self._derive(base, parsed, [o for o, kind in zip(parsed, kinds) if kind == "plain"])
-                    except Exception:  # Hydra's own composition raises its own error (or composes it after all)
+                    except Exception:  # noqa: BLE001 (Hydra's own composition raises its own error, or composes it after all)
                         pass
         return self.loader.load_sweep_config(self.master, overrides)
 
@@ -102,7 +109,7 @@ class SweepComposer:
         goes through Hydra, which says why)."""
         try:
             return self.loader.load_sweep_config(self.master, shared)
-        except Exception:
+        except Exception:  # noqa: BLE001 (whatever Hydra refuses them with, each job then goes through Hydra: see above)
             return None
 
     def _derive(self, base: DictConfig, parsed: list[Override], plain: list[Override]) -> DictConfig:
@@ -127,14 +134,14 @@ class SweepComposer:
         return [self.parsed[line] for line in overrides]
 
     def _kind(self, override: Override) -> str | None:
-        """"shared": a config group override, or a hydra.* value; "plain": a `key=value` or `++key=value` of the
+        """ "shared": a config group override, or a hydra.* value; "plain": a `key=value` or `++key=value` of the
         app config; None: one that this shortcut does not reproduce. Groups and values are told apart as Hydra's
         defaults list does."""
         key = override.key_or_group
         if override.is_sweep_override() or key == "hydra.searchpath":
             return None
         if key not in self.groups:
-            self.groups[key] = self.loader.repository.group_exists(key)
+            self.groups[key] = cast(ConfigLoaderImpl, self.loader).repository.group_exists(key)  # as self.enabled
         if self.groups[key] and not isinstance(override.value(), dict):
             return "shared"
         if override.type not in (OverrideType.CHANGE, OverrideType.FORCE_ADD) or override.package is not None:
@@ -146,8 +153,11 @@ def name_dir(cfg: DictConfig, overrides: list[Override]) -> None:
     """Set the job's hydra.job.override_dirname from the app overrides among `overrides`, as Hydra names it."""
     dirname = cfg.hydra.job.config.override_dirname
     cfg.hydra.job.override_dirname = get_overrides_dirname(
-        overrides=[o for o in overrides if not o.is_hydra_override()], kv_sep=dirname.kv_sep,
-        item_sep=dirname.item_sep, exclude_keys=dirname.exclude_keys)
+        overrides=[o for o in overrides if not o.is_hydra_override()],
+        kv_sep=dirname.kv_sep,
+        item_sep=dirname.item_sep,
+        exclude_keys=dirname.exclude_keys,
+    )
 
 
 def is_slurm(launcher: Any) -> bool:
@@ -158,8 +168,10 @@ def check_detach(detach: bool, launcher: Any) -> None:
     """A detached sweep needs jobs that outlive the command: SLURM's."""
     if detach and not is_slurm(launcher):
         name = manifest.LAUNCHERS.get(type(launcher).__name__, type(launcher).__name__)
-        raise UserError(f"hydra.sweeper.detach=true needs hydra/launcher=slurm: the jobs of the {name} launcher "
-                        f"end with the command that launched them; nothing was launched")
+        raise UserError(
+            f"hydra.sweeper.detach=true needs hydra/launcher=slurm: the jobs of the {name} launcher "
+            f"end with the command that launched them; nothing was launched"
+        )
 
 
 def launcher_settings(params: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -168,8 +180,11 @@ def launcher_settings(params: dict[str, Any], kind: str) -> dict[str, Any]:
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 
     generic = set(OmegaConf.structured(BaseQueueConf).keys())
-    return {k if k in generic else f"{kind}_{k}": v for k, v in params.items()
-            if k not in ("submitit_folder", "max_num_timeout")}
+    return {
+        k if k in generic else f"{kind}_{k}": v
+        for k, v in params.items()
+        if k not in ("submitit_folder", "max_num_timeout")
+    }
 
 
 # the least training time a SLURM job must have between its start and the stop warning
@@ -185,10 +200,12 @@ def check_slurm_timeout(params: dict[str, Any]) -> None:
     least_s = max(delay_s, MIN_TRAINING_S)
     if timeout_s - delay_s < least_s:
         least_min = math.ceil((delay_s + least_s) / 60)
-        raise UserError(f"hydra.launcher.timeout_min={params['timeout_min']} leaves a job "
-                        f"{max(timeout_s - delay_s, 0)} s of training before SLURM's stop warning, which comes "
-                        f"hydra.launcher.signal_delay_s={delay_s} s before the time limit; it needs at least "
-                        f"{least_s} s: set hydra.launcher.timeout_min={least_min} or more; nothing was submitted")
+        raise UserError(
+            f"hydra.launcher.timeout_min={params['timeout_min']} leaves a job "
+            f"{max(timeout_s - delay_s, 0)} s of training before SLURM's stop warning, which comes "
+            f"hydra.launcher.signal_delay_s={delay_s} s before the time limit; it needs at least "
+            f"{least_s} s: set hydra.launcher.timeout_min={least_min} or more; nothing was submitted"
+        )
 
 
 def check_slurm_request(params: dict[str, Any]) -> None:
@@ -211,6 +228,8 @@ def check_slurm_request(params: dict[str, Any]) -> None:
         answer = " ".join(line.removeprefix("sbatch: error: ") for line in proc.stderr.strip().splitlines())
         shown = ("partition", "nodes", "tasks_per_node", "cpus_per_task", "gpus_per_node", "mem_gb", "timeout_min")
         request = ", ".join(f"{k}={params[k]}" for k in shown if params.get(k) is not None)
-        raise UserError(f"SLURM cannot run this sweep's jobs ({request}): {answer}; "
-                        f"change hydra.launcher.* (e.g. cpus_per_task, mem_gb, gpus_per_node, partition); "
-                        f"nothing was submitted")
+        raise UserError(
+            f"SLURM cannot run this sweep's jobs ({request}): {answer}; "
+            f"change hydra.launcher.* (e.g. cpus_per_task, mem_gb, gpus_per_node, partition); "
+            f"nothing was submitted"
+        )

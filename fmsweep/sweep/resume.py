@@ -3,6 +3,7 @@
 The command that made the sweep runs again in-process, from the folder it ran in, with its sweep dir pinned to
 DIR; the launcher then launches only the jobs that neither completed nor still run (resuming each from its
 last.pt), and the sweep ends as the first run would have."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,10 +27,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = ArgumentParser(prog="fmsweep resume", description=__doc__)
     parser.add_argument("sweep_dir", type=Path, help="the sweep dir (it holds sweep.json)")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--detach", dest="detach", action="store_const", const=True,
-                      help="submit the remaining jobs and return at once (hydra.sweeper.detach=true)")
-    mode.add_argument("--attach", dest="detach", action="store_const", const=False,
-                      help="wait for the remaining jobs and write the results (hydra.sweeper.detach=false)")
+    mode.add_argument(
+        "--detach",
+        dest="detach",
+        action="store_const",
+        const=True,
+        help="submit the remaining jobs and return at once (hydra.sweeper.detach=true)",
+    )
+    mode.add_argument(
+        "--attach",
+        dest="detach",
+        action="store_const",
+        const=False,
+        help="wait for the remaining jobs and write the results (hydra.sweeper.detach=false)",
+    )
     return parser.parse_args(argv)
 
 

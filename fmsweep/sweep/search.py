@@ -11,12 +11,13 @@ A continuation must continue the same search: the study records what its trials 
 overrides but for machine-only keys, the space) and a command that differs in any of them is refused. Each trial is
 drawn by a sampler seeded from the seed and the trial's number: a continuation draws new settings.
 """
+
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
@@ -25,11 +26,13 @@ from fmsweep.errors import UserError
 from fmsweep.sweep.space import describe, readable
 
 log = logging.getLogger(__name__)
-OBJECTIVES = {"valid_loss": "minimize", "valid_acc": "maximize"}
+OBJECTIVES: dict[str, Literal["minimize", "maximize"]] = {"valid_loss": "minimize", "valid_acc": "maximize"}
 PRUNERS = ("none", "median", "halving")
 # each pruner's settings (hydra.sweeper.<pruner>.<key>) and the least value each takes
-PRUNER_SETTINGS = {"median": {"startup_trials": 0, "warmup_epochs": 0},
-                   "halving": {"min_epochs": 1, "reduction_factor": 2}}
+PRUNER_SETTINGS = {
+    "median": {"startup_trials": 0, "warmup_epochs": 0},
+    "halving": {"min_epochs": 1, "reduction_factor": 2},
+}
 
 
 def setup(objective: str, fixed: list[str], space: dict[str, Any], machine_keys: list[str]) -> dict[str, Any]:
@@ -39,8 +42,11 @@ def setup(objective: str, fixed: list[str], space: dict[str, Any], machine_keys:
     from optuna.distributions import distribution_to_json
 
     kept = [o.input_line for o in OverridesParser.create().parse_overrides(fixed) if o.key_or_group not in machine_keys]
-    return {"objective": objective, "fixed": sorted(kept),
-            "space": {key: distribution_to_json(dist) for key, dist in sorted(space.items())}}
+    return {
+        "objective": objective,
+        "fixed": sorted(kept),
+        "space": {key: distribution_to_json(dist) for key, dist in sorted(space.items())},
+    }
 
 
 def differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
@@ -56,17 +62,27 @@ def differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
         ours = [o for o in wanted["fixed"] if o not in recorded["fixed"]]
         found.append(f"fixed overrides {' '.join(theirs) or 'none'} in the study, {' '.join(ours) or 'none'} here")
     if "space" in recorded:
-        theirs = {k: json_to_distribution(v) for k, v in recorded["space"].items()}
-        ours = {k: json_to_distribution(v) for k, v in wanted["space"].items()}
-        for key in sorted(theirs.keys() | ours.keys()):
-            if theirs.get(key) != ours.get(key):
-                study_side, here = (describe(side[key]) if key in side else "not searched" for side in (theirs, ours))
+        their_space = {k: json_to_distribution(v) for k, v in recorded["space"].items()}
+        our_space = {k: json_to_distribution(v) for k, v in wanted["space"].items()}
+        for key in sorted(their_space.keys() | our_space.keys()):
+            if their_space.get(key) != our_space.get(key):
+                study_side, here = (
+                    describe(side[key]) if key in side else "not searched" for side in (their_space, our_space)
+                )
                 found.append(f"{key}: {study_side} in the study, {here} here")
     return found
 
 
-def open_study(sweep_dir: Path, spec: str | None, wanted: dict[str, Any], seed: int, sampler: str, pruner: str,
-               settings: dict[str, int], machine_keys: Sequence[str] = ()) -> Any:
+def open_study(
+    sweep_dir: Path,
+    spec: str | None,
+    wanted: dict[str, Any],
+    seed: int,
+    sampler: str,
+    pruner: str,
+    settings: dict[str, int],
+    machine_keys: Sequence[str] = (),
+) -> Any:
     """The search's study in its storage (`spec`: fmsweep.sweep.storage): created with the setup `wanted`
     recorded, or continued when the setup it recorded is the same (else a UserError naming the differences and that
     `machine_keys` may differ, before anything is written). The sampler, its seed (worker.sampler_seed) and the
@@ -85,12 +101,15 @@ def open_study(sweep_dir: Path, spec: str | None, wanted: dict[str, Any], seed: 
         found = differences(study.user_attrs, wanted)
         if found:
             free = f" ({', '.join(machine_keys)} may differ)" if machine_keys else ""
-            raise UserError(f"the search in {sweep_dir} was started with another setup: {'; '.join(found)}; continue "
-                            f"it with the same one{free} or choose another hydra.sweep.dir; nothing was launched")
+            raise UserError(
+                f"the search in {sweep_dir} was started with another setup: {'; '.join(found)}; continue "
+                f"it with the same one{free} or choose another hydra.sweep.dir; nothing was launched"
+            )
     else:
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        study = optuna.create_study(study_name=name, storage=where or storage.open(spec, sweep_dir),
-                                    direction=OBJECTIVES[wanted["objective"]])
+        study = optuna.create_study(
+            study_name=name, storage=where or storage.open(spec, sweep_dir), direction=OBJECTIVES[wanted["objective"]]
+        )
     drawn = {"sampler": sampler, "seed": seed, "pruner": pruner, "pruner_settings": settings}
     for key, value in {**wanted, **drawn}.items():
         if study.user_attrs.get(key) != value:
@@ -98,21 +117,28 @@ def open_study(sweep_dir: Path, spec: str | None, wanted: dict[str, Any], seed: 
     return study
 
 
-def check_settings(n_trials: Any, n_jobs: Any, objective: Any, seed: Any, pruner: Any,
-                   pruners: dict[str, Any]) -> dict[str, int]:
+def check_settings(
+    n_trials: Any, n_jobs: Any, objective: Any, seed: Any, pruner: Any, pruners: dict[str, Any]
+) -> dict[str, int]:
     """The search's own settings (hydra.sweeper.*; `pruners`: each pruner's settings by name): a bad one is a
     UserError naming it and what it takes. The settings of the chosen pruner, as plain ints."""
+
     def integer(value: Any, least: int) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
-    for name, value, ok in (("n_trials", n_trials, integer(n_trials, 1)),
-                            ("n_jobs", n_jobs, integer(n_jobs, 1)),
-                            ("objective", objective, objective in OBJECTIVES),
-                            ("pruner", pruner, pruner in PRUNERS),
-                            ("seed", seed, integer(seed, 0) and seed < 2**32)):
+    for name, value, ok in (
+        ("n_trials", n_trials, integer(n_trials, 1)),
+        ("n_jobs", n_jobs, integer(n_jobs, 1)),
+        ("objective", objective, objective in OBJECTIVES),
+        ("pruner", pruner, pruner in PRUNERS),
+        ("seed", seed, integer(seed, 0) and seed < 2**32),
+    ):
         if not ok:
-            expected = {"objective": ", ".join(OBJECTIVES), "pruner": ", ".join(PRUNERS),
-                        "seed": "an integer in [0, 2**32)"}.get(name, "an integer >= 1")
+            expected = {
+                "objective": ", ".join(OBJECTIVES),
+                "pruner": ", ".join(PRUNERS),
+                "seed": "an integer in [0, 2**32)",
+            }.get(name, "an integer >= 1")
             raise UserError(f"hydra.sweeper.{name} must be {expected}, got {value!r}")
     for name, least in PRUNER_SETTINGS.items():
         given = pruners.get(name)
@@ -142,8 +168,14 @@ def run_search(sweeper: Any, arguments: list[str]) -> None:
     loader, launcher = sweeper.hydra_context.config_loader, sweeper.launcher
     sweep_dir = Path(sweeper.config.hydra.sweep.dir)
     try:
-        settings = check_settings(sweeper.n_trials, sweeper.n_jobs, sweeper.objective, sweeper.seed, sweeper.pruner,
-                                  {"median": sweeper.median, "halving": sweeper.halving})
+        settings = check_settings(
+            sweeper.n_trials,
+            sweeper.n_jobs,
+            sweeper.objective,
+            sweeper.seed,
+            sweeper.pruner,
+            {"median": sweeper.median, "halving": sweeper.halving},
+        )
         space.make_sampler(sweeper.sampler, sweeper.seed)  # an unknown sampler is one line, here
         prelaunch.check_detach(bool(sweeper.detach), launcher)
         fixed, searched = space.split(arguments, sweeper.params)
@@ -155,49 +187,78 @@ def run_search(sweeper: Any, arguments: list[str]) -> None:
         storage.check(spec)
         record = manifest.load(sweep_dir)
         if record is not None and record.kind != "search":
-            raise UserError(f"{sweep_dir} holds a {record.kind} sweep, not a search: choose another hydra.sweep.dir; "
-                            f"nothing was launched")
+            raise UserError(
+                f"{sweep_dir} holds a {record.kind} sweep, not a search: choose another hydra.sweep.dir; "
+                f"nothing was launched"
+            )
         machine_keys = list(OmegaConf.select(sweeper.config, "hydra.job.config.override_dirname.exclude_keys") or [])
         # the trials prune themselves, from inside their jobs (trial.Trial), with the pruner recorded here
-        study = open_study(sweep_dir, spec, setup(sweeper.objective, fixed, searched, machine_keys), sweeper.seed,
-                           sweeper.sampler, sweeper.pruner, settings, machine_keys)
+        study = open_study(
+            sweep_dir,
+            spec,
+            setup(sweeper.objective, fixed, searched, machine_keys),
+            sweeper.seed,
+            sweeper.sampler,
+            sweeper.pruner,
+            settings,
+            machine_keys,
+        )
     except UserError as exc:
         exit_with(exc)
     if sweeper.pruner == "halving":
         first, factor = settings["min_epochs"], settings["reduction_factor"]
         if min(int(c.epochs) for c in checked) < first * factor:
-            print(f"fmsweep: note: pruner=halving stops trials at epochs {first}, {first * factor}, "
-                  f"{first * factor ** 2}, ... up to 1/{factor} of their run: trials of fewer than {first * factor} "
-                  f"epochs are never pruned")
+            print(
+                f"fmsweep: note: pruner=halving stops trials at epochs {first}, {first * factor}, "
+                f"{first * factor**2}, ... up to 1/{factor} of their run: trials of fewer than {first * factor} "
+                f"epochs are never pruned"
+            )
     print(f"fmsweep: study {study.study_name} in {storage.describe(spec, sweep_dir)}")
-    plan = worker.Plan(sweep_dir=sweep_dir, storage=spec, fixed=fixed, space=searched,
-                       objective=sweeper.objective, n_trials=sweeper.n_trials, pack=max(int(checked[0].pack), 1))
+    plan = worker.Plan(
+        sweep_dir=sweep_dir,
+        storage=spec,
+        fixed=fixed,
+        space=searched,
+        objective=sweeper.objective,
+        n_trials=sweeper.n_trials,
+        pack=max(int(checked[0].pack), 1),
+    )
     with manifest.locked(sweep_dir):
-        record = manifest.load(sweep_dir) or manifest.Manifest(sweep_dir=sweep_dir, kind="search", launcher="",
-                                                               command=[], cwd="")
-        record.launcher, record.command, record.cwd = (manifest.LAUNCHERS[type(launcher).__name__], sys.argv[1:],
-                                                       os.getcwd())
+        record = manifest.load(sweep_dir) or manifest.Manifest(
+            sweep_dir=sweep_dir, kind="search", launcher="", command=[], cwd=""
+        )
+        record.launcher, record.command, record.cwd = (
+            manifest.LAUNCHERS[type(launcher).__name__],
+            sys.argv[1:],
+            os.getcwd(),
+        )
         record.trials, record.detach = sweeper.n_trials, bool(sweeper.detach)
         record.save()
     left = sweeper.n_trials - worker.ended(study.get_trials(deepcopy=False))
     slots = min(sweeper.n_jobs, -(-left // plan.pack)) if left > 0 else 0
     if type(launcher).__name__ == "BasicLauncher" and slots > 1:
-        print(f"fmsweep: the basic launcher runs one trial at a time (hydra.sweeper.n_jobs={sweeper.n_jobs} needs "
-              f"hydra/launcher=submitit_local or slurm)")
+        print(
+            f"fmsweep: the basic launcher runs one trial at a time (hydra.sweeper.n_jobs={sweeper.n_jobs} needs "
+            f"hydra/launcher=submitit_local or slurm)"
+        )
         slots = 1
     if slots:
         together = f", each training up to {plan.pack} trials together (pack={plan.pack})" if plan.pack > 1 else ""
         print(f"fmsweep: {slots} worker{'s' * (slots > 1)} for {left} trial{'s' * (left > 1)}{together}")
-    error = launch.launch_workers(launcher, record, [worker.Worker(launcher, plan) for _ in range(slots)],
-                                  bool(sweeper.detach))
+    error = launch.launch_workers(
+        launcher, record, [worker.Worker(launcher, plan) for _ in range(slots)], bool(sweeper.detach)
+    )
     if sweeper.detach:
         return
     study = plan.study()
     print_best(study, sweeper.objective)
     unfinished = sweeper.n_trials - worker.ended(study.get_trials(deepcopy=False))
     if unfinished > 0:
-        print(f"fmsweep: {unfinished} of the {sweeper.n_trials} trials did not end; continue the search with: "
-              f"fmsweep resume {sweep_dir}", file=sys.stderr)
+        print(
+            f"fmsweep: {unfinished} of the {sweeper.n_trials} trials did not end; continue the search with: "
+            f"fmsweep resume {sweep_dir}",
+            file=sys.stderr,
+        )
     report(sweep_dir, error)
 
 
@@ -205,11 +266,15 @@ def print_best(study: Any, objective: str) -> None:
     """The search's counts of trials by how they ended, and its best trial."""
     from optuna.trial import TrialState
 
-    counts = {state.name.lower(): sum(t.state == state for t in study.trials)
-              for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    counts = {
+        state.name.lower(): sum(t.state == state for t in study.trials)
+        for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    }
     print(f"fmsweep: search of {len(study.trials)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     if counts["complete"]:
         best = study.best_trial
         value = f"{100 * best.value:.2f} %" if objective.endswith("acc") else f"{best.value:.4f}"
-        print(f"fmsweep: best trial {best.number}: {objective} {value} with "
-              + " ".join(f"{k}={readable(v)}" for k, v in best.params.items()))
+        print(
+            f"fmsweep: best trial {best.number}: {objective} {value} with "
+            + " ".join(f"{k}={readable(v)}" for k, v in best.params.items())
+        )

@@ -1,10 +1,11 @@
 """A search's space (`hydra/sweeper=optuna`): its distributions from `hydra.sweeper.params` and the command line's
 sweep overrides, the sampler that draws from it, and its values as people read them (job dir names, reports)."""
+
 from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep, Transformer
@@ -35,17 +36,20 @@ def distribution(override: Override) -> Any:
     value = override.value()
     try:
         if isinstance(value, IntervalSweep):
+            assert value.start is not None and value.end is not None  # Hydra's parser sets both
             log_scale = "log" in value.tags
             if "int" in value.tags:
                 return IntDistribution(int(value.start), int(value.end), log=log_scale)
             return FloatDistribution(float(value.start), float(value.end), log=log_scale)
         if isinstance(value, RangeSweep):
+            assert value.start is not None and value.stop is not None and value.step is not None  # as above
             stop = value.stop - value.step
             if all(float(v).is_integer() for v in (value.start, value.stop, value.step)):
                 return IntDistribution(int(value.start), int(stop), step=int(value.step))
             return FloatDistribution(float(value.start), float(stop), step=float(value.step))
         if isinstance(value, ChoiceSweep):
-            return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
+            choices = override.sweep_iterator(transformer=Transformer.encode)  # encode: each a str, int, float or bool
+            return CategoricalDistribution(cast("list[str | int | float | bool]", list(choices)))
     except ValueError as exc:
         raise UserError(f"{override.input_line}: not a search space ({exc})") from None
     raise UserError(f"{override.input_line}: not a search space (use interval(a,b), range(a,b), choice(a,b) or a,b)")
@@ -81,12 +85,13 @@ def split(arguments: list[str], params: Mapping[str, Any] | None = None) -> tupl
     given = parser().parse_overrides(arguments)
     on_command_line = {o.key_or_group for o in given}
     from_params = [param_override(str(key), value) for key, value in (params or {}).items()]
-    fixed, space = [], {}
+    fixed: list[str] = []
+    space: dict[str, Any] = {}
     for override in [*(o for o in from_params if o.key_or_group not in on_command_line), *given]:
         if override.is_sweep_override():
             space[override.get_key_element()] = distribution(override)
         else:
-            fixed.append(override.input_line)
+            fixed.append(cast(str, override.input_line))
     if not space:
         raise UserError("hydra/sweeper=optuna needs a search space: e.g. 'optimizer.lr=tag(log,interval(1e-4,1e-1))'")
     return fixed, space
@@ -108,6 +113,7 @@ def describe(dist: Any) -> str:
 def corners(fixed: list[str], space: dict[str, Any]) -> list[list[str]]:
     """Trial overrides to check a search space with: every key at its low end, then at its high end, then each
     choice of each category (the other keys low)."""
+
     def ends(pick: int) -> dict[str, Any]:
         return {k: d.choices[pick] if hasattr(d, "choices") else (d.low, d.high)[pick] for k, d in space.items()}
 
@@ -128,8 +134,11 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
 
     if name not in SAMPLERS:
         raise UserError(f"hydra.sweeper.sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")
-    samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
-                "nsgaii": optuna.samplers.NSGAIISampler}
+    samplers = {
+        "tpe": optuna.samplers.TPESampler,
+        "random": optuna.samplers.RandomSampler,
+        "nsgaii": optuna.samplers.NSGAIISampler,
+    }
     return samplers[name](seed=seed)
 
 

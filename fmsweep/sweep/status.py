@@ -6,6 +6,7 @@ the live status of a launching command and the rerun logic (`alive`).
 over. Nothing here imports torch, Hydra or OmegaConf (a search's objective is read with YAML): the command answers
 at once, on a laptop holding a copy of the sweep dir too (without SLURM's commands the files alone decide). A job's
 files are read by fmsweep.results.runs, as the report reads them."""
+
 from __future__ import annotations
 
 import contextlib
@@ -34,8 +35,19 @@ ALWAYS_COUNTED = ("pending", "running", "completed", "failed")  # the counts nam
 ERROR_CHARS = 120  # of an error or a cancel's reason: `cancelled by SIGTERM (scancel) in epoch 3 of 10; ...`
 SLURM_TIMEOUT_S = 10
 # SLURM's states of a job that ended (squeue lists them for a while after the end, sacct for good)
-SLURM_ENDED = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
-               "DEADLINE", "SPECIAL_EXIT", "REVOKED"}
+SLURM_ENDED = {
+    "COMPLETED",
+    "CANCELLED",
+    "FAILED",
+    "TIMEOUT",
+    "OUT_OF_MEMORY",
+    "NODE_FAIL",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "SPECIAL_EXIT",
+    "REVOKED",
+}
 SLURM_FAILED = {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
 PROC_LOCKS = Path("/proc/locks")
 CONFIG = Path(".hydra") / "config.yaml"  # written as a job starts
@@ -277,8 +289,10 @@ def _running(run_dir: Path, epochs: int, chosen_on: str) -> Status:
     epoch, best = progress
     if best is None:
         return Status("running", "starting")
-    return Status("running", f"epoch {epoch} of {epochs}, best {figure(chosen_on, best.get(chosen_on))} "
-                             f"(epoch {best['epoch']:.0f})")
+    return Status(
+        "running",
+        f"epoch {epoch} of {epochs}, best {figure(chosen_on, best.get(chosen_on))} (epoch {best['epoch']:.0f})",
+    )
 
 
 def _completed(metrics: dict[str, Any], chosen_on: str) -> Status:
@@ -294,8 +308,9 @@ def _short(metrics: dict[str, Any], job: JobRecord) -> bool:
     return isinstance(run, int) and run < job.epochs and not metrics.get("stopped_early")
 
 
-def job_status(sweep_dir: Path, job: JobRecord, slurm: SlurmJob | None, alive: bool, stale: Stale | None,
-               chosen_on: str) -> Status:
+def job_status(
+    sweep_dir: Path, job: JobRecord, slurm: SlurmJob | None, alive: bool, stale: Stale | None, chosen_on: str
+) -> Status:
     """The status of one job by read's rules; `slurm` is SLURM's view of its launcher job, `alive` whether its
     process runs or holds its run dir's lock, `stale` given when the job is being launched again, `chosen_on` the
     sweep's objective (shown first)."""
@@ -307,7 +322,7 @@ def job_status(sweep_dir: Path, job: JobRecord, slurm: SlurmJob | None, alive: b
     if result == "pruned":
         return Status("pruned", f"at epoch {metrics.get('pruned', '?')}")
     queued = slurm is not None and slurm.state not in SLURM_ENDED
-    if queued and slurm.state == "PENDING":
+    if queued and slurm is not None and slurm.state == "PENDING":
         return Status("pending", slurm.reason if slurm.reason != "None" else "")
     if queued or alive:
         return _running(run_dir, job.epochs, chosen_on)
@@ -316,11 +331,11 @@ def job_status(sweep_dir: Path, job: JobRecord, slurm: SlurmJob | None, alive: b
         status = Status("cancelled", _one_line(metrics.get("reason") or metrics.get("error")))
     elif job.cancelled:
         status = Status("cancelled", "by fmsweep cancel")
-    elif ended == "CANCELLED":
+    elif ended == "CANCELLED" and slurm is not None:
         status = Status("cancelled", f"SLURM {slurm.text()}")
     elif result == "failed":
         status = Status("failed", _one_line(metrics.get("error")))
-    elif ended in SLURM_FAILED:
+    elif ended in SLURM_FAILED and slurm is not None:
         code = f", exit code {slurm.exit_code}" if slurm.exit_code else ""
         status = Status("failed", f"SLURM {slurm.reason}{code}")
     elif os.path.exists(run_dir / CONFIG):
@@ -354,8 +369,9 @@ def look(manifest: Manifest, stale: Collection[int] = (), accounting: bool = Tru
             queued, process = None, False  # its worker lives on with other trials: the trial itself ended
         if process or (queued is not None and queued.state not in SLURM_ENDED):
             alive.add(job.num)
-        statuses[job.num] = job_status(manifest.sweep_dir, job, queued, process, marks if job.num in marks else None,
-                                       chosen_on)
+        statuses[job.num] = job_status(
+            manifest.sweep_dir, job, queued, process, marks if job.num in marks else None, chosen_on
+        )
     workers = sum(bool(pids.get(w)) or (w in slurm and slurm[w].state not in SLURM_ENDED) for w in manifest.workers)
     if not manifest.finish_job:
         return View(statuses, alive, workers_alive=workers)
@@ -505,15 +521,23 @@ def results(sweep_dir: Path) -> list[str]:
     lines = []
     report = sweep_dir / "report.md"
     with contextlib.suppress(OSError, ValueError):
-        best = next((line.strip().strip("*") for line in report.read_text().splitlines()
-                     if line.startswith(("**Best setting on validation", "**One setting"))), "")
+        best = next(
+            (
+                line.strip().strip("*")
+                for line in report.read_text().splitlines()
+                if line.startswith(("**Best setting on validation", "**One setting"))
+            ),
+            "",
+        )
         lines.append(f"report: {report}" + (f": {best}" if best else ""))
     ensemble = sweep_dir / "ensemble.json"
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
         data = json.loads(ensemble.read_text())
         outcome = " (an outcome: the models were chosen on validation)" if data["split"] == "test" else ""
-        lines.append(f"ensemble: {ensemble}: {len(data['members'])} models, {data['split']} acc "
-                     f"{_percent(data['average']['acc'])} %{outcome}")
+        lines.append(
+            f"ensemble: {ensemble}: {len(data['members'])} models, {data['split']} acc "
+            f"{_percent(data['average']['acc'])} %{outcome}"
+        )
     return lines
 
 
@@ -525,16 +549,21 @@ def table(manifest: Manifest, view: View) -> tuple[list[str], list[Line], list[s
     states = ["pending"] * manifest.not_asked() + [job.status.state for job in jobs]
     noun = "trial" if manifest.kind == "search" else "job"
     # the counts before the sweep dir, whose path may be long: a terminal's block cuts lines at its width
-    head = [f"{len(states)} {noun}{'s' * (len(states) != 1)} ({manifest.launcher}): "
-            f"{counts(states)}; sweep dir {manifest.sweep_dir}", *shared]
+    head = [
+        f"{len(states)} {noun}{'s' * (len(states) != 1)} ({manifest.launcher}): "
+        f"{counts(states)}; sweep dir {manifest.sweep_dir}",
+        *shared,
+    ]
     tail = results(manifest.sweep_dir)
     if manifest.detach and manifest.finish_job:
         tail.append(f"finish job {manifest.finish_job} (writes the results): {view.finish}")
     # a search's trials not asked yet are unfinished too once no worker is left to ask them
     unfinished = sum(job.status.state in ("stopped", "cancelled", "failed") for job in jobs) + manifest.not_asked()
     if unfinished and not view.alive and not view.workers_alive:
-        tail.append(f"resume the {unfinished} unfinished {noun}{'s' * (unfinished != 1)} with: "
-                    f"fmsweep resume {manifest.sweep_dir}")
+        tail.append(
+            f"resume the {unfinished} unfinished {noun}{'s' * (unfinished != 1)} with: "
+            f"fmsweep resume {manifest.sweep_dir}"
+        )
     return head, jobs, tail
 
 
@@ -545,8 +574,12 @@ def render(manifest: Manifest, view: View) -> str:
 
 def over(view: View) -> bool:
     """Whether nothing of the sweep runs or waits any more: every job ended (or stopped) and nothing is alive."""
-    return (not view.alive and not view.finish_alive and not view.workers_alive
-            and all(status.state in FINAL for status in view.statuses.values()))
+    return (
+        not view.alive
+        and not view.finish_alive
+        and not view.workers_alive
+        and all(status.state in FINAL for status in view.statuses.values())
+    )
 
 
 def watch(manifest: Manifest, stream: TextIO, interval: float) -> int:
@@ -580,15 +613,24 @@ def watch(manifest: Manifest, stream: TextIO, interval: float) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """`fmsweep status DIR [--watch] [--interval SECONDS]`; a bad DIR or command line is one line, exit code 2."""
-    parser = ArgumentParser(prog="fmsweep status", description="What each job of a sweep is doing: pending, running "
-                            "(its epoch), completed (its best epoch's valid loss and accuracy), pruned, failed (its "
-                            "error), cancelled or stopped (resumable with fmsweep resume DIR), each named by its own "
-                            "overrides, and the sweep's results once written.")
+    parser = ArgumentParser(
+        prog="fmsweep status",
+        description="What each job of a sweep is doing: pending, running "
+        "(its epoch), completed (its best epoch's valid loss and accuracy), pruned, failed (its "
+        "error), cancelled or stopped (resumable with fmsweep resume DIR), each named by its own "
+        "overrides, and the sweep's results once written.",
+    )
     parser.add_argument("sweep_dir", type=Path, metavar="DIR", help="the sweep dir (hydra.sweep.dir)")
-    parser.add_argument("--watch", action="store_true",
-                        help="follow the sweep until it is over; exit 0 if every job completed, else 1")
-    parser.add_argument("--interval", type=float, default=2.0, metavar="SECONDS",
-                        help="seconds between looks with --watch (default: %(default)s)")
+    parser.add_argument(
+        "--watch", action="store_true", help="follow the sweep until it is over; exit 0 if every job completed, else 1"
+    )
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="seconds between looks with --watch (default: %(default)s)",
+    )
     try:
         args = parser.parse_args(argv)
         if args.interval <= 0:

@@ -5,13 +5,14 @@ name there, and how to open it (`load_study`; `find_study` from a sweep dir alon
 A URL's password never appears as written: it comes from the environment (`${oc.env:VAR}`) and the URL is kept
 unresolved (`spec`) wherever it is pickled, saved or printed; only `open` resolves it, in the process that connects.
 """
+
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fmsweep.errors import UserError
@@ -23,9 +24,13 @@ JOURNAL = "optuna.journal"
 STUDY = "fmsweep"
 ENV_PASSWORD = "${oc.env:FMSWEEP_DB_PASSWORD}"
 # a URL's password: scheme://user:PASSWORD@ (up to the address's last @), or a password= query parameter
-SECRETS = (re.compile(r"(?P<head>[\w+.-]+://(?:\$\{[^}]*\}|[^:/@\s'\"$]|\$(?!\{))*:)"
-                      r"(?P<password>[^\s'\"]*)(?P<tail>@)"),
-           re.compile(r"(?P<head>[?&](?:password|passwd)=)(?P<password>[^&\s'\"]*)(?P<tail>)"))
+SECRETS = (
+    re.compile(
+        r"(?P<head>[\w+.-]+://(?:\$\{[^}]*\}|[^:/@\s'\"$]|\$(?!\{))*:)"
+        r"(?P<password>[^\s'\"]*)(?P<tail>@)"
+    ),
+    re.compile(r"(?P<head>[?&](?:password|passwd)=)(?P<password>[^&\s'\"]*)(?P<tail>)"),
+)
 # a password taken from elsewhere: interpolations only, none with a default (`${oc.env:VAR,default}` writes one)
 INTERPOLATED = re.compile(r"(?:\$\{[^{},]*\})+")
 # the pip package of a database driver, where it is not the module's name
@@ -39,8 +44,9 @@ def _is_literal(password: str) -> bool:
 def _replace_passwords(text: str, replacement: str) -> str:
     """`text` with each written (not interpolated) URL password in it replaced by `replacement`."""
     for pattern in SECRETS:
-        text = pattern.sub(lambda m: m["head"] + (replacement if _is_literal(m["password"]) else m["password"])
-                           + m["tail"], text)
+        text = pattern.sub(
+            lambda m: m["head"] + (replacement if _is_literal(m["password"]) else m["password"]) + m["tail"], text
+        )
     return text
 
 
@@ -54,11 +60,15 @@ def mask(text: str) -> str:
     return _replace_passwords(text, "***")
 
 
-def spec(config: DictConfig) -> str | None:
+def spec(config: DictConfig | ListConfig) -> str | None:
     """The storage as `config` (the whole config, with its hydra node) writes it, interpolations unresolved: what
     is pickled into jobs and recorded, never the resolved password. None: the journal in the sweep dir."""
     sweeper = OmegaConf.select(config, "hydra.sweeper")
-    value = OmegaConf.to_container(sweeper, resolve=False).get("storage") if sweeper is not None else None
+    value = (
+        cast(dict[str, Any], OmegaConf.to_container(sweeper, resolve=False)).get("storage")
+        if sweeper is not None
+        else None
+    )
     return None if value is None else str(value)
 
 
@@ -71,8 +81,10 @@ def resolve(spec: str) -> str:
         missing = re.search(r"Environment variable '([^']+)' not found", str(exc))
         if missing:
             name = missing[1]
-            raise UserError(f"hydra.sweeper.storage {mask(spec)} needs the environment variable {name}, which is "
-                            f"not set: export {name}=... (where its jobs run too)") from None
+            raise UserError(
+                f"hydra.sweeper.storage {mask(spec)} needs the environment variable {name}, which is "
+                f"not set: export {name}=... (where its jobs run too)"
+            ) from None
         raise UserError(f"hydra.sweeper.storage {mask(spec)}: {mask(_first_line(exc))}") from None
 
 
@@ -84,9 +96,11 @@ def check(spec: str | None) -> None:
         return
     from_environment = _replace_passwords(spec, ENV_PASSWORD)
     if from_environment != spec:
-        raise UserError(f"hydra.sweeper.storage {mask(spec)} writes its password, which would be saved with the "
-                        f"sweep and shown in the process list: export FMSWEEP_DB_PASSWORD=... and take it from the "
-                        f"environment, hydra.sweeper.storage='{from_environment}'; nothing was launched")
+        raise UserError(
+            f"hydra.sweeper.storage {mask(spec)} writes its password, which would be saved with the "
+            f"sweep and shown in the process list: export FMSWEEP_DB_PASSWORD=... and take it from the "
+            f"environment, hydra.sweeper.storage='{from_environment}'; nothing was launched"
+        )
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
@@ -95,24 +109,32 @@ def check(spec: str | None) -> None:
         parsed = make_url(url)
         dialect = parsed.get_dialect()
     except ArgumentError:
-        raise UserError(f"hydra.sweeper.storage {mask(spec)} is not a database URL Optuna's RDB storage takes: "
-                        f"e.g. mysql+pymysql://USER:{ENV_PASSWORD}@HOST/DB, postgresql+psycopg://..., "
-                        f"sqlite:///PATH, or null for {JOURNAL} in the sweep dir; nothing was launched") from None
+        raise UserError(
+            f"hydra.sweeper.storage {mask(spec)} is not a database URL Optuna's RDB storage takes: "
+            f"e.g. mysql+pymysql://USER:{ENV_PASSWORD}@HOST/DB, postgresql+psycopg://..., "
+            f"sqlite:///PATH, or null for {JOURNAL} in the sweep dir; nothing was launched"
+        ) from None
     try:
         # SQLAlchemy 2 imports the driver with import_dbapi, 1.4 with dbapi
-        (getattr(dialect, "import_dbapi", None) or dialect.dbapi)()
+        (getattr(dialect, "import_dbapi", None) or dialect.dbapi)()  # type: ignore[operator, misc]  # 1.4's dbapi is a classmethod, 2's stubs type it as the module
     except ImportError as exc:
         module = (exc.name or parsed.get_driver_name()).split(".")[0]
-        raise UserError(f"hydra.sweeper.storage {mask(spec)} needs the database driver {module}, which is not "
-                        f"installed: pip install {PIP_NAMES.get(module, module)}; nothing was launched") from None
+        raise UserError(
+            f"hydra.sweeper.storage {mask(spec)} needs the database driver {module}, which is not "
+            f"installed: pip install {PIP_NAMES.get(module, module)}; nothing was launched"
+        ) from None
     if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
-        raise UserError(f"hydra.sweeper.storage {mask(spec)} is an in-memory database, which the search's jobs "
-                        f"cannot see and which ends with the command: give a file, sqlite:///PATH; nothing was "
-                        f"launched")
+        raise UserError(
+            f"hydra.sweeper.storage {mask(spec)} is an in-memory database, which the search's jobs "
+            f"cannot see and which ends with the command: give a file, sqlite:///PATH; nothing was "
+            f"launched"
+        )
     if "@" in (parsed.host or ""):
-        raise UserError(f"hydra.sweeper.storage {mask(spec)}: its password holds an @, which ends the password in "
-                        f"a URL: URL-encode it (urllib.parse.quote_plus) in the environment variable; nothing was "
-                        f"launched")
+        raise UserError(
+            f"hydra.sweeper.storage {mask(spec)}: its password holds an @, which ends the password in "
+            f"a URL: URL-encode it (urllib.parse.quote_plus) in the environment variable; nothing was "
+            f"launched"
+        )
 
 
 def _masked_url(url: str) -> str:
@@ -133,7 +155,9 @@ def open(spec: str | None, sweep_dir: Path) -> BaseStorage:
     from sqlalchemy.exc import SQLAlchemyError
 
     if spec is None:
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(sweep_dir / JOURNAL)))
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(str(sweep_dir / JOURNAL)))
     url = resolve(spec)
     try:
         # pool_pre_ping: a connection the server closed while a trial trained is replaced, not failed

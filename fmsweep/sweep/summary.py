@@ -1,5 +1,6 @@
 """The closing summary of a sweep: its results (report, best setting on validation, ensemble), which jobs failed, were
 cancelled or did not finish (a job a search pruned did finish), and where their logs are."""
+
 from __future__ import annotations
 
 import sys
@@ -7,9 +8,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from fmsweep.sweep import packing
 from fmsweep.errors import UserError
 from fmsweep.results.runs import find_runs
+from fmsweep.sweep import packing
 
 
 def job_logs(sweep_dir: Path, job_dir: Path) -> list[Path]:

@@ -2,6 +2,7 @@
 from its .hydra/, reporting its objective to the study after every epoch, and the pruner the search recorded that
 decides whether it stops there. It imports only where the study lives (fmsweep.sweep.storage): a run pulls nothing
 of the sweep side."""
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,9 @@ def make_pruner(name: str, settings: dict[str, int], epochs: int) -> Any:
 
     if name == "median":
         # epochs are reported as steps 1, 2, ...: a trial can be pruned at step n_warmup_steps and later
-        return optuna.pruners.MedianPruner(n_startup_trials=settings["startup_trials"],
-                                           n_warmup_steps=settings["warmup_epochs"] + 1)
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=settings["startup_trials"], n_warmup_steps=settings["warmup_epochs"] + 1
+        )
     if name == "halving":
         return Halving(epochs, settings["min_epochs"], settings["reduction_factor"])
     return optuna.pruners.NopPruner()

@@ -11,6 +11,7 @@ Taking trials, under the sweep record's lock (manifest.locked) so that two worke
 3. new trials, while the trials ended and running are fewer than `n_trials`.
 A trial's record in sweep.json names the worker that trains it (`launcher_job`), so `fmsweep status` and `cancel`
 see it."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -93,19 +94,22 @@ class Worker:
         study = self.plan.study()
         # Hydra composes each combination of group choices once per worker: a trial's config then takes a few ms
         composer = prelaunch.SweepComposer(self.launcher.hydra_context.config_loader, self.launcher.config)
-        trained, busy = 0, set()
+        trained, busy = 0, set[int]()
         while True:
             with manifest.locked(self.plan.sweep_dir):
                 record = manifest.require(self.plan.sweep_dir)
                 taken = self.take(study, record, worker_id, composer, busy)
                 planned = launch.units(self.launcher, record, taken)
                 for num in taken:
-                    record.job(num).launcher_job = worker_id
+                    job = record.job(num)
+                    assert job is not None  # take() chose it among the record's jobs
+                    job.launcher_job = worker_id
                 record.save()
             if not taken:
                 return trained
-            print(f"fmsweep: worker {worker_id}: trial{'s' * (len(taken) > 1)} {', '.join(map(str, taken))}",
-                  flush=True)
+            print(
+                f"fmsweep: worker {worker_id}: trial{'s' * (len(taken) > 1)} {', '.join(map(str, taken))}", flush=True
+            )
             for nums, unit in planned:
                 result = unit(worker_id)
                 configure_log(self.launcher.config.hydra.hydra_logging, self.launcher.config.hydra.verbose)
@@ -113,11 +117,14 @@ class Worker:
                     busy.update(nums)  # another process trains them: that one tells the study
                     continue
                 for num in nums:
-                    self.tell(study, record.job(num), result.status == JobStatus.FAILED)
+                    job = record.job(num)
+                    assert job is not None  # as above
+                    self.tell(study, job, result.status == JobStatus.FAILED)
                 trained += len(nums)
 
-    def take(self, study: Any, record: manifest.Manifest, worker_id: str, composer: prelaunch.SweepComposer,
-             busy: set[int]) -> dict[int, DictConfig]:
+    def take(
+        self, study: Any, record: manifest.Manifest, worker_id: str, composer: prelaunch.SweepComposer, busy: set[int]
+    ) -> dict[int, DictConfig]:
         """The trials this worker trains next (see the module's doc), each with its composed config; new ones are
         asked from the study and added to the record. `busy`: trials found in another process's hands, left to it."""
         from optuna.trial import TrialState
@@ -144,14 +151,26 @@ class Worker:
                 study.tell(num, state=TrialState.FAIL, skip_if_finished=True)
                 continue
             if job is None:
-                record.jobs.append(manifest.JobRecord(num=num, name=str(configs[num].hydra.sweep.subdir),
-                                                      overrides=overrides, epochs=int(configs[num].epochs)))
+                record.jobs.append(
+                    manifest.JobRecord(
+                        num=num,
+                        name=str(configs[num].hydra.sweep.subdir),
+                        overrides=overrides,
+                        epochs=int(configs[num].epochs),
+                    )
+                )
         return configs
 
     def compose(self, num: int, overrides: list[str], composer: prelaunch.SweepComposer) -> DictConfig:
         """Trial `num`'s config, checked as every job of a sweep is; its job dir named with readable values."""
-        return prelaunch.check_jobs(self.launcher.hydra_context.config_loader, self.launcher.config, [overrides],
-                                    first_num=num, names=[space.display_overrides(overrides)], composer=composer)[0]
+        return prelaunch.check_jobs(
+            self.launcher.hydra_context.config_loader,
+            self.launcher.config,
+            [overrides],
+            first_num=num,
+            names=[space.display_overrides(overrides)],
+            composer=composer,
+        )[0]
 
     def tell(self, study: Any, job: manifest.JobRecord, failed: bool) -> None:
         """Tell the study how the trial of `job` ended, from its metrics.json: its objective, pruned, or failed. A

@@ -1,5 +1,6 @@
 """`hydra/sweeper=grid` (the default): Hydra's basic sweeper made durable by fmsweep.sweep.grid. Hydra accepts
 sweepers only from the hydra_plugins package, hence this module."""
+
 from __future__ import annotations
 
 from typing import Any

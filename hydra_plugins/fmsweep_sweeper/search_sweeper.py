@@ -1,5 +1,6 @@
 """`hydra/sweeper=optuna`: an Optuna search whose trials are fmsweep jobs (fmsweep.sweep.search). Hydra accepts
 sweepers only from the hydra_plugins package, hence this module."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -13,8 +14,20 @@ class SearchSweeper(Sweeper):
     (valid_loss or valid_acc) once it ended; pruned by `pruner` (none, median, halving) with that pruner's settings
     (`median`, `halving`). `detach` (SLURM): the workers that run the trials are submitted and the command returns."""
 
-    def __init__(self, params: Any, n_trials: int, n_jobs: int, objective: str, seed: int, sampler: str,
-                 storage: str | None, pruner: str, median: Any, halving: Any, detach: bool = False) -> None:
+    def __init__(
+        self,
+        params: Any,
+        n_trials: int,
+        n_jobs: int,
+        objective: str,
+        seed: int,
+        sampler: str,
+        storage: str | None,
+        pruner: str,
+        median: Any,
+        halving: Any,
+        detach: bool = False,
+    ) -> None:
         self.params, self.n_trials, self.n_jobs, self.objective, self.seed = params, n_trials, n_jobs, objective, seed
         self.sampler, self.storage, self.pruner, self.median, self.halving = sampler, storage, pruner, median, halving
         self.detach = detach
@@ -27,7 +40,8 @@ class SearchSweeper(Sweeper):
 
         self.hydra_context, self.config = hydra_context, config
         self.launcher = Plugins.instance().instantiate_launcher(
-            hydra_context=hydra_context, task_function=task_function, config=config)
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
 
     def sweep(self, arguments: list[str]) -> None:
         from fmsweep.sweep import search  # imported late: Hydra imports every plugin module at start-up

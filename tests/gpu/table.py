@@ -4,6 +4,7 @@
 OUT_DIR/accept.md and exits 1 if a step failed, a target was missed or a pack bench did not train its pack as asked
 (bench-stacked stacked, bench-one-by-one one after another). --tiny: figures without targets, the rest checked.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,8 @@ def read_json(path: Path) -> dict | None:
 def main(out: Path, tiny: bool) -> int:
     steps = {}
     for line in (out / "steps.tsv").read_text().splitlines():
-        name, start, end, rc = line.split("\t")
-        steps[name] = ((int(end) - int(start)) / 1e9, int(rc))
+        name, start, end, code = line.split("\t")
+        steps[name] = ((int(end) - int(start)) / 1e9, int(code))
     rows: list[tuple[str, str, str, str]] = []  # what, measured, target, verdict
     failed = False
 
@@ -46,13 +47,15 @@ def main(out: Path, tiny: bool) -> int:
         failed |= not met
         rows.append((what, shown, target_shown, "met" if met else "MISSED"))
 
-    for name, (seconds, rc) in steps.items():
-        rows.append((f"step {name}", f"{seconds:.1f} s", "exit 0", "ok" if rc == 0 else f"FAILED (exit {rc})"))
+    for name, (took, rc) in steps.items():
+        rows.append((f"step {name}", f"{took:.1f} s", "exit 0", "ok" if rc == 0 else f"FAILED (exit {rc})"))
         failed |= rc != 0
 
     try:
-        suite = ET.parse(out / "pytest.xml").getroot()
-        suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+        root = ET.parse(out / "pytest.xml").getroot()
+        suite = root if root.tag == "testsuite" else root.find("testsuite")
+        if suite is None:
+            raise AttributeError("no testsuite in pytest.xml")
         counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
         passed = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
         shown = f"{passed} passed, {counts['failures'] + counts['errors']} failed, {counts['skipped']} skipped"
@@ -66,16 +69,28 @@ def main(out: Path, tiny: bool) -> int:
     lone = read_json(out / "bench-lone" / "bench.json")
     result = lone["results"][0] if lone else None
     seconds = result["median_seconds"]["fmsweep"] if result else None
-    add("lone run, fancy_cnn+flip_affine, s/epoch" + (" (limited batches)" if result and result["limited_batches"] else ""),
-        seconds, f"{seconds:.3f} s ({result['speedup']:.2f}x the practical)" if result else "", LONE_EPOCH_S, True,
-        f"≤ {LONE_EPOCH_S} s")
+    add(
+        "lone run, fancy_cnn+flip_affine, s/epoch"
+        + (" (limited batches)" if result and result["limited_batches"] else ""),
+        seconds,
+        f"{seconds:.3f} s ({result['speedup']:.2f}x the practical)" if result else "",
+        LONE_EPOCH_S,
+        True,
+        f"≤ {LONE_EPOCH_S} s",
+    )
     for name, target in (("stacked", STACKED_RATIO), ("one-by-one", None)):
         bench = read_json(out / f"bench-{name}" / "bench.json")
         result = bench["results"][0] if bench else None
         how = ("stacked" if result["stacked"] else "one after another") if result else name
         ratio = result["ratio"] if result else None
-        add(f"pack of 6 ({how}) against 6 lone runs in a row, aggregate images/s", ratio,
-            f"{ratio:.2f}x" if result else "", target, False, f"≥ {target:g}x" if target else "—")
+        add(
+            f"pack of 6 ({how}) against 6 lone runs in a row, aggregate images/s",
+            ratio,
+            f"{ratio:.2f}x" if result else "",
+            target,
+            False,
+            f"≥ {target:g}x" if target else "—",
+        )
         if result:  # what the bench timed must be what it was asked for (stack=true, stack=false), tiny or not
             wanted = "stacked" if name == "stacked" else "one after another"
             rows.append((f"bench-{name}: the pack of 6 trained", how, wanted, "ok" if how == wanted else "FAILED"))
@@ -84,20 +99,37 @@ def main(out: Path, tiny: bool) -> int:
             rows.append((f"pack of 6 ({how}), whole job s/epoch", f"{per_epoch:.3f} s", "—", ""))
 
     wall = sum(steps[name][0] for name in ("sweep", "ensemble") if name in steps)
-    add("headline sweep + ensemble, wall", wall if "sweep" in steps else None, f"{wall:.1f} s", SWEEP_WALL_S, True,
-        f"≤ {SWEEP_WALL_S:g} s")
+    add(
+        "headline sweep + ensemble, wall",
+        wall if "sweep" in steps else None,
+        f"{wall:.1f} s",
+        SWEEP_WALL_S,
+        True,
+        f"≤ {SWEEP_WALL_S:g} s",
+    )
     ensemble = read_json(out / "sweep" / "ensemble.json")
     acc = ensemble["average"]["acc"] if ensemble else None
     members = ensemble and [m["acc"] for m in ensemble["members"]]
-    add("ensemble accuracy (test split)", acc,
-        f"{100 * acc:.2f} % (members {100 * min(members):.2f}–{100 * max(members):.2f} %)" if members else "",
-        ENSEMBLE_ACC, False, f"≥ {100 * ENSEMBLE_ACC:g} %")
+    add(
+        "ensemble accuracy (test split)",
+        acc,
+        f"{100 * acc:.2f} % (members {100 * min(members):.2f}–{100 * max(members):.2f} %)"
+        if members and acc is not None
+        else "",
+        ENSEMBLE_ACC,
+        False,
+        f"≥ {100 * ENSEMBLE_ACC:g} %",
+    )
 
     machine = (lone or {}).get("machine", {})
-    lines = [f"GPU acceptance{' (tiny: a few batches, no targets)' if tiny else ''}: {machine.get('device', '?')}, "
-             f"torch {machine.get('torch', '?')}, {machine.get('cpu_count', '?')} CPUs, {machine.get('date', '')}", "",
-             "| check | measured | target | verdict |", "| --- | ---: | ---: | --- |",
-             *(f"| {' | '.join(row)} |" for row in rows)]
+    lines = [
+        f"GPU acceptance{' (tiny: a few batches, no targets)' if tiny else ''}: {machine.get('device', '?')}, "
+        f"torch {machine.get('torch', '?')}, {machine.get('cpu_count', '?')} CPUs, {machine.get('date', '')}",
+        "",
+        "| check | measured | target | verdict |",
+        "| --- | ---: | ---: | --- |",
+        *(f"| {' | '.join(row)} |" for row in rows),
+    ]
     text = "\n".join(lines) + "\n"
     (out / "accept.md").write_text(text)
     print(text)

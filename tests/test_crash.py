@@ -345,14 +345,24 @@ def test_nan_loss_on_the_command_line_is_one_line_and_a_failed_status(data_root:
     assert metrics["status"] == "failed" and "diverged" in metrics["error"]
 
 
-def test_full_disk_is_a_clear_error_and_no_file_runs_ahead_of_last(make_cfg, tmp_path: Path) -> None:
+def test_full_disk_is_a_clear_error_and_no_file_runs_ahead_of_last(
+    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     train.run(make_cfg("model=linear", "epochs=1"), tmp_path)
     before = {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
-    (tmp_path / f".{checkpoint.LAST}.tmp").symlink_to("/dev/full")  # every write there fails with ENOSPC
-    with pytest.raises(
-        UserError, match=r"cannot write .*last\.pt: No space left on device; the previous last\.pt is intact"
-    ):
-        train.run(make_cfg("model=linear", "epochs=2"), tmp_path)
+    fsync = os.fsync
+
+    def full_for_last(fd: int) -> None:  # every write of last.pt fails with ENOSPC when it reaches the disk
+        if Path(os.readlink(f"/proc/self/fd/{fd}")).name.startswith(f".{checkpoint.LAST}."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        fsync(fd)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fsync", full_for_last)
+        with pytest.raises(
+            UserError, match=r"cannot write .*last\.pt: No space left on device; the previous last\.pt is intact"
+        ):
+            train.run(make_cfg("model=linear", "epochs=2"), tmp_path)
     # epoch 2 trained, but last.pt could not take it: every file still says epoch 1
     assert checkpoint.load(tmp_path / checkpoint.LAST)["epoch"] == 1
     for name in (checkpoint.LAST, checkpoint.BEST, "history.csv", "summary.txt", "metrics.json"):
@@ -361,7 +371,7 @@ def test_full_disk_is_a_clear_error_and_no_file_runs_ahead_of_last(make_cfg, tmp
     assert checkpoint.load(tmp_path / checkpoint.BEST)["epoch"] == 1
     assert scalar_steps(tmp_path, "valid/loss") == [1] and scalar_steps(tmp_path, "test/acc") == [1]  # the 1-epoch run
     assert_consistent(tmp_path)
-    assert not (tmp_path / f".{checkpoint.LAST}.tmp").exists()  # the failed write removed it: space again
+    assert not list(tmp_path.glob(".*.tmp"))  # the failed write removed its temporary file: space again
     train.run(make_cfg("model=linear", "epochs=2"), tmp_path)
     train.run(make_cfg("model=linear", "epochs=2"), tmp_path / "straight")
     assert_same_result(tmp_path / "straight", tmp_path)

@@ -2,7 +2,10 @@
 line naming the holder, and changes nothing; the first finishes unharmed. A dead holder never blocks (the SIGKILL
 test in test_crash.py restarts killed runs in their dir again and again)."""
 
+import errno
+import fcntl
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +14,7 @@ import pytest
 from conftest import ROOT, Gate, fast_overrides
 
 from fmsweep import train
-from fmsweep.sweep import lock
+from fmsweep.sweep import lock, manifest
 
 
 def snapshot(run_dir: Path) -> dict[str, bytes]:
@@ -42,6 +45,33 @@ def test_a_run_that_finds_its_dir_busy_records_nothing(make_cfg, tmp_path: Path)
     after = snapshot(tmp_path)
     after.pop(lock.LOCK), before.pop(lock.LOCK)  # the holder's name only
     assert after == before
+
+
+@pytest.mark.parametrize("code", ["ENOSYS", "EOPNOTSUPP"])
+def test_a_file_system_without_flock_is_said_once_and_the_run_and_the_record_go_on(
+    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], code: str
+) -> None:
+    """Lustre mounted without `flock` (and some NFS and BeeGFS set-ups) raise ENOSYS or EOPNOTSUPP from flock: one
+    line says what that leaves unguarded, once, and nothing fails; a lock held elsewhere is still refused."""
+
+    def no_flock(fd: int, operation: int) -> None:
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    monkeypatch.setattr(lock, "no_flock_said", False, raising=False)
+    train.run(make_cfg("model=linear", "epochs=1"), tmp_path / "run")
+    with manifest.locked(tmp_path / "sweep"):
+        lock.check_free(tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "completed"
+    said = capsys.readouterr().err.splitlines()
+    assert said == [
+        f"fmsweep: the file system of {tmp_path / 'run'} gives no flock ({os.strerror(getattr(errno, code))}): nothing "
+        "keeps a second process out "
+        "of a run dir or a sweep's record there; launch, resume and cancel a sweep one command at a time"
+    ]
+    monkeypatch.undo()
+    with lock.hold([tmp_path / "run"]), pytest.raises(lock.RunDirBusy):
+        lock.check_free(tmp_path / "run")
 
 
 @pytest.mark.slow

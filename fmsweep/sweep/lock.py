@@ -4,15 +4,19 @@ training into it too.
 
 The lock is `fcntl.flock` on a file in the run dir: the kernel drops it when its process ends, however it ends, so
 a killed or requeued job never blocks the next attempt; on Linux NFS mounts it is a POSIX lock on the server. The
-file holds who holds the lock (host, pid, SLURM job), for the message of the process it stops.
+file holds who holds the lock (host, pid, SLURM job), for the message of the process it stops. A file system that
+gives no flock at all (Lustre mounted without `flock`, some NFS and BeeGFS set-ups) is said once, in one line, and
+the run goes on without the lock.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +24,8 @@ from pathlib import Path
 from fmsweep.errors import UserError
 
 LOCK = ".fmsweep.lock"
+NO_FLOCK = {errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK}  # what flock raises where the file system has none
+no_flock_said = False
 
 
 class RunDirBusy(UserError):
@@ -43,6 +49,32 @@ def busy(run_dir: Path, fd: int) -> RunDirBusy:
     return RunDirBusy(f"{run_dir} is being trained by {held_by}; nothing was changed (wait for it to end, or stop it)")
 
 
+def say_no_flock(folder: Path, code: int) -> None:
+    """Say, once per process, that `folder`'s file system gives no flock, and what that leaves unguarded."""
+    global no_flock_said
+    if no_flock_said:
+        return
+    no_flock_said = True
+    print(
+        f"fmsweep: the file system of {folder} gives no flock ({os.strerror(code)}): nothing keeps a second "
+        "process out of a run dir or a sweep's record there; launch, resume and cancel a sweep one command at a time",
+        file=sys.stderr,
+    )
+
+
+def flock(fd: int, operation: int, path: Path) -> bool:
+    """fcntl.flock of `path`'s open file `fd`; False, said once, where its file system gives no flock. A lock held
+    elsewhere still raises BlockingIOError (with LOCK_NB)."""
+    try:
+        fcntl.flock(fd, operation)
+    except OSError as exc:
+        if exc.errno not in NO_FLOCK:
+            raise
+        say_no_flock(path.parent, exc.errno)
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def hold(run_dirs: list[Path]) -> Iterator[None]:
     """Hold the lock of every run dir in `run_dirs` (created if need be) while the block runs; RunDirBusy, before
@@ -53,7 +85,8 @@ def hold(run_dirs: list[Path]) -> Iterator[None]:
             fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
             stack.callback(os.close, fd)  # closing the file drops its lock
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if not flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, run_dir / LOCK):
+                    continue
             except BlockingIOError:
                 raise busy(run_dir, fd) from None
             os.ftruncate(fd, 0)
@@ -68,7 +101,7 @@ def check_free(run_dir: Path) -> None:
     except FileNotFoundError:
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, run_dir / LOCK)
     except BlockingIOError:
         raise busy(run_dir, fd) from None
     finally:

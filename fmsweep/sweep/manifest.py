@@ -17,6 +17,7 @@ from typing import Any
 
 from fmsweep.errors import UserError
 from fmsweep.files import atomic_write
+from fmsweep.sweep import lock
 
 FILE = "sweep.json"
 LOCK = ".sweep.json.lock"
@@ -89,7 +90,7 @@ def locked(sweep_dir: Path) -> Iterator[None]:
     Path(sweep_dir).mkdir(parents=True, exist_ok=True)
     fd = os.open(Path(sweep_dir) / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        lock.flock(fd, fcntl.LOCK_EX, Path(sweep_dir) / LOCK)
         yield
     finally:
         os.close(fd)

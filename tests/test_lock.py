@@ -105,3 +105,41 @@ def test_two_processes_on_one_run_dir(data_root: Path, tmp_path: Path, held: Gat
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["epochs_run"] == 3
     assert (tmp_path / "__main__.log").read_text().count("run dir ") == 1  # the second never started a run
+
+
+@pytest.mark.slow
+def test_a_second_launch_of_a_sweep_while_one_runs_is_refused_and_changes_nothing(
+    data_root: Path, tmp_path: Path, held: Gate
+) -> None:
+    """One command at a time launches a sweep: a rerun (or `fmsweep resume`) while the first launch runs is one line
+    naming it, exit 2, with the record untouched; once the first ended, a rerun goes ahead."""
+    sweep_dir = tmp_path / "sweep"
+    command = [
+        sys.executable,
+        "-m",
+        "fmsweep",
+        "-m",
+        *fast_overrides(data_root),
+        "model=linear",
+        "seed=0,1",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+    held.hold(1)  # the first launch's first job waits after epoch 1: the launch is still running
+    first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    held.wait_held(1, alive=lambda: first.poll() is None)
+    record = (sweep_dir / manifest.FILE).read_bytes()
+    for again in (command, [sys.executable, "-m", "fmsweep.cli", "resume", str(sweep_dir)]):
+        second = subprocess.run(again, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2, second.stderr
+        assert second.stderr.splitlines() == [
+            f"fmsweep: error: {sweep_dir} is being launched by pid {first.pid} on "
+            + second.stderr.split(f"pid {first.pid} on ", 1)[1].rstrip("\n")
+        ]
+        assert "since " in second.stderr and "nothing was launched" in second.stderr
+        assert (sweep_dir / manifest.FILE).read_bytes() == record
+    held.release()
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    rerun = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "2 of 2 jobs completed before, skipped" in rerun.stdout

@@ -4,6 +4,7 @@ same command, or `fmsweep resume DIR`) launching only the jobs that are neither 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -91,14 +92,16 @@ def sweep(sweeper: Any, job_overrides: list[list[str]], detach: bool) -> None:
 
     launcher, config = sweeper.launcher, sweeper.config
     sweep_dir = Path(config.hydra.sweep.dir)
-    try:
-        prelaunch.check_detach(detach, launcher)
-        configs = prelaunch.check_jobs(sweeper.hydra_context.config_loader, config, job_overrides)
-        if prelaunch.is_slurm(launcher):
-            prelaunch.check_slurm_request(launcher.params)
-        sweep_record = record(sweep_dir, "grid", launcher, detach, configs, job_overrides)
-    except UserError as exc:
-        exit_with(exc)
-    error = launch.launch(launcher, sweep_record, to_launch(sweep_record, configs), detach=detach)
-    if not detach:
-        report(sweep_dir, error)
+    with contextlib.ExitStack() as held:
+        try:
+            prelaunch.check_detach(detach, launcher)
+            configs = prelaunch.check_jobs(sweeper.hydra_context.config_loader, config, job_overrides)
+            if prelaunch.is_slurm(launcher):
+                prelaunch.check_slurm_request(launcher.params)
+            held.enter_context(manifest.launching(sweep_dir))  # checked: from here on, the one launcher of the sweep
+            sweep_record = record(sweep_dir, "grid", launcher, detach, configs, job_overrides)
+        except UserError as exc:
+            exit_with(exc)
+        error = launch.launch(launcher, sweep_record, to_launch(sweep_record, configs), detach=detach)
+        if not detach:
+            report(sweep_dir, error)

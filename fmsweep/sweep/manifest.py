@@ -2,7 +2,9 @@
 the launcher and each job's launcher job id, the command that made the sweep, and, once written, the job that
 finishes it. It is written before anything is launched and rewritten (atomically) as jobs are submitted; with the
 job dirs it is all that `fmsweep status`, `resume` and `cancel` need, with no process of the sweep alive. A search's
-workers add their trials to it as they ask them: every writer of a search's record rewrites it under `locked`."""
+workers add their trials to it as they ask them: every writer of the record rewrites it under `locked`. One command
+at a time launches a sweep (its first launch, a rerun, `fmsweep resume`): it holds `launching` from its checks' end
+to its own end."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from fmsweep.sweep import lock
 
 FILE = "sweep.json"
 LOCK = ".sweep.json.lock"
+LAUNCH_LOCK = ".sweep.launch.lock"
 FORMAT = 1
 # the launchers' names as hydra/launcher=... chooses them, by the launcher plugin's class name
 LAUNCHERS = {"BasicLauncher": "basic", "LocalLauncher": "submitit_local", "SlurmLauncher": "slurm"}
@@ -91,6 +94,31 @@ def locked(sweep_dir: Path) -> Iterator[None]:
     fd = os.open(Path(sweep_dir) / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         lock.flock(fd, fcntl.LOCK_EX, Path(sweep_dir) / LOCK)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def launching(sweep_dir: Path) -> Iterator[None]:
+    """Be the one command that launches the sweep in `sweep_dir` while the block runs (the lock file names it); a
+    UserError naming the command that is, before anything is read or written, if another one is. The kernel drops
+    the lock with its process, so a killed launch never blocks the next."""
+    path = Path(sweep_dir) / LAUNCH_LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            held = lock.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, path)
+        except BlockingIOError:
+            by = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            raise UserError(
+                f"{sweep_dir} is being launched by {by}; nothing was launched (wait for that command to end, or stop "
+                f"it; fmsweep status {sweep_dir} shows the sweep)"
+            ) from None
+        if held:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, lock.holder().encode(), 0)
         yield
     finally:
         os.close(fd)

@@ -158,6 +158,7 @@ def run_search(sweeper: Any, arguments: list[str]) -> None:
     the live status runs until the workers ended, then the best trial and the report; detached (SLURM), the command
     returns once the workers and the job that writes the results are submitted. A continued study's trials that a
     killed launch left running are resumed from their last.pt by the workers."""
+    import contextlib
     import os
     import sys
 
@@ -167,99 +168,102 @@ def run_search(sweeper: Any, arguments: list[str]) -> None:
 
     loader, launcher = sweeper.hydra_context.config_loader, sweeper.launcher
     sweep_dir = Path(sweeper.config.hydra.sweep.dir)
-    try:
-        settings = check_settings(
-            sweeper.n_trials,
-            sweeper.n_jobs,
-            sweeper.objective,
-            sweeper.seed,
-            sweeper.pruner,
-            {"median": sweeper.median, "halving": sweeper.halving},
-        )
-        space.make_sampler(sweeper.sampler, sweeper.seed)  # an unknown sampler is one line, here
-        prelaunch.check_detach(bool(sweeper.detach), launcher)
-        fixed, searched = space.split(arguments, sweeper.params)
-        # the space's corners, checked before the study exists: a bad key or value of the space is one line
-        checked = prelaunch.check_jobs(loader, sweeper.config, space.corners(fixed, searched))
-        if prelaunch.is_slurm(launcher):
-            prelaunch.check_slurm_request(launcher.params)
-        spec = storage.spec(sweeper.config)
-        storage.check(spec)
-        record = manifest.load(sweep_dir)
-        if record is not None and record.kind != "search":
-            raise UserError(
-                f"{sweep_dir} holds a {record.kind} sweep, not a search: choose another hydra.sweep.dir; "
-                f"nothing was launched"
+    with contextlib.ExitStack() as held:
+        try:
+            settings = check_settings(
+                sweeper.n_trials,
+                sweeper.n_jobs,
+                sweeper.objective,
+                sweeper.seed,
+                sweeper.pruner,
+                {"median": sweeper.median, "halving": sweeper.halving},
             )
-        machine_keys = list(OmegaConf.select(sweeper.config, "hydra.job.config.override_dirname.exclude_keys") or [])
-        # the trials prune themselves, from inside their jobs (trial.Trial), with the pruner recorded here
-        study = open_study(
-            sweep_dir,
-            spec,
-            setup(sweeper.objective, fixed, searched, machine_keys),
-            sweeper.seed,
-            sweeper.sampler,
-            sweeper.pruner,
-            settings,
-            machine_keys,
+            space.make_sampler(sweeper.sampler, sweeper.seed)  # an unknown sampler is one line, here
+            prelaunch.check_detach(bool(sweeper.detach), launcher)
+            fixed, searched = space.split(arguments, sweeper.params)
+            # the space's corners, checked before the study exists: a bad key or value of the space is one line
+            checked = prelaunch.check_jobs(loader, sweeper.config, space.corners(fixed, searched))
+            if prelaunch.is_slurm(launcher):
+                prelaunch.check_slurm_request(launcher.params)
+            spec = storage.spec(sweeper.config)
+            storage.check(spec)
+            held.enter_context(manifest.launching(sweep_dir))  # checked: from here on, the one launcher of the search
+            record = manifest.load(sweep_dir)
+            if record is not None and record.kind != "search":
+                raise UserError(
+                    f"{sweep_dir} holds a {record.kind} sweep, not a search: choose another hydra.sweep.dir; "
+                    f"nothing was launched"
+                )
+            excluded = OmegaConf.select(sweeper.config, "hydra.job.config.override_dirname.exclude_keys")
+            machine_keys = list(excluded or [])
+            # the trials prune themselves, from inside their jobs (trial.Trial), with the pruner recorded here
+            study = open_study(
+                sweep_dir,
+                spec,
+                setup(sweeper.objective, fixed, searched, machine_keys),
+                sweeper.seed,
+                sweeper.sampler,
+                sweeper.pruner,
+                settings,
+                machine_keys,
+            )
+        except UserError as exc:
+            exit_with(exc)
+        if sweeper.pruner == "halving":
+            first, factor = settings["min_epochs"], settings["reduction_factor"]
+            if min(int(c.epochs) for c in checked) < first * factor:
+                print(
+                    f"fmsweep: note: pruner=halving stops trials at epochs {first}, {first * factor}, "
+                    f"{first * factor**2}, ... up to 1/{factor} of their run: trials of fewer than {first * factor} "
+                    f"epochs are never pruned"
+                )
+        print(f"fmsweep: study {study.study_name} in {storage.describe(spec, sweep_dir)}")
+        plan = worker.Plan(
+            sweep_dir=sweep_dir,
+            storage=spec,
+            fixed=fixed,
+            space=searched,
+            objective=sweeper.objective,
+            n_trials=sweeper.n_trials,
+            pack=max(int(checked[0].pack), 1),
         )
-    except UserError as exc:
-        exit_with(exc)
-    if sweeper.pruner == "halving":
-        first, factor = settings["min_epochs"], settings["reduction_factor"]
-        if min(int(c.epochs) for c in checked) < first * factor:
+        with manifest.locked(sweep_dir):
+            record = manifest.load(sweep_dir) or manifest.Manifest(
+                sweep_dir=sweep_dir, kind="search", launcher="", command=[], cwd=""
+            )
+            record.launcher, record.command, record.cwd = (
+                manifest.LAUNCHERS[type(launcher).__name__],
+                sys.argv[1:],
+                os.getcwd(),
+            )
+            record.trials, record.detach = sweeper.n_trials, bool(sweeper.detach)
+            record.save()
+        left = sweeper.n_trials - worker.ended(study.get_trials(deepcopy=False))
+        slots = min(sweeper.n_jobs, -(-left // plan.pack)) if left > 0 else 0
+        if type(launcher).__name__ == "BasicLauncher" and slots > 1:
             print(
-                f"fmsweep: note: pruner=halving stops trials at epochs {first}, {first * factor}, "
-                f"{first * factor**2}, ... up to 1/{factor} of their run: trials of fewer than {first * factor} "
-                f"epochs are never pruned"
+                f"fmsweep: the basic launcher runs one trial at a time (hydra.sweeper.n_jobs={sweeper.n_jobs} needs "
+                f"hydra/launcher=submitit_local or slurm)"
             )
-    print(f"fmsweep: study {study.study_name} in {storage.describe(spec, sweep_dir)}")
-    plan = worker.Plan(
-        sweep_dir=sweep_dir,
-        storage=spec,
-        fixed=fixed,
-        space=searched,
-        objective=sweeper.objective,
-        n_trials=sweeper.n_trials,
-        pack=max(int(checked[0].pack), 1),
-    )
-    with manifest.locked(sweep_dir):
-        record = manifest.load(sweep_dir) or manifest.Manifest(
-            sweep_dir=sweep_dir, kind="search", launcher="", command=[], cwd=""
+            slots = 1
+        if slots:
+            together = f", each training up to {plan.pack} trials together (pack={plan.pack})" if plan.pack > 1 else ""
+            print(f"fmsweep: {slots} worker{'s' * (slots > 1)} for {left} trial{'s' * (left > 1)}{together}")
+        error = launch.launch_workers(
+            launcher, record, [worker.Worker(launcher, plan) for _ in range(slots)], bool(sweeper.detach)
         )
-        record.launcher, record.command, record.cwd = (
-            manifest.LAUNCHERS[type(launcher).__name__],
-            sys.argv[1:],
-            os.getcwd(),
-        )
-        record.trials, record.detach = sweeper.n_trials, bool(sweeper.detach)
-        record.save()
-    left = sweeper.n_trials - worker.ended(study.get_trials(deepcopy=False))
-    slots = min(sweeper.n_jobs, -(-left // plan.pack)) if left > 0 else 0
-    if type(launcher).__name__ == "BasicLauncher" and slots > 1:
-        print(
-            f"fmsweep: the basic launcher runs one trial at a time (hydra.sweeper.n_jobs={sweeper.n_jobs} needs "
-            f"hydra/launcher=submitit_local or slurm)"
-        )
-        slots = 1
-    if slots:
-        together = f", each training up to {plan.pack} trials together (pack={plan.pack})" if plan.pack > 1 else ""
-        print(f"fmsweep: {slots} worker{'s' * (slots > 1)} for {left} trial{'s' * (left > 1)}{together}")
-    error = launch.launch_workers(
-        launcher, record, [worker.Worker(launcher, plan) for _ in range(slots)], bool(sweeper.detach)
-    )
-    if sweeper.detach:
-        return
-    study = plan.study()
-    print_best(study, sweeper.objective)
-    unfinished = sweeper.n_trials - worker.ended(study.get_trials(deepcopy=False))
-    if unfinished > 0:
-        print(
-            f"fmsweep: {unfinished} of the {sweeper.n_trials} trials did not end; continue the search with: "
-            f"fmsweep resume {sweep_dir}",
-            file=sys.stderr,
-        )
-    report(sweep_dir, error)
+        if sweeper.detach:
+            return
+        study = plan.study()
+        print_best(study, sweeper.objective)
+        unfinished = sweeper.n_trials - worker.ended(study.get_trials(deepcopy=False))
+        if unfinished > 0:
+            print(
+                f"fmsweep: {unfinished} of the {sweeper.n_trials} trials did not end; continue the search with: "
+                f"fmsweep resume {sweep_dir}",
+                file=sys.stderr,
+            )
+        report(sweep_dir, error)
 
 
 def print_best(study: Any, objective: str) -> None:

@@ -2,19 +2,23 @@
 its array is submitted; and the ids as the sweep's lines show them. Attached: a job's end noticed within 0.2 s, and
 a Ctrl-C amid the submission naming the jobs the record has."""
 
+import contextlib
 import json
 import pickle
 import signal
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
 
 import pytest
+from conftest import wait_for
 from omegaconf import OmegaConf
 from submitit.core.core import InfoWatcher, Job
 
-from fmsweep.sweep import launch, manifest, status
+from fmsweep.sweep import cancel, launch, manifest, status
 from fmsweep.sweep.manifest import JobRecord, Manifest
 
 
@@ -186,3 +190,72 @@ def test_ctrl_c_amid_a_submission_names_the_jobs_the_record_has(
     assert exited.value.code == 128 + signal.SIGINT and fake.sizes == [2]
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("fmsweep: interrupted; the sweep's SLURM jobs 100 (array of 2) keep running"), line
+
+
+def test_a_cancel_amid_a_submission_keeps_its_marks_and_stops_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`fmsweep cancel` marks the record between two arrays of a submission: the launcher keeps the marks, with the
+    first array's ids, and submits no other array."""
+    entered = 0
+    locked = manifest.locked
+
+    @contextlib.contextmanager
+    def cancel_between(sweep_dir: Path) -> Iterator[None]:
+        nonlocal entered
+        entered += 1
+        if entered == 2:  # the cancel got the record's lock once the first array was recorded
+            cancel.record(sweep_dir)
+        with locked(sweep_dir):
+            yield
+
+    monkeypatch.setattr(launch, "locked", cancel_between, raising=False)
+    fake = FakeExecutor(tmp_path)
+    monkeypatch.setattr(launch, "executor", lambda launcher, name: fake)
+    monkeypatch.setattr(launch, "max_array_size", lambda: 3)
+    record = Manifest(
+        sweep_dir=tmp_path,
+        kind="grid",
+        launcher="slurm",
+        command=[],
+        cwd=str(tmp_path),
+        jobs=[JobRecord(num=n, name=f"{n}_seed={n}", overrides=[f"seed={n}"], epochs=1) for n in range(7)],
+    )
+    record.save()
+    units = [([n], cast(launch.Unit, object())) for n in range(7)]
+    submitted = launch.submit(SimpleNamespace(_EXECUTOR="slurm"), record, units)
+    assert fake.sizes == [3] and len(submitted) == 3
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    assert [job["launcher_job"] for job in saved["jobs"]] == ["100_0", "100_1", "100_2", None, None, None, None]
+    assert all(job["cancelled"] for job in saved["jobs"])
+    assert "cancelled while it was submitted: 4 job(s) not submitted" in capsys.readouterr().out
+
+
+def waiters(path: Path) -> int:
+    """How many processes or threads wait for the flock of `path` now (/proc/locks marks them `->`)."""
+    inode = path.stat().st_ino
+    lines = Path("/proc/locks").read_text().splitlines()
+    return sum(line.split()[1] == "->" and line.split()[6].endswith(f":{inode}") for line in lines)
+
+
+def test_fmsweep_cancel_marks_the_record_under_its_lock(tmp_path: Path) -> None:
+    """A cancel waits for the record's lock (a launcher recording ids holds it), then marks the record as it is
+    then: the ids written meanwhile stay."""
+    record = Manifest(
+        sweep_dir=tmp_path,
+        kind="grid",
+        launcher="slurm",
+        command=[],
+        cwd=str(tmp_path),
+        jobs=[JobRecord(num=n, name=f"{n}_seed={n}", overrides=[f"seed={n}"], epochs=1) for n in range(2)],
+    )
+    record.save()
+    with manifest.locked(tmp_path):
+        canceller = threading.Thread(target=cancel.record, args=(tmp_path,))
+        canceller.start()
+        wait_for("cancel waiting for the record's lock", lambda: waiters(tmp_path / manifest.LOCK) == 1, timeout=60)
+        record.jobs[0].launcher_job = "100_0"  # what a launcher records while it holds the lock
+        record.save()
+    canceller.join()
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    assert [(job["launcher_job"], job["cancelled"]) for job in saved["jobs"]] == [("100_0", True), (None, True)]

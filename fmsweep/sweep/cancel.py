@@ -78,13 +78,15 @@ def is_local_job(pid: int) -> bool:
 
 def record(sweep_dir: Path) -> tuple[int, int]:
     """Mark every job of the sweep that did not complete (or get pruned) cancelled in sweep.json; the numbers of
-    jobs cancelled and completed. Read afresh: a launcher that still submits may have rewritten it."""
+    jobs cancelled and completed. Read and written under the record's lock: a launcher that still submits records
+    its ids on the same record, and submits nothing more once it finds these marks."""
     from fmsweep.results.runs import read_metrics
 
-    sweep = manifest.require(sweep_dir)
-    for job in sweep.jobs:
-        job.cancelled = read_metrics(sweep_dir / job.name).get("status") not in ("completed", "pruned")
-    sweep.save()
+    with manifest.locked(sweep_dir):
+        sweep = manifest.require(sweep_dir)
+        for job in sweep.jobs:
+            job.cancelled = read_metrics(sweep_dir / job.name).get("status") not in ("completed", "pruned")
+        sweep.save()
     cancelled = sum(job.cancelled for job in sweep.jobs)
     return cancelled, len(sweep.jobs) - cancelled
 

@@ -23,7 +23,7 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fmsweep.sweep import packing, prelaunch
-from fmsweep.sweep.manifest import Manifest, ids_text
+from fmsweep.sweep.manifest import Manifest, ids_text, load, locked
 
 # how long a Ctrl-C'd sweep of submitit_local waits for its jobs, which got the Ctrl-C too, to save and stop:
 # submitit's controller of a job gives it 1 s after SIGINT, then kills it
@@ -135,7 +135,9 @@ def job_name(sweep_dir: Path) -> str:
 
 def submit(launcher: Any, manifest: Manifest, planned: list[tuple[list[int], Unit]]) -> list[Any]:
     """Submit the units as submitit jobs (on SLURM, arrays of at most MaxArraySize tasks) and record each one's id
-    in the manifest, saved after each submission; return the submitit jobs."""
+    in the manifest, saved after each submission; return the submitit jobs. Each submission and its record happen
+    under the record's lock, on the record as it is then: a `fmsweep cancel` that came meanwhile keeps its marks, and
+    nothing more is submitted (it cancels what was)."""
     if not planned:
         return []
     ex = executor(launcher, job_name(manifest.sweep_dir))
@@ -143,13 +145,19 @@ def submit(launcher: Any, manifest: Manifest, planned: list[tuple[list[int], Uni
     jobs: list[Any] = []
     for first in range(0, len(planned), chunk):
         part = planned[first : first + chunk]
-        submitted = ex.submit_array([unit for _, unit in part]) if len(part) > 1 else [ex.submit(part[0][1])]
-        for (nums, _), job in zip(part, submitted):
-            for num in nums:
-                record = manifest.job(num)
-                assert record is not None
-                record.launcher_job = str(job.job_id)
-        manifest.save()
+        with locked(manifest.sweep_dir):
+            record = load(manifest.sweep_dir) or manifest
+            if any(entry.cancelled for nums, _ in part for n in nums if (entry := record.job(n)) is not None):
+                left = sum(len(nums) for nums, _ in planned[first:])
+                print(f"fmsweep: the sweep was cancelled while it was submitted: {left} job(s) not submitted")
+                break
+            submitted = ex.submit_array([unit for _, unit in part]) if len(part) > 1 else [ex.submit(part[0][1])]
+            for (nums, _), job in zip(part, submitted):
+                for num in nums:
+                    for entry in (manifest.job(num), record.job(num)):
+                        assert entry is not None
+                        entry.launcher_job = str(job.job_id)
+            record.save()
         jobs += submitted
     return jobs
 
@@ -195,7 +203,8 @@ def launch(launcher: Any, manifest: Manifest, configs: dict[int, DictConfig], de
     sweep_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(launcher.config, sweep_dir / "multirun.yaml")
     planned = units(launcher, manifest, configs)
-    manifest.save()
+    with locked(sweep_dir):
+        manifest.save()
     if len(planned) < len(configs):
         print(
             f"fmsweep: {len(configs)} jobs in {len(planned)} launcher jobs "
@@ -274,7 +283,6 @@ def launch_workers(launcher: Any, manifest: Manifest, workers: list[Any], detach
     left alive); detached (SLURM), return once they and the job that writes the results are submitted. The first
     failed worker's error."""
     from fmsweep.sweep import status
-    from fmsweep.sweep.manifest import load, locked
 
     sweep_dir = manifest.sweep_dir
     OmegaConf.save(launcher.config, sweep_dir / "multirun.yaml")
@@ -326,7 +334,6 @@ def submit_finish(launcher: Any, manifest: Manifest, waits: Sequence[str] = ()) 
 
     from fmsweep.results import finish
     from fmsweep.sweep import status
-    from fmsweep.sweep.manifest import load, locked
 
     view = status.look(manifest, accounting=False)
     alive_jobs = sorted(

@@ -19,9 +19,11 @@ from typing import Any, TextIO, cast
 
 import pytest
 from conftest import needs_cluster
+from omegaconf import OmegaConf
 
+from fmsweep.errors import UserError
 from fmsweep.files import atomic_write
-from fmsweep.sweep import lock, space, status
+from fmsweep.sweep import grid, lock, space, status
 from fmsweep.sweep.manifest import JobRecord, Manifest
 from fmsweep.sweep.status import Line, Stale, Status, View
 
@@ -349,26 +351,17 @@ def test_jobs_slurm_forgot_are_asked_of_sacct(tmp_path: Path, monkeypatch: pytes
     assert len(log.read_text().splitlines()) == 2
 
 
-@pytest.mark.parametrize("without", ["failing", "missing"])
 def test_without_slurm_the_files_decide(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held: contextlib.ExitStack, without: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held: contextlib.ExitStack
 ) -> None:
+    """A sweep dir copied to a machine without SLURM's commands: what the files say is all there is."""
     manifest = sweep(tmp_path / "sweep", 4, launcher="slurm", detach=True, finish_job="30")
     for job in manifest.jobs:
         job.launcher_job = str(20 + job.num)
     manifest.save()
     set_states(manifest, "csfp", held)
-    if without == "failing":
-        fake_slurm(
-            tmp_path / "bin",
-            monkeypatch,
-            squeue_rc=1,
-            sacct_rc=1,
-            stderr="slurm_load_jobs error: Unable to contact slurm controller (connect failure)",
-        )
-    else:  # a sweep dir copied to a laptop
-        (tmp_path / "empty").mkdir()
-        monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     view = status.look(manifest)
     assert [s.text() for s in view.statuses.values()] == [
         COMPLETED,
@@ -376,7 +369,59 @@ def test_without_slurm_the_files_decide(
         "failed: ValueError: bad",
         "pending",
     ]
-    assert view.finish == "unknown (SLURM does not answer)" and view.alive == set()
+    assert view.finish == "unknown (SLURM does not answer)" and view.alive == set() and view.silent is None
+
+
+SILENT = "slurm_load_jobs error: Socket timed out on send/recv operation"
+
+
+def silent_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held: contextlib.ExitStack) -> Manifest:
+    """A detached SLURM sweep of 5 jobs (completed, stopped, failed, pending, never submitted) whose squeue and
+    sacct fail as a controller that does not answer makes them fail."""
+    manifest = sweep(tmp_path / "sweep", 5, launcher="slurm", detach=True, finish_job="30")
+    for job in manifest.jobs[:4]:
+        job.launcher_job = str(20 + job.num)
+    manifest.save()
+    set_states(manifest, "csfpp", held)
+    fake_slurm(tmp_path / "bin", monkeypatch, squeue_rc=1, sacct_rc=1, stderr=SILENT)
+    return manifest
+
+
+def test_when_squeue_fails_what_slurm_may_still_run_is_unknown_never_a_guess(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held: contextlib.ExitStack
+) -> None:
+    """The files decide what they can (completed, failed); a submitted job that they show stopped or not started
+    may be queued or running for all one knows: unknown, with squeue's answer, and a rerun skips it."""
+    manifest = silent_slurm(tmp_path, monkeypatch, held)
+    view = status.look(manifest)
+    assert [s.text() for s in view.statuses.values()] == [
+        COMPLETED,
+        f"unknown: squeue: {SILENT}",
+        "failed: ValueError: bad",
+        f"unknown: squeue: {SILENT}",
+        "pending",  # never submitted: nothing can run it
+    ]
+    assert view.silent == f"squeue: {SILENT}" and view.finish == f"unknown (squeue: {SILENT})"
+    assert status.alive(manifest) == {1, 3} and not status.over(view)
+    table = status.render(manifest, view)
+    assert "5 jobs (slurm): 1 pending, 0 running, 1 completed, 1 failed, 2 unknown;" in table
+    assert table.rstrip().endswith(
+        f"SLURM does not answer (squeue: {SILENT}): 2 jobs unknown, which SLURM may still queue or run; "
+        "resume waits for its answer"
+    )
+    assert "fmsweep resume" not in table
+
+
+def test_a_rerun_launches_nothing_while_squeue_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held: contextlib.ExitStack
+) -> None:
+    manifest = silent_slurm(tmp_path, monkeypatch, held)
+    with pytest.raises(UserError) as refused:
+        grid.to_launch(manifest, [OmegaConf.create({"hydra": {"job": {"num": job.num}}}) for job in manifest.jobs])
+    assert str(refused.value) == (
+        f"SLURM does not answer (squeue: {SILENT}): 2 job(s) of {manifest.sweep_dir} may still be queued or running "
+        "(1_lr=1, 3_lr=3); nothing was launched (try again once squeue answers)"
+    )
 
 
 def test_a_copied_sweep_dir_on_a_machine_without_slurm(tmp_path: Path, held: contextlib.ExitStack) -> None:

@@ -70,9 +70,17 @@ def names(jobs: list[JobRecord]) -> str:
 
 def to_launch(sweep: Manifest, configs: list[DictConfig]) -> dict[int, DictConfig]:
     """The configs of the jobs to launch, by number: all but the completed ones (skipped without a launcher job)
-    and those still alive from an earlier launch (left to it); a line says which were left out."""
+    and those still alive from an earlier launch (left to it); a line says which were left out. A UserError where
+    SLURM does not answer for a job that is not completed: it may still run, and nothing is launched."""
     done = [job for job in sweep.jobs if tracking.completed(sweep.sweep_dir / job.name)]
-    alive = status.alive(sweep) - {job.num for job in done}
+    view = status.look(sweep, accounting=False)
+    unknown = [job for job in sweep.jobs if view.statuses[job.num].state == "unknown"]
+    if unknown:
+        raise UserError(
+            f"SLURM does not answer ({view.silent}): {len(unknown)} job(s) of {sweep.sweep_dir} may still be queued "
+            f"or running ({names(unknown)}); nothing was launched (try again once squeue answers)"
+        )
+    alive = view.alive - {job.num for job in done}
     living = [job for job in sweep.jobs if job.num in alive]
     if done:
         print(f"fmsweep: {len(done)} of {len(sweep.jobs)} jobs completed before, skipped: {names(done)}")
@@ -100,8 +108,9 @@ def sweep(sweeper: Any, job_overrides: list[list[str]], detach: bool) -> None:
                 prelaunch.check_slurm_request(launcher.params)
             held.enter_context(manifest.launching(sweep_dir))  # checked: from here on, the one launcher of the sweep
             sweep_record = record(sweep_dir, "grid", launcher, detach, configs, job_overrides)
+            launching = to_launch(sweep_record, configs)
         except UserError as exc:
             exit_with(exc)
-        error = launch.launch(launcher, sweep_record, to_launch(sweep_record, configs), detach=detach)
+        error = launch.launch(launcher, sweep_record, launching, detach=detach)
         if not detach:
             report(sweep_dir, error)

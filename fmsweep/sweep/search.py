@@ -163,7 +163,7 @@ def run_search(sweeper: Any, arguments: list[str]) -> None:
     import sys
 
     from fmsweep.errors import exit_with
-    from fmsweep.sweep import launch, manifest, prelaunch, space, storage, worker
+    from fmsweep.sweep import launch, manifest, prelaunch, space, status, storage, worker
     from fmsweep.sweep.summary import report
 
     loader, launcher = sweeper.hydra_context.config_loader, sweeper.launcher
@@ -194,6 +194,13 @@ def run_search(sweeper: Any, arguments: list[str]) -> None:
                     f"{sweep_dir} holds a {record.kind} sweep, not a search: choose another hydra.sweep.dir; "
                     f"nothing was launched"
                 )
+            if record is not None and record.launcher == "slurm" and (record.workers or record.jobs):
+                silent = status.look(record, accounting=False).silent
+                if silent:
+                    raise UserError(
+                        f"SLURM does not answer ({silent}): the workers and trials of {sweep_dir} may still be "
+                        f"queued or running; nothing was launched (try again once squeue answers)"
+                    )
             excluded = OmegaConf.select(sweeper.config, "hydra.job.config.override_dirname.exclude_keys")
             machine_keys = list(excluded or [])
             # the trials prune themselves, from inside their jobs (trial.Trial), with the pruner recorded here

@@ -28,9 +28,9 @@ from fmsweep.results.runs import METRICS, is_number, read_history, read_metrics,
 from fmsweep.sweep import lock
 from fmsweep.sweep.manifest import JobRecord, Manifest, load, require
 
-STATES = ("pending", "running", "completed", "pruned", "failed", "cancelled", "stopped")
+STATES = ("pending", "running", "completed", "pruned", "failed", "cancelled", "stopped", "unknown")
 FINAL = ("completed", "pruned", "failed", "cancelled", "stopped")  # nothing of the job runs any more
-SHOWN_FIRST = ("running", "failed", "stopped", "cancelled", "pending", "completed", "pruned")  # the block's order
+SHOWN_FIRST = ("running", "unknown", "failed", "stopped", "cancelled", "pending", "completed", "pruned")  # block order
 ALWAYS_COUNTED = ("pending", "running", "completed", "failed")  # the counts name the others only when there are any
 ERROR_CHARS = 120  # of an error or a cancel's reason: `cancelled by SIGTERM (scancel) in epoch 3 of 10; ...`
 SLURM_TIMEOUT_S = 10
@@ -100,6 +100,7 @@ class View:
     finish: str | None = None
     finish_alive: bool = False
     workers_alive: int = 0
+    silent: str | None = None  # why SLURM's view is missing (squeue failed), None when it answered or is absent
 
 
 class Stale(Collection[int]):
@@ -138,20 +139,32 @@ def _mark(sweep_dir: Path, job: JobRecord) -> tuple[int | str | None, ...]:
     return _mtime(run_dir / lock.LOCK), _mtime(run_dir / METRICS), job.launcher_job
 
 
+class Silent(Exception):
+    """A SLURM command that exists did not answer (it failed, or timed out): what it said, in one line."""
+
+
 def _slurm(args: list[str]) -> str | None:
-    """The output of a SLURM command; None when it fails or does not exist. An unknown job id is an answer: squeue
-    fails on a list of only those, once SLURM forgot them."""
+    """The output of a SLURM command; None where it does not exist (no SLURM here: the files alone decide); Silent
+    when it fails or times out. An unknown job id is an answer: squeue fails on a list of only those, once SLURM
+    forgot them."""
     try:
         return subprocess.run(args, capture_output=True, text=True, timeout=SLURM_TIMEOUT_S, check=True).stdout
     except subprocess.CalledProcessError as exc:
-        return "" if "Invalid job id" in (exc.stderr or "") else None
-    except (OSError, subprocess.SubprocessError):
+        if "Invalid job id" in (exc.stderr or ""):
+            return ""
+        said = (exc.stderr or "").strip().splitlines()
+        raise Silent(f"{args[0]}: {said[-1] if said else f'exit code {exc.returncode}'}") from None
+    except subprocess.TimeoutExpired:
+        raise Silent(f"{args[0]}: no answer in {SLURM_TIMEOUT_S} s") from None
+    except FileNotFoundError:
         return None
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise Silent(f"{args[0]}: {exc}") from None
 
 
 def squeue(job_ids: list[str]) -> dict[str, SlurmJob] | None:
-    """SLURM's state and reason of each job it still lists, by job id; None when squeue does not answer. `-r` gives
-    each array task its own line: without it, pending tasks share one (`12_[0-5%64]`)."""
+    """SLURM's state and reason of each job it still lists, by job id; None without squeue, Silent when it does not
+    answer. `-r` gives each array task its own line: without it, pending tasks share one (`12_[0-5%64]`)."""
     out = _slurm(["squeue", "-h", "-r", "-o", "%i|%T|%r", "-j", ",".join(job_ids)])
     if out is None:
         return None
@@ -162,7 +175,10 @@ def squeue(job_ids: list[str]) -> dict[str, SlurmJob] | None:
 
 def sacct(job_ids: list[str]) -> dict[str, SlurmJob] | None:
     """SLURM's accounting of each job: its state (`CANCELLED by 0` as reason) and exit code; None without answer."""
-    out = _slurm(["sacct", "-n", "-P", "-X", "-o", "JobID,State,ExitCode,Reason", "-j", ",".join(job_ids)])
+    try:
+        out = _slurm(["sacct", "-n", "-P", "-X", "-o", "JobID,State,ExitCode,Reason", "-j", ",".join(job_ids)])
+    except Silent:  # squeue answered: the jobs it does not list ended, how is what accounting would add
+        return None
     if out is None:
         return None
     fields = (line.split("|") for line in out.splitlines())
@@ -171,7 +187,7 @@ def sacct(job_ids: list[str]) -> dict[str, SlurmJob] | None:
 
 def slurm_view(job_ids: list[str], accounting: bool = True) -> dict[str, SlurmJob]:
     """SLURM's view of `job_ids`: squeue's, and for the jobs it no longer lists (or lists as ended), sacct's; {}
-    for what neither answers."""
+    for what neither answers; Silent when squeue fails."""
     if not job_ids:
         return {}
     view = squeue(job_ids) or {}
@@ -352,9 +368,13 @@ def look(manifest: Manifest, stale: Collection[int] = (), accounting: bool = Tru
     """One look at the sweep: one squeue call (and one sacct call, with `accounting`) under SLURM, a pid test per
     launcher job under submitit_local, the held locks, then each job's dir."""
     slurm: dict[str, SlurmJob] = {}
+    silent = None
     ids = manifest.launcher_jobs()
     if manifest.launcher == "slurm":
-        slurm = slurm_view([*ids, *([manifest.finish_job] if manifest.finish_job else [])], accounting)
+        try:
+            slurm = slurm_view([*ids, *([manifest.finish_job] if manifest.finish_job else [])], accounting)
+        except Silent as exc:
+            silent = str(exc)
     pids = {i: _pid_alive(i) for i in ids} if manifest.launcher == "submitit_local" else {}
     locks = Locks()
     marks = stale if isinstance(stale, Stale) else Stale(manifest, stale)
@@ -372,13 +392,16 @@ def look(manifest: Manifest, stale: Collection[int] = (), accounting: bool = Tru
         statuses[job.num] = job_status(
             manifest.sweep_dir, job, queued, process, marks if job.num in marks else None, chosen_on
         )
+        if silent and job.launcher_job and statuses[job.num].state in ("pending", "stopped"):
+            statuses[job.num] = Status("unknown", silent)  # SLURM may queue or run it: no guess
     workers = sum(bool(pids.get(w)) or (w in slurm and slurm[w].state not in SLURM_ENDED) for w in manifest.workers)
     if not manifest.finish_job:
-        return View(statuses, alive, workers_alive=workers)
+        return View(statuses, alive, workers_alive=workers, silent=silent)
     finish = slurm.get(manifest.finish_job)
     if finish is None:
-        return View(statuses, alive, "unknown (SLURM does not answer)", workers_alive=workers)
-    return View(statuses, alive, finish.text(), finish.state not in SLURM_ENDED, workers)
+        why = f"unknown ({silent})" if silent else "unknown (SLURM does not answer)"
+        return View(statuses, alive, why, workers_alive=workers, silent=silent)
+    return View(statuses, alive, finish.text(), finish.state not in SLURM_ENDED, workers, silent)
 
 
 def read(manifest: Manifest, stale: Collection[int] = ()) -> dict[int, Status]:
@@ -392,9 +415,11 @@ def read(manifest: Manifest, stale: Collection[int] = ()) -> dict[int, Status]:
 
 
 def alive(manifest: Manifest) -> set[int]:
-    """The jobs that something still queues or runs: their launcher job is pending or running (squeue, or the
-    pid under submitit_local), or a process holds their run dir's lock. A rerun must skip them."""
-    return look(manifest, accounting=False).alive
+    """The jobs that something still queues or runs, or may: their launcher job is pending or running (squeue, or
+    the pid under submitit_local), a process holds their run dir's lock, or SLURM did not answer for them (unknown).
+    A rerun must skip them."""
+    view = look(manifest, accounting=False)
+    return view.alive | {num for num, status in view.statuses.items() if status.state == "unknown"}
 
 
 def counts(states: Iterable[str]) -> str:
@@ -559,7 +584,13 @@ def table(manifest: Manifest, view: View) -> tuple[list[str], list[Line], list[s
         tail.append(f"finish job {manifest.finish_job} (writes the results): {view.finish}")
     # a search's trials not asked yet are unfinished too once no worker is left to ask them
     unfinished = sum(job.status.state in ("stopped", "cancelled", "failed") for job in jobs) + manifest.not_asked()
-    if unfinished and not view.alive and not view.workers_alive:
+    unknown = sum(job.status.state == "unknown" for job in jobs)
+    if view.silent:
+        tail.append(
+            f"SLURM does not answer ({view.silent}): {unknown} {noun}{'s' * (unknown != 1)} unknown, which SLURM "
+            "may still queue or run; resume waits for its answer"
+        )
+    elif unfinished and not view.alive and not view.workers_alive:
         tail.append(
             f"resume the {unfinished} unfinished {noun}{'s' * (unfinished != 1)} with: "
             f"fmsweep resume {manifest.sweep_dir}"

@@ -4,6 +4,7 @@ continued, a bad search space refused before any trial, and the other launchers.
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -174,6 +175,37 @@ def test_the_pruner_stops_hopeless_trials_which_keep_their_checkpoints(data_root
     assert best_setting.startswith("best setting on validation: ") and "mean valid acc" in best_setting
     assert f"optimizer.lr={space.readable(best.params['optimizer.lr'])}" in best_setting
     assert f"fmsweep: {best_setting}\nfmsweep: report: {tmp_path / 'report.md'}" in proc.stdout
+
+
+def test_a_trial_that_fails_its_check_on_a_worker_is_recorded_failed_with_the_reason(
+    data_root: Path, tmp_path: Path, held: Gate
+) -> None:
+    """The data set is gone from the worker's node when it asks its second trial: the study is told FAIL, and the
+    record and status say which trial failed and why, instead of counting it pending for ever."""
+    data, sweep_dir = tmp_path / "data", tmp_path / "sweep"
+    shutil.copytree(data_root, data)
+    args = [*SPACE, "epochs=1", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1"]
+    held.hold(1)  # trial 0 waits after its epoch while the data set goes away
+    proc = subprocess.Popen(
+        [*command(data, sweep_dir, *args)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    held.wait_held(1, alive=lambda: proc.poll() is None)
+    data.rename(tmp_path / "gone")
+    held.release()
+    out = proc.communicate(timeout=600)[0]
+    assert "fmsweep: trial 1 failed its check: " in out, out
+    assert [t.state for t in study(sweep_dir).trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    record = manifest.require(sweep_dir)
+    assert [job.name for job in record.jobs][1] == "1_check_failed" and record.not_asked() == 0
+    shown = status.read(record)[1]
+    assert shown.state == "failed" and shown.detail.startswith(f"failed its check on worker {proc.pid}: "), shown
+    watched = subprocess.run(
+        [sys.executable, "-m", "fmsweep.cli", "status", str(sweep_dir), "--watch", "--interval", "0.1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert watched.returncode == 1 and "2 trials (basic): 0 pending, 0 running, 1 completed, 1 failed" in watched.stdout
 
 
 def test_a_killed_search_continues_in_its_sweep_dir(data_root: Path, tmp_path: Path, held: Gate) -> None:

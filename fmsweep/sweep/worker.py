@@ -149,6 +149,7 @@ class Worker:
             except UserError as exc:
                 print(f"fmsweep: trial {num} failed its check: {exc}", flush=True)
                 study.tell(num, state=TrialState.FAIL, skip_if_finished=True)
+                self.record_failed_check(record, job, num, overrides, worker_id, str(exc))
                 continue
             if job is None:
                 record.jobs.append(
@@ -160,6 +161,26 @@ class Worker:
                     )
                 )
         return configs
+
+    def record_failed_check(
+        self,
+        record: manifest.Manifest,
+        job: manifest.JobRecord | None,
+        num: int,
+        overrides: list[str],
+        worker_id: str,
+        error: str,
+    ) -> None:
+        """Record trial `num`, whose config failed its check on this worker (data missing on its node, ...), as a
+        failed job with the reason, so that status shows it failed rather than pending for ever. A trial new to the
+        record gets a job dir of its own, `<num>_check_failed`: without a config it has no overrides' name."""
+        if job is None:
+            job = manifest.JobRecord(num=num, name=f"{num}_check_failed", overrides=overrides, epochs=0)
+            record.jobs.append(job)
+        job.launcher_job = worker_id
+        run_dir = self.plan.sweep_dir / job.name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tracking.record_end(run_dir, "failed", f"failed its check on worker {worker_id}: {error}")
 
     def compose(self, num: int, overrides: list[str], composer: prelaunch.SweepComposer) -> DictConfig:
         """Trial `num`'s config, checked as every job of a sweep is; its job dir named with readable values."""

@@ -2,7 +2,8 @@
 known point instead of sizing it in epochs and hoping it is still there.
 
 Only the environment turns it on (no config key reaches it): with FMSWEEP_TEST_GATE=DIR, a run that has committed
-epoch E (last.pt, best_model.pt, history.csv, TensorBoard) and finds in DIR/hold a number H <= E writes
+epoch E (last.pt, best_model.pt, history.csv, TensorBoard; E = 0 is its start, before its stop handlers and its
+run dir's lock) and finds in DIR/hold a number H <= E writes
 DIR/<run dir name>@<E> and waits until DIR/hold is gone or holds a number above E, or that file of its own is
 gone (the test let that one run go), or a stop signal arrives (the loop then stops as it would mid-epoch).
 Without the variable the check is one dictionary lookup per epoch.

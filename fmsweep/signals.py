@@ -3,7 +3,11 @@ so that it can save a fresh last.pt before it stops or before a cluster launcher
 
 Inside a submitit job, submitit installed its handlers before ours: SIGUSR2 checkpoints and requeues the job (its
 `scontrol requeue` then sends the job a SIGTERM), SIGTERM only logs ("bypass"). A SIGTERM without an earlier SIGUSR2
-is thus a plain cancel (`scancel`): the run stops rather than train on until SLURM's KillWait kills it."""
+is thus a plain cancel (`scancel`): the run stops rather than train on until SLURM's KillWait kills it.
+
+A launcher job listens from its first instruction (`listen`, once submitit installed its handlers): a signal before
+the run's StopRequest exists (its imports, Hydra's set-up, loading the data) waits in `pending`, and the StopRequest
+acts on it at once, instead of submitit's bypass swallowing it."""
 
 from __future__ import annotations
 
@@ -15,6 +19,25 @@ from typing import Any
 from fmsweep.errors import Interrupted
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
+pending: list[int] = []  # stop signals that came while no StopRequest was there, in order
+outer: dict[int, Any] = {}  # the handlers `listen` found (submitit's), which a StopRequest hands signals over to
+
+
+def listen() -> None:
+    """From now on, keep the stop signals that come while no StopRequest is there in `pending`: call as a launcher
+    job's first instruction."""
+    if not outer:
+        for sig in SIGNALS:
+            outer[sig] = signal.signal(sig, _keep)
+
+
+def _keep(signum: int, frame: FrameType | None) -> None:
+    pending.append(signum)
+
+
+def cancel_pending() -> bool:
+    """Whether a SIGTERM or SIGINT without a SIGUSR2 before it came while no StopRequest was there: a cancel."""
+    return bool({signal.SIGTERM, signal.SIGINT} & set(pending)) and signal.SIGUSR2 not in pending
 
 
 class StopRequest:
@@ -29,12 +52,16 @@ class StopRequest:
 
     def __enter__(self) -> StopRequest:
         for sig in SIGNALS:
-            self.previous[sig] = signal.signal(sig, self._record)
+            previous = signal.signal(sig, self._record)
+            self.previous[sig] = outer[sig] if previous is _keep else previous
+        for signum in pending:  # those that came before: acted on at the run's first check
+            self._record(signum, None)
+        pending.clear()
         return self
 
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
         for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, _keep if outer else handler)
 
     def _record(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGUSR2:

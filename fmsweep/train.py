@@ -26,7 +26,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from fmsweep import checkpoint, gate, tracking
+from fmsweep import checkpoint, gate, signals, tracking
 from fmsweep.augment import FlipAffine
 from fmsweep.config import device_name, resolve_device, validate
 from fmsweep.data import Raw, Splits, load_fashion_mnist, prepare, raw_folder
@@ -528,6 +528,7 @@ def run_pack(cfgs: list[DictConfig], run_dirs: list[Path]) -> list[float | None]
     Interrupted, see fmsweep.signals), each with its last.pt saved where it got (or none, before its first batch)."""
     for cfg in cfgs:
         validate(cfg)
+    gate.wait(run_dirs, 0, lambda: bool(signals.pending))  # tests only: a run held at its start
     # the stop handlers first: a signal while the lock is taken or the data loads is not lost
     with StopRequest() as stop, lock.hold(run_dirs):  # one writer per run dir: a second process for one stops here
         return train_pack(cfgs, run_dirs, stop)

@@ -3,6 +3,7 @@ recorded `cancelled` (in a sweep), never `completed`; a SIGTERM after a SIGUSR2 
 submitit. SIGINT stays a stop that is not recorded."""
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -310,3 +311,36 @@ def test_scancel_stops_a_slurm_job_at_once_and_records_it_cancelled(
     assert proc.returncode == 1, err[-3000:]
     assert f"{job.name}: cancelled: cancelled by SIGTERM" in err
     print(f"\nscancelled job left squeue {gone_s:.1f} s after the scancel")
+
+
+@pytest.mark.slow
+def test_a_sigterm_at_a_jobs_start_is_a_cancel_not_swallowed_by_submitit(
+    data_root: Path, tmp_path: Path, held: Gate
+) -> None:
+    """A submitit job gets SIGTERM at its start, before its run's stop handlers exist (submitit's own bypass one
+    is there): it stops there, recorded cancelled, and trains nothing."""
+    command = [
+        sys.executable,
+        "-m",
+        "fmsweep",
+        "-m",
+        "hydra/launcher=submitit_local",
+        *fast_overrides(data_root),
+        "model=fc",
+        "epochs=2",
+        f"hydra.sweep.dir={tmp_path}",
+    ]
+    held.hold(0)  # the job waits at its start
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        [name] = held.wait_held(0, alive=lambda: proc.poll() is None)
+        job = json.loads((tmp_path / "sweep.json").read_text())["jobs"][0]
+        os.kill(int(job["launcher_job"]), signal.SIGTERM)  # the job's process, as scancel signals it
+        wait_for("the job recorded cancelled", lambda: tracking.read_metrics(tmp_path / name) is not None, timeout=120)
+        held.release()
+        proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert metrics(tmp_path / name)["status"] == "cancelled"
+    assert metrics(tmp_path / name)["error"].startswith("cancelled by SIGTERM before its first epoch")
+    assert not checkpoint.saved_epoch(tmp_path / name / checkpoint.LAST)  # no epoch trained

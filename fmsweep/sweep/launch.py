@@ -22,6 +22,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup_globals
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from fmsweep import signals
 from fmsweep.sweep import packing, prelaunch
 from fmsweep.sweep.manifest import Manifest, ids_text, load, locked
 
@@ -49,6 +50,7 @@ class Unit:
     def __call__(self, job_id: str | None = None) -> JobReturn:
         """Run the job; `job_id` is the launcher's id of it (submitit's, read in the job when None)."""
         if job_id is None:
+            signals.listen()  # first: submitit's SIGTERM handler would swallow a cancel until the run's StopRequest
             import submitit
 
             Singleton.set_state(self.singleton_state)

@@ -22,7 +22,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobStatus, configure_log, setup_globals
 from omegaconf import DictConfig
 
-from fmsweep import tracking
+from fmsweep import signals, tracking
 from fmsweep.errors import UserError
 from fmsweep.sweep import launch, manifest, prelaunch, space, status, storage
 from fmsweep.sweep.lock import RunDirBusy
@@ -86,6 +86,7 @@ class Worker:
     def __call__(self, worker_id: str | None = None) -> int:
         """Train trials until the search has none left for this worker; return how many it trained."""
         if worker_id is None:  # in a submitit job
+            signals.listen()  # first: submitit's SIGTERM handler would swallow a cancel until a trial's StopRequest
             import submitit
 
             Singleton.set_state(self.singleton_state)
@@ -96,6 +97,8 @@ class Worker:
         composer = prelaunch.SweepComposer(self.launcher.hydra_context.config_loader, self.launcher.config)
         trained, busy = 0, set[int]()
         while True:
+            if signals.cancel_pending():  # cancelled between two trials: take no other one
+                return trained
             with manifest.locked(self.plan.sweep_dir):
                 record = manifest.require(self.plan.sweep_dir)
                 taken = self.take(study, record, worker_id, composer, busy)

@@ -138,11 +138,11 @@ def missing(shown: str, printed: str) -> list[str]:
     ]
 
 
-def sandbox(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    """A folder to run a page in and its environment: a home holding the tiny data set as ~/Datasets, the venv's
-    commands first on the PATH."""
+def sandbox(tmp_path: Path, test_images: int) -> tuple[Path, dict[str, str]]:
+    """A folder to run a page in and its environment: a home holding the tiny data set (with `test_images` test
+    images) as ~/Datasets, the venv's commands first on the PATH."""
     home = tmp_path / "home"
-    make_fashion_root(home / "Datasets", n_test=1000)  # an ensemble needs 1,000 test images
+    make_fashion_root(home / "Datasets", n_test=test_images)
     work = tmp_path / "work"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
@@ -175,7 +175,8 @@ def shown_by_console(block: Block) -> str:
 
 def check_page(page: Path, tmp_path: Path) -> int:
     """Run `page`'s blocks in order, each shown output checked against the block before it; the blocks run."""
-    work, env = sandbox(tmp_path)
+    # an ensemble needs 1,000 test images (fmsweep.results.ensemble.MIN_IMAGES); every run evaluates them all
+    work, env = sandbox(tmp_path, 1000 if any("ensemble" in block.text for block in blocks(page)) else 200)
     printed, ran = None, 0
     for block in blocks(page):
         if block.mark and block.mark[0] == "not run":

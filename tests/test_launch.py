@@ -43,6 +43,20 @@ class FakeExecutor:
         return SimpleNamespace(job_id=str(100 + len(self.sizes) - 1))
 
 
+def slurm_sweep(sweep_dir: Path, jobs: int) -> Manifest:
+    """A SLURM sweep of `jobs` jobs `<n>_seed=<n>`, recorded in `sweep_dir`, none submitted."""
+    record = Manifest(
+        sweep_dir=sweep_dir,
+        kind="grid",
+        launcher="slurm",
+        command=[],
+        cwd=str(sweep_dir),
+        jobs=[JobRecord(num=n, name=f"{n}_seed={n}", overrides=[f"seed={n}"], epochs=1) for n in range(jobs)],
+    )
+    record.save()
+    return record
+
+
 @pytest.mark.parametrize(("jobs", "sizes"), [(7, [3, 3, 1]), (6, [3, 3]), (1, [1])])
 def test_slurm_jobs_go_in_arrays_of_at_most_max_array_size_and_each_id_is_recorded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jobs: int, sizes: list[int]
@@ -50,15 +64,7 @@ def test_slurm_jobs_go_in_arrays_of_at_most_max_array_size_and_each_id_is_record
     fake = FakeExecutor(tmp_path)
     monkeypatch.setattr(launch, "executor", lambda launcher, name: fake)
     monkeypatch.setattr(launch, "max_array_size", lambda: 3)
-    manifest = Manifest(
-        sweep_dir=tmp_path,
-        kind="grid",
-        launcher="slurm",
-        command=[],
-        cwd=str(tmp_path),
-        jobs=[JobRecord(num=n, name=f"{n}_seed={n}", overrides=[f"seed={n}"], epochs=1) for n in range(jobs)],
-    )
-    manifest.save()
+    manifest = slurm_sweep(tmp_path, jobs)
     submitted = launch.submit(
         SimpleNamespace(_EXECUTOR="slurm"), manifest, [([n], cast(launch.Unit, object())) for n in range(jobs)]
     )
@@ -213,15 +219,7 @@ def test_a_cancel_amid_a_submission_keeps_its_marks_and_stops_the_rest(
     fake = FakeExecutor(tmp_path)
     monkeypatch.setattr(launch, "executor", lambda launcher, name: fake)
     monkeypatch.setattr(launch, "max_array_size", lambda: 3)
-    record = Manifest(
-        sweep_dir=tmp_path,
-        kind="grid",
-        launcher="slurm",
-        command=[],
-        cwd=str(tmp_path),
-        jobs=[JobRecord(num=n, name=f"{n}_seed={n}", overrides=[f"seed={n}"], epochs=1) for n in range(7)],
-    )
-    record.save()
+    record = slurm_sweep(tmp_path, 7)
     units = [([n], cast(launch.Unit, object())) for n in range(7)]
     submitted = launch.submit(SimpleNamespace(_EXECUTOR="slurm"), record, units)
     assert fake.sizes == [3] and len(submitted) == 3
@@ -241,15 +239,7 @@ def waiters(path: Path) -> int:
 def test_fmsweep_cancel_marks_the_record_under_its_lock(tmp_path: Path) -> None:
     """A cancel waits for the record's lock (a launcher recording ids holds it), then marks the record as it is
     then: the ids written meanwhile stay."""
-    record = Manifest(
-        sweep_dir=tmp_path,
-        kind="grid",
-        launcher="slurm",
-        command=[],
-        cwd=str(tmp_path),
-        jobs=[JobRecord(num=n, name=f"{n}_seed={n}", overrides=[f"seed={n}"], epochs=1) for n in range(2)],
-    )
-    record.save()
+    record = slurm_sweep(tmp_path, 2)
     with manifest.locked(tmp_path):
         canceller = threading.Thread(target=cancel.record, args=(tmp_path,))
         canceller.start()

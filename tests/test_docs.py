@@ -163,9 +163,8 @@ def run(block: Block, work: Path, env: dict[str, str]) -> str:
     for script in scripts:
         proc = subprocess.run(script, cwd=work, env=env, capture_output=True, text=True, timeout=BLOCK_TIMEOUT_S)
         printed.append(proc.stdout + proc.stderr)
-        assert block.lang == "console" or proc.returncode == 0, (
-            f"{block.where()}: exit code {proc.returncode}:\n{script[-1]}\n{printed[-1][-3000:]}"
-        )
+        if block.lang != "console" and proc.returncode != 0:
+            pytest.fail(f"{block.where()}: exit code {proc.returncode}:\n{script[-1]}\n{printed[-1][-3000:]}", False)
     return "".join(printed)
 
 
@@ -192,11 +191,9 @@ def check_page(page: Path, tmp_path: Path) -> int:
         else:
             continue
         lost = missing(shown, printed or "")
-        assert not lost, (
-            f"{block.where()}: shown but not printed:\n"
-            + "\n".join(lost)
-            + f"\n--- printed:\n{(printed or '')[-3000:]}"
-        )
+        if lost:
+            lines, tail = "\n".join(lost), (printed or "")[-3000:]
+            pytest.fail(f"{block.where()}: shown but not printed:\n{lines}\n--- printed:\n{tail}", False)
     return ran
 
 
@@ -279,10 +276,10 @@ def test_a_broken_command_fails_its_page_and_says_where(tmp_path: Path) -> None:
     )
     assert check_page(page, tmp_path / "ok") == 2
     page.write_text(page.read_text().replace("model=fcc\nfmsweep: error: model=fcc", "model=fcc\nfmsweep: error: x"))
-    with pytest.raises(AssertionError, match=r"guide\.md:5: shown but not printed"):
+    with pytest.raises(pytest.fail.Exception, match=r"guide\.md:5: shown but not printed"):
         check_page(page, tmp_path / "wrong output")
     page.write_text("```bash\nfmsweep modle=fc\n```\n")
-    with pytest.raises(AssertionError, match=r"guide\.md:1: exit code 2"):
+    with pytest.raises(pytest.fail.Exception, match=r"guide\.md:1: exit code 2"):
         check_page(page, tmp_path / "failing")
 
 

@@ -44,9 +44,16 @@ def holder() -> str:
     )
 
 
-def busy(run_dir: Path, fd: int) -> RunDirBusy:
-    held_by = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
-    return RunDirBusy(f"{run_dir} is being trained by {held_by}; nothing was changed (wait for it to end, or stop it)")
+class Held(Exception):
+    """Another process holds the lock of a file: who, as its lock file names it."""
+
+
+def held_by(fd: int) -> str:
+    return os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+
+
+def busy(run_dir: Path, by: str) -> RunDirBusy:
+    return RunDirBusy(f"{run_dir} is being trained by {by}; nothing was changed (wait for it to end, or stop it)")
 
 
 def say_no_flock(folder: Path, code: int) -> None:
@@ -75,22 +82,33 @@ def flock(fd: int, operation: int, path: Path) -> bool:
     return True
 
 
+def take(path: Path) -> int:
+    """Open the lock file `path` (its folder made if need be) and hold its flock, naming this process in it; the open
+    file, whose closing drops the lock. Held, naming the holder, where another process holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, path):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, holder().encode(), 0)
+    except BlockingIOError:
+        by = held_by(fd)
+        os.close(fd)
+        raise Held(by) from None
+    return fd
+
+
 @contextlib.contextmanager
 def hold(run_dirs: list[Path]) -> Iterator[None]:
     """Hold the lock of every run dir in `run_dirs` (created if need be) while the block runs; RunDirBusy, before
     anything is written, if another process holds one."""
     with contextlib.ExitStack() as stack:
         for run_dir in run_dirs:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-            stack.callback(os.close, fd)  # closing the file drops its lock
             try:
-                if not flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, run_dir / LOCK):
-                    continue
-            except BlockingIOError:
-                raise busy(run_dir, fd) from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, holder().encode(), 0)
+                fd = take(run_dir / LOCK)
+            except Held as exc:
+                raise busy(run_dir, str(exc)) from None
+            stack.callback(os.close, fd)  # closing the file drops its lock
         yield
 
 
@@ -103,6 +121,6 @@ def check_free(run_dir: Path) -> None:
     try:
         flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, run_dir / LOCK)
     except BlockingIOError:
-        raise busy(run_dir, fd) from None
+        raise busy(run_dir, held_by(fd)) from None
     finally:
         os.close(fd)

@@ -104,21 +104,14 @@ def launching(sweep_dir: Path) -> Iterator[None]:
     """Be the one command that launches the sweep in `sweep_dir` while the block runs (the lock file names it); a
     UserError naming the command that is, before anything is read or written, if another one is. The kernel drops
     the lock with its process, so a killed launch never blocks the next."""
-    path = Path(sweep_dir) / LAUNCH_LOCK
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            held = lock.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, path)
-        except BlockingIOError:
-            by = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
-            raise UserError(
-                f"{sweep_dir} is being launched by {by}; nothing was launched (wait for that command to end, or stop "
-                f"it; fmsweep status {sweep_dir} shows the sweep)"
-            ) from None
-        if held:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, lock.holder().encode(), 0)
+        fd = lock.take(Path(sweep_dir) / LAUNCH_LOCK)
+    except lock.Held as exc:
+        raise UserError(
+            f"{sweep_dir} is being launched by {exc}; nothing was launched (wait for that command to end, or stop "
+            f"it; fmsweep status {sweep_dir} shows the sweep)"
+        ) from None
+    try:
         yield
     finally:
         os.close(fd)

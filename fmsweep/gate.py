@@ -12,6 +12,7 @@ Without the variable the check is one dictionary lookup per epoch.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,3 +39,19 @@ def wait(run_dirs: list[Path], epoch: int, stopped: Callable[[], bool]) -> None:
         marker.touch()
     while held_at(Path(folder), epoch) and all(marker.exists() for marker in markers) and not stopped():
         time.sleep(POLL_S)
+
+
+CRASH_ENV = "FMSWEEP_TEST_CRASH"
+passes: dict[str, int] = {}
+
+
+def crash_at(point: str) -> None:
+    """With FMSWEEP_TEST_CRASH=<point>:<n>, SIGKILL this process the n-th time it passes `point` (a test's launcher
+    killed amid its submission: `before-sbatch`, the submission recorded but not run; `after-sbatch`, answered but
+    its ids not recorded). Without the variable, one dictionary lookup."""
+    wanted = os.environ.get(CRASH_ENV)
+    if not wanted or wanted.rpartition(":")[0] != point:
+        return
+    passes[point] = passes.get(point, 0) + 1
+    if passes[point] == int(wanted.rpartition(":")[2]):
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -27,26 +27,17 @@ def record(sweep_dir: Path) -> dict:
 
 
 def sacct_jobs(sweep_dir: Path) -> list[tuple[str, str]]:
-    """(job id, state) of every SLURM job named after the sweep (its dir name is unique), array tasks one by one,
-    from accounting."""
+    """(job id, state) of every SLURM job of the sweep, array tasks one by one, from accounting: each submission's
+    name carries the sweep's id (`fmsweep:<sweep dir's name>:<sweep id>.<n>`)."""
     out = subprocess.run(
-        [
-            "sacct",
-            "-n",
-            "-P",
-            "-X",
-            "-o",
-            "JobID,JobName,State",
-            "--name",
-            f"fmsweep:{sweep_dir.name}",
-            "-S",
-            "now-1hour",
-        ],
+        ["sacct", "-n", "-P", "-X", "-o", "JobID,JobName,State", "-S", "now-1hour"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    return [(f[0], f[2]) for f in (line.split("|") for line in out.splitlines()) if len(f) == 3]
+    mark = f":{record(sweep_dir)['sweep_id']}."
+    fields = (line.split("|") for line in out.splitlines())
+    return [(f[0], f[2]) for f in fields if len(f) == 3 and mark in f[1]]
 
 
 def jobs_of(sweep_dir: Path) -> list[Path]:

@@ -21,24 +21,41 @@ from submitit.core.core import InfoWatcher, Job
 from fmsweep.sweep import cancel, launch, manifest, status
 from fmsweep.sweep.manifest import JobRecord, Manifest
 
+# a SLURM launcher as launch.submit reads it: its executor kind, settings and Hydra's job name
+SLURM_LAUNCHER = SimpleNamespace(
+    _EXECUTOR="slurm", params={}, config=OmegaConf.create({"hydra": {"job": {"name": "fmsweep"}}})
+)
+
 
 class FakeExecutor:
-    """Records the size of each submission and numbers arrays as SLURM does: `<array id>_<task>`."""
+    """Records the size of each submission and numbers arrays as SLURM does: `<array id>_<task>`; and what the
+    record held as each was submitted."""
 
     def __init__(self, sweep_dir: Path) -> None:
         self.sizes: list[int] = []
         self.sweep_dir = sweep_dir
         self.recorded_before: list[int] = []
+        self.names: list[str] = []
+        self.intents: list[tuple[list[dict], list[str | None]]] = []
 
-    def submit_array(self, units: list) -> list:
-        array_id = 100 + len(self.sizes)
-        self.sizes.append(len(units))
-        # what the record held when this array was submitted: the arrays before it, all with their ids
+    def update_parameters(self, name: str) -> None:
+        self.names.append(name)
+
+    def look(self) -> None:
+        # what the record held when this array was submitted: the arrays before it, all with their ids, and this
+        # submission, without its id, named on its jobs
         saved = json.loads((self.sweep_dir / "sweep.json").read_text())
         self.recorded_before.append(sum(job["launcher_job"] is not None for job in saved["jobs"]))
+        self.intents.append((saved["submissions"], [job["submission"] for job in saved["jobs"]]))
+
+    def submit_array(self, units: list) -> list:
+        self.look()
+        array_id = 100 + len(self.sizes)
+        self.sizes.append(len(units))
         return [SimpleNamespace(job_id=f"{array_id}_{i}") for i in range(len(units))]
 
     def submit(self, unit: object) -> SimpleNamespace:
+        self.look()
         self.sizes.append(1)
         return SimpleNamespace(job_id=str(100 + len(self.sizes) - 1))
 
@@ -65,13 +82,20 @@ def test_slurm_jobs_go_in_arrays_of_at_most_max_array_size_and_each_id_is_record
     monkeypatch.setattr(launch, "executor", lambda launcher, name: fake)
     monkeypatch.setattr(launch, "max_array_size", lambda: 3)
     manifest = slurm_sweep(tmp_path, jobs)
-    submitted = launch.submit(
-        SimpleNamespace(_EXECUTOR="slurm"), manifest, [([n], cast(launch.Unit, object())) for n in range(jobs)]
-    )
+    submitted = launch.submit(SLURM_LAUNCHER, manifest, [([n], cast(launch.Unit, object())) for n in range(jobs)])
     assert fake.sizes == sizes
     assert len(submitted) == jobs
     saved = json.loads((tmp_path / "sweep.json").read_text())
     assert [job["launcher_job"] for job in saved["jobs"]] == [str(j.job_id) for j in submitted]
+    # each sbatch named `fmsweep:<dir>:<sweep id>.<n>` and recorded, with its jobs, before it ran
+    names = [f"fmsweep:{tmp_path.name}:{saved['sweep_id']}.{n}" for n in range(len(sizes))]
+    assert fake.names == names
+    for n, (entries, on_jobs) in enumerate(fake.intents):
+        assert entries[n] == {"name": names[n], "kind": "jobs", "count": sizes[n], "id": None}
+        assert on_jobs[3 * n : 3 * n + sizes[n]] == [names[n]] * sizes[n]
+    assert [entry["id"] for entry in saved["submissions"]] == [str(100 + n) for n in range(len(sizes))]
+    # a job's index in its array; a lone job (an array of one would be one task) has none
+    assert [job["task"] for job in saved["jobs"]] == [None if sizes[n // 3] == 1 else n % 3 for n in range(jobs)]
     if len(sizes) > 1:  # each array submitted after the ids of those before it were saved
         assert len(fake.recorded_before) >= 2
         assert fake.recorded_before == [3 * i for i in range(len(fake.recorded_before))]
@@ -91,7 +115,7 @@ def test_a_pack_shares_its_launcher_job_id(tmp_path: Path, monkeypatch: pytest.M
     )
     manifest.save()
     launch.submit(
-        SimpleNamespace(_EXECUTOR="slurm"),
+        SLURM_LAUNCHER,
         manifest,
         [([0, 1], cast(launch.Unit, object())), ([2], cast(launch.Unit, object()))],
     )
@@ -162,7 +186,8 @@ class SlurmLauncher:
     """What launch.launch reads of Hydra's SLURM launcher, which it tells apart by its class name."""
 
     _EXECUTOR = "slurm"
-    config = OmegaConf.create({})
+    params = SLURM_LAUNCHER.params
+    config = SLURM_LAUNCHER.config
     hydra_context = task_function = None
 
 
@@ -221,7 +246,7 @@ def test_a_cancel_amid_a_submission_keeps_its_marks_and_stops_the_rest(
     monkeypatch.setattr(launch, "max_array_size", lambda: 3)
     record = slurm_sweep(tmp_path, 7)
     units = [([n], cast(launch.Unit, object())) for n in range(7)]
-    submitted = launch.submit(SimpleNamespace(_EXECUTOR="slurm"), record, units)
+    submitted = launch.submit(SLURM_LAUNCHER, record, units)
     assert fake.sizes == [3] and len(submitted) == 3
     saved = json.loads((tmp_path / "sweep.json").read_text())
     assert [job["launcher_job"] for job in saved["jobs"]] == ["100_0", "100_1", "100_2", None, None, None, None]

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO, cast
 
 import pytest
-from conftest import needs_cluster
+from conftest import needs_cluster, wait_for
 from omegaconf import OmegaConf
 
 from fmsweep.errors import UserError
@@ -229,16 +230,16 @@ def test_locks_are_read_from_proc_locks_without_taking_them(
     tmp_path: Path, held: contextlib.ExitStack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Taking a lock to test it could make a run that starts at that instant find its dir busy: /proc/locks says
-    it without that; where there is no /proc/locks, lock.check_free decides."""
+    it without that; where there is no /proc/locks, lock.holder_of decides."""
     manifest = sweep(tmp_path, 3)
     set_states(manifest, "rsp", held)
     (tmp_path / manifest.jobs[1].name / lock.LOCK).touch()  # a lock file that nothing holds
 
-    def no_test_lock(run_dir: Path) -> None:
-        raise AssertionError(f"check_free({run_dir}) called")
+    def no_test_lock(path: Path) -> None:
+        raise AssertionError(f"holder_of({path}) called")
 
     with monkeypatch.context() as patched:
-        patched.setattr(lock, "check_free", no_test_lock)
+        patched.setattr(lock, "holder_of", no_test_lock)
         assert [s.state for s in status.read(manifest).values()] == ["running", "stopped", "pending"]
     monkeypatch.setattr(status, "PROC_LOCKS", tmp_path / "no-proc-locks")
     assert [s.state for s in status.read(manifest).values()] == ["running", "stopped", "pending"]
@@ -320,7 +321,7 @@ def test_slurm_state_from_one_squeue_and_one_sacct_call(tmp_path: Path, monkeypa
         "failed: SLURM TIMEOUT, exit code 0:0",
         "stopped: epoch 0 of 3",  # SLURM's COMPLETED without a result
         "cancelled: SLURM CANCELLED by 1000, exit code 0:15",  # squeue lists an ended job for a while
-        "pending",  # not submitted yet
+        "not submitted",  # recorded, no launcher job, no launch under way
         "pending",
         "failed: ValueError: bad",  # metrics.json's error before sacct's
     ]
@@ -399,12 +400,12 @@ def test_when_squeue_fails_what_slurm_may_still_run_is_unknown_never_a_guess(
         f"unknown: squeue: {SILENT}",
         "failed: ValueError: bad",
         f"unknown: squeue: {SILENT}",
-        "pending",  # never submitted: nothing can run it
+        "not submitted",  # nothing can run it
     ]
     assert view.silent == f"squeue: {SILENT}" and view.finish == f"unknown (squeue: {SILENT})"
     assert status.alive(manifest) == {1, 3} and not status.over(view)
     table = status.render(manifest, view)
-    assert "5 jobs (slurm): 1 pending, 0 running, 1 completed, 1 failed, 2 unknown;" in table
+    assert "5 jobs (slurm): 0 pending, 1 not submitted, 0 running, 1 completed, 1 failed, 2 unknown;" in table
     assert table.rstrip().endswith(
         f"SLURM does not answer (squeue: {SILENT}): 2 jobs unknown, which SLURM may still queue or run; "
         "resume waits for its answer"
@@ -804,3 +805,35 @@ def test_a_search_counts_its_trials_not_asked_and_says_how_to_finish_them(tmp_pa
     text = status.render(manifest, view)
     assert text.startswith("4 trials (submitit_local): 3 pending, 0 running, 1 completed, 0 failed; ")
     assert f"resume the 3 unfinished trials with: fmsweep resume {tmp_path}" in text
+
+
+def test_a_run_on_another_node_is_known_by_its_lock_files_heartbeat(tmp_path: Path) -> None:
+    """/proc/locks holds this host's locks only: a run dir whose lock file names a process of another host is
+    running while the file's heartbeat is fresh, and not once it is stale or SLURM says that job ended; a lock file
+    naming this host, which /proc/locks would show if it were held, is no run (the negative control)."""
+    manifest = sweep(tmp_path, 1)
+    run_dir = tmp_path / manifest.jobs[0].name
+    start(run_dir)
+    history(run_dir, [0.4])
+    path = run_dir / lock.LOCK
+    path.write_text("pid 4242 on node-17, SLURM job 77_1, since 2026-12-06 10:00:00")
+    assert texts(manifest) == ["running: epoch 1 of 3, best valid loss 0.4000 (epoch 1)"]
+    assert lock.held_elsewhere(path, lambda job_id: False)
+    assert not lock.held_elsewhere(path, lambda job_id: job_id == "77_1")  # SLURM says its job ended
+    stale = time.time() - lock.STALE_S - 1
+    os.utime(path, (stale, stale))
+    assert texts(manifest) == ["stopped: epoch 1 of 3"]
+    path.write_text(f"pid 4242 on {socket.gethostname()}, since 2026-12-06 10:00:00")
+    assert texts(manifest) == ["stopped: epoch 1 of 3"]
+
+
+def test_a_run_refreshes_its_lock_files_heartbeat_and_empties_it_when_it_lets_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lock, "HEARTBEAT_S", 0.01)
+    path = tmp_path / "run" / lock.LOCK
+    with lock.hold([tmp_path / "run"]):
+        assert lock.HOLDER.match(path.read_text())
+        first = path.stat().st_mtime_ns
+        wait_for("a heartbeat", lambda: path.stat().st_mtime_ns > first, timeout=60)
+    assert path.read_text() == ""

@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 
 from fmsweep.errors import ArgumentParser, UserError, exit_with
-from fmsweep.sweep import manifest
+from fmsweep.sweep import manifest, submission
 from fmsweep.sweep.manifest import Manifest
 
 WAIT_S = 60  # how long to wait for the cancelled jobs to end (SLURM's KillWait is 30 s)
@@ -160,7 +160,10 @@ def main(argv: list[str] | None = None) -> None:
     """Command line entry point; a user error (no sweep.json, scancel failing) is one line and exit code 2."""
     try:
         args = parse_args(argv)
-        print(cancel(manifest.require(args.sweep_dir), str(args.sweep_dir)))
+        manifest.require(args.sweep_dir)
+        sweep = submission.settle_record(args.sweep_dir)  # a job submitted but never recorded is cancelled too
+        assert sweep is not None
+        print(cancel(sweep, str(args.sweep_dir)))
     except UserError as exc:
         exit_with(exc)
 

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from fmsweep import tracking
 from fmsweep.errors import UserError, exit_with
-from fmsweep.sweep import launch, manifest, prelaunch, status
+from fmsweep.sweep import launch, manifest, prelaunch, status, submission
 from fmsweep.sweep.manifest import JobRecord, Manifest
 
 SHOWN_NAMES = 5  # job names listed in a line about skipped jobs
@@ -51,7 +51,8 @@ def record(
                     f"{difference}: {again}; nothing was launched"
                 )
             job.pack, job.launcher_job, job.cancelled = before.pack, before.launcher_job, before.cancelled
-    return Manifest(
+            job.submission, job.task = before.submission, before.task
+    made = Manifest(
         sweep_dir=sweep_dir,
         kind=kind,
         launcher=manifest.LAUNCHERS[type(launcher).__name__],
@@ -61,6 +62,9 @@ def record(
         jobs=jobs,
         finish_job=old.finish_job if old else None,
     )
+    if old:
+        made.sweep_id, made.submissions = old.sweep_id, old.submissions
+    return made
 
 
 def names(jobs: list[JobRecord]) -> str:
@@ -107,10 +111,14 @@ def sweep(sweeper: Any, job_overrides: list[list[str]], detach: bool) -> None:
             if prelaunch.is_slurm(launcher):
                 prelaunch.check_slurm_request(launcher.params)
             held.enter_context(manifest.launching(sweep_dir))  # checked: from here on, the one launcher of the sweep
+            submission.settle_record(sweep_dir)  # what an earlier launch submitted without recording it
             sweep_record = record(sweep_dir, "grid", launcher, detach, configs, job_overrides)
             launching = to_launch(sweep_record, configs)
         except UserError as exc:
             exit_with(exc)
-        error = launch.launch(launcher, sweep_record, launching, detach=detach)
+        try:
+            error = launch.launch(launcher, sweep_record, launching, detach=detach)
+        except UserError as exc:
+            exit_with(exc)
         if not detach:
             report(sweep_dir, error)

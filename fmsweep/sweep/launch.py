@@ -8,6 +8,7 @@ submitted."""
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import signal
 import subprocess
@@ -23,7 +24,8 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fmsweep import signals
-from fmsweep.sweep import packing, prelaunch
+from fmsweep.errors import UserError
+from fmsweep.sweep import packing, prelaunch, submission
 from fmsweep.sweep.manifest import Manifest, ids_text, load, locked
 
 # how long a Ctrl-C'd sweep of submitit_local waits for its jobs, which got the Ctrl-C too, to save and stop:
@@ -104,16 +106,13 @@ def units(launcher: Any, manifest: Manifest, configs: dict[int, DictConfig]) -> 
 
 
 def executor(launcher: Any, job_name: str) -> Any:
-    """A submitit executor as the hydra-submitit launcher builds it, its jobs named `job_name` unless the sweep
-    named them itself (hydra.launcher.name)."""
+    """A submitit executor as the hydra-submitit launcher builds it, its jobs named `job_name`."""
     import submitit
 
     kind, params = launcher._EXECUTOR, launcher.params
     requeues = {f"{kind}_max_num_timeout": params["max_num_timeout"]} if "max_num_timeout" in params else {}
     result = submitit.AutoExecutor(cluster=kind, folder=params["submitit_folder"], **requeues)
-    settings = prelaunch.launcher_settings(params, kind)
-    if settings.get("name") in (None, launcher.config.hydra.job.name):
-        settings["name"] = job_name
+    settings = {**prelaunch.launcher_settings(params, kind), "name": job_name}
     result.update_parameters(**settings)
     return result
 
@@ -131,37 +130,73 @@ def max_array_size() -> int:
     return DEFAULT_MAX_ARRAY_SIZE
 
 
-def job_name(sweep_dir: Path) -> str:
-    return f"fmsweep:{sweep_dir.name}"
+def job_name(launcher: Any, sweep_dir: Path) -> str:
+    """The base of the sweep's SLURM job names (each submission adds the sweep's id and its count): the sweep's own
+    hydra.launcher.name where it set one, else `fmsweep:<sweep dir's name>`."""
+    name = launcher.params.get("name")
+    return f"fmsweep:{sweep_dir.name}" if name in (None, launcher.config.hydra.job.name) else str(name)
 
 
 def submit(launcher: Any, manifest: Manifest, planned: list[tuple[list[int], Unit]]) -> list[Any]:
-    """Submit the units as submitit jobs (on SLURM, arrays of at most MaxArraySize tasks) and record each one's id
-    in the manifest, saved after each submission; return the submitit jobs. Each submission and its record happen
-    under the record's lock, on the record as it is then: a `fmsweep cancel` that came meanwhile keeps its marks, and
-    nothing more is submitted (it cancels what was)."""
+    """Submit the units as submitit jobs (on SLURM, arrays of at most MaxArraySize tasks, each recorded before its
+    sbatch and settled after: fmsweep.sweep.submission) and record each one's id in the manifest, saved after each
+    submission; return the submitit jobs. Each submission and its record happen under the record's lock, on the
+    record as it is then: a `fmsweep cancel` that came meanwhile keeps its marks, and nothing more is submitted (it
+    cancels what was). A refused sbatch is a UserError saying what was submitted and what was not."""
     if not planned:
         return []
-    ex = executor(launcher, job_name(manifest.sweep_dir))
-    chunk = max_array_size() if launcher._EXECUTOR == "slurm" else len(planned)
+    slurm = launcher._EXECUTOR == "slurm"
+    base = job_name(launcher, manifest.sweep_dir)
+    ex = executor(launcher, base)
+    chunk = max_array_size() if slurm else len(planned)
     jobs: list[Any] = []
     for first in range(0, len(planned), chunk):
         part = planned[first : first + chunk]
         with locked(manifest.sweep_dir):
             record = load(manifest.sweep_dir) or manifest
+            left = sum(len(nums) for nums, _ in planned[first:])
             if any(entry.cancelled for nums, _ in part for n in nums if (entry := record.job(n)) is not None):
-                left = sum(len(nums) for nums, _ in planned[first:])
                 print(f"fmsweep: the sweep was cancelled while it was submitted: {left} job(s) not submitted")
                 break
-            submitted = ex.submit_array([unit for _, unit in part]) if len(part) > 1 else [ex.submit(part[0][1])]
-            for (nums, _), job in zip(part, submitted):
+            units = [unit for _, unit in part]
+            if not slurm:
+                submitted = submit_units(ex, units)
+                ids = [str(job.job_id) for job in submitted]
+            else:
+                sent = submission.begin(record, "jobs", len(part), base)
+                for task, (nums, _) in enumerate(part):
+                    for num in nums:
+                        job = record.job(num)
+                        assert job is not None
+                        job.submission, job.task = sent.name, task if len(part) > 1 else None
+                record.save()
+                ex.update_parameters(name=sent.name)
+                try:
+                    submitted = submission.sbatch(record, sent, functools.partial(submit_units, ex, units))
+                except submission.Refused as exc:
+                    done = sum(len(nums) for nums, _ in planned[:first])
+                    raise UserError(
+                        f"{exc}; {done} job(s) submitted, {left} not yet: fmsweep resume {manifest.sweep_dir} "
+                        "submits them"
+                    ) from None
+                finally:
+                    record.save()
+                ids = [str(job.job_id) for job in submitted]
+            for (nums, _), job_id in zip(part, ids):
                 for num in nums:
-                    for entry in (manifest.job(num), record.job(num)):
-                        assert entry is not None
-                        entry.launcher_job = str(job.job_id)
+                    mine, theirs = manifest.job(num), record.job(num)
+                    assert mine is not None and theirs is not None
+                    theirs.launcher_job = job_id
+                    mine.launcher_job, mine.submission, mine.task = job_id, theirs.submission, theirs.task
+            manifest.submissions = record.submissions
             record.save()
         jobs += submitted
     return jobs
+
+
+def submit_units(ex: Any, units: list[Unit]) -> list[Any]:
+    """Submit `units` with the executor `ex`: an array, or a lone job for one unit."""
+    return ex.submit_array(units) if len(units) > 1 else [ex.submit(units[0])]
 
 
 def run_here(launcher: Any, planned: list[tuple[list[int], Unit]]) -> Exception | None:
@@ -214,7 +249,11 @@ def launch(launcher: Any, manifest: Manifest, configs: dict[int, DictConfig], de
         )
     if detach:
         submitted = submit(launcher, manifest, planned)
-        finish = submit_finish(launcher, manifest)
+        try:
+            finish = submit_finish(launcher, manifest)
+        except UserError:
+            print(detached_lines(manifest, [str(j.job_id) for j in submitted], None))
+            raise
         print(detached_lines(manifest, [str(j.job_id) for j in submitted], finish))
         if finish is None:  # nothing left to wait for: the results are written now
             from fmsweep.sweep.summary import write_results
@@ -292,17 +331,33 @@ def launch_workers(launcher: Any, manifest: Manifest, workers: list[Any], detach
     def submit_all() -> list[Any]:
         if not workers:
             return []
-        submitted = executor(launcher, job_name(sweep_dir)).submit_array(workers)
+        base = job_name(launcher, sweep_dir)
+        ex = executor(launcher, base)
         with locked(sweep_dir):
             record = load(sweep_dir) or manifest
-            record.workers += [str(job.job_id) for job in submitted]
+            if launcher._EXECUTOR != "slurm":
+                submitted = ex.submit_array(workers)
+                record.workers += [str(job.job_id) for job in submitted]
+            else:
+                entry = submission.begin(record, "workers", len(workers), base)
+                record.save()
+                ex.update_parameters(name=entry.name)
+                try:
+                    submitted = submission.sbatch(record, entry, lambda: ex.submit_array(workers))
+                finally:
+                    record.save()
             record.save()
-        manifest.workers = record.workers
+        manifest.workers, manifest.submissions = record.workers, record.submissions
         return submitted
 
     if detach:
         ids = [str(job.job_id) for job in submit_all()]
-        print(detached_lines(manifest, ids, submit_finish(launcher, manifest, ids)))
+        try:
+            finish = submit_finish(launcher, manifest, ids)
+        except UserError:
+            print(detached_lines(manifest, ids, None))
+            raise
+        print(detached_lines(manifest, ids, finish))
         return None
 
     def here() -> None:
@@ -329,15 +384,19 @@ def local_id() -> str:
 
 
 def submit_finish(launcher: Any, manifest: Manifest, waits: Sequence[str] = ()) -> str | None:
-    """Submit the SLURM job that writes the sweep's results once all its live jobs and `waits` (a search's new
-    workers) ended (afterany), in place of one an earlier launch left waiting; record its id. None when nothing of
-    the sweep is alive."""
-    import submitit
-
-    from fmsweep.results import finish
+    """Make the sweep's one SLURM job that writes its results once its live jobs and `waits` (a search's new
+    workers) ended (afterany): one an earlier launch left pending waits for these too (its dependency updated),
+    else a new one is submitted (recorded as every submission is) in place of one that no longer waits. Its id;
+    None when nothing of the sweep is alive (the caller writes the results now). A UserError when it cannot be made
+    (SLURM does not answer, sbatch refuses): the jobs run on, and `fmsweep resume` makes it."""
     from fmsweep.sweep import status
 
     view = status.look(manifest, accounting=False)
+    again = f"fmsweep resume {manifest.sweep_dir} submits it"
+    if view.silent:
+        raise UserError(
+            f"SLURM does not answer ({view.silent}): the job that writes the results is not submitted; {again}"
+        )
     alive_jobs = sorted(
         {
             entry.launcher_job.partition("_")[0]
@@ -346,27 +405,51 @@ def submit_finish(launcher: Any, manifest: Manifest, waits: Sequence[str] = ()) 
         }
         | {job.partition("_")[0] for job in waits}
     )
-    if manifest.finish_job and manifest.finish_job not in alive_jobs:
-        subprocess.run(["scancel", manifest.finish_job], capture_output=True, timeout=30)
-    if not alive_jobs:
-        return None
+    old = manifest.finish_job if view.finish_alive else None
+    if alive_jobs and old and (view.finish or "").startswith("PENDING"):
+        dependency = f"Dependency=afterany:{':'.join(alive_jobs)}"
+        if subprocess.run(["scontrol", "update", f"JobId={old}", dependency], capture_output=True).returncode == 0:
+            return old
+    if old:
+        done = subprocess.run(["scancel", old], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise UserError(
+                f"the earlier job {old} that writes the results could not be cancelled ({done.stderr.strip()}): "
+                f"no second one was submitted; {again}"
+            )
+    return submit_results(launcher, manifest, alive_jobs) if alive_jobs else None
+
+
+def submit_results(launcher: Any, manifest: Manifest, waits: list[str]) -> str:
+    """Submit the job that writes the sweep's results once the SLURM jobs `waits` ended; record it; its id."""
+    import submitit
+
+    from fmsweep.results import finish
+
     params = launcher.params
     ex = submitit.AutoExecutor(cluster="slurm", folder=params["submitit_folder"])
     optional = {f"slurm_{k}": params[k] for k in ("partition", "account", "qos") if params.get(k)}
     ex.update_parameters(
-        name=f"{job_name(manifest.sweep_dir)}:results",
         timeout_min=30,
         cpus_per_task=1,
         mem_gb=4,
         **optional,
-        slurm_additional_parameters={"dependency": f"afterany:{':'.join(alive_jobs)}"},
+        slurm_additional_parameters={"dependency": f"afterany:{':'.join(waits)}"},
     )
-    job = ex.submit(finish.finish, str(manifest.sweep_dir))
     with locked(manifest.sweep_dir):  # a search's workers may have added trials since `manifest` was read
         record = load(manifest.sweep_dir) or manifest
-        record.finish_job = manifest.finish_job = str(job.job_id)
+        entry = submission.begin(record, "results", 1, f"{job_name(launcher, manifest.sweep_dir)}:results")
         record.save()
-    return manifest.finish_job
+        ex.update_parameters(name=entry.name)
+        try:
+            submission.sbatch(record, entry, lambda: [ex.submit(finish.finish, str(manifest.sweep_dir))])
+        except submission.Refused as exc:
+            raise UserError(f"{exc}; fmsweep resume {manifest.sweep_dir} submits it") from None
+        finally:
+            record.save()
+    manifest.finish_job, manifest.submissions = record.finish_job, record.submissions
+    assert record.finish_job is not None
+    return record.finish_job
 
 
 def detached_lines(manifest: Manifest, ids: list[str], finish_job: str | None) -> str:

@@ -4,7 +4,9 @@ training into it too.
 
 The lock is `fcntl.flock` on a file in the run dir: the kernel drops it when its process ends, however it ends, so
 a killed or requeued job never blocks the next attempt; on Linux NFS mounts it is a POSIX lock on the server. The
-file holds who holds the lock (host, pid, SLURM job), for the message of the process it stops. A file system that
+file holds who holds the lock (host, pid, SLURM job), for the message of the process it stops, and its time is
+refreshed while the lock is held: a look from another node (a login node, where /proc/locks holds only its own
+locks) knows a run there from a fresh heartbeat. The file is emptied when the run lets go. A file system that
 gives no flock at all (Lustre mounted without `flock`, some NFS and BeeGFS set-ups) is said once, in one line, and
 the run goes on without the lock.
 """
@@ -15,15 +17,20 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import socket
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from fmsweep.errors import UserError
 
 LOCK = ".fmsweep.lock"
+HEARTBEAT_S = 30.0  # how often a run refreshes its lock file's time
+STALE_S = 4 * HEARTBEAT_S  # a lock file of another host not refreshed for this long names no live run
+HOLDER = re.compile(r"pid (?P<pid>\d+) on (?P<host>[^,]+)(, SLURM job (?P<job>[^,]+))?,")
 NO_FLOCK = {errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK}  # what flock raises where the file system has none
 no_flock_said = False
 
@@ -101,26 +108,65 @@ def take(path: Path) -> int:
 @contextlib.contextmanager
 def hold(run_dirs: list[Path]) -> Iterator[None]:
     """Hold the lock of every run dir in `run_dirs` (created if need be) while the block runs; RunDirBusy, before
-    anything is written, if another process holds one."""
+    anything is written, if another process holds one. The lock files' heartbeat is refreshed every HEARTBEAT_S
+    meanwhile, and they are emptied at the end: another node, which cannot see this one's locks, reads them."""
     with contextlib.ExitStack() as stack:
+        fds = []
         for run_dir in run_dirs:
             try:
                 fd = take(run_dir / LOCK)
             except Held as exc:
                 raise busy(run_dir, str(exc)) from None
             stack.callback(os.close, fd)  # closing the file drops its lock
+            stack.callback(os.ftruncate, fd, 0)  # first: no one holds it now
+            fds.append(fd)
+        stop = threading.Event()
+        beat = threading.Thread(target=heartbeat, args=(fds, stop), daemon=True)
+        beat.start()
+        stack.callback(beat.join)
+        stack.callback(stop.set)
         yield
+
+
+def heartbeat(fds: list[int], stop: threading.Event) -> None:
+    """Touch the open lock files `fds` every HEARTBEAT_S until `stop` is set."""
+    while not stop.wait(HEARTBEAT_S):
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.utime(fd)
+
+
+def held_elsewhere(path: Path, ended: Callable[[str], bool]) -> bool:
+    """Whether the lock file `path` names a holder on another host whose heartbeat is fresh (touched within
+    STALE_S), and that is not a SLURM job `ended` says ended: this host's /proc/locks cannot see that one's lock."""
+    try:
+        text = path.read_text()
+        age = time.time() - path.stat().st_mtime
+    except OSError:
+        return False
+    named = HOLDER.match(text)
+    if named is None or named["host"] == socket.gethostname() or age >= STALE_S:
+        return False
+    return not (named["job"] and ended(named["job"]))
 
 
 def check_free(run_dir: Path) -> None:
     """RunDirBusy if another process holds `run_dir`'s lock now; reads only, so that a refused run changes nothing."""
+    by = holder_of(run_dir / LOCK)
+    if by is not None:
+        raise busy(run_dir, by)
+
+
+def holder_of(path: Path) -> str | None:
+    """Who holds the lock of the file `path` now, as the file names them; None when no one does (or no file)."""
     try:
-        fd = os.open(run_dir / LOCK, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
-        return
+        return None
     try:
-        flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, run_dir / LOCK)
+        flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, path)
     except BlockingIOError:
-        raise busy(run_dir, held_by(fd)) from None
+        return held_by(fd)
     finally:
         os.close(fd)
+    return None

@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,7 +35,9 @@ class JobRecord:
     """One job of the sweep: its number, its overrides (as the sweep expanded them), its job dir below the sweep dir,
     its epochs, the pack folder that trains it (None when it trains alone) and the id of the launcher job that runs
     it (a SLURM job id, `<array id>_<index>` in an array; a pid under submitit_local; None under the basic
-    launcher or before submission). `cancelled` is set by `fmsweep cancel`."""
+    launcher or before submission). `cancelled` is set by `fmsweep cancel`. On SLURM, `submission` names the last
+    submission that carried it and `task` its index in that array (None for a lone job): what finds it in SLURM
+    should the id never have been recorded."""
 
     num: int
     name: str
@@ -43,6 +46,20 @@ class JobRecord:
     pack: str | None = None
     launcher_job: str | None = None
     cancelled: bool = False
+    submission: str | None = None
+    task: int | None = None
+
+
+@dataclass
+class Submission:
+    """One sbatch of the sweep: its SLURM job name (unique: it carries the sweep's id and a count), what it runs
+    (`jobs`, a search's `workers`, or the `results` job), how many array tasks (1: a lone job), and the SLURM id
+    it got (an array's id), None until its answer is recorded."""
+
+    name: str
+    kind: str
+    count: int
+    id: str | None = None
 
 
 @dataclass
@@ -51,7 +68,8 @@ class Manifest:
     that made it (after the program name), run again from `cwd` by `fmsweep resume`; `finish_job` the SLURM job
     that writes the results of a detached sweep once its jobs ended. A search also records how many trials it
     runs (`trials`: those not asked yet are pending) and the launcher jobs of its `workers`, each of which runs
-    trials one after another (a trial's `launcher_job` is the worker that trains it)."""
+    trials one after another (a trial's `launcher_job` is the worker that trains it). On SLURM, every submission
+    is recorded before its sbatch runs (`submissions`), under a name that carries `sweep_id`."""
 
     sweep_dir: Path
     kind: str
@@ -63,6 +81,12 @@ class Manifest:
     finish_job: str | None = None
     trials: int | None = None
     workers: list[str] = field(default_factory=list)
+    sweep_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    submissions: list[Submission] = field(default_factory=list)
+
+    def pending(self) -> list[Submission]:
+        """The submissions whose sbatch may have run but whose answer was never recorded."""
+        return [entry for entry in self.submissions if entry.id is None]
 
     @property
     def path(self) -> Path:
@@ -141,6 +165,8 @@ def load(sweep_dir: Path) -> Manifest | None:
             finish_job=data.get("finish_job"),
             trials=data.get("trials"),
             workers=list(data.get("workers", [])),
+            **({"sweep_id": data["sweep_id"]} if "sweep_id" in data else {}),
+            submissions=[Submission(**entry) for entry in data.get("submissions", [])],
         )
     except (KeyError, TypeError) as exc:
         raise UserError(f"{path} is not an fmsweep sweep record: {exc}") from None

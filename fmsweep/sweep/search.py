@@ -163,7 +163,7 @@ def run_search(sweeper: Any, arguments: list[str]) -> None:
     import sys
 
     from fmsweep.errors import exit_with
-    from fmsweep.sweep import launch, manifest, prelaunch, space, status, storage, worker
+    from fmsweep.sweep import launch, manifest, prelaunch, space, status, storage, submission, worker
     from fmsweep.sweep.summary import report
 
     loader, launcher = sweeper.hydra_context.config_loader, sweeper.launcher
@@ -188,7 +188,7 @@ def run_search(sweeper: Any, arguments: list[str]) -> None:
             spec = storage.spec(sweeper.config)
             storage.check(spec)
             held.enter_context(manifest.launching(sweep_dir))  # checked: from here on, the one launcher of the search
-            record = manifest.load(sweep_dir)
+            record = submission.settle_record(sweep_dir)  # with what an earlier launch submitted unrecorded
             if record is not None and record.kind != "search":
                 raise UserError(
                     f"{sweep_dir} holds a {record.kind} sweep, not a search: choose another hydra.sweep.dir; "
@@ -256,9 +256,12 @@ def run_search(sweeper: Any, arguments: list[str]) -> None:
         if slots:
             together = f", each training up to {plan.pack} trials together (pack={plan.pack})" if plan.pack > 1 else ""
             print(f"fmsweep: {slots} worker{'s' * (slots > 1)} for {left} trial{'s' * (left > 1)}{together}")
-        error = launch.launch_workers(
-            launcher, record, [worker.Worker(launcher, plan) for _ in range(slots)], bool(sweeper.detach)
-        )
+        try:
+            error = launch.launch_workers(
+                launcher, record, [worker.Worker(launcher, plan) for _ in range(slots)], bool(sweeper.detach)
+            )
+        except UserError as exc:
+            exit_with(exc)
         if sweeper.detach:
             return
         study = plan.study()

@@ -10,6 +10,7 @@ files are read by fmsweep.results.runs, as the report reads them."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import re
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, TextIO
@@ -26,11 +27,22 @@ from typing import Any, NamedTuple, TextIO
 from fmsweep.errors import ArgumentParser, UserError, exit_with
 from fmsweep.results.runs import METRICS, is_number, read_history, read_metrics, read_objective
 from fmsweep.sweep import lock
-from fmsweep.sweep.manifest import JobRecord, Manifest, load, require
+from fmsweep.sweep.manifest import LAUNCH_LOCK, JobRecord, Manifest, load, require
 
-STATES = ("pending", "running", "completed", "pruned", "failed", "cancelled", "stopped", "unknown")
-FINAL = ("completed", "pruned", "failed", "cancelled", "stopped")  # nothing of the job runs any more
-SHOWN_FIRST = ("running", "unknown", "failed", "stopped", "cancelled", "pending", "completed", "pruned")  # block order
+STATES = ("pending", "not submitted", "running", "completed", "pruned", "failed", "cancelled", "stopped", "unknown")
+# nothing of the job runs any more, or will before a resume
+FINAL = ("completed", "pruned", "failed", "cancelled", "stopped", "not submitted")
+SHOWN_FIRST = (
+    "running",
+    "unknown",
+    "failed",
+    "stopped",
+    "cancelled",
+    "not submitted",
+    "pending",
+    "completed",
+    "pruned",
+)  # block order
 ALWAYS_COUNTED = ("pending", "running", "completed", "failed")  # the counts name the others only when there are any
 ERROR_CHARS = 120  # of an error or a cancel's reason: `cancelled by SIGTERM (scancel) in epoch 3 of 10; ...`
 SLURM_TIMEOUT_S = 10
@@ -101,6 +113,7 @@ class View:
     finish_alive: bool = False
     workers_alive: int = 0
     silent: str | None = None  # why SLURM's view is missing (squeue failed), None when it answered or is absent
+    launching: bool = False  # whether a command launches the sweep now (it holds the launch lock)
 
 
 class Stale(Collection[int]):
@@ -143,7 +156,7 @@ class Silent(Exception):
     """A SLURM command that exists did not answer (it failed, or timed out): what it said, in one line."""
 
 
-def _slurm(args: list[str]) -> str | None:
+def slurm_output(args: list[str]) -> str | None:
     """The output of a SLURM command; None where it does not exist (no SLURM here: the files alone decide); Silent
     when it fails or times out. An unknown job id is an answer: squeue fails on a list of only those, once SLURM
     forgot them."""
@@ -165,7 +178,7 @@ def _slurm(args: list[str]) -> str | None:
 def squeue(job_ids: list[str]) -> dict[str, SlurmJob] | None:
     """SLURM's state and reason of each job it still lists, by job id; None without squeue, Silent when it does not
     answer. `-r` gives each array task its own line: without it, pending tasks share one (`12_[0-5%64]`)."""
-    out = _slurm(["squeue", "-h", "-r", "-o", "%i|%T|%r", "-j", ",".join(job_ids)])
+    out = slurm_output(["squeue", "-h", "-r", "-o", "%i|%T|%r", "-j", ",".join(job_ids)])
     if out is None:
         return None
     fields = (line.split("|") for line in out.splitlines())
@@ -176,7 +189,7 @@ def squeue(job_ids: list[str]) -> dict[str, SlurmJob] | None:
 def sacct(job_ids: list[str]) -> dict[str, SlurmJob] | None:
     """SLURM's accounting of each job: its state (`CANCELLED by 0` as reason) and exit code; None without answer."""
     try:
-        out = _slurm(["sacct", "-n", "-P", "-X", "-o", "JobID,State,ExitCode,Reason", "-j", ",".join(job_ids)])
+        out = slurm_output(["sacct", "-n", "-P", "-X", "-o", "JobID,State,ExitCode,Reason", "-j", ",".join(job_ids)])
     except Silent:  # squeue answered: the jobs it does not list ended, how is what accounting would add
         return None
     if out is None:
@@ -215,12 +228,14 @@ def _pid_alive(job_id: str | None) -> bool:
 
 
 class Locks:
-    """Which run dirs' locks are held now. /proc/locks lists every lock held on this machine: reading it disturbs
-    none, whereas taking a lock to test it, even for an instant, can make a job that starts at that instant find its
-    run dir busy. Where /proc/locks cannot say (no /proc, or a file system whose device numbers it names apart from
-    stat's), lock.check_free tests the lock."""
+    """Which run dirs' locks (or a sweep's launch lock) are held now. A lock file naming a process of another host
+    is held while its heartbeat is fresh (lock.held_elsewhere): this host cannot see that host's locks. On this
+    host, /proc/locks lists every lock held: reading it disturbs none, whereas taking a lock to test it, even for an
+    instant, can make a job that starts at that instant find its run dir busy. Where /proc/locks cannot say (no
+    /proc, or a file system whose device numbers it names apart from stat's), lock.holder_of tests the lock."""
 
-    def __init__(self) -> None:
+    def __init__(self, ended: Callable[[str], bool] = lambda job_id: False) -> None:
+        self.ended = ended  # whether SLURM says the job of this id ended: a lock file naming it names no live run
         self.held: set[tuple[int, int, int]] | None = None
         self.inodes: set[int] = set()
         try:
@@ -237,22 +252,24 @@ class Locks:
                     self.inodes.add(int(inode))
 
     def held_in(self, run_dir: Path) -> bool:
+        return self.held_at(run_dir / lock.LOCK)
+
+    def held_at(self, path: Path) -> bool:
         try:
-            st = os.stat(run_dir / lock.LOCK)
+            st = os.stat(path)
         except OSError:
             return False
+        if lock.held_elsewhere(path, self.ended):
+            return True
         if self.held is not None:
             if (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) in self.held:
                 return True
             if st.st_ino not in self.inodes:
                 return False
         try:
-            lock.check_free(run_dir)
-        except lock.RunDirBusy:
-            return True
+            return lock.holder_of(path) is not None
         except OSError:
             return False
-        return False
 
 
 def _progress(run_dir: Path) -> tuple[int, dict[str, float] | None] | None:
@@ -366,17 +383,27 @@ def job_status(
 
 def look(manifest: Manifest, stale: Collection[int] = (), accounting: bool = True) -> View:
     """One look at the sweep: one squeue call (and one sacct call, with `accounting`) under SLURM, a pid test per
-    launcher job under submitit_local, the held locks, then each job's dir."""
+    launcher job under submitit_local, the held locks, then each job's dir. Submissions whose answer the record
+    lacks are looked up by name (fmsweep.sweep.submission), without writing the record."""
     slurm: dict[str, SlurmJob] = {}
     silent = None
+    if manifest.launcher == "slurm" and manifest.pending():
+        from fmsweep.sweep import submission
+
+        manifest = copy.deepcopy(manifest)
+        try:
+            submission.settle(manifest)
+        except Silent as exc:
+            silent = str(exc)
     ids = manifest.launcher_jobs()
-    if manifest.launcher == "slurm":
+    if manifest.launcher == "slurm" and not silent:
         try:
             slurm = slurm_view([*ids, *([manifest.finish_job] if manifest.finish_job else [])], accounting)
         except Silent as exc:
             silent = str(exc)
     pids = {i: _pid_alive(i) for i in ids} if manifest.launcher == "submitit_local" else {}
-    locks = Locks()
+    locks = Locks(lambda job_id: job_id in slurm and slurm[job_id].state in SLURM_ENDED)
+    launching = locks.held_at(manifest.sweep_dir / LAUNCH_LOCK)
     marks = stale if isinstance(stale, Stale) else Stale(manifest, stale)
     chosen_on = objective(manifest)
     statuses, alive = {}, set()
@@ -392,16 +419,19 @@ def look(manifest: Manifest, stale: Collection[int] = (), accounting: bool = Tru
         statuses[job.num] = job_status(
             manifest.sweep_dir, job, queued, process, marks if job.num in marks else None, chosen_on
         )
-        if silent and job.launcher_job and statuses[job.num].state in ("pending", "stopped"):
+        if silent and (job.launcher_job or job.submission) and statuses[job.num].state in ("pending", "stopped"):
             statuses[job.num] = Status("unknown", silent)  # SLURM may queue or run it: no guess
+        elif statuses[job.num] == Status("pending") and manifest.launcher != "basic" and not job.launcher_job:
+            # a launch that submits it now holds the launch lock; else nothing will, until a resume
+            statuses[job.num] = Status("pending", "being submitted") if launching else Status("not submitted")
     workers = sum(bool(pids.get(w)) or (w in slurm and slurm[w].state not in SLURM_ENDED) for w in manifest.workers)
     if not manifest.finish_job:
-        return View(statuses, alive, workers_alive=workers, silent=silent)
+        return View(statuses, alive, workers_alive=workers, silent=silent, launching=launching)
     finish = slurm.get(manifest.finish_job)
     if finish is None:
         why = f"unknown ({silent})" if silent else "unknown (SLURM does not answer)"
-        return View(statuses, alive, why, workers_alive=workers, silent=silent)
-    return View(statuses, alive, finish.text(), finish.state not in SLURM_ENDED, workers, silent)
+        return View(statuses, alive, why, workers_alive=workers, silent=silent, launching=launching)
+    return View(statuses, alive, finish.text(), finish.state not in SLURM_ENDED, workers, silent, launching)
 
 
 def read(manifest: Manifest, stale: Collection[int] = ()) -> dict[int, Status]:
@@ -583,14 +613,15 @@ def table(manifest: Manifest, view: View) -> tuple[list[str], list[Line], list[s
     if manifest.detach and manifest.finish_job:
         tail.append(f"finish job {manifest.finish_job} (writes the results): {view.finish}")
     # a search's trials not asked yet are unfinished too once no worker is left to ask them
-    unfinished = sum(job.status.state in ("stopped", "cancelled", "failed") for job in jobs) + manifest.not_asked()
+    unfinished = sum(job.status.state in ("stopped", "cancelled", "failed", "not submitted") for job in jobs)
+    unfinished += manifest.not_asked()
     unknown = sum(job.status.state == "unknown" for job in jobs)
     if view.silent:
         tail.append(
             f"SLURM does not answer ({view.silent}): {unknown} {noun}{'s' * (unknown != 1)} unknown, which SLURM "
             "may still queue or run; resume waits for its answer"
         )
-    elif unfinished and not view.alive and not view.workers_alive:
+    elif unfinished and not view.alive and not view.workers_alive and not view.launching:
         tail.append(
             f"resume the {unfinished} unfinished {noun}{'s' * (unfinished != 1)} with: "
             f"fmsweep resume {manifest.sweep_dir}"
@@ -607,6 +638,7 @@ def over(view: View) -> bool:
     """Whether nothing of the sweep runs or waits any more: every job ended (or stopped) and nothing is alive."""
     return (
         not view.alive
+        and not view.launching
         and not view.finish_alive
         and not view.workers_alive
         and all(status.state in FINAL for status in view.statuses.values())

@@ -100,8 +100,8 @@ def test_an_sbatch_that_fails_after_slurm_took_the_job_is_settled_by_its_name(da
     env = wrapper(
         tmp_path / "bin",
         "sbatch",
-        'case "$*" in *--test-only*) exec "$real" "$@";; esac\n"$real" "$@" > /dev/null\necho "sbatch: error: Batch job submission failed: Socket timed out on send/recv '
-        'operation" >&2\nexit 1',
+        'case "$*" in *--test-only*) exec "$real" "$@";; esac\n"$real" "$@" > /dev/null\n'
+        'echo "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation" >&2\nexit 1',
     )
     proc = detached(data_root, sweep_dir, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -203,3 +203,26 @@ def test_a_resume_while_the_results_job_waits_makes_it_wait_for_the_new_jobs_too
     assert (sweep_dir / "report.md").is_file()
     found = assert_slurm_holds_only_what_the_record_names(sweep_dir)
     assert sorted(state for job_id, state in found if job_id == first) == ["CANCELLED by 0"]
+
+
+def test_an_sbatch_that_hangs_is_stopped_and_settled_by_its_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sbatch submits, then hangs (a controller that never answers): it is stopped after SBATCH_TIMEOUT_S and the
+    job is found by its name; it runs as submitted (its pickle where submitit put it for an answered sbatch)."""
+    import submitit
+
+    from fmsweep.sweep import manifest, submission
+
+    monkeypatch.setattr(submission, "SBATCH_TIMEOUT_S", 1)
+    monkeypatch.setattr(submission, "SBATCH_KILL_S", 1)
+    # deaf to the stop while it submits, so that it submits whatever the machine's load; then it hangs until killed
+    env = wrapper(tmp_path / "bin", "sbatch", 'trap "" TERM\n"$real" "$@" > /dev/null\nexec sleep 600')
+    monkeypatch.setenv("PATH", env["PATH"])
+    record = manifest.Manifest(sweep_dir=tmp_path, kind="grid", launcher="slurm", command=[], cwd=str(tmp_path))
+    entry = submission.begin(record, "results", 1, f"fmsweep:{tmp_path.name}:results")
+    ex = submitit.AutoExecutor(folder=tmp_path / "logs", cluster="slurm")
+    ex.update_parameters(name=entry.name, timeout_min=5, cpus_per_task=1, mem_gb=1)
+    [job] = submission.sbatch(record, entry, lambda: [ex.submit(sum, [1, 2, 3])])
+    assert entry.id == record.finish_job == str(job.job_id)
+    assert job.result() == 6

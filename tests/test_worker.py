@@ -5,6 +5,7 @@ a trial that another process trains is left to it instead of being taken again."
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -154,3 +155,35 @@ def test_a_worker_leaves_a_trial_another_process_trains_to_it(
     assert runs == [run_dir.name]
     assert study.trials[num].state == TrialState.RUNNING  # the other process tells it
     assert not (run_dir / "metrics.json").exists()
+
+
+def test_one_orphan_has_one_taker(
+    loader: ConfigLoader, data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trial 0's worker is gone (its pid dead) and nobody holds its run dir: the first worker to look takes it,
+    and names itself in the record under the same lock; the next worker finds the trial in a live worker's hands
+    and asks a new trial instead (the negative control: before the first took it, it was an orphan to both)."""
+    [worker], master = search_workers(loader, data_root, tmp_path, monkeypatch, "hydra.sweeper.n_trials=2")
+    study, composer = worker.plan.study(), prelaunch.SweepComposer(loader, master)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+
+    def take(worker_id: str) -> list[int]:
+        """What worker `worker_id` takes, as Worker.__call__ does: under the record's lock, naming itself."""
+        with manifest.locked(tmp_path):
+            record = manifest.require(tmp_path)
+            record.launcher = "submitit_local"  # a worker's id is its pid: a live one keeps its trials
+            taken = list(worker.take(study, record, worker_id, composer, set()))
+            for num in taken:
+                job = record.job(num)
+                assert job is not None
+                job.launcher_job = worker_id
+            record.save()
+        return taken
+
+    assert take(dead.stdout.strip()) == [0]  # trial 0's worker, which ended without telling the study
+    with manifest.locked(tmp_path):
+        record = manifest.require(tmp_path)
+        assert list(worker.take(study, record, "b", composer, set())) == [0]  # an orphan, to anyone looking
+    assert take(str(os.getpid())) == [0]  # the first to take it: a live worker
+    assert take("b") == [1]  # the next one leaves it to that one and asks a new trial
+    assert [job.launcher_job for job in manifest.require(tmp_path).jobs] == [str(os.getpid()), "b"]

@@ -19,6 +19,7 @@ from fmsweep.sweep.manifest import Manifest, Submission, load, locked
 from fmsweep.sweep.status import Silent, slurm_output
 
 SBATCH_TIMEOUT_S = 120  # an sbatch that has not answered by then is stopped, and what it did is asked of SLURM
+SBATCH_KILL_S = 10  # how long a stopped sbatch gets to end before it is killed
 SEARCH_BACK = "now-30days"  # how far back accounting is searched for a name
 
 
@@ -127,7 +128,7 @@ def settled_sbatch() -> Iterator[list[str]]:
     said: list[str] = []
 
     def timed(self: Any, path: Any) -> list[str]:
-        return ["timeout", str(SBATCH_TIMEOUT_S), *made(self, path)]
+        return ["timeout", "-k", str(SBATCH_KILL_S), str(SBATCH_TIMEOUT_S), *made(self, path)]
 
     def settled(self: Any, command: str) -> Any:
         try:
@@ -138,7 +139,9 @@ def settled_sbatch() -> Iterator[list[str]]:
             found = find([name]).get(name)
             if found is None:
                 raise
-            said.append(" ".join(str(exc).split()))
+            code = getattr(exc.__cause__, "returncode", None)  # timeout's 124; killed with its process group, -9
+            stopped = f"no answer in {SBATCH_TIMEOUT_S} s" if code in (124, 137, -9) else f"exit code {code}"
+            said.append(" ".join(str(exc).split()) or stopped)
             return self.job_class(folder=self.folder, job_id=found, tasks=list(range(self._num_tasks())))
 
     SlurmExecutor._make_submission_command = timed  # type: ignore[method-assign,assignment]

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -26,8 +25,9 @@ from typing import Any, NamedTuple, TextIO
 
 from fmsweep.errors import ArgumentParser, UserError, exit_with
 from fmsweep.results.runs import METRICS, is_number, read_history, read_metrics, read_objective
-from fmsweep.sweep import lock
+from fmsweep.sweep import lock, submission
 from fmsweep.sweep.manifest import LAUNCH_LOCK, JobRecord, Manifest, load, require
+from fmsweep.sweep.slurm import Silent, slurm_output
 
 STATES = ("pending", "not submitted", "running", "completed", "pruned", "failed", "cancelled", "stopped", "unknown")
 # nothing of the job runs any more, or will before a resume
@@ -45,7 +45,6 @@ SHOWN_FIRST = (
 )  # block order
 ALWAYS_COUNTED = ("pending", "running", "completed", "failed")  # the counts name the others only when there are any
 ERROR_CHARS = 120  # of an error or a cancel's reason: `cancelled by SIGTERM (scancel) in epoch 3 of 10; ...`
-SLURM_TIMEOUT_S = 10
 # SLURM's states of a job that ended (squeue lists them for a while after the end, sacct for good)
 SLURM_ENDED = {
     "COMPLETED",
@@ -150,29 +149,6 @@ def _mtime(path: Path) -> int | None:
 def _mark(sweep_dir: Path, job: JobRecord) -> tuple[int | str | None, ...]:
     run_dir = sweep_dir / job.name
     return _mtime(run_dir / lock.LOCK), _mtime(run_dir / METRICS), job.launcher_job
-
-
-class Silent(Exception):
-    """A SLURM command that exists did not answer (it failed, or timed out): what it said, in one line."""
-
-
-def slurm_output(args: list[str]) -> str | None:
-    """The output of a SLURM command; None where it does not exist (no SLURM here: the files alone decide); Silent
-    when it fails or times out. An unknown job id is an answer: squeue fails on a list of only those, once SLURM
-    forgot them."""
-    try:
-        return subprocess.run(args, capture_output=True, text=True, timeout=SLURM_TIMEOUT_S, check=True).stdout
-    except subprocess.CalledProcessError as exc:
-        if "Invalid job id" in (exc.stderr or ""):
-            return ""
-        said = (exc.stderr or "").strip().splitlines()
-        raise Silent(f"{args[0]}: {said[-1] if said else f'exit code {exc.returncode}'}") from None
-    except subprocess.TimeoutExpired:
-        raise Silent(f"{args[0]}: no answer in {SLURM_TIMEOUT_S} s") from None
-    except FileNotFoundError:
-        return None
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise Silent(f"{args[0]}: {exc}") from None
 
 
 def squeue(job_ids: list[str]) -> dict[str, SlurmJob] | None:
@@ -388,8 +364,6 @@ def look(manifest: Manifest, stale: Collection[int] = (), accounting: bool = Tru
     slurm: dict[str, SlurmJob] = {}
     silent = None
     if manifest.launcher == "slurm" and manifest.pending():
-        from fmsweep.sweep import submission
-
         manifest = copy.deepcopy(manifest)
         try:
             submission.settle(manifest)

@@ -16,7 +16,7 @@ from typing import Any
 from fmsweep import gate
 from fmsweep.errors import UserError
 from fmsweep.sweep.manifest import Manifest, Submission, load, locked
-from fmsweep.sweep.status import Silent, slurm_output
+from fmsweep.sweep.slurm import Silent, slurm_output
 
 SBATCH_TIMEOUT_S = 120  # an sbatch that has not answered by then is stopped, and what it did is asked of SLURM
 SBATCH_KILL_S = 10  # how long a stopped sbatch gets to end before it is killed

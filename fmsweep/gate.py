@@ -7,6 +7,9 @@ run dir's lock) and finds in DIR/hold a number H <= E writes
 DIR/<run dir name>@<E> and waits until DIR/hold is gone or holds a number above E, or that file of its own is
 gone (the test let that one run go), or a stop signal arrives (the loop then stops as it would mid-epoch).
 Without the variable the check is one dictionary lookup per epoch.
+
+FMSWEEP_TEST_CRASH=<point>:<n> kills a launching command (SIGKILL) the n-th time it passes a point of its SLURM
+submission (`crash_at`), as a test's fault.
 """
 
 from __future__ import annotations

@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args = parse_args(argv)
         manifest.require(args.sweep_dir)
-        sweep = submission.settle_record(args.sweep_dir)  # a job submitted but never recorded is cancelled too
+        sweep = submission.settle_record(args.sweep_dir, "nothing was cancelled")  # unrecorded jobs too
         assert sweep is not None
         print(cancel(sweep, str(args.sweep_dir)))
     except UserError as exc:

@@ -95,10 +95,10 @@ def settle(record: Manifest) -> list[str]:
     return lines
 
 
-def settle_record(sweep_dir: Path) -> Manifest | None:
+def settle_record(sweep_dir: Path, undone: str = "nothing was launched") -> Manifest | None:
     """Settle the submissions of the sweep in `sweep_dir` that have no id (`settle`), under the record's lock, and
     say what was adopted; the record (None without one). A UserError when SLURM does not answer: before anything
-    is submitted again, what those submitted must be known."""
+    is submitted again (or cancelled), what those submitted must be known; `undone` says what was not done."""
     with locked(sweep_dir):
         record = load(sweep_dir)
         if record is None or not record.pending():
@@ -108,8 +108,7 @@ def settle_record(sweep_dir: Path) -> Manifest | None:
         except Silent as exc:
             raise UserError(
                 f"SLURM does not answer ({exc}): {len(record.pending())} submission(s) of {sweep_dir} have no "
-                "recorded answer, and what they submitted cannot be looked up; nothing was launched (try again once "
-                "SLURM answers)"
+                f"recorded answer, and what they submitted cannot be looked up; {undone} (try again once SLURM answers)"
             ) from None
         record.save()
     for line in lines:

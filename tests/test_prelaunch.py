@@ -4,6 +4,7 @@ SLURM's stop warning."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -297,3 +298,31 @@ def test_a_job_named_by_display_overrides_keeps_its_full_values_in_its_config(
     assert str(cfg.hydra.sweep.subdir) == f"4_{cfg.hydra.job.override_dirname}"
     assert str(plain.hydra.sweep.subdir) == "5_" + str(plain.hydra.job.override_dirname)
     assert "optimizer.lr=0.006431172050131994" in str(plain.hydra.job.override_dirname)
+
+
+def test_a_controller_that_does_not_answer_is_no_verdict_on_the_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sbatch --test-only failing because the controller does not answer says so; it does not call the request
+    impossible (the negative control: a refused request is)."""
+    sbatch = tmp_path / "sbatch"
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    params = {"timeout_min": 10, "signal_delay_s": 120, "partition": None, "cpus_per_task": 1}
+    sbatch.write_text(
+        "#!/bin/sh\necho 'sbatch: error: Batch job submission failed: Socket timed out on send/recv operation' >&2\n"
+        "exit 1\n"
+    )
+    sbatch.chmod(0o755)
+    with pytest.raises(
+        UserError,
+        match=r"^SLURM does not answer \(sbatch --test-only: Batch job submission failed: "
+        r"Socket timed out on send/recv operation\); nothing was submitted \(try again",
+    ):
+        prelaunch.check_slurm_request(params)
+    sbatch.write_text("#!/bin/sh\necho 'sbatch: error: Invalid partition name specified' >&2\nexit 1\n")
+    with pytest.raises(
+        UserError,
+        match=r"^SLURM cannot run this sweep's jobs \(cpus_per_task=1, timeout_min=10\): "
+        "Invalid partition name specified",
+    ):
+        prelaunch.check_slurm_request(params)

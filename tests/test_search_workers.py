@@ -102,3 +102,28 @@ def test_a_preempted_worker_is_requeued_and_resumes_its_own_trial(data_root: Pat
     log = (first / "__main__.log").read_text()
     assert "Signal 12: saved" in log and "Resuming from" in log
     assert history_epochs(first) == list(range(1, epochs + 1))
+
+
+@pytest.mark.slurm
+@needs_cluster
+def test_a_resume_of_a_search_whose_workers_run_adds_none_and_keeps_its_results_job(
+    data_root: Path, tmp_path: Path, held: Gate
+) -> None:
+    """Its n_jobs workers of the first launch still run: a resume submits no other worker (each takes trials until
+    the study holds n_trials), and the results job waits on as it was."""
+    sweep_dir = tmp_path / "search"
+    held.hold(0)
+    args = [*CPU_SLURM, *fast_overrides(data_root), *SPACE, "epochs=1", "hydra/sweeper=optuna"]
+    args += ["hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2", "hydra.sweeper.detach=true"]
+    assert sweep(*args, f"hydra.sweep.dir={sweep_dir}").returncode == 0
+    first = record(sweep_dir)
+    held.wait_held(0, runs=2)  # both workers train a trial
+    resumed = fmsweep("resume", str(sweep_dir))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "2 workers of an earlier launch still queued or running, of hydra.sweeper.n_jobs=2" in resumed.stdout
+    again = record(sweep_dir)
+    assert again["workers"] == first["workers"] and again["finish_job"] == first["finish_job"], resumed.stdout
+    held.release()
+    watched = fmsweep("status", str(sweep_dir), "--watch", "--interval", "1")
+    assert watched.returncode == 0 and "3 completed" in watched.stdout, watched.stdout[-2000:]
+    assert len(record(sweep_dir)["jobs"]) == 3 and (sweep_dir / "report.md").is_file()

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO, cast
 
@@ -27,6 +28,7 @@ from fmsweep import signals
 from fmsweep.errors import UserError
 from fmsweep.sweep import packing, prelaunch, submission
 from fmsweep.sweep.manifest import Manifest, ids_text, load, locked
+from fmsweep.sweep.slurm import Silent
 
 # how long a Ctrl-C'd sweep of submitit_local waits for its jobs, which got the Ctrl-C too, to save and stop:
 # submitit's controller of a job gives it 1 s after SIGINT, then kills it
@@ -393,6 +395,11 @@ def submit_finish(launcher: Any, manifest: Manifest, waits: Sequence[str] = ()) 
 
     view = status.look(manifest, accounting=False)
     again = f"fmsweep resume {manifest.sweep_dir} submits it"
+    try:
+        # a search's workers of an earlier launch that are queued or running, with or without a trial yet
+        workers = status.slurm_view(manifest.workers, accounting=False) if not view.silent else {}
+    except Silent as exc:
+        view = replace(view, silent=str(exc))
     if view.silent:
         raise UserError(
             f"SLURM does not answer ({view.silent}): the job that writes the results is not submitted; {again}"
@@ -404,6 +411,7 @@ def submit_finish(launcher: Any, manifest: Manifest, waits: Sequence[str] = ()) 
             if (entry := manifest.job(n)) is not None and entry.launcher_job
         }
         | {job.partition("_")[0] for job in waits}
+        | {worker.partition("_")[0] for worker, job in workers.items() if job.state not in status.SLURM_ENDED}
     )
     old = manifest.finish_job if view.finish_alive else None
     if alive_jobs and old and (view.finish or "").startswith("PENDING"):

@@ -208,10 +208,15 @@ def check_slurm_timeout(params: dict[str, Any]) -> None:
         )
 
 
+# what SLURM's commands say when the controller does not answer: no verdict on the request
+SILENT = ("socket timed out", "unable to contact slurm controller", "zero bytes were transmitted", "connection")
+AGAIN = "nothing was submitted (try again once SLURM answers)"
+
+
 def check_slurm_request(params: dict[str, Any]) -> None:
     """Check the time limit (check_slurm_timeout), then ask SLURM whether it could ever run a job with the
     launcher's resource request (`sbatch --test-only` on the batch script submitit would submit); an impossible
-    request is a UserError quoting SLURM."""
+    request is a UserError quoting SLURM, and so is a controller that does not answer, said as such."""
     import submitit
     from submitit.slurm.slurm import _make_sbatch_string  # the script submitit itself would submit
 
@@ -223,9 +228,14 @@ def check_slurm_request(params: dict[str, Any]) -> None:
         executor.update_parameters(**launcher_settings(params, "slurm"))
         script = Path(folder) / "test.sh"
         script.write_text(_make_sbatch_string(command="true", folder=folder, **executor._executor.parameters))
-        proc = subprocess.run(["sbatch", "--test-only", str(script)], capture_output=True, text=True, timeout=60)
+        try:
+            proc = subprocess.run(["sbatch", "--test-only", str(script)], capture_output=True, text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            raise UserError(f"SLURM does not answer (sbatch --test-only: no answer in 60 s); {AGAIN}") from None
     if proc.returncode != 0:
         answer = " ".join(line.removeprefix("sbatch: error: ") for line in proc.stderr.strip().splitlines())
+        if any(said in answer.lower() for said in SILENT):
+            raise UserError(f"SLURM does not answer (sbatch --test-only: {answer}); {AGAIN}")
         shown = ("partition", "nodes", "tasks_per_node", "cpus_per_task", "gpus_per_node", "mem_gb", "timeout_min")
         request = ", ".join(f"{k}={params[k]}" for k in shown if params.get(k) is not None)
         raise UserError(

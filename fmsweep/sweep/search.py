@@ -194,13 +194,15 @@ def run_search(sweeper: Any, arguments: list[str]) -> None:
                     f"{sweep_dir} holds a {record.kind} sweep, not a search: choose another hydra.sweep.dir; "
                     f"nothing was launched"
                 )
-            if record is not None and record.launcher == "slurm" and (record.workers or record.jobs):
-                silent = status.look(record, accounting=False).silent
-                if silent:
+            earlier = 0  # workers of an earlier launch still queued or running: they take trials too
+            if record is not None and (record.workers or record.jobs):
+                view = status.look(record, accounting=False)
+                if view.silent:
                     raise UserError(
-                        f"SLURM does not answer ({silent}): the workers and trials of {sweep_dir} may still be "
+                        f"SLURM does not answer ({view.silent}): the workers and trials of {sweep_dir} may still be "
                         f"queued or running; nothing was launched (try again once squeue answers)"
                     )
+                earlier = view.workers_alive
             excluded = OmegaConf.select(sweeper.config, "hydra.job.config.override_dirname.exclude_keys")
             machine_keys = list(excluded or [])
             # the trials prune themselves, from inside their jobs (trial.Trial), with the pruner recorded here
@@ -246,7 +248,12 @@ def run_search(sweeper: Any, arguments: list[str]) -> None:
             record.trials, record.detach = sweeper.n_trials, bool(sweeper.detach)
             record.save()
         left = sweeper.n_trials - worker.ended(study.get_trials(deepcopy=False))
-        slots = min(sweeper.n_jobs, -(-left // plan.pack)) if left > 0 else 0
+        slots = max(min(sweeper.n_jobs, -(-left // plan.pack)) - earlier, 0) if left > 0 else 0
+        if earlier:
+            print(
+                f"fmsweep: {earlier} worker{'s' * (earlier > 1)} of an earlier launch still queued or running, "
+                f"of hydra.sweeper.n_jobs={sweeper.n_jobs}"
+            )
         if type(launcher).__name__ == "BasicLauncher" and slots > 1:
             print(
                 f"fmsweep: the basic launcher runs one trial at a time (hydra.sweeper.n_jobs={sweeper.n_jobs} needs "

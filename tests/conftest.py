@@ -82,6 +82,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="comma-separated markers (e.g. slurm,browser) whose tests fail instead of skipping: "
         "where the services are known to be there, a skip means something broke",
     )
+    parser.addoption(
+        "--chaos-seeds",
+        type=int,
+        default=3,
+        metavar="N",
+        help="tests/test_chaos.py runs the grid and the search under the faults of seeds 0..N-1 (default 3)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test that takes `chaos_seed` runs once per seed of --chaos-seeds."""
+    if "chaos_seed" in metafunc.fixturenames:
+        metafunc.parametrize("chaos_seed", range(metafunc.config.getoption("--chaos-seeds")))
 
 
 @pytest.hookimpl(hookwrapper=True)

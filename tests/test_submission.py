@@ -226,3 +226,26 @@ def test_an_sbatch_that_hangs_is_stopped_and_settled_by_its_name(
     [job] = submission.sbatch(record, entry, lambda: [ex.submit(sum, [1, 2, 3])])
     assert entry.id == record.finish_job == str(job.job_id)
     assert job.result() == 6
+
+
+def test_a_submission_cancelled_before_accounting_knew_it_is_still_found(tmp_path: Path) -> None:
+    """A job cancelled right after its sbatch (whose answer the record lacks) has left the queue, and accounting
+    records it seconds later: SLURM's controller still knows it (squeue -t all), so it is adopted, never taken for a
+    submission that did not happen (and submitted again)."""
+    from fmsweep.sweep import manifest, submission
+
+    record = manifest.Manifest(sweep_dir=tmp_path, kind="grid", launcher="slurm", command=[], cwd=str(tmp_path))
+    entry = submission.begin(record, "results", 1, f"fmsweep:{tmp_path.name}:results")
+    job_id = subprocess.run(
+        ["sbatch", "--parsable", "-J", entry.name, "-c1", "--mem=50M", "--begin=now+600", "--wrap", "true"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    subprocess.run(["scancel", job_id], check=True)
+    wait_for(
+        "the job to leave the queue",
+        lambda: not subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True).stdout.strip(),
+    )
+    [line] = submission.settle(record)
+    assert entry.id == record.finish_job == job_id and "adopted, not submitted again" in line

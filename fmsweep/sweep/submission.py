@@ -36,12 +36,13 @@ def begin(record: Manifest, kind: str, count: int, base: str) -> Submission:
 
 
 def find(names: list[str]) -> dict[str, str]:
-    """The SLURM id (an array's id) of each name SLURM holds, queued or (in its accounting) ended; Silent when
-    squeue or sacct does not answer."""
+    """The SLURM id (an array's id) of each name SLURM holds, queued, just ended, or ended in its accounting;
+    Silent when squeue or sacct does not answer."""
     if not names:
         return {}
     found: dict[str, str] = {}
-    out = slurm_output(["squeue", "-h", "-r", "--name", ",".join(names), "-o", "%i|%j"]) or ""
+    # every state squeue still knows (an ended job for MinJobAge): accounting records a job seconds after its end
+    out = slurm_output(["squeue", "-h", "-r", "-t", "all", "--name", ",".join(names), "-o", "%i|%j"]) or ""
     for line in out.splitlines():
         job_id, _, name = line.partition("|")
         found[name] = job_id.partition("_")[0]

@@ -91,6 +91,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`-n 2 --dist loadgroup`, as CI runs), the tests of the cluster (slurm, mariadb) run on one
+    worker, one after another, while the other worker runs the rest: the cluster's one node has as many CPUs as the
+    machine, and a test that holds jobs at the gate would keep another's waiting."""
+    for item in items:
+        if item.get_closest_marker("slurm") or item.get_closest_marker("mariadb"):
+            item.add_marker(pytest.mark.xdist_group("cluster"))
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """A test that takes `chaos_seed` runs once per seed of --chaos-seeds."""
     if "chaos_seed" in metafunc.fixturenames:

@@ -222,8 +222,8 @@ def test_an_sbatch_that_hangs_is_stopped_and_settled_by_its_name(
     record = manifest.Manifest(sweep_dir=tmp_path, kind="grid", launcher="slurm", command=[], cwd=str(tmp_path))
     entry = submission.begin(record, "results", 1, f"fmsweep:{tmp_path.name}:results")
     ex = submitit.AutoExecutor(folder=tmp_path / "logs", cluster="slurm")
-    ex.update_parameters(name=entry.name, timeout_min=5, cpus_per_task=1, mem_gb=1)
-    [job] = submission.sbatch(record, entry, lambda: [ex.submit(sum, [1, 2, 3])])
+    ex.update_parameters(timeout_min=5, cpus_per_task=1, mem_gb=1)
+    [job] = submission.sbatch(record, entry, ex, lambda: [ex.submit(sum, [1, 2, 3])])
     assert entry.id == record.finish_job == str(job.job_id)
     assert job.result() == 6
 

@@ -171,18 +171,14 @@ def submit(launcher: Any, manifest: Manifest, planned: list[tuple[list[int], Uni
                         job = record.job(num)
                         assert job is not None
                         job.submission, job.task = sent.name, task if len(part) > 1 else None
-                record.save()
-                ex.update_parameters(name=sent.name)
                 try:
-                    submitted = submission.sbatch(record, sent, functools.partial(submit_units, ex, units))
+                    submitted = submission.sbatch(record, sent, ex, functools.partial(submit_units, ex, units))
                 except submission.Refused as exc:
                     done = sum(len(nums) for nums, _ in planned[:first])
                     raise UserError(
                         f"{exc}; {done} job(s) submitted, {left} not yet: fmsweep resume {manifest.sweep_dir} "
                         "submits them"
                     ) from None
-                finally:
-                    record.save()
                 ids = [str(job.job_id) for job in submitted]
             for (nums, _), job_id in zip(part, ids):
                 for num in nums:
@@ -342,12 +338,12 @@ def launch_workers(launcher: Any, manifest: Manifest, workers: list[Any], detach
                 record.workers += [str(job.job_id) for job in submitted]
             else:
                 entry = submission.begin(record, "workers", len(workers), base)
-                record.save()
-                ex.update_parameters(name=entry.name)
                 try:
-                    submitted = submission.sbatch(record, entry, lambda: ex.submit_array(workers))
-                finally:
-                    record.save()
+                    submitted = submission.sbatch(record, entry, ex, lambda: ex.submit_array(workers))
+                except submission.Refused as exc:
+                    raise UserError(
+                        f"{exc}; no worker was submitted: fmsweep resume {sweep_dir} submits them"
+                    ) from None
             record.save()
         manifest.workers, manifest.submissions = record.workers, record.submissions
         return submitted
@@ -447,14 +443,10 @@ def submit_results(launcher: Any, manifest: Manifest, waits: list[str]) -> str:
     with locked(manifest.sweep_dir):  # a search's workers may have added trials since `manifest` was read
         record = load(manifest.sweep_dir) or manifest
         entry = submission.begin(record, "results", 1, f"{job_name(launcher, manifest.sweep_dir)}:results")
-        record.save()
-        ex.update_parameters(name=entry.name)
         try:
-            submission.sbatch(record, entry, lambda: [ex.submit(finish.finish, str(manifest.sweep_dir))])
+            submission.sbatch(record, entry, ex, lambda: [ex.submit(finish.finish, str(manifest.sweep_dir))])
         except submission.Refused as exc:
             raise UserError(f"{exc}; fmsweep resume {manifest.sweep_dir} submits it") from None
-        finally:
-            record.save()
     manifest.finish_job, manifest.submissions = record.finish_job, record.submissions
     assert record.finish_job is not None
     return record.finish_job

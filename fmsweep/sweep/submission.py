@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -153,26 +153,32 @@ def settled_sbatch() -> Iterator[list[str]]:
         SlurmExecutor._submit_command = submit  # type: ignore[method-assign]
 
 
-def sbatch(record: Manifest, entry: Submission, submit: Any) -> list[Any]:
-    """Run `submit` (submitit's submission of `entry`, recorded and saved) and record its SLURM id in `record`;
-    submitit's jobs. Refused when sbatch failed and SLURM holds nothing under the name (the entry is dropped); a
-    UserError when sbatch failed and SLURM does not answer (the entry stays, to settle). The caller saves the
-    record in every case."""
-    gate.crash_at("before-sbatch")
+def sbatch(record: Manifest, entry: Submission, ex: Any, submit: Callable[[], list[Any]]) -> list[Any]:
+    """Submit `entry` (begun, with what it carries marked in `record`): save the record, name the jobs of the
+    submitit executor `ex` after it, run `submit` (its submission through `ex`), record the SLURM id and save the
+    record again, whatever came of it; submitit's jobs. Refused when sbatch failed and SLURM holds nothing under
+    the name (the entry is dropped); a UserError when sbatch failed and SLURM does not answer (the entry stays, to
+    settle). The caller holds the record's lock."""
+    record.save()
+    ex.update_parameters(name=entry.name)
     try:
-        with settled_sbatch() as said:
-            jobs = submit()
-    except Silent as exc:
-        raise UserError(
-            f"sbatch failed and SLURM does not answer ({exc}): whether {entry.name} was submitted is unknown; the "
-            "record keeps it to settle: fmsweep resume settles it once SLURM answers"
-        ) from None
-    except Exception as exc:  # noqa: BLE001 (sbatch's failure, of any kind, with nothing of it in SLURM)
-        drop(record, entry)
-        raise Refused(f"sbatch refused {entry.name}: {' '.join(str(exc).split())[-300:]}") from None
-    gate.crash_at("after-sbatch")
-    slurm_id = str(jobs[0].job_id).partition("_")[0]
-    adopt(record, entry, slurm_id)
-    for error in said:
-        print(f"fmsweep: sbatch failed ({error[-120:]}), but SLURM holds {entry.name} as job {slurm_id}: recorded")
-    return list(jobs)
+        gate.crash_at("before-sbatch")
+        try:
+            with settled_sbatch() as said:
+                jobs = submit()
+        except Silent as exc:
+            raise UserError(
+                f"sbatch failed and SLURM does not answer ({exc}): whether {entry.name} was submitted is unknown; "
+                "the record keeps it to settle: fmsweep resume settles it once SLURM answers"
+            ) from None
+        except Exception as exc:  # noqa: BLE001 (sbatch's failure, of any kind, with nothing of it in SLURM)
+            drop(record, entry)
+            raise Refused(f"sbatch refused {entry.name}: {' '.join(str(exc).split())[-300:]}") from None
+        gate.crash_at("after-sbatch")
+        slurm_id = str(jobs[0].job_id).partition("_")[0]
+        adopt(record, entry, slurm_id)
+        for error in said:
+            print(f"fmsweep: sbatch failed ({error[-120:]}), but SLURM holds {entry.name} as job {slurm_id}: recorded")
+        return list(jobs)
+    finally:
+        record.save()

@@ -223,13 +223,15 @@ def test_a_resize_between_redraws_is_followed(
 
 def test_the_record_is_read_again_as_slurm_jobs_are_submitted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The launching code records each job's SLURM job id as it submits it: each poll reads sweep.json again (and
-    keeps the last good record when it cannot), and SLURM's view follows."""
+    keeps the last good record when it cannot), and SLURM's view follows. A job not submitted yet is pending while
+    the launch (which holds the sweep's launch lock) submits it."""
     manifest = sweep(tmp_path / "sweep", 3, launcher="slurm", epochs=5)
     log = fake_slurm(tmp_path / "bin", monkeypatch, squeue="40_0|PENDING|Priority\n40_1|RUNNING|None\n")
     out = Terminal()
     live = LiveStatus(manifest, launched(manifest), stream=out)
-    live.update()
-    assert blocks(out.getvalue(), 4)[-1][1:] == ["lr=0  pending", "lr=1  pending", "lr=2  pending"]
+    with records.launching(manifest.sweep_dir):
+        live.update()
+    assert blocks(out.getvalue(), 4)[-1][1:] == [f"lr={n}  pending (being submitted)" for n in range(3)]
     assert log.read_text() == ""  # no job id yet: SLURM not asked
     record = records.load(manifest.sweep_dir)  # what the launching code does, apart from the live status
     assert record is not None

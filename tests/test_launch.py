@@ -274,3 +274,18 @@ def test_fmsweep_cancel_marks_the_record_under_its_lock(tmp_path: Path) -> None:
     canceller.join()
     saved = json.loads((tmp_path / "sweep.json").read_text())
     assert [(job["launcher_job"], job["cancelled"]) for job in saved["jobs"]] == [("100_0", True), (None, True)]
+
+
+def test_a_submission_name_is_never_given_twice(tmp_path: Path) -> None:
+    """A dropped submission (SLURM never took it) keeps its number: a later one that SLURM would find under the
+    same name could be taken for it. The count survives the record's rewrite."""
+    from fmsweep.sweep import submission
+
+    record = slurm_sweep(tmp_path, 1)
+    first = submission.begin(record, "jobs", 1, "fmsweep:x")
+    submission.drop(record, first)
+    second = submission.begin(record, "jobs", 1, "fmsweep:x")
+    assert (first.name, second.name) == (f"fmsweep:x:{record.sweep_id}.0", f"fmsweep:x:{record.sweep_id}.1")
+    record.save()
+    reread = manifest.load(tmp_path)
+    assert reread is not None and submission.begin(reread, "results", 1, "fmsweep:x").name.endswith(".2")

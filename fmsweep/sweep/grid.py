@@ -63,7 +63,7 @@ def record(
         finish_job=old.finish_job if old else None,
     )
     if old:
-        made.sweep_id, made.submissions = old.sweep_id, old.submissions
+        made.sweep_id, made.submissions, made.sbatches = old.sweep_id, old.submissions, old.sbatches
     return made
 
 

@@ -83,6 +83,7 @@ class Manifest:
     workers: list[str] = field(default_factory=list)
     sweep_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     submissions: list[Submission] = field(default_factory=list)
+    sbatches: int = 0  # submissions begun, dropped ones included: a name is never given twice
 
     def pending(self) -> list[Submission]:
         """The submissions whose sbatch may have run but whose answer was never recorded."""
@@ -167,6 +168,7 @@ def load(sweep_dir: Path) -> Manifest | None:
             workers=list(data.get("workers", [])),
             **({"sweep_id": data["sweep_id"]} if "sweep_id" in data else {}),
             submissions=[Submission(**entry) for entry in data.get("submissions", [])],
+            sbatches=int(data.get("sbatches", len(data.get("submissions", [])))),
         )
     except (KeyError, TypeError) as exc:
         raise UserError(f"{path} is not an fmsweep sweep record: {exc}") from None

@@ -30,8 +30,9 @@ class Refused(UserError):
 def begin(record: Manifest, kind: str, count: int, base: str) -> Submission:
     """Record a submission of `count` array tasks (`kind`: jobs, workers or results) under a new name `<base>:<sweep
     id>.<n>`, before its sbatch runs; the caller saves the record."""
-    entry = Submission(f"{base}:{record.sweep_id}.{len(record.submissions)}", kind, count)
+    entry = Submission(f"{base}:{record.sweep_id}.{record.sbatches}", kind, count)
     record.submissions.append(entry)
+    record.sbatches += 1
     return entry
 
 

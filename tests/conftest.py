@@ -91,6 +91,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (`-n 2 --dist loadgroup`, as CI runs), the tests of the cluster (slurm, mariadb) run on one
     worker, one after another, while the other worker runs the rest: the cluster's one node has as many CPUs as the
@@ -98,6 +99,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("slurm") or item.get_closest_marker("mariadb"):
             item.add_marker(pytest.mark.xdist_group("cluster"))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Where pytest-xdist cannot group (the cluster's tests would run on both workers at once), stop before any
+    test runs rather than let them race for the cluster's CPUs."""
+    if not session.config.getoption("loadgroup", False):
+        return
+    loose = [item.nodeid for item in session.items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+    if loose:
+        raise pytest.UsageError(
+            f"pytest-xdist did not group {loose[0]} (pytest {pytest.__version__}, pytest-dev/pytest-xdist#1386): "
+            "run with a pytest that pyproject.toml's test extra allows"
+        )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

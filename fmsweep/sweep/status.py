@@ -414,7 +414,9 @@ def read(manifest: Manifest, stale: Collection[int] = ()) -> dict[int, Status]:
     state that is not an end, its process (submitit_local's pid) lives, or its run dir's lock is held; cancelled
     (metrics.json, the record's `cancelled`, sacct's CANCELLED); failed (metrics.json's error, or sacct's FAILED,
     TIMEOUT, OUT_OF_MEMORY, ... with its exit code); stopped (started: .hydra/config.yaml, but none of the above);
-    else pending. A failed, cancelled or stopped job in `stale` is pending until its new launch shows (see Stale)."""
+    else pending, or, under a submitit launcher with no launcher job, not submitted (`pending (being submitted)`
+    while a launch holds the sweep's launch lock). A failed, cancelled or stopped job in `stale` is pending until
+    its new launch shows (see Stale); with SLURM silent, a job it may hold is unknown."""
     return look(manifest, stale).statuses
 
 

@@ -38,6 +38,8 @@ ALIVE_POLL_S = 5.0
 # how often an attached sweep looks whether a submitit job it waits for has ended
 JOB_POLL_S = 0.2
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's default MaxArraySize
+# how long a replaced results job gets to leave the queue (SLURM's KillWait is 30 s): never two at once
+CANCEL_WAIT_S = 60
 
 
 class Unit:
@@ -416,12 +418,31 @@ def submit_finish(launcher: Any, manifest: Manifest, waits: Sequence[str] = ()) 
             return old
     if old:
         done = subprocess.run(["scancel", old], capture_output=True, text=True)
-        if done.returncode != 0:
+        if done.returncode != 0 or not ended(old):
+            why = done.stderr.strip() or f"still listed {CANCEL_WAIT_S} s after scancel"
             raise UserError(
-                f"the earlier job {old} that writes the results could not be cancelled ({done.stderr.strip()}): "
-                f"no second one was submitted; {again}"
+                f"the earlier job {old} that writes the results could not be cancelled ({why}): no second one was "
+                f"submitted; {again}"
             )
     return submit_results(launcher, manifest, alive_jobs) if alive_jobs else None
+
+
+def ended(job_id: str) -> bool:
+    """Wait up to CANCEL_WAIT_S for SLURM to list the job `job_id` as ended (or no longer): a cancelled job that
+    runs is COMPLETING until its processes are gone. Whether it ended."""
+    from fmsweep.sweep import status
+
+    deadline = time.monotonic() + CANCEL_WAIT_S
+    while True:
+        try:
+            job = status.slurm_view([job_id], accounting=False).get(job_id)
+        except Silent:
+            job = status.SlurmJob("UNKNOWN", "")
+        if job is None or job.state in status.SLURM_ENDED:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(JOB_POLL_S)
 
 
 def submit_results(launcher: Any, manifest: Manifest, waits: list[str]) -> str:

@@ -94,7 +94,7 @@ class TwoTrainers:
     """A sampler that looks, every `every` s, which processes hold each run dir's lock file open, by path (a lock
     file unlinked or replaced under its holder counts too: ` (deleted)`). A run opens its lock file in lock.hold and
     keeps it open for the whole of its training, and nowhere else is it kept open: a refused second trainer
-    (lock.take) and a status (check_free) open it, try the flock without waiting and close it within milliseconds.
+    (lock.take) and a status (lock.holder_of) open it, try the flock without waiting and close it within milliseconds.
     So two processes that both keep one run dir's lock file open for `span` s are two trainers of that dir. Trainers
     here wait at the test's gate after every epoch, for as long as the test holds them: two trainers of one dir would
     be seen together for seconds, not for one sample. (The history and TensorBoard checks, each epoch once, catch a

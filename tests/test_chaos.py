@@ -411,14 +411,19 @@ class Chaos:
         young = [name for name, (epoch, _, _) in held.items() if epoch < EPOCHS]
         return self.rng.choice(sorted(young or held)) if held else None
 
-    def fault_requeue(self) -> bool:
+    def held_target(self) -> tuple[str, int, int, str] | None:
+        """A held run to hit (`pick_held`), once there is something to hit: its name, epoch, pid and SLURM job."""
         if not self.target(running=True):
-            return False
+            return None
         held = self.held_runs()
         name = self.pick_held()
-        if name is None:
+        return None if name is None else (name, *held[name])
+
+    def fault_requeue(self) -> bool:
+        picked = self.held_target()
+        if picked is None:
             return False
-        epoch, pid, job = held[name]
+        name, epoch, pid, job = picked
         done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
         if done.returncode != 0:
             self.say(f"scontrol requeue {job} refused: {done.stderr.strip()}")
@@ -429,13 +434,10 @@ class Chaos:
         return True
 
     def fault_sigkill(self) -> bool:
-        if not self.target(running=True):
+        picked = self.held_target()
+        if picked is None:
             return False
-        held = self.held_runs()
-        name = self.pick_held()
-        if name is None:
-            return False
-        epoch, pid, job = held[name]
+        name, epoch, pid, job = picked
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         wait_for(f"pid {pid} to die", lambda: gone(pid), WAIT_S, every=0.1)

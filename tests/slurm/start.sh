@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Start a real single-node SLURM cluster (munge, mariadb + slurmdbd accounting, slurmctld, slurmd) on this
-# machine, as root, without systemd. Writes slurm.conf/slurmdbd.conf for this host (name, CPUs and memory
-# from `slurmd -C`). Install first: apt-get install -y slurmctld slurmd slurm-client munge slurmdbd mariadb-server
+# machine, as root, without systemd, configured as a shared cluster: two GPUs as GRES (faked on /dev/tty0-1, as
+# SLURM's own test suite does), MaxArraySize=100, enforced associations and QOS limits (the QOS `normal`:
+# MaxSubmitJobsPerUser=20; `capped`: 8), a `short` partition (MaxTime=30), a `gresonly` partition whose job
+# submit filter (job_submit.lua) takes GPUs only as --gres, and preemption by QOS (`high` requeues `low`, which
+# gets a signal and 60 s of GraceTime, and `lowterm`, which gets SIGTERM only). Writes slurm.conf, gres.conf and
+# slurmdbd.conf for this host (name, CPUs and memory from `slurmd -C`).
+# Install first: apt-get install -y slurmctld slurmd slurm-client munge slurmdbd mariadb-server
 # Pids of what it started go to $SLURM_STATE_DIR (default /tmp/fmsweep-slurm) for stop.sh.
 set -euo pipefail
 state=${SLURM_STATE_DIR:-/tmp/fmsweep-slurm}
@@ -52,10 +57,15 @@ if ! pgrep -x slurmdbd >/dev/null; then
 fi
 
 # 3. controller and node, configured for this machine
+cluster=fmsweep
 host=$(hostname)
 node=$(slurmd -C | head -n 1 | sed "s/^NodeName=[^ ]*/NodeName=$host/")
+cat >/etc/slurm/gres.conf <<CONF
+NodeName=$host Name=gpu File=/dev/tty[0-1]
+CONF
+cp "$(dirname "$0")/job_submit.lua" /etc/slurm/job_submit.lua
 cat >/etc/slurm/slurm.conf <<CONF
-ClusterName=fmsweep
+ClusterName=$cluster
 SlurmctldHost=$host
 AuthType=auth/munge
 CredType=cred/munge
@@ -75,19 +85,41 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStoragePort=6819
+AccountingStorageEnforce=associations,limits,qos
+AccountingStorageTRES=gres/gpu
+GresTypes=gpu
+MaxArraySize=100
+JobSubmitPlugins=lua
+PreemptType=preempt/qos
+PreemptMode=REQUEUE
 JobCompType=jobcomp/none
 MpiDefault=none
 ReturnToService=2
 SchedulerType=sched/backfill
 # requeued jobs start again within seconds instead of minutes
-SchedulerParameters=sched_interval=5,bf_interval=5
+SchedulerParameters=sched_interval=5,bf_interval=5,preempt_send_user_signal
 AuthInfo=cred_expire=10
 MailProg=/bin/true
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
-$node State=UNKNOWN
+$node Gres=gpu:2 State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
+PartitionName=short Nodes=$host MaxTime=30 State=UP
+PartitionName=gresonly Nodes=$host MaxTime=INFINITE State=UP
 CONF
+# 4. the cluster's associations and QOS: with enforcement on, a user without an association cannot submit
+user=$(id -un)
+sacctmgr -i add cluster "$cluster" >/dev/null || true
+sacctmgr -i add account lab cluster="$cluster" >/dev/null || true
+sacctmgr -i add user "$user" account=lab cluster="$cluster" >/dev/null || true
+for qos in capped low lowterm high; do sacctmgr -i add qos "$qos" >/dev/null || true; done
+sacctmgr -i modify qos normal set MaxSubmitJobsPerUser=20 >/dev/null
+sacctmgr -i modify qos capped set MaxSubmitJobsPerUser=8 >/dev/null
+sacctmgr -i modify qos low set GraceTime=60 >/dev/null
+sacctmgr -i modify qos lowterm set GraceTime=0 >/dev/null
+sacctmgr -i modify qos high set Preempt=low,lowterm Priority=100 >/dev/null
+sacctmgr -i modify user "$user" set qos=normal,capped,low,lowterm,high defaultqos=normal >/dev/null
+
 if ! pgrep -x slurmctld >/dev/null; then
   rm -f /run/slurmctld.pid
   /usr/sbin/slurmctld

@@ -1,19 +1,22 @@
-"""The checks of a sweep before anything is submitted (fmsweep.sweep.prelaunch) that need no SLURM: every job's
-config, composed as Hydra composes it (by a shortcut, see prelaunch.SweepComposer), and the time limit against
-SLURM's stop warning."""
+"""The checks of a sweep before anything is submitted (fmsweep.sweep.prelaunch): every job's config, composed as
+Hydra composes it (by a shortcut, see prelaunch.SweepComposer), the time limit against SLURM's stop warning, and
+(marker `slurm`, on the test cluster of tests/slurm/start.sh) the request against what the cluster says of itself
+and against its job submit filter."""
 
 from __future__ import annotations
 
 import os
+import pwd
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from conftest import CONF, ROOT
-from hydra import initialize_config_dir
+from conftest import CONF, ROOT, needs_cluster
+from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_loader import ConfigLoader
 from hydra.core.global_hydra import GlobalHydra
@@ -326,3 +329,219 @@ def test_a_controller_that_does_not_answer_is_no_verdict_on_the_request(
         "Invalid partition name specified",
     ):
         prelaunch.check_slurm_request(params)
+
+
+# The test cluster's own description (tests/slurm/start.sh), as `scontrol -a -o show partition`, `scontrol -o show
+# node` and `sacctmgr -n -P show user root withassoc format=Cluster,DefaultAccount,Account,Partition,QOS` print it
+# (cut to the fields read); the node's GPUs typed here, and the account lab without the QOS high.
+PARTITIONS = """\
+PartitionName=debug AllowGroups=ALL AllowQos=ALL Default=YES QoS=N/A MaxTime=UNLIMITED Nodes=vm State=UP
+PartitionName=short AllowGroups=ALL AllowQos=ALL Default=NO QoS=N/A MaxTime=00:30:00 Nodes=vm State=UP
+PartitionName=long AllowGroups=ALL AllowQos=ALL Default=NO QoS=N/A MaxTime=1-00:00:00 Nodes=vm State=UP
+"""
+NODES = """\
+NodeName=vm Arch=x86_64 CoresPerSocket=2 CPUAlloc=0 Gres=gpu:a100:2(S:0),gpu:v100:1 NodeAddr=vm Partitions=debug,short
+"""
+ASSOCIATIONS = """\
+fmsweep|root|lab||capped,low,lowterm,normal
+fmsweep|root|root||capped,high,low,lowterm,normal
+"""
+
+
+TIME_LIMITS = {"30": 1800, "00:30:00": 1800, "2:00:00": 7200, "5:30": 330, "1-00:00:00": 86400, "1-2": 93600}
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [*TIME_LIMITS.items(), ("2-3:04", 183840), ("UNLIMITED", None), ("INFINITE", None)]
+)
+def test_slurm_time_limits_are_read_in_each_of_slurms_formats(text: str, seconds: int | None) -> None:
+    assert prelaunch.slurm_seconds(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("params", "refusal"),
+    [
+        (
+            {"partition": "long", "timeout_min": 1441},
+            "hydra.launcher.timeout_min=1441 is above partition long's MaxTime of 1440 min: lower timeout_min or "
+            "choose another partition (sinfo shows them); nothing was submitted",
+        ),
+        (
+            {"timeout_min": 10, "gres": "gpu:a100:3"},
+            "hydra.launcher.gres=gpu:a100:3 asks for more a100 GPUs than a node of the default partition debug has "
+            "(2): lower it or choose another partition (sinfo -o '%P %G' shows their GPUs); nothing was submitted",
+        ),
+        (
+            {"partition": "short", "timeout_min": 10, "gpus_per_node": 4},
+            "hydra.launcher.gpus_per_node=4 asks for more GPUs than a node of partition short has (3): lower it or "
+            "choose another partition (sinfo -o '%P %G' shows their GPUs); nothing was submitted",
+        ),
+    ],
+)
+def test_a_request_above_the_partitions_limits_is_refused(params: dict[str, Any], refusal: str) -> None:
+    with pytest.raises(UserError) as error:
+        prelaunch.check_partition(params, PARTITIONS, NODES)
+    assert str(error.value) == refusal
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"partition": "short", "timeout_min": 30, "gpus_per_node": 3},
+        {"timeout_min": 10**6, "gres": "gpu:v100:1"},
+        {"partition": "long", "timeout_min": 10, "gpus_per_node": 8},  # long's nodes: not in `scontrol show node`
+        {"partition": "short,long", "timeout_min": 10**6},  # SLURM runs it in either: only their names are checked
+    ],
+)
+def test_a_request_within_the_partitions_limits_passes(params: dict[str, Any]) -> None:
+    prelaunch.check_partition(params, PARTITIONS, NODES)
+
+
+def test_a_qos_that_the_association_does_not_allow_is_refused() -> None:
+    def names() -> str:
+        return "normal\ncapped\nlow\nlowterm\nhigh\n"
+
+    params = {"account": "LAB", "qos": "high"}
+    with pytest.raises(UserError) as error:
+        prelaunch.check_qos(params, "root", ASSOCIATIONS, names)
+    assert str(error.value) == (
+        "hydra.launcher.qos=high is not a QOS that user root may use in account LAB (capped, low, lowterm, normal): "
+        "choose one of those, or ask the cluster's admins for it; nothing was submitted"
+    )
+    prelaunch.check_qos({"qos": "High"}, "root", ASSOCIATIONS, names)  # the default account root allows it
+    prelaunch.check_qos({"qos": "high"}, "root", ASSOCIATIONS + "other|root|root||high\n", names)  # which cluster's?
+
+
+def test_a_cluster_that_does_not_answer_leaves_its_checks_to_sbatch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scontrol or sacctmgr that fails, or is missing, is no verdict: nothing is refused on a guess."""
+    params = {"partition": "nope", "qos": "nope", "timeout_min": 10**6, "gpus_per_node": 99}
+    for command in ("scontrol", "sacctmgr"):
+        (tmp_path / command).write_text("#!/bin/sh\necho 'Unable to contact slurm controller' >&2\nexit 1\n")
+        (tmp_path / command).chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    prelaunch.check_cluster(params)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    prelaunch.check_cluster(params)
+
+
+def test_both_forms_of_gpu_request_are_refused_before_slurm_is_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_slurm(*args: object, **kwargs: object) -> None:
+        raise AssertionError("SLURM was asked")
+
+    monkeypatch.setattr(prelaunch.shutil, "which", no_slurm)
+    monkeypatch.setattr(prelaunch.subprocess, "run", no_slurm)
+    with pytest.raises(UserError) as error:
+        prelaunch.check_slurm_request({"timeout_min": 10, "signal_delay_s": 120, "gpus_per_node": 1, "gres": "gpu:1"})
+    assert str(error.value) == (
+        "hydra.launcher.gpus_per_node=1 and hydra.launcher.gres=gpu:1 both ask for GPUs: keep one form, e.g. "
+        "hydra.launcher.gres=null, or hydra.launcher.gpus_per_node=null; nothing was submitted"
+    )
+
+
+def test_a_filters_refusal_of_a_gres_request_names_gpus_per_node() -> None:
+    stderr = "sbatch: error: this site takes GPUs as --gpus-per-node\nallocation failure: Unspecified error\n"
+    assert prelaunch.gpu_refusal({"gres": "gpu:2"}, stderr) == (
+        "SLURM refused the GPU request hydra.launcher.gres=gpu:2 (this site takes GPUs as --gpus-per-node): this "
+        "cluster may take it as hydra.launcher.gpus_per_node=2 hydra.launcher.gres=null"
+    )
+    assert prelaunch.gpu_refusal({"gres": "gpu:2"}, "sbatch: error: Invalid qos specification\n") is None
+
+
+def refused_sweep(data_root: Path, tmp_path: Path, *overrides: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """`fmsweep -m hydra/launcher=slurm <overrides> seed=0,1` by the real command line, with the preset's
+    partition, account and QOS not taken from the environment: the process, and its sweep dir, named uniquely so
+    that SLURM's queue can be searched for its jobs."""
+    sweep_dir = tmp_path / f"refused-{uuid.uuid4().hex[:12]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FMSWEEP_SLURM_")}
+    args = [f"data.root={data_root}", "data.download=false", "device=cpu", "seed=0,1", f"hydra.sweep.dir={sweep_dir}"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "fmsweep", "-m", "hydra/launcher=slurm", *overrides, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return proc, sweep_dir
+
+
+def assert_nothing_submitted(sweep_dir: Path) -> None:
+    """No record of the sweep, and no job of it (named `fmsweep:<sweep dir's name>:...`) in SLURM's queue."""
+    assert not sweep_dir.exists()
+    names = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%j"], capture_output=True, text=True, check=True)
+    assert not [name for name in names.stdout.split() if name.startswith(f"fmsweep:{sweep_dir.name}")]
+
+
+USER = pwd.getpwuid(os.getuid()).pw_name
+REFUSALS = {
+    "time above short's MaxTime": (
+        ["hydra.launcher.partition=short", "hydra.launcher.timeout_min=120"],
+        "hydra.launcher.timeout_min=120 is above partition short's MaxTime of 30 min: lower timeout_min or choose "
+        "another partition (sinfo shows them); nothing was submitted",
+    ),
+    "unknown partition": (
+        ["hydra.launcher.partition=nope"],
+        "hydra.launcher.partition=nope is not a partition of this cluster, whose partitions are debug, short, "
+        "gresonly: choose one of them; nothing was submitted",
+    ),
+    "more GPUs than a node has": (
+        ["hydra.launcher.gpus_per_node=3"],
+        "hydra.launcher.gpus_per_node=3 asks for more GPUs than a node of the default partition debug has (2): "
+        "lower it or choose another partition (sinfo -o '%P %G' shows their GPUs); nothing was submitted",
+    ),
+    "unknown QOS": (
+        ["hydra.launcher.account=lab", "hydra.launcher.qos=nope"],
+        f"hydra.launcher.qos=nope is not a QOS of this cluster: choose one that user {USER} may use in account lab "
+        "(capped, high, low, lowterm, normal); nothing was submitted",
+    ),
+    "gresonly's filter refuses gpus_per_node": (
+        ["hydra.launcher.partition=gresonly"],
+        "SLURM refused the GPU request hydra.launcher.gpus_per_node=1 (partition gresonly takes GPUs only as "
+        "--gres=gpu:N, not as --gpus-per-node): this cluster may take it as hydra.launcher.gres=gpu:1 "
+        "hydra.launcher.gpus_per_node=null; nothing was submitted",
+    ),
+}
+
+
+@pytest.mark.slurm
+@needs_cluster
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_a_request_the_cluster_cannot_run_is_one_line_and_submits_nothing(
+    data_root: Path, tmp_path: Path, case: str
+) -> None:
+    overrides, refusal = REFUSALS[case]
+    proc, sweep_dir = refused_sweep(data_root, tmp_path, *overrides)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [f"fmsweep: error: {refusal}"]
+    assert_nothing_submitted(sweep_dir)
+
+
+def preset_params(*overrides: str) -> dict[str, Any]:
+    """The SLURM launcher's params of the shipped preset with `overrides`, as hydra-submitit's launcher gets them."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", ["hydra/launcher=slurm", *overrides], return_hydra_config=True)
+    params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert isinstance(params, dict)
+    return {str(k): v for k, v in params.items() if k != "_target_"}
+
+
+@pytest.mark.slurm
+@needs_cluster
+@pytest.mark.parametrize(
+    "gpus",
+    [["hydra.launcher.partition=short"], ["hydra.launcher.partition=gresonly", "hydra.launcher.gres=gpu:1"]],
+    ids=["gpus_per_node on short", "gres on gresonly"],
+)
+def test_the_shipped_preset_within_the_clusters_limits_passes(monkeypatch: pytest.MonkeyPatch, gpus: list[str]) -> None:
+    """The negative control: the preset's GPU request (gpus_per_node=1, or its other form gres=gpu:1 with
+    gpus_per_node=null where the filter wants it) with timeout_min=10 passes every check, sbatch --test-only
+    included (its CPUs and memory cut to the test node's size)."""
+    for name in ("FMSWEEP_SLURM_PARTITION", "FMSWEEP_SLURM_ACCOUNT", "FMSWEEP_SLURM_QOS"):
+        monkeypatch.delenv(name, raising=False)
+    other_form = ["hydra.launcher.gpus_per_node=null"] * ("hydra.launcher.gres=gpu:1" in gpus)
+    fit = ["hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.qos=normal"]
+    params = preset_params(*gpus, *other_form, "hydra.launcher.timeout_min=10", *fit)
+    assert params["gpus_per_node"] == (None if other_form else 1)
+    prelaunch.check_slurm_request(params)

@@ -51,7 +51,7 @@ def record(
                     f"{difference}: {again}; nothing was launched"
                 )
             job.pack, job.launcher_job, job.cancelled = before.pack, before.launcher_job, before.cancelled
-            job.submission, job.task = before.submission, before.task
+            job.submission, job.task, job.waiting = before.submission, before.task, before.waiting
     made = Manifest(
         sweep_dir=sweep_dir,
         kind=kind,
@@ -64,6 +64,7 @@ def record(
     )
     if old:
         made.sweep_id, made.submissions, made.sbatches = old.sweep_id, old.submissions, old.sbatches
+        made.submit_limit = old.submit_limit
     return made
 
 
@@ -107,12 +108,18 @@ def sweep(sweeper: Any, job_overrides: list[list[str]], detach: bool) -> None:
     with contextlib.ExitStack() as held:
         try:
             prelaunch.check_detach(detach, launcher)
+            leave_free = sweeper.leave_free
+            if type(leave_free) is not int or leave_free < 0:
+                raise UserError(
+                    f"hydra.sweeper.leave_free must be a whole number of jobs, 0 or more, not {leave_free!r}"
+                )
             configs = prelaunch.check_jobs(sweeper.hydra_context.config_loader, config, job_overrides)
             if prelaunch.is_slurm(launcher):
                 prelaunch.check_slurm_request(launcher.params)
             held.enter_context(manifest.launching(sweep_dir))  # checked: from here on, the one launcher of the sweep
             submission.settle_record(sweep_dir)  # what an earlier launch submitted without recording it
             sweep_record = record(sweep_dir, "grid", launcher, detach, configs, job_overrides)
+            sweep_record.leave_free = leave_free
             launching = to_launch(sweep_record, configs)
         except UserError as exc:
             exit_with(exc)

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fmsweep import signals
 from fmsweep.errors import UserError
-from fmsweep.sweep import packing, prelaunch, submission
+from fmsweep.sweep import feed, packing, prelaunch, submission
 from fmsweep.sweep.manifest import Manifest, ids_text, load, locked
 from fmsweep.sweep.slurm import Silent
 
@@ -45,7 +45,8 @@ CANCEL_WAIT_S = 60
 class Unit:
     """What one launcher job runs: Hydra's job (run dir, .hydra/, logging, callbacks, the task function) with a
     config composed in the launching process: a job's own, or its pack's (whose folder's pack.yaml names the
-    members). Submitit calls `checkpoint` when the job is about to be requeued: it runs again as it is."""
+    members). Submitit calls `checkpoint` when the job is about to be requeued: it runs again as it is. A SLURM job,
+    as it ends, submits what of the sweep waits for room under the cluster's submit limit (fmsweep.sweep.feed)."""
 
     def __init__(
         self, hydra_context: Any, task_function: Any, config: DictConfig, singleton_state: dict[Any, Any]
@@ -65,13 +66,16 @@ class Unit:
         config = copy.deepcopy(self.config)
         with open_dict(config):
             config.hydra.job.id = job_id
-        return run_job(
+        result = run_job(
             hydra_context=self.hydra_context,
             task_function=self.task_function,
             config=config,
             job_dir_key="hydra.sweep.dir",
             job_subdir_key="hydra.sweep.subdir",
         )
+        if "SLURM_JOB_ID" in os.environ:
+            feed.feed_after_job(Path(str(self.config.hydra.sweep.dir)))
+        return result
 
     def checkpoint(self, *args: Any) -> Any:
         import submitit
@@ -104,7 +108,7 @@ def units(launcher: Any, manifest: Manifest, configs: dict[int, DictConfig]) -> 
         for num in member_nums:
             record = manifest.job(num)
             assert record is not None
-            record.pack, record.launcher_job, record.cancelled = pack, None, False
+            record.pack, record.launcher_job, record.cancelled, record.waiting = pack, None, False, False
         out.append((member_nums, Unit(launcher.hydra_context, launcher.task_function, config, state)))
     return out
 
@@ -141,27 +145,38 @@ def job_name(launcher: Any, sweep_dir: Path) -> str:
     return f"fmsweep:{sweep_dir.name}" if name in (None, launcher.config.hydra.job.name) else str(name)
 
 
-def submit(launcher: Any, manifest: Manifest, planned: list[tuple[list[int], Unit]]) -> list[Any]:
+def submit(launcher: Any, manifest: Manifest, planned: list[tuple[list[int], Unit]], reserve: int = 0) -> list[Any]:
     """Submit the units as submitit jobs (on SLURM, arrays of at most MaxArraySize tasks, each recorded before its
     sbatch and settled after: fmsweep.sweep.submission) and record each one's id in the manifest, saved after each
     submission; return the submitit jobs. Each submission and its record happen under the record's lock, on the
     record as it is then: a `fmsweep cancel` that came meanwhile keeps its marks, and nothing more is submitted (it
-    cancels what was). A refused sbatch is a UserError saying what was submitted and what was not."""
+    cancels what was). On SLURM, no more than the cluster's submit limit has room for, less `reserve` (the job that
+    writes the results): the rest is recorded as waiting for room (fmsweep.sweep.feed). A refused sbatch is a
+    UserError saying what was submitted and what was not, unless the submit limit refused it (then it waits)."""
     if not planned:
         return []
     slurm = launcher._EXECUTOR == "slurm"
     base = job_name(launcher, manifest.sweep_dir)
     ex = executor(launcher, base)
     chunk = max_array_size() if slurm else len(planned)
+    try:
+        limit = feed.limit(launcher.params, manifest.submit_limit) if slurm else None
+    except Silent as exc:
+        raise UserError(
+            f"SLURM does not answer ({exc}): nothing was submitted; fmsweep resume "
+            f"{manifest.sweep_dir} submits the sweep's jobs"
+        ) from None
+    room = limit.room(manifest.leave_free) - reserve if limit else len(planned)
     jobs: list[Any] = []
-    for first in range(0, len(planned), chunk):
-        part = planned[first : first + chunk]
+    first = 0
+    while first < len(planned) and room > 0:
+        part = planned[first : first + min(chunk, room)]
         with locked(manifest.sweep_dir):
             record = load(manifest.sweep_dir) or manifest
             left = sum(len(nums) for nums, _ in planned[first:])
             if any(entry.cancelled for nums, _ in part for n in nums if (entry := record.job(n)) is not None):
                 print(f"fmsweep: the sweep was cancelled while it was submitted: {left} job(s) not submitted")
-                break
+                return jobs
             units = [unit for _, unit in part]
             if not slurm:
                 submitted = submit_units(ex, units)
@@ -176,22 +191,75 @@ def submit(launcher: Any, manifest: Manifest, planned: list[tuple[list[int], Uni
                 try:
                     submitted = submission.sbatch(record, sent, ex, functools.partial(submit_units, ex, units))
                 except submission.Refused as exc:
-                    done = sum(len(nums) for nums, _ in planned[:first])
-                    raise UserError(
-                        f"{exc}; {done} job(s) submitted, {left} not yet: fmsweep resume {manifest.sweep_dir} "
-                        "submits them"
-                    ) from None
+                    cause = feed.refused_for_limit(exc.said)
+                    if cause is None:
+                        done = sum(len(nums) for nums, _ in planned[:first])
+                        raise UserError(
+                            f"{exc}; {done} job(s) submitted, {left} not yet: fmsweep resume {manifest.sweep_dir} "
+                            "submits them"
+                        ) from None
+                    if len(part) > 1:  # an array is taken whole or not at all: try half of it
+                        chunk = len(part) // 2
+                        record.save()
+                        continue
+                    if limit is None or limit.source.startswith("learned"):  # the cluster did not state its limit
+                        manifest.submit_limit = record.submit_limit = feed.queued(launcher.params)
+                    wait_for_room(
+                        launcher,
+                        manifest,
+                        record,
+                        planned[first:],
+                        f"sbatch refused job {part[0][0][0]} of {len(manifest.jobs)}: {cause}",
+                    )
+                    return jobs
                 ids = [str(job.job_id) for job in submitted]
             for (nums, _), job_id in zip(part, ids):
                 for num in nums:
                     mine, theirs = manifest.job(num), record.job(num)
                     assert mine is not None and theirs is not None
-                    theirs.launcher_job = job_id
+                    theirs.launcher_job, theirs.waiting = job_id, False
                     mine.launcher_job, mine.submission, mine.task = job_id, theirs.submission, theirs.task
+                    mine.waiting = False
             manifest.submissions = record.submissions
             record.save()
         jobs += submitted
+        first += len(part)
+        room -= len(part)
+    if first < len(planned):
+        assert limit is not None
+        with locked(manifest.sweep_dir):
+            record = load(manifest.sweep_dir) or manifest
+            free = f", {manifest.leave_free} left free (hydra.sweeper.leave_free)" if manifest.leave_free else ""
+            why = f"the cluster's submit limit ({limit.text()}{free})"
+            wait_for_room(launcher, manifest, record, planned[first:], why)
     return jobs
+
+
+def wait_for_room(
+    launcher: Any, manifest: Manifest, record: Manifest, waiting: list[tuple[list[int], Unit]], why: str
+) -> None:
+    """Record the `waiting` units as waiting for room under the cluster's submit limit (fmsweep.sweep.feed keeps
+    them to submit later), and say so; a UserError when nothing of the sweep is queued to submit them. The caller
+    holds the record's lock."""
+    feed.park(manifest.sweep_dir, launcher, waiting)
+    for nums, _ in waiting:
+        for num in nums:
+            for each in (manifest, record):
+                job = each.job(num)
+                assert job is not None
+                job.waiting = True
+    record.save()
+    from fmsweep.sweep import status
+
+    submitted = sum(bool(job.launcher_job) for job in record.jobs)
+    left = feed.waiting(record)
+    view = status.look(record, accounting=False)
+    if not view.alive and not view.finish_alive:
+        raise UserError(
+            f"{why}; nothing of the sweep is queued, and the cluster takes no more of your jobs now: {left} job(s) not "
+            f"submitted; fmsweep resume {manifest.sweep_dir} submits them once your other jobs left room"
+        )
+    print(f"fmsweep: {why}; {submitted} submitted, {left} not yet; they will be submitted as room frees up")
 
 
 def submit_units(ex: Any, units: list[Unit]) -> list[Any]:
@@ -248,9 +316,13 @@ def launch(launcher: Any, manifest: Manifest, configs: dict[int, DictConfig], de
             f"(pack={max(int(c.pack) for c in configs.values())})"
         )
     if detach:
-        submitted = submit(launcher, manifest, planned)
+        submitted = submit(launcher, manifest, planned, reserve=1)  # room for the job that writes the results
         try:
             finish = submit_finish(launcher, manifest)
+        except feed.NoRoom as exc:  # the sweep's jobs submit it as they end, with what waits
+            print(detached_lines(manifest, [str(j.job_id) for j in submitted], None))
+            print(f"fmsweep: {exc}; the sweep's jobs submit it as room frees up")
+            return None
         except UserError:
             print(detached_lines(manifest, [str(j.job_id) for j in submitted], None))
             raise
@@ -267,7 +339,8 @@ def launch(launcher: Any, manifest: Manifest, configs: dict[int, DictConfig], de
         list(configs),
         lambda: run_here(launcher, planned),
         lambda: submit(launcher, manifest, planned),
-        lambda: bool(earlier & status.alive(manifest)),
+        # what an earlier launch left alive, and what the sweep's jobs submitted as room under the submit limit freed up
+        lambda: bool((earlier | set(configs)) & status.alive(load(sweep_dir) or manifest)),
         # the record has the ids of what was submitted, also when the Ctrl-C came amid the submission
         lambda: list(
             dict.fromkeys(job.launcher_job for job in manifest.jobs if job.num in configs and job.launcher_job)
@@ -449,8 +522,6 @@ def submit_results(launcher: Any, manifest: Manifest, waits: list[str]) -> str:
     """Submit the job that writes the sweep's results once the SLURM jobs `waits` ended; record it; its id."""
     import submitit
 
-    from fmsweep.results import finish
-
     params = launcher.params
     ex = submitit.AutoExecutor(cluster="slurm", folder=params["submitit_folder"])
     optional = {f"slurm_{k}": params[k] for k in ("partition", "account", "qos") if params.get(k)}
@@ -465,8 +536,11 @@ def submit_results(launcher: Any, manifest: Manifest, waits: list[str]) -> str:
         record = load(manifest.sweep_dir) or manifest
         entry = submission.begin(record, "results", 1, f"{job_name(launcher, manifest.sweep_dir)}:results")
         try:
-            submission.sbatch(record, entry, ex, lambda: [ex.submit(finish.finish, str(manifest.sweep_dir))])
+            submission.sbatch(record, entry, ex, lambda: [ex.submit(feed.finish, str(manifest.sweep_dir))])
         except submission.Refused as exc:
+            cause = feed.refused_for_limit(exc.said)
+            if cause:
+                raise feed.NoRoom(f"sbatch refused the job that writes the results: {cause}") from None
             raise UserError(f"{exc}; fmsweep resume {manifest.sweep_dir} submits it") from None
     manifest.finish_job, manifest.submissions = record.finish_job, record.submissions
     assert record.finish_job is not None

@@ -37,7 +37,8 @@ class JobRecord:
     it (a SLURM job id, `<array id>_<index>` in an array; a pid under submitit_local; None under the basic
     launcher or before submission). `cancelled` is set by `fmsweep cancel`. On SLURM, `submission` names the last
     submission that carried it and `task` its index in that array (None for a lone job): what finds it in SLURM
-    should the id never have been recorded."""
+    should the id never have been recorded; `waiting` that it waits for room under the cluster's submit limit, to
+    be submitted by the sweep's own jobs (fmsweep.sweep.feed)."""
 
     num: int
     name: str
@@ -48,6 +49,7 @@ class JobRecord:
     cancelled: bool = False
     submission: str | None = None
     task: int | None = None
+    waiting: bool = False
 
 
 @dataclass
@@ -69,7 +71,9 @@ class Manifest:
     that writes the results of a detached sweep once its jobs ended. A search also records how many trials it
     runs (`trials`: those not asked yet are pending) and the launcher jobs of its `workers`, each of which runs
     trials one after another (a trial's `launcher_job` is the worker that trains it). On SLURM, every submission
-    is recorded before its sbatch runs (`submissions`), under a name that carries `sweep_id`."""
+    is recorded before its sbatch runs (`submissions`), under a name that carries `sweep_id`; a grid queues no more
+    than the cluster's submit limit less `leave_free` (its setting), a limit learned from sbatch's refusal kept as
+    `submit_limit`."""
 
     sweep_dir: Path
     kind: str
@@ -84,6 +88,8 @@ class Manifest:
     sweep_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     submissions: list[Submission] = field(default_factory=list)
     sbatches: int = 0  # submissions begun, dropped ones included: a name is never given twice
+    leave_free: int = 0
+    submit_limit: int | None = None
 
     def pending(self) -> list[Submission]:
         """The submissions whose sbatch may have run but whose answer was never recorded."""
@@ -169,6 +175,8 @@ def load(sweep_dir: Path) -> Manifest | None:
             **({"sweep_id": data["sweep_id"]} if "sweep_id" in data else {}),
             submissions=[Submission(**entry) for entry in data.get("submissions", [])],
             sbatches=int(data.get("sbatches", len(data.get("submissions", [])))),
+            leave_free=int(data.get("leave_free", 0)),
+            submit_limit=data.get("submit_limit"),
         )
     except (KeyError, TypeError) as exc:
         raise UserError(f"{path} is not an fmsweep sweep record: {exc}") from None

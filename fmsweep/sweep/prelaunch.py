@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import pwd
+import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -25,6 +28,7 @@ from fmsweep import data
 from fmsweep.config import validate
 from fmsweep.errors import UserError
 from fmsweep.sweep import manifest
+from fmsweep.sweep.slurm import Silent, slurm_output
 
 
 def check_jobs(
@@ -208,21 +212,191 @@ def check_slurm_timeout(params: dict[str, Any]) -> None:
         )
 
 
+NOT_SUBMITTED = "nothing was submitted"
+
+
+def gpu_request(params: dict[str, Any]) -> tuple[str, str | None, int] | None:
+    """The launcher's GPU request per node, in either form sbatch takes: (the override that makes it, the GPU type
+    or None for any, the count); None when it asks for no GPU. Both forms at once is a UserError: SLURM would add
+    them up, and a site's filter may refuse either."""
+    per_node, gres = params.get("gpus_per_node"), params.get("gres")
+    gpus = [gpu for gpu in gres_gpus(str(gres)) if gpu[1] > 0] if gres else []
+    if per_node and gpus:
+        raise UserError(
+            f"hydra.launcher.gpus_per_node={per_node} and hydra.launcher.gres={gres} both ask for GPUs: keep one "
+            f"form, e.g. hydra.launcher.gres=null, or hydra.launcher.gpus_per_node=null; {NOT_SUBMITTED}"
+        )
+    if per_node:
+        return f"hydra.launcher.gpus_per_node={per_node}", None, int(per_node)
+    if gpus:
+        return f"hydra.launcher.gres={gres}", gpus[0][0], sum(count for _, count in gpus)
+    return None
+
+
+def gres_gpus(gres: str) -> list[tuple[str | None, int]]:
+    """The GPUs of a GRES string, as sbatch's --gres and scontrol's node Gres= write them (`gpu:2`,
+    `gpu:a100:4(S:0-1)`, `gres:gpu:1,shard:2`): (type or None, count) for each gpu entry."""
+    gpus: list[tuple[str | None, int]] = []
+    for entry in re.sub(r"\([^)]*\)", "", gres).split(","):
+        parts = entry.strip().removeprefix("gres:").split(":")
+        if parts[0] != "gpu":
+            continue
+        count = int(parts.pop()) if len(parts) > 1 and parts[-1].isdigit() else 1
+        gpus.append((parts[1] if len(parts) > 1 else None, count))
+    return gpus
+
+
+def slurm_seconds(text: str) -> int | None:
+    """A SLURM time limit in seconds (`30` minutes, `MM:SS`, `HH:MM:SS`, `D-HH`, `D-HH:MM`, `D-HH:MM:SS`); None
+    for none (UNLIMITED, INFINITE) and for one it cannot read, which is no limit to check against."""
+    found = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text.strip())
+    if found is None:
+        return None
+    days, *parts = found.groups()
+    numbers = [int(part) for part in parts if part is not None]
+    if days is not None:  # D-H, D-H:M, D-H:M:S
+        hours, minutes, seconds = [*numbers, 0, 0][:3]
+    else:  # M, M:S, H:M:S
+        hours, minutes, seconds = [0, 0, *numbers][-3:] if len(numbers) == 3 else [0, *numbers, 0][:3]
+    return ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def cluster_says(args: list[str]) -> str | None:
+    """What a SLURM command says of the cluster; None where the command is missing or does not answer: the check
+    that needs it is then left to `sbatch --test-only`, never decided on a guess."""
+    try:
+        return slurm_output(args)
+    except Silent:
+        return None
+
+
+def fields(line: str) -> dict[str, str]:
+    """The `Key=value` fields of a line of `scontrol -o show ...` (a value with spaces is cut at its first)."""
+    return dict(re.findall(r"(?:^|\s)(\w+)=(\S*)", line))
+
+
+def check_partition(params: dict[str, Any], partitions: str, nodes: str | None) -> None:
+    """Refuse, from the cluster's own description (`scontrol -o show partition`, and `scontrol -o show node` or
+    None), a partition it lacks, a time limit above the partition's MaxTime (SLURM takes such a job and leaves it
+    pending for ever, PartitionTimeLimit) and more GPUs than any node of the partition has. With no partition asked
+    the default one is checked; a list of partitions is only checked to exist, as SLURM runs the job in any of
+    them."""
+    known = {f["PartitionName"]: f for f in map(fields, partitions.splitlines()) if "PartitionName" in f}
+    asked = str(params["partition"]).split(",") if params.get("partition") else []
+    for name in asked:
+        if name not in known:  # SLURM's partition names are case-sensitive
+            which = f"hydra.launcher.partition={params['partition']}" + (f": {name}" if len(asked) > 1 else "")
+            raise UserError(
+                f"{which} is not a partition of this cluster, whose partitions are {', '.join(known)}: choose one "
+                f"of them; {NOT_SUBMITTED}"
+            )
+    default = [name for name, f in known.items() if f.get("Default") == "YES"]
+    names = asked or default
+    if len(names) != 1:
+        return
+    name = names[0]
+    where = f"partition {name}" if asked else f"the default partition {name}"
+    max_s = slurm_seconds(known[name].get("MaxTime", ""))
+    if max_s is not None and int(params["timeout_min"]) * 60 > max_s:
+        raise UserError(
+            f"hydra.launcher.timeout_min={params['timeout_min']} is above {where}'s MaxTime of {max_s // 60} min: "
+            f"lower timeout_min or choose another partition (sinfo shows them); {NOT_SUBMITTED}"
+        )
+    request = gpu_request(params)
+    members = [f for f in map(fields, (nodes or "").splitlines()) if name in f.get("Partitions", "").split(",")]
+    if request is None or not members:
+        return
+    asked_as, kind, count = request
+    most = max(sum(n for t, n in gres_gpus(f.get("Gres", "")) if kind in (None, t)) for f in members)
+    if count > most:
+        gpus = f"{kind} GPUs" if kind else "GPUs"
+        raise UserError(
+            f"{asked_as} asks for more {gpus} than a node of {where} has ({most}): lower it or choose another "
+            f"partition (sinfo -o '%P %G' shows their GPUs); {NOT_SUBMITTED}"
+        )
+
+
+def check_qos(params: dict[str, Any], user: str, associations: str, qos_names: Callable[[], str | None]) -> None:
+    """Refuse a QOS that the user's association may not use (SLURM enforces its QOS list), from `sacctmgr -n -P show
+    user USER withassoc format=Cluster,DefaultAccount,Account,Partition,QOS`: the association of the account asked
+    for (else the user's default one) and of the partition asked for, else the account's general one. An unknown
+    QOS is said as such where `qos_names` (`sacctmgr -n -P show qos format=Name`, asked only then) lists the
+    cluster's. Nothing is decided without such an association, with its QOS list empty, or where the associations
+    are of several clusters (which one SLURM applies is not known here)."""
+    qos = str(params["qos"])
+    rows = [line.split("|") for line in associations.splitlines() if line.count("|") == 4]
+    if len({row[0] for row in rows}) != 1:
+        return
+    account = str(params.get("account") or rows[0][1])
+    mine = {row[3]: row[4] for row in rows if row[2] == account.lower()}  # SLURM's QOS and accounts: lower case
+    allowed = mine.get(str(params.get("partition") or ""), mine.get(""))
+    if not allowed or qos.lower() in allowed.split(","):
+        return
+    may = f"user {user} may use in account {account} ({allowed.replace(',', ', ')})"
+    names = qos_names()
+    if names is not None and qos.lower() not in names.split():
+        raise UserError(
+            f"hydra.launcher.qos={qos} is not a QOS of this cluster: choose one that {may}; {NOT_SUBMITTED}"
+        )
+    raise UserError(
+        f"hydra.launcher.qos={qos} is not a QOS that {may}: choose one of those, or ask the cluster's admins for "
+        f"it; {NOT_SUBMITTED}"
+    )
+
+
+def check_cluster(params: dict[str, Any]) -> None:
+    """Refuse what the cluster says it cannot run, from its own description (check_partition, check_qos): one call
+    of each command for the whole sweep. A command that is missing or does not answer skips its check."""
+    partitions = cluster_says(["scontrol", "-a", "-o", "show", "partition"])
+    if partitions is not None:
+        check_partition(params, partitions, cluster_says(["scontrol", "-o", "show", "node"]))
+    if params.get("qos"):
+        user = pwd.getpwuid(os.getuid()).pw_name  # SLURM knows the submitter by uid, not by $USER
+        columns = "format=Cluster,DefaultAccount,Account,Partition,QOS"
+        associations = cluster_says(["sacctmgr", "-n", "-P", "show", "user", user, "withassoc", columns])
+        if associations is not None:
+            names = ["sacctmgr", "-n", "-P", "show", "qos", "format=Name"]
+            check_qos(params, user, associations, lambda: cluster_says(names))
+
+
+def gpu_refusal(params: dict[str, Any], stderr: str) -> str | None:
+    """Where sbatch refused the launcher's GPU request with a submit filter's message (its `sbatch: error:` lines
+    before the last, which says that submission failed, that mention GPUs): that refusal, naming the request's
+    other form (`gpus_per_node=N` or `gres=gpu:N`), which the site may take; else None."""
+    lines = [line.removeprefix("sbatch: error: ") for line in stderr.strip().splitlines()]
+    said = " ".join(line for line in lines[:-1] if re.search(r"gpu|gres", line, re.IGNORECASE))
+    request = gpu_request(params)
+    if not said or request is None:
+        return None
+    asked_as, kind, count = request
+    if asked_as.startswith("hydra.launcher.gpus_per_node="):
+        other = f"hydra.launcher.gres=gpu:{count} hydra.launcher.gpus_per_node=null"
+    elif kind is None:
+        other = f"hydra.launcher.gpus_per_node={count} hydra.launcher.gres=null"
+    else:
+        return None  # gpus_per_node takes a count, not a type
+    return f"SLURM refused the GPU request {asked_as} ({said}): this cluster may take it as {other}"
+
+
 # what SLURM's commands say when the controller does not answer: no verdict on the request
 SILENT = ("socket timed out", "unable to contact slurm controller", "zero bytes were transmitted", "connection")
 AGAIN = "nothing was submitted (try again once SLURM answers)"
 
 
 def check_slurm_request(params: dict[str, Any]) -> None:
-    """Check the time limit (check_slurm_timeout), then ask SLURM whether it could ever run a job with the
-    launcher's resource request (`sbatch --test-only` on the batch script submitit would submit); an impossible
-    request is a UserError quoting SLURM, and so is a controller that does not answer, said as such."""
+    """Check the time limit (check_slurm_timeout) and the GPU request's form (gpu_request), then the request against
+    what the cluster says of itself (check_cluster: limits that sbatch takes and leaves pending for ever among them),
+    then ask SLURM whether it could ever run a job with the launcher's resource request (`sbatch --test-only` on the
+    batch script submitit would submit); an impossible request is a UserError quoting SLURM (naming the other form
+    of a GPU request that a submit filter refused), and so is a controller that does not answer, said as such."""
     import submitit
     from submitit.slurm.slurm import _make_sbatch_string  # the script submitit itself would submit
 
     check_slurm_timeout(params)
+    gpu_request(params)  # both forms at once is refused here
     if shutil.which("sbatch") is None:
         raise UserError("hydra/launcher=slurm needs SLURM's sbatch, which is not on this machine's PATH")
+    check_cluster(params)
     with tempfile.TemporaryDirectory() as folder:
         executor = submitit.AutoExecutor(cluster="slurm", folder=folder)
         executor.update_parameters(**launcher_settings(params, "slurm"))
@@ -236,6 +410,9 @@ def check_slurm_request(params: dict[str, Any]) -> None:
         answer = " ".join(line.removeprefix("sbatch: error: ") for line in proc.stderr.strip().splitlines())
         if any(said in answer.lower() for said in SILENT):
             raise UserError(f"SLURM does not answer (sbatch --test-only: {answer}); {AGAIN}")
+        refused = gpu_refusal(params, proc.stderr)
+        if refused:
+            raise UserError(f"{refused}; {NOT_SUBMITTED}")
         shown = ("partition", "nodes", "tasks_per_node", "cpus_per_task", "gpus_per_node", "mem_gb", "timeout_min")
         request = ", ".join(f"{k}={params[k]}" for k in shown if params.get(k) is not None)
         raise UserError(

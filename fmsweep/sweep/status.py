@@ -29,16 +29,30 @@ from fmsweep.sweep import lock, submission
 from fmsweep.sweep.manifest import LAUNCH_LOCK, JobRecord, Manifest, load, require
 from fmsweep.sweep.slurm import Silent, slurm_output
 
-STATES = ("pending", "not submitted", "running", "completed", "pruned", "failed", "cancelled", "stopped", "unknown")
+STATES = (
+    "pending",
+    "not submitted",
+    "requeued",
+    "running",
+    "completed",
+    "pruned",
+    "failed",
+    "cancelled",
+    "stopped",
+    "ended",
+    "unknown",
+)
 # nothing of the job runs any more, or will before a resume
-FINAL = ("completed", "pruned", "failed", "cancelled", "stopped", "not submitted")
+FINAL = ("completed", "pruned", "failed", "cancelled", "stopped", "ended", "not submitted")
 SHOWN_FIRST = (
     "running",
     "unknown",
     "failed",
     "stopped",
+    "ended",
     "cancelled",
     "not submitted",
+    "requeued",
     "pending",
     "completed",
     "pruned",
@@ -73,16 +87,18 @@ FLOAT = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+(?=[eE]))([eE][+-]?\d+)?")
 class Status:
     """What is known of a job: its state (one of STATES) and a detail: SLURM's reason for a pending job, the
     progress of a running one, the valid figures of a completed one's best epoch, the error of a failed one, the
-    reason of a cancelled one, the epoch a stopped one reached."""
+    reason of a cancelled one, the epoch a stopped one reached, why SLURM requeued one (preempted, time limit, ...),
+    where one that ended without accounting's word on how stood."""
 
     state: str
     detail: str = ""
 
     def text(self, progress: bool = True) -> str:
-        """`pending (Priority)`, `running: epoch 2 of 10, ...`; without `progress`, a running job is `running`."""
+        """`pending (Priority)`, `requeued (preempted)`, `running: epoch 2 of 10, ...`; without `progress`, a
+        running job is `running`."""
         if not self.detail or (self.state == "running" and not progress):
             return self.state
-        return f"pending ({self.detail})" if self.state == "pending" else f"{self.state}: {self.detail}"
+        return f"{self.state} ({self.detail})" if self.state in ("pending", "requeued") else f"{self.state}: {self.detail}"
 
 
 class SlurmJob(NamedTuple):
@@ -113,6 +129,9 @@ class View:
     workers_alive: int = 0
     silent: str | None = None  # why SLURM's view is missing (squeue failed), None when it answered or is absent
     launching: bool = False  # whether a command launches the sweep now (it holds the launch lock)
+    # why accounting's view is missing (sacct failed or is absent) where squeue answered and some job left its
+    # queue: how those ended is unknown; None when accounting answered or was not asked
+    unaccounted: str | None = None
 
 
 class Stale(Collection[int]):
@@ -163,27 +182,40 @@ def squeue(job_ids: list[str]) -> dict[str, SlurmJob] | None:
 
 
 def sacct(job_ids: list[str]) -> dict[str, SlurmJob] | None:
-    """SLURM's accounting of each job: its state (`CANCELLED by 0` as reason) and exit code; None without answer."""
-    try:
-        out = slurm_output(["sacct", "-n", "-P", "-X", "-o", "JobID,State,ExitCode,Reason", "-j", ",".join(job_ids)])
-    except Silent:  # squeue answered: the jobs it does not list ended, how is what accounting would add
-        return None
+    """SLURM's accounting of each job: its state (`CANCELLED by 0` as reason) and exit code; None where sacct is
+    not installed, Silent where it does not answer (no slurmdbd: `sacct: error: Problem talking to the database`)."""
+    out = slurm_output(["sacct", "-n", "-P", "-X", "-o", "JobID,State,ExitCode,Reason", "-j", ",".join(job_ids)])
     if out is None:
         return None
     fields = (line.split("|") for line in out.splitlines())
     return {f[0]: SlurmJob(f[1].split()[0], f[1], f[2]) for f in fields if len(f) == 4 and f[1]}
 
 
+def slurm_look(job_ids: list[str], accounting: bool = True) -> tuple[dict[str, SlurmJob], str | None]:
+    """`slurm_view`, and why accounting's part of it is missing where it was needed: squeue answered, and lists
+    some of the jobs no more (or as ended), but sacct failed (`sacct: <its error>`) or is not installed; those
+    jobs ended, and how only accounting would say. None where accounting answered, was not asked or not needed."""
+    if not job_ids:
+        return {}, None
+    listed = squeue(job_ids)
+    view = listed or {}
+    ended = [i for i in job_ids if i not in view or view[i].state in SLURM_ENDED]
+    if not accounting or not ended:
+        return view, None
+    try:
+        found = sacct(ended)
+    except Silent as exc:
+        return view, str(exc) if listed is not None else None
+    if found is None:
+        return view, "sacct not found" if listed is not None else None
+    view.update(found)
+    return view, None
+
+
 def slurm_view(job_ids: list[str], accounting: bool = True) -> dict[str, SlurmJob]:
     """SLURM's view of `job_ids`: squeue's, and for the jobs it no longer lists (or lists as ended), sacct's; {}
     for what neither answers; Silent when squeue fails."""
-    if not job_ids:
-        return {}
-    view = squeue(job_ids) or {}
-    ended = [i for i in job_ids if i not in view or view[i].state in SLURM_ENDED]
-    if accounting and ended:
-        view.update(sacct(ended) or {})
-    return view
+    return slurm_look(job_ids, accounting)[0]
 
 
 def _pid_alive(job_id: str | None) -> bool:
@@ -398,10 +430,14 @@ def look(manifest: Manifest, stale: Collection[int] = (), accounting: bool = Tru
         elif statuses[job.num] == Status("pending") and manifest.launcher != "basic" and not job.launcher_job:
             # a launch that submits it now holds the launch lock; else nothing will, until a resume
             statuses[job.num] = Status("pending", "being submitted") if launching else Status("not submitted")
+    finish = slurm.get(manifest.finish_job or "")
+    if alive or (finish is not None and finish.state not in SLURM_ENDED):  # the sweep's jobs submit the waiting ones
+        for job in manifest.jobs:
+            if job.waiting and statuses[job.num] == Status("not submitted"):
+                statuses[job.num] = Status("not submitted", "waiting for room under the cluster's submit limit")
     workers = sum(bool(pids.get(w)) or (w in slurm and slurm[w].state not in SLURM_ENDED) for w in manifest.workers)
     if not manifest.finish_job:
         return View(statuses, alive, workers_alive=workers, silent=silent, launching=launching)
-    finish = slurm.get(manifest.finish_job)
     if finish is None:
         why = f"unknown ({silent})" if silent else "unknown (SLURM does not answer)"
         return View(statuses, alive, why, workers_alive=workers, silent=silent, launching=launching)

@@ -24,7 +24,12 @@ SEARCH_BACK = "now-30days"  # how far back accounting is searched for a name
 
 
 class Refused(UserError):
-    """sbatch refused a submission, and SLURM holds nothing under its name: nothing of it was submitted."""
+    """sbatch refused a submission, and SLURM holds nothing under its name: nothing of it was submitted. `said` is
+    sbatch's error."""
+
+    def __init__(self, message: str, said: str) -> None:
+        super().__init__(message)
+        self.said = said
 
 
 def begin(record: Manifest, kind: str, count: int, base: str) -> Submission:
@@ -174,7 +179,8 @@ def sbatch(record: Manifest, entry: Submission, ex: Any, submit: Callable[[], li
             ) from None
         except Exception as exc:  # noqa: BLE001 (sbatch's failure, of any kind, with nothing of it in SLURM)
             drop(record, entry)
-            raise Refused(f"sbatch refused {entry.name}: {' '.join(str(exc).split())[-300:]}") from None
+            error = " ".join(str(exc).split())
+            raise Refused(f"sbatch refused {entry.name}: {error[-300:]}", error) from None
         gate.crash_at("after-sbatch")
         slurm_id = str(jobs[0].job_id).partition("_")[0]
         adopt(record, entry, slurm_id)

@@ -11,11 +11,12 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 class ReportingSweeper(BasicSweeper):
     """Every combination of the command line's sweeps, checked before launch, recorded in the sweep dir, packed,
-    shown while it runs and summed up at the end; `detach` (SLURM) returns once the jobs are submitted."""
+    shown while it runs and summed up at the end; `detach` (SLURM) returns once the jobs are submitted; under the
+    cluster's submit limit, `leave_free` of it is left to the user's other jobs."""
 
-    def __init__(self, params: Any = None, detach: bool = False) -> None:
+    def __init__(self, params: Any = None, detach: bool = False, leave_free: Any = 0) -> None:
         super().__init__(max_batch_size=None, params=params)
-        self.detach = detach
+        self.detach, self.leave_free = detach, leave_free
 
     def sweep(self, arguments: list[str]) -> None:
         from fmsweep.sweep import grid  # imported late: Hydra imports every plugin module at start-up

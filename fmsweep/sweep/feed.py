@@ -1,0 +1,231 @@
+"""A grid larger than the cluster lets one user queue runs to its end with nobody coming back: a launch submits what
+the cluster's submit limit leaves room for and records the rest as waiting (`JobRecord.waiting`), each waiting
+launcher job pickled in the sweep dir; the sweep's own jobs submit more as they end (`top_up`, called by
+`launch.Unit`), and the job that writes the results submits what still waits before it writes them (`finish`).
+Nothing of the sweep stays alive on the login node.
+
+The limit is read from the cluster (the jobs' QOS's MaxSubmitJobsPerUser and the user's association's
+MaxSubmitJobs, against the user's jobs that count for each), or learned from an sbatch refused for it (the number
+of the user's jobs queued then, recorded as `Manifest.submit_limit`); the sweep's `leave_free` jobs of it are left
+to the user's other work."""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import re
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fmsweep.errors import UserError
+from fmsweep.files import atomic_write
+from fmsweep.sweep.manifest import Manifest, launching, load
+from fmsweep.sweep.slurm import Silent, slurm_output
+
+WAITING = ".waiting"  # in the sweep dir: <first job number>.pkl for each waiting launcher job, and the launcher's
+LAUNCHER = "launcher.pkl"
+# the SLURM words for a refusal because the user queues as many jobs as the cluster lets them
+SUBMIT_LIMIT = re.compile(r"\b(\w*MaxSubmitJob\w*|\w*GrpSubmitJob\w*)|job submit limit", re.IGNORECASE)
+FINISH_RETRY_S = 60  # how often the results job looks for room when nothing of the sweep is left to make it
+FINISH_PATIENCE_S = 20 * 60  # how long it looks (its time limit is 30 min)
+
+
+class NoRoom(UserError):
+    """sbatch refused a submission because the user queues as many jobs as the cluster's submit limit lets them."""
+
+
+@dataclass(frozen=True)
+class Limit:
+    """How many jobs of the user the cluster queues at once (`jobs`), as `source` says, and how many of them count
+    against it now (`queued`)."""
+
+    jobs: int
+    source: str
+    queued: int
+
+    def room(self, leave_free: int) -> int:
+        return max(self.jobs - self.queued - leave_free, 0)
+
+    def text(self) -> str:
+        return f"{self.jobs} jobs: {self.source}; {self.queued} of yours queued"
+
+
+def _rows(args: list[str]) -> list[list[str]]:
+    out = slurm_output(args)
+    return [line.split("|") for line in (out or "").splitlines() if line.strip()]
+
+
+def _qos_and_account(params: Mapping[str, Any], user: str) -> tuple[str, str, list[list[str]]]:
+    """The QOS and account the sweep's jobs run under (the launcher's, else the user's defaults) and the user's
+    association rows for that account (Account, DefaultQOS, MaxSubmit)."""
+    account = (
+        params.get("account")
+        or next(iter(_rows(["sacctmgr", "-n", "-P", "show", "user", user, "format=DefaultAccount"])), [""])[0]
+    )
+    rows = _rows(["sacctmgr", "-n", "-P", "show", "assoc", f"user={user}", "format=Account,DefaultQOS,MaxSubmit"])
+    assoc = [row for row in rows if row[0] == account]
+    qos = params.get("qos") or next((row[1] for row in assoc if row[1]), "") or "normal"
+    return qos, account, assoc
+
+
+def limit(params: Mapping[str, Any], learned: int | None) -> Limit | None:
+    """The tightest submit limit the sweep's jobs (submitted with the launcher's `params`) are under, and how many
+    of the user's jobs count against it now; None where the cluster states none (or SLURM is absent). Silent
+    where squeue or sacctmgr does not answer."""
+    user = getpass.getuser()
+    qos, account, assoc = _qos_and_account(params, user)
+    found = [(int(row[2]), f"account {account}'s MaxSubmitJobs", 1, account) for row in assoc if row[2].isdigit()]
+    for row in _rows(["sacctmgr", "-n", "-P", "show", "qos", qos, "format=Name,MaxSubmitPU"]):
+        if row[0] == qos and row[1].isdigit():
+            found.append((int(row[1]), f"QOS {qos}'s MaxSubmitJobsPerUser", 0, qos))
+    if learned is not None:
+        found.append((learned, f"learned from sbatch's refusal (QOS {qos})", 0, qos))
+    if not found:
+        return None
+    queue = _rows(["squeue", "-h", "-r", "-u", user, "-o", "%q|%a"])  # each array task counts
+    limits = [Limit(jobs, source, sum(row[key] == value for row in queue)) for jobs, source, key, value in found]
+    return min(limits, key=lambda each: each.jobs - each.queued)
+
+
+def queued(params: Mapping[str, Any]) -> int:
+    """How many of the user's jobs are queued in the QOS of the sweep's jobs: the limit an sbatch refusal teaches."""
+    user = getpass.getuser()
+    qos = _qos_and_account(params, user)[0]
+    return sum(row[0] == qos for row in _rows(["squeue", "-h", "-r", "-u", user, "-o", "%q"]))
+
+
+def refused_for_limit(said: str) -> str | None:
+    """The cause named in an sbatch refusal when it is the user's submit limit (e.g.
+    `QOSMaxSubmitJobPerUserLimit`); None for any other refusal."""
+    match = SUBMIT_LIMIT.search(said)
+    return (match.group(1) or "job submit limit") if match else None
+
+
+def park(sweep_dir: Path, launcher: Any, waiting: list[tuple[list[int], Any]]) -> None:
+    """Keep what a job of the sweep needs to submit the `waiting` launcher jobs (numbers and unit) later: the
+    launcher and each unit, pickled in the sweep dir."""
+    import cloudpickle
+
+    folder = sweep_dir / WAITING
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(folder / LAUNCHER, cloudpickle.dumps(launcher))
+    for nums, unit in waiting:
+        atomic_write(folder / f"{nums[0]}.pkl", cloudpickle.dumps((nums, unit)))
+
+
+def parked(sweep_dir: Path, record: Manifest) -> tuple[Any, list[tuple[list[int], Any]]]:
+    """The launcher and the launcher jobs of the record's waiting jobs (not cancelled, not submitted), in order."""
+    import pickle
+
+    folder = sweep_dir / WAITING
+    firsts = sorted({min(_members(record, job.num)) for job in record.jobs if _waits(job)})
+    units = [pickle.loads((folder / f"{num}.pkl").read_bytes()) for num in firsts]
+    return pickle.loads((folder / LAUNCHER).read_bytes()), units
+
+
+def _members(record: Manifest, num: int) -> list[int]:
+    job = record.job(num)
+    assert job is not None
+    return [other.num for other in record.jobs if job.pack and other.pack == job.pack] or [num]
+
+
+def _waits(job: Any) -> bool:
+    return bool(job.waiting) and not job.cancelled and not job.launcher_job
+
+
+def waiting(record: Manifest) -> int:
+    """How many of the record's jobs wait for room to be submitted."""
+    return sum(_waits(job) for job in record.jobs)
+
+
+@contextlib.contextmanager
+def outside_job() -> Iterator[None]:
+    """While inside, this process's environment has none of its own SLURM job's variables: a job submitted from a
+    job must not inherit them (its own allocation's memory, CPUs, GPUs)."""
+    saved = {key: value for key, value in os.environ.items() if key.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
+    for key in saved:
+        del os.environ[key]
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def top_up(sweep_dir: Path, successor: bool = False) -> str:
+    """Submit the sweep's waiting jobs that the submit limit has room for now, and make the job that writes the
+    results of a detached sweep wait for them too (or submit it, where the limit had no room for it before: room is
+    kept for it first). Skipped while a launch of the sweep runs (it submits them). With `successor` (called by that
+    job itself, which is ending), a new one is made to wait for what is alive. What came of it: `none waiting`,
+    `launching`, `submitted` (a job that writes the results waits), or `no room` (jobs wait, and nothing of the sweep
+    is alive to submit them)."""
+    from fmsweep.sweep import launch, status
+
+    record = load(sweep_dir)
+    if record is None or not (sweep_dir / WAITING / LAUNCHER).exists():
+        return "none waiting"  # a sweep that never waited for room: its results job waits for all of it
+    no_finish = record.detach and record.finish_job is None  # sbatch refused it for the limit
+    if not (waiting(record) or successor or no_finish):
+        return "none waiting"
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(launching(sweep_dir))
+        except UserError:
+            return "launching"
+        record = load(sweep_dir)
+        assert record is not None
+        if successor:
+            record.finish_job = None  # this job, which is ending: neither replaced nor waited for
+        with outside_job():
+            launcher, planned = parked(sweep_dir, record)
+            reserve = int(record.detach and record.finish_job is None)
+            submitted = launch.submit(launcher, record, planned, reserve) if planned else []
+            if not (submitted or successor or no_finish):
+                return "none waiting" if not waiting(record) else "no room"
+            if record.detach and status.look(record, accounting=False).alive:  # attached: the command writes them
+                try:
+                    launch.submit_finish(launcher, record)
+                except NoRoom:
+                    return "no room"  # the next of the sweep's jobs to end (or this one, again) submits it
+                return "submitted"
+        return "no room" if waiting(record) else "none waiting"
+
+
+def feed_after_job(sweep_dir: Path) -> None:
+    """The end of one of the sweep's SLURM jobs: submit what waits for room (`top_up`), saying so in its log; a
+    failure is a line there, never the job's."""
+    try:
+        top_up(sweep_dir)
+    except (UserError, Silent, OSError) as exc:
+        print(f"fmsweep: the sweep's waiting jobs were not submitted from this job: {exc}")
+
+
+def finish(sweep_dir: str) -> None:
+    """The job that ends a detached grid: submit what still waits for room first (and a successor of this job, which
+    waits for it); once nothing waits, write the results (fmsweep.results.finish)."""
+    from fmsweep.results import finish as results
+
+    folder = Path(sweep_dir)
+    deadline = time.monotonic() + FINISH_PATIENCE_S
+    while True:
+        outcome = top_up(folder, successor=True)
+        if outcome == "submitted":
+            print("fmsweep: jobs of the sweep still wait or run: a new job writes the results once they end")
+            return
+        if outcome == "launching":
+            print("fmsweep: a launch of the sweep runs: it makes the job that writes the results")
+            return
+        if outcome == "none waiting":
+            break
+        if time.monotonic() > deadline:
+            record = load(folder)
+            print(
+                f"fmsweep: {waiting(record) if record else '?'} job(s) still wait for room under the cluster's submit "
+                f"limit, and nothing of the sweep is queued to submit them: fmsweep resume {sweep_dir} submits them"
+            )
+            return
+        time.sleep(FINISH_RETRY_S)
+    results.finish(sweep_dir)

@@ -15,6 +15,7 @@ import copy
 import inspect
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -534,6 +535,17 @@ def run_pack(cfgs: list[DictConfig], run_dirs: list[Path]) -> list[float | None]
         return train_pack(cfgs, run_dirs, stop)
 
 
+def device_text(device: torch.device) -> str:
+    """The device as the run's start line names it: `cuda (NVIDIA H100 80GB HBM3)`, `cpu (AMD EPYC 7B13)`; on the
+    CPU of a job that was given GPUs (CUDA_VISIBLE_DEVICES, as SLURM sets it for a GPU request) that CUDA cannot
+    use, it says so: `cpu (...; CUDA_VISIBLE_DEVICES=0 set but CUDA is not available: training on the CPU)`."""
+    text = f"{device} ({device_name(device)}"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    if device.type == "cpu" and visible.strip() and not torch.cuda.is_available():
+        text += f"; CUDA_VISIBLE_DEVICES={visible} set but CUDA is not available: training on the CPU"
+    return text + ")"
+
+
 def train_pack(cfgs: list[DictConfig], run_dirs: list[Path], stop: StopRequest) -> list[float | None]:
     """run_pack, once its run dirs are its own; a stop names in its Interrupted where each unfinished run stood."""
     device = resolve_device(cfgs[0].device)
@@ -544,11 +556,10 @@ def train_pack(cfgs: list[DictConfig], run_dirs: list[Path], stop: StopRequest) 
     ]
     for run in runs:
         log.info(
-            "%srun dir %s | device %s (%s) | data %s: train %d, valid %d, test %d",
+            "%srun dir %s | device %s | data %s: train %d, valid %d, test %d",
             run.label,
             run.run_dir,
-            device,
-            device_name(device),
+            device_text(device),
             raw_folder(run.cfg.data.root),
             len(run.data.train_y),
             len(run.data.valid_y),

@@ -531,17 +531,20 @@ def preset_params(*overrides: str) -> dict[str, Any]:
 @needs_cluster
 @pytest.mark.parametrize(
     "gpus",
-    [["hydra.launcher.partition=short"], ["hydra.launcher.partition=gresonly", "hydra.launcher.gres=gpu:1"]],
+    [
+        ["hydra.launcher.partition=short"],
+        ["hydra.launcher.partition=gresonly", "hydra.launcher.gres=gpu:1", "hydra.launcher.gpus_per_node=null"],
+    ],
     ids=["gpus_per_node on short", "gres on gresonly"],
 )
 def test_the_shipped_preset_within_the_clusters_limits_passes(monkeypatch: pytest.MonkeyPatch, gpus: list[str]) -> None:
-    """The negative control: the preset's GPU request (gpus_per_node=1, or its other form gres=gpu:1 with
-    gpus_per_node=null where the filter wants it) with timeout_min=10 passes every check, sbatch --test-only
-    included (its CPUs and memory cut to the test node's size)."""
+    """The negative control: the preset's GPU request (gpus_per_node=1, or its other form where the filter wants
+    it) with timeout_min=10 and an allowed QOS passes every check, sbatch --test-only included (its CPUs and memory
+    cut to the test node's size)."""
     for name in ("FMSWEEP_SLURM_PARTITION", "FMSWEEP_SLURM_ACCOUNT", "FMSWEEP_SLURM_QOS"):
         monkeypatch.delenv(name, raising=False)
-    other_form = ["hydra.launcher.gpus_per_node=null"] * ("hydra.launcher.gres=gpu:1" in gpus)
-    fit = ["hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.qos=normal"]
-    params = preset_params(*gpus, *other_form, "hydra.launcher.timeout_min=10", *fit)
-    assert params["gpus_per_node"] == (None if other_form else 1)
+    fit = ["hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1"]
+    params = preset_params(*gpus, "hydra.launcher.timeout_min=10", "hydra.launcher.qos=normal", *fit)
+    request = prelaunch.gpu_request(params)
+    assert request is not None and request[1:] == (None, 1)
     prelaunch.check_slurm_request(params)

@@ -15,10 +15,10 @@ from omegaconf import OmegaConf
 
 from fmsweep.sweep import manifest, status
 
-# The GPU preset on a CPU-only test node: no GPU, one core and little memory per job.
+# The shipped GPU preset on the test cluster: its GPU request as shipped (gpus_per_node: 1, on the node's two GPUs
+# faked as GRES: tests/slurm/start.sh), one core and little memory per job to fit the machine.
 CPU_SLURM = [
     "hydra/launcher=slurm",
-    "hydra.launcher.gpus_per_node=null",
     "hydra.launcher.cpus_per_task=1",
     "hydra.launcher.mem_gb=1",
     "hydra.launcher.timeout_min=10",

@@ -3,6 +3,7 @@ learns, the regularizers do what their formulas say, augmentation and normalizat
 
 import csv
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import fmsweep
 from fmsweep import checkpoint, train
 from fmsweep.augment import FlipAffine
+from fmsweep.config import device_name
 from fmsweep.data import prepare
 from fmsweep.schedule import Constant
 
@@ -254,3 +256,20 @@ def test_every_experiment_preset_runs_through_the_command_line(data_root: Path, 
     assert read_metrics(tmp_path)["status"] == "completed"
     model = fmsweep.load_model(tmp_path)
     assert model(torch.zeros(2, 28, 28, dtype=torch.uint8)).shape == (2, 10)
+
+
+def test_the_start_line_says_a_job_given_gpus_that_cuda_cannot_use_trains_on_the_cpu(
+    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A SLURM job that asked for a GPU gets CUDA_VISIBLE_DEVICES; where CUDA cannot use it (no driver, as on the
+    test cluster's GPUs faked as GRES) device=auto trains on the CPU, and the run's start line says why."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    caplog.set_level(logging.INFO, logger="fmsweep.train")
+    train.run(make_cfg("model=linear", "device=auto"), tmp_path)
+    [line] = [record.getMessage() for record in caplog.records if " | device " in record.getMessage()]
+    cpu = device_name(CPU)
+    fallback = "CUDA_VISIBLE_DEVICES=0 set but CUDA is not available: training on the CPU"
+    assert f" | device cpu ({cpu}; {fallback}) | " in line
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the GPUs hidden on purpose: nothing to say
+    assert train.device_text(CPU) == f"cpu ({cpu})"

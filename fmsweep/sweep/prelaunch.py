@@ -1,8 +1,8 @@
 """A sweep checked as a whole in the launching process, before any job starts or is submitted: every job's
 composed config, the data set (downloaded once, here, rather than by every job), a detached sweep's launcher, and
-on SLURM the time limit against the stop warning and the resource request against the cluster (`sbatch --test-only`
-on the settings the launch submits with, `launcher_settings`). A mistake is one UserError; nothing has been
-launched."""
+on SLURM the time limit against the stop warning and the resource request against the cluster: against what it says
+of itself (partitions, their time limits and nodes' GPUs, the user's QOS), then `sbatch --test-only` on the settings
+the launch submits with (`launcher_settings`). A mistake is one UserError; nothing has been launched."""
 
 from __future__ import annotations
 

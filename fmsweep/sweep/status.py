@@ -25,6 +25,7 @@ from typing import Any, NamedTuple, TextIO
 
 from fmsweep.errors import ArgumentParser, UserError, exit_with
 from fmsweep.results.runs import METRICS, is_number, read_history, read_metrics, read_objective
+from fmsweep.signals import REQUEUED
 from fmsweep.sweep import lock, submission
 from fmsweep.sweep.manifest import LAUNCH_LOCK, JobRecord, Manifest, load, require
 from fmsweep.sweep.slurm import Silent, slurm_output
@@ -98,7 +99,9 @@ class Status:
         running job is `running`."""
         if not self.detail or (self.state == "running" and not progress):
             return self.state
-        return f"{self.state} ({self.detail})" if self.state in ("pending", "requeued") else f"{self.state}: {self.detail}"
+        return (
+            f"{self.state} ({self.detail})" if self.state in ("pending", "requeued") else f"{self.state}: {self.detail}"
+        )
 
 
 class SlurmJob(NamedTuple):
@@ -349,12 +352,35 @@ def _short(metrics: dict[str, Any], job: JobRecord) -> bool:
     return isinstance(run, int) and run < job.epochs and not metrics.get("stopped_early")
 
 
+def requeued(run_dir: Path, job: JobRecord) -> str | None:
+    """Why SLURM requeued the job (`preempted`, `time limit`, ...), as its run wrote it when it stopped to be
+    requeued (fmsweep.signals.REQUEUED); None without such a mark of its launcher job, or with one older than the
+    run dir's lock file, which a run that started since then rewrote."""
+    path = run_dir / REQUEUED
+    try:
+        marked = os.stat(path).st_mtime_ns
+        mark = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(mark, dict) or mark.get("job") != job.launcher_job:
+        return None
+    locked = _mtime(run_dir / lock.LOCK)
+    return None if locked is not None and locked > marked else _one_line(mark.get("why")) or "by SLURM"
+
+
 def job_status(
-    sweep_dir: Path, job: JobRecord, slurm: SlurmJob | None, alive: bool, stale: Stale | None, chosen_on: str
+    sweep_dir: Path,
+    job: JobRecord,
+    slurm: SlurmJob | None,
+    alive: bool,
+    stale: Stale | None,
+    chosen_on: str,
+    unaccounted: bool = False,
 ) -> Status:
     """The status of one job by read's rules; `slurm` is SLURM's view of its launcher job, `alive` whether its
     process runs or holds its run dir's lock, `stale` given when the job is being launched again, `chosen_on` the
-    sweep's objective (shown first)."""
+    sweep's objective (shown first), `unaccounted` whether its launcher job left squeue and accounting did not
+    answer (how it ended is unknown)."""
     run_dir = sweep_dir / job.name
     metrics = read_metrics(run_dir)
     result = metrics.get("status")
@@ -364,7 +390,8 @@ def job_status(
         return Status("pruned", f"at epoch {metrics.get('pruned', '?')}")
     queued = slurm is not None and slurm.state not in SLURM_ENDED
     if queued and slurm is not None and slurm.state == "PENDING":
-        return Status("pending", slurm.reason if slurm.reason != "None" else "")
+        why = requeued(run_dir, job)
+        return Status("requeued", why) if why else Status("pending", slurm.reason if slurm.reason != "None" else "")
     if queued or alive:
         return _running(run_dir, job.epochs, chosen_on)
     ended = slurm.state if slurm is not None else ""
@@ -379,6 +406,11 @@ def job_status(
     elif ended in SLURM_FAILED and slurm is not None:
         code = f", exit code {slurm.exit_code}" if slurm.exit_code else ""
         status = Status("failed", f"SLURM {slurm.reason}{code}")
+    elif unaccounted:  # left squeue: neither alive nor pending, and only accounting knows how it ended
+        progress = _progress(run_dir)
+        started = os.path.exists(run_dir / CONFIG)
+        where = f"epoch {progress[0] if progress else '?'} of {job.epochs}" if started else "before it started"
+        status = Status("ended", f"{where} (no accounting: how unknown)")
     elif os.path.exists(run_dir / CONFIG):
         progress = _progress(run_dir)
         status = Status("stopped", f"epoch {progress[0] if progress else '?'} of {job.epochs}")
@@ -394,7 +426,7 @@ def look(manifest: Manifest, stale: Collection[int] = (), accounting: bool = Tru
     launcher job under submitit_local, the held locks, then each job's dir. Submissions whose answer the record
     lacks are looked up by name (fmsweep.sweep.submission), without writing the record."""
     slurm: dict[str, SlurmJob] = {}
-    silent = None
+    silent = unaccounted = None
     if manifest.launcher == "slurm" and manifest.pending():
         manifest = copy.deepcopy(manifest)
         try:
@@ -404,7 +436,7 @@ def look(manifest: Manifest, stale: Collection[int] = (), accounting: bool = Tru
     ids = manifest.launcher_jobs()
     if manifest.launcher == "slurm" and not silent:
         try:
-            slurm = slurm_view([*ids, *([manifest.finish_job] if manifest.finish_job else [])], accounting)
+            slurm, unaccounted = slurm_look([*ids, *([manifest.finish_job] if manifest.finish_job else [])], accounting)
         except Silent as exc:
             silent = str(exc)
     pids = {i: _pid_alive(i) for i in ids} if manifest.launcher == "submitit_local" else {}
@@ -423,7 +455,13 @@ def look(manifest: Manifest, stale: Collection[int] = (), accounting: bool = Tru
         if process or (queued is not None and queued.state not in SLURM_ENDED):
             alive.add(job.num)
         statuses[job.num] = job_status(
-            manifest.sweep_dir, job, queued, process, marks if job.num in marks else None, chosen_on
+            manifest.sweep_dir,
+            job,
+            queued,
+            process,
+            marks if job.num in marks else None,
+            chosen_on,
+            unaccounted=bool(unaccounted and job.launcher_job and job.launcher_job not in slurm),
         )
         if silent and (job.launcher_job or job.submission) and statuses[job.num].state in ("pending", "stopped"):
             statuses[job.num] = Status("unknown", silent)  # SLURM may queue or run it: no guess
@@ -437,19 +475,33 @@ def look(manifest: Manifest, stale: Collection[int] = (), accounting: bool = Tru
                 statuses[job.num] = Status("not submitted", "waiting for room under the cluster's submit limit")
     workers = sum(bool(pids.get(w)) or (w in slurm and slurm[w].state not in SLURM_ENDED) for w in manifest.workers)
     if not manifest.finish_job:
-        return View(statuses, alive, workers_alive=workers, silent=silent, launching=launching)
+        return View(statuses, alive, workers_alive=workers, silent=silent, launching=launching, unaccounted=unaccounted)
     if finish is None:
         why = f"unknown ({silent})" if silent else "unknown (SLURM does not answer)"
-        return View(statuses, alive, why, workers_alive=workers, silent=silent, launching=launching)
-    return View(statuses, alive, finish.text(), finish.state not in SLURM_ENDED, workers, silent, launching)
+        why = "ended (no accounting: how unknown)" if unaccounted else why
+        return View(
+            statuses, alive, why, workers_alive=workers, silent=silent, launching=launching, unaccounted=unaccounted
+        )
+    return View(
+        statuses,
+        alive,
+        finish.text(),
+        finish.state not in SLURM_ENDED,
+        workers,
+        silent,
+        launching,
+        unaccounted=unaccounted,
+    )
 
 
 def read(manifest: Manifest, stale: Collection[int] = ()) -> dict[int, Status]:
     """Each job's status by job number. The rules, in order: metrics.json completed (unless it ran fewer epochs
-    than recorded) or pruned; SLURM's PENDING (with its reason); running while SLURM lists the job in any other
+    than recorded) or pruned; SLURM's PENDING (with its reason), or requeued where the job's run stopped for SLURM
+    to requeue it (its REQUEUED mark says why: `requeued (preempted)`); running while SLURM lists the job in any other
     state that is not an end, its process (submitit_local's pid) lives, or its run dir's lock is held; cancelled
     (metrics.json, the record's `cancelled`, sacct's CANCELLED); failed (metrics.json's error, or sacct's FAILED,
-    TIMEOUT, OUT_OF_MEMORY, ... with its exit code); stopped (started: .hydra/config.yaml, but none of the above);
+    TIMEOUT, OUT_OF_MEMORY, ... with its exit code); ended where its launcher job left squeue and accounting does
+    not answer (how: unknown, never a guess); stopped (started: .hydra/config.yaml, but none of the above);
     else pending, or, under a submitit launcher with no launcher job, not submitted (`pending (being submitted)`
     while a launch holds the sweep's launch lock). A failed, cancelled or stopped job in `stale` is pending until
     its new launch shows (see Stale); with SLURM silent, a job it may hold is unknown."""
@@ -625,9 +677,15 @@ def table(manifest: Manifest, view: View) -> tuple[list[str], list[Line], list[s
     if manifest.detach and manifest.finish_job:
         tail.append(f"finish job {manifest.finish_job} (writes the results): {view.finish}")
     # a search's trials not asked yet are unfinished too once no worker is left to ask them
-    unfinished = sum(job.status.state in ("stopped", "cancelled", "failed", "not submitted") for job in jobs)
+    unfinished = sum(job.status.state in ("stopped", "ended", "cancelled", "failed", "not submitted") for job in jobs)
     unfinished += manifest.not_asked()
     unknown = sum(job.status.state == "unknown" for job in jobs)
+    ended = sum(job.status.state == "ended" for job in jobs)
+    if view.unaccounted and (ended or (view.finish or "").startswith("ended")):
+        tail.append(
+            f"accounting does not answer ({view.unaccounted}): how {ended} {noun}{'s' * (ended != 1)} ended once "
+            "they left SLURM's queue is unknown (shown ended); squeue and the files tell the rest"
+        )
     if view.silent:
         tail.append(
             f"SLURM does not answer ({view.silent}): {unknown} {noun}{'s' * (unknown != 1)} unknown, which SLURM "

@@ -47,10 +47,12 @@ pending: list[int] = []  # stop signals that came while no StopRequest was there
 outer: dict[int, Any] = {}  # the handlers `listen` found (submitit's), which a StopRequest hands signals over to
 REQUEUED = ".fmsweep.requeued"  # in a run dir: the SLURM job that stopped to be requeued, why, when (JSON)
 SLURM_TIMEOUT_S = 10
-ACCOUNTING_WAIT_S = 3.0  # how long a requeued job waits for accounting to say whether it was preempted
-# a USR2 with less time left than this is SLURM's warning before the time limit (submitit's signal_delay_s, 90 or
-# 120 s, and SLURM's up to 60 s of slack), else someone's `scancel --signal=USR2`
-TIME_LIMIT_WARNING_S = 15 * 60
+# why, where SLURM requeued the job before its SIGTERM: nothing the job can ask tells the two apart (accounting
+# records the attempt PREEMPTED or REQUEUED only once its processes ended); fmsweep.sweep.status asks sacct later
+BY_SLURM = "preempted or scontrol requeue"
+# a USR2 with less time left than this is SLURM's warning before the time limit (submitit's signal_delay_s, 90 s,
+# or 120 s as the hydra launcher sets it, and SLURM's up to 60 s of slack), else someone's `scancel --signal=USR2`
+TIME_LIMIT_WARNING_S = 5 * 60
 decided: dict[int, str | None] = {}  # requeue_reason's answer, once asked: a requeue happens once
 
 
@@ -120,27 +122,11 @@ def job_fields() -> dict[str, str] | None:
     return dict(re.findall(r"(?:^|\s)(\w+)=(\S*)", out))
 
 
-def preempted_in_accounting(job_id: str, attempt: int) -> bool | None:
-    """Whether accounting records this job's attempt `attempt` (0 the first) PREEMPTED; None where it does not
-    answer or does not list that attempt within ACCOUNTING_WAIT_S (it records an attempt moments after its end)."""
-    deadline = time.monotonic() + ACCOUNTING_WAIT_S
-    while True:
-        out = _slurm("sacct", "-n", "-P", "-X", "-D", "-o", "State", "-j", job_id)
-        if out is None:
-            return None
-        states = out.split()
-        if len(states) > attempt + 1:  # the attempt that ended, and the one queued after it
-            return states[attempt] == "PREEMPTED"
-        if time.monotonic() > deadline:
-            return None
-        time.sleep(0.2)
-
-
 def requeue_reason() -> str | None:
     """Why SLURM requeues this job, which got a SIGTERM without a SIGUSR2 before it; None for a cancel (or outside
     SLURM, or where SLURM does not answer). Asked once the run saved, once per process (`decided`):
-    - SLURM requeued it already (Restarts above SLURM_RESTART_COUNT): a preemption without grace time (accounting
-      says PREEMPTED) or `scontrol requeue`;
+    - SLURM requeued it already (Restarts above SLURM_RESTART_COUNT): a preemption without grace time or
+      `scontrol requeue` (BY_SLURM);
     - its grace time runs (JobState RUNNING, PreemptTime set): a preemption that requeues the job only when the
       grace time ends, and ends it for good if it ends before: the job requeues itself now."""
     if signal.SIGTERM in decided:
@@ -149,8 +135,7 @@ def requeue_reason() -> str | None:
     if job_id and fields is not None:
         attempt = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
         if fields.get("Restarts", "0").isdigit() and int(fields["Restarts"]) > attempt:
-            said = preempted_in_accounting(job_id, attempt)
-            why = {True: "preempted", False: "scontrol requeue", None: "preempted or scontrol requeue"}[said]
+            why = BY_SLURM
         elif fields.get("JobState") == "RUNNING" and fields.get("PreemptTime", "None") not in ("None", ""):
             if _slurm("scontrol", "requeue", job_id) is not None:
                 why = "preempted"

@@ -18,7 +18,7 @@ from conftest import ROOT, Gate, fast_overrides, needs_cluster, wait_for
 from test_durable import fmsweep, history_epochs, record
 from test_slurm import CPU_SLURM, RESUMED, completed_epochs
 
-from fmsweep.signals import REQUEUED
+from fmsweep.signals import BY_SLURM, REQUEUED
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, needs_cluster]
 EPOCHS = 3
@@ -81,6 +81,9 @@ def test_a_preempted_job_is_requeued_shown_requeued_and_resumes_to_its_end(
         high = preemptor()
         wait_for("the preemption", lambda: (job_dir / REQUEUED).is_file() and state(job_id) == "PENDING")
         wait_for("the preemptor to run", lambda: state(high) == "RUNNING")
+        # accounting records the attempt moments after it ended: until then status cannot tell a preemption without
+        # GraceTime from `scontrol requeue` (`requeued (preempted or scontrol requeue)`)
+        wait_for("accounting of the attempt", lambda: len(accounting(job_id)) > 1, every=0.5)
         lines += [f"squeue while requeued: {squeue_line(job_id)}", f"sacct while requeued: {accounting(job_id)}"]
         shown = fmsweep("status", str(sweep_dir))
         lines.append(f"status while requeued: {shown.stdout}")
@@ -89,7 +92,8 @@ def test_a_preempted_job_is_requeued_shown_requeued_and_resumes_to_its_end(
         assert job_line.endswith("  requeued (preempted)"), shown.stdout
         assert not (job_dir / "metrics.json").exists()  # no end recorded: neither cancelled nor failed
         mark = json.loads((job_dir / REQUEUED).read_text())
-        assert mark["job"] == job_id and mark["why"] == "preempted", mark
+        # within its grace time the run knew it was preempted (PreemptTime); without, SLURM requeued the job first
+        assert mark["job"] == job_id and mark["why"] == ("preempted" if qos == "low" else BY_SLURM), mark
         held.release()
         subprocess.run(["scancel", high], check=True)
         wait_for("the job to run again", lambda: state(job_id) in ("RUNNING", ""))
@@ -101,6 +105,7 @@ def test_a_preempted_job_is_requeued_shown_requeued_and_resumes_to_its_end(
         after = fmsweep("status", str(sweep_dir)).stdout
         lines += [f"status after: {after}", f"sacct after: {accounting(job_id)}"]
     finally:
+        print(f"\n--- qos={qos}:\n" + "\n".join(lines))
         if high is not None:
             subprocess.run(["scancel", high], check=False)
         if launch.poll() is None:
@@ -113,7 +118,7 @@ def test_a_preempted_job_is_requeued_shown_requeued_and_resumes_to_its_end(
     resumed = re.search(r"Resuming from " + RESUMED, log)
     assert resumed and completed_epochs(*resumed.groups()) >= 1, log
     assert re.search(r"Signal 15: saved \S+ in epoch 2 after batch \d+", log), log
-    assert f"SLURM job {job_id} requeued (preempted)" in log, log
+    assert f"SLURM job {job_id} requeued ({'preempted' if qos == 'low' else BY_SLURM})" in log, log
     assert "cancelled" not in log
     attempts = accounting(job_id)
     # without GraceTime SLURM requeued it (PREEMPTED); with it, the job requeued itself within its grace time
@@ -124,4 +129,4 @@ def test_a_preempted_job_is_requeued_shown_requeued_and_resumes_to_its_end(
     live = [line for line in launched if line.startswith("fmsweep: ") and line.endswith(" failed)")]
     if not detach:
         assert any(" requeued (preempted) (" in line for line in live), launched
-    print(f"\n--- qos={qos}:\n" + "\n".join([*lines, "job log:", *job_log, "live status:", *live]))
+    print("\n".join(["job log:", *job_log, "live status:", *live]))

@@ -194,8 +194,9 @@ def submit(launcher: Any, manifest: Manifest, planned: list[tuple[list[int], Uni
                     cause = feed.refused_for_limit(exc.said)
                     if cause is None:
                         done = sum(len(nums) for nums, _ in planned[:first])
+                        said = prelaunch.gpu_refusal(launcher.params, exc.said) or exc  # a filter of one GPU form
                         raise UserError(
-                            f"{exc}; {done} job(s) submitted, {left} not yet: fmsweep resume {manifest.sweep_dir} "
+                            f"{said}; {done} job(s) submitted, {left} not yet: fmsweep resume {manifest.sweep_dir} "
                             "submits them"
                         ) from None
                     if len(part) > 1:  # an array is taken whole or not at all: try half of it

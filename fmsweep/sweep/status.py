@@ -25,7 +25,7 @@ from typing import Any, NamedTuple, TextIO
 
 from fmsweep.errors import ArgumentParser, UserError, exit_with
 from fmsweep.results.runs import METRICS, is_number, read_history, read_metrics, read_objective
-from fmsweep.signals import REQUEUED
+from fmsweep.signals import BY_SLURM, REQUEUED
 from fmsweep.sweep import lock, submission
 from fmsweep.sweep.manifest import LAUNCH_LOCK, JobRecord, Manifest, load, require
 from fmsweep.sweep.slurm import Silent, slurm_output
@@ -213,6 +213,22 @@ def slurm_look(job_ids: list[str], accounting: bool = True) -> tuple[dict[str, S
         return view, "sacct not found" if listed is not None else None
     view.update(found)
     return view, None
+
+
+def requeue_causes(job_ids: list[str]) -> dict[str, str]:
+    """Why SLURM requeued each job that a run could not tell (fmsweep.signals.BY_SLURM), from accounting's record
+    of the attempt before the one queued now: `preempted` (PREEMPTED) or `scontrol requeue` (REQUEUED); {} where
+    accounting does not answer."""
+    try:
+        out = slurm_output(["sacct", "-n", "-P", "-X", "-D", "-o", "JobID,State", "-j", ",".join(job_ids)]) or ""
+    except Silent:
+        return {}
+    attempts: dict[str, list[str]] = {}
+    for line in out.splitlines():
+        job_id, _, state = line.partition("|")
+        attempts.setdefault(job_id, []).append(state.split(" ")[0])
+    causes = {"PREEMPTED": "preempted", "REQUEUED": "scontrol requeue"}
+    return {i: causes[states[-2]] for i, states in attempts.items() if len(states) > 1 and states[-2] in causes}
 
 
 def slurm_view(job_ids: list[str], accounting: bool = True) -> dict[str, SlurmJob]:
@@ -468,6 +484,12 @@ def look(manifest: Manifest, stale: Collection[int] = (), accounting: bool = Tru
         elif statuses[job.num] == Status("pending") and manifest.launcher != "basic" and not job.launcher_job:
             # a launch that submits it now holds the launch lock; else nothing will, until a resume
             statuses[job.num] = Status("pending", "being submitted") if launching else Status("not submitted")
+    # requeued by SLURM before the run's SIGTERM: preempted or `scontrol requeue`, which only accounting tells
+    unsure = [job for job in manifest.jobs if statuses[job.num] == Status("requeued", BY_SLURM) and job.launcher_job]
+    causes = requeue_causes(sorted({str(job.launcher_job) for job in unsure})) if accounting and unsure else {}
+    for job in unsure:
+        if job.launcher_job in causes:
+            statuses[job.num] = Status("requeued", causes[str(job.launcher_job)])
     finish = slurm.get(manifest.finish_job or "")
     if alive or (finish is not None and finish.state not in SLURM_ENDED):  # the sweep's jobs submit the waiting ones
         for job in manifest.jobs:

@@ -180,7 +180,7 @@ def sbatch(record: Manifest, entry: Submission, ex: Any, submit: Callable[[], li
         except Exception as exc:  # noqa: BLE001 (sbatch's failure, of any kind, with nothing of it in SLURM)
             drop(record, entry)
             error = " ".join(str(exc).split())
-            raise Refused(f"sbatch refused {entry.name}: {error[-300:]}", error) from None
+            raise Refused(f"sbatch refused {entry.name}: {error[-300:]}", str(exc)) from None
         gate.crash_at("after-sbatch")
         slurm_id = str(jobs[0].job_id).partition("_")[0]
         adopt(record, entry, slurm_id)

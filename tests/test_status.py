@@ -837,3 +837,141 @@ def test_a_run_refreshes_its_lock_files_heartbeat_and_empties_it_when_it_lets_go
         first = path.stat().st_mtime_ns
         wait_for("a heartbeat", lambda: path.stat().st_mtime_ns > first, timeout=60)
     assert path.read_text() == ""
+
+
+def requeued_mark(job_dir: Path, job: str, why: str) -> None:
+    """What a run writes as it stops for SLURM to requeue its job (fmsweep.signals.mark_requeued)."""
+    start(job_dir)
+    history(job_dir, [0.4])
+    (job_dir / lock.LOCK).write_text("")  # its lock let go just before
+    atomic_write(job_dir / status.REQUEUED, json.dumps({"job": job, "why": why, "at": "", "where": "in epoch 2"}))
+
+
+def test_a_job_slurm_requeued_is_shown_requeued_with_why_while_it_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PENDING again after its run stopped for a requeue: `requeued (preempted)`, the run's word on why; SLURM's
+    own requeue (the run cannot tell a preemption without grace time from `scontrol requeue`) is told by the
+    attempt accounting recorded. A mark of another SLURM job, or one older than a run that started since (its lock
+    file rewritten), is no word on this wait: pending, with SLURM's reason."""
+    manifest = sweep(tmp_path / "sweep", 5, launcher="slurm")
+    for job, job_id in zip(manifest.jobs, ["50", "51_2", "52", "53", "54"]):
+        job.launcher_job = job_id
+    manifest.save()
+    dirs = [manifest.sweep_dir / job.name for job in manifest.jobs]
+    requeued_mark(dirs[0], "50", "preempted")
+    requeued_mark(dirs[1], "51_2", status.BY_SLURM)
+    requeued_mark(dirs[2], "49", "preempted")  # an earlier launch's job
+    requeued_mark(dirs[3], "53", "time limit")
+    time.sleep(0.01)
+    (dirs[3] / lock.LOCK).write_text("pid 1 on elsewhere, SLURM job 53, since then")  # it ran again since
+    pending = "".join(f"{i}|PENDING|BeginTime\n" for i in ("50", "51_2", "52", "53", "54"))
+    log = fake_slurm(tmp_path / "bin", monkeypatch, squeue=pending, sacct="51_2|PREEMPTED\n51_2|PENDING\n")
+    view = status.look(manifest)
+    assert [s.text() for s in view.statuses.values()] == [
+        "requeued (preempted)",
+        "requeued (preempted)",  # accounting: its attempt before this wait PREEMPTED
+        "pending (BeginTime)",
+        "pending (BeginTime)",
+        "pending (BeginTime)",
+    ]
+    assert view.alive == {0, 1, 2, 3, 4} and not status.over(view)
+    assert log.read_text().splitlines()[1] == "sacct -n -P -X -D -o JobID,State -j 51_2"  # only for the unsure one
+    assert (
+        status.render(manifest, view)
+        .splitlines()[0]
+        .startswith("5 jobs (slurm): 3 pending, 2 requeued, 0 running, 0 completed, 0 failed;")
+    )
+    fake_slurm(tmp_path / "bin", monkeypatch, squeue=pending, sacct="51_2|REQUEUED\n51_2|PENDING\n")
+    assert status.read(manifest)[1] == Status("requeued", "scontrol requeue")
+    fake_slurm(tmp_path / "bin", monkeypatch, squeue=pending, sacct_rc=1, stderr="sacct: error: no dbd")
+    assert status.read(manifest)[1] == Status("requeued", status.BY_SLURM)  # no accounting: both are possible
+    assert status.alive(manifest) == {0, 1, 2, 3, 4}
+    running = "50|RUNNING|None\n51_2|RUNNING|None\n52|PENDING|Priority\n53|PENDING|Priority\n54|PENDING|Priority\n"
+    fake_slurm(tmp_path / "bin", monkeypatch, squeue=running)
+    assert [s.state for s in status.read(manifest).values()] == ["running", "running", "pending", "pending", "pending"]
+
+
+NO_DBD = "sacct: error: Problem talking to the database: Connection refused"
+
+
+def unaccounted_sweep(tmp_path: Path, held: contextlib.ExitStack) -> Manifest:
+    """A detached SLURM sweep of 7 jobs whose launcher jobs squeue no longer lists but for one, running: completed,
+    stopped after epoch 1 (killed, timed out, cancelled: only accounting knows), never started, failed (its
+    metrics.json), cancelled by fmsweep cancel, running, not submitted; its finish job gone too."""
+    manifest = sweep(tmp_path / "sweep", 7, launcher="slurm", detach=True, finish_job="69")
+    for job in manifest.jobs[:6]:
+        job.launcher_job = str(60 + job.num)
+    manifest.jobs[4].cancelled = True
+    manifest.save()
+    set_states(manifest, "cspfprp", held)
+    return manifest
+
+
+def test_without_accounting_a_job_that_left_squeue_ended_and_how_is_unknown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held: contextlib.ExitStack
+) -> None:
+    """sacct fails (no slurmdbd) where squeue answers: what the files say stands (completed, failed, the record's
+    cancel), squeue's running job runs, and a job that left the queue with nothing in its files ended, how unknown,
+    never a guess (stopped, pending, failed); one line says so. Nothing of it is alive, and resume relaunches it."""
+    manifest = unaccounted_sweep(tmp_path, held)
+    fake_slurm(tmp_path / "bin", monkeypatch, squeue="65|RUNNING|None\n", sacct_rc=1, stderr=NO_DBD)
+    view = status.look(manifest)
+    assert [s.text() for s in view.statuses.values()] == [
+        COMPLETED,
+        "ended: epoch 1 of 3 (no accounting: how unknown)",
+        "ended: before it started (no accounting: how unknown)",
+        "failed: ValueError: bad",
+        "cancelled: by fmsweep cancel",
+        "running: epoch 1 of 3, best valid loss 0.4000 (epoch 1)",
+        "not submitted",
+    ]
+    assert view.unaccounted == NO_DBD and view.silent is None and view.alive == {5}
+    sweep_dir = manifest.sweep_dir
+    assert status.render(manifest, view).splitlines() == [
+        f"7 jobs (slurm): 0 pending, 1 not submitted, 1 running, 1 completed, 1 failed, 1 cancelled, 2 ended; "
+        f"sweep dir {sweep_dir}",
+        f"lr=0  {COMPLETED}",
+        "lr=1  ended: epoch 1 of 3 (no accounting: how unknown)",
+        "lr=2  ended: before it started (no accounting: how unknown)",
+        "lr=3  failed: ValueError: bad",
+        "lr=4  cancelled: by fmsweep cancel",
+        "lr=5  running: epoch 1 of 3, best valid loss 0.4000 (epoch 1)",
+        "lr=6  not submitted",
+        "finish job 69 (writes the results): ended (no accounting: how unknown)",
+        f"accounting does not answer ({NO_DBD}): how 2 jobs and the finish job ended once out of SLURM's queue is "
+        "unknown (shown ended); squeue and the files tell the rest",
+    ]
+    assert status.alive(manifest) == {5}
+    held.close()  # job 5 ends too, and leaves the queue: resumable, as the others that did not complete
+    fake_slurm(tmp_path / "bin", monkeypatch, sacct_rc=1, stderr=NO_DBD)
+    view = status.look(manifest)
+    assert view.statuses[5] == Status("ended", "epoch 1 of 3 (no accounting: how unknown)") and status.over(view)
+    assert (
+        status.render(manifest, view).splitlines()[-1]
+        == f"resume the 6 unfinished jobs with: fmsweep resume {sweep_dir}"
+    )
+    configs = [OmegaConf.create({"hydra": {"job": {"num": job.num}}}) for job in manifest.jobs]
+    assert sorted(grid.to_launch(manifest, configs)) == [1, 2, 3, 4, 5, 6]  # resume asks no accounting
+
+
+def test_without_sacct_installed_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held: contextlib.ExitStack
+) -> None:
+    """squeue there, sacct not: as when it fails, said as `sacct not found`. (Without squeue either, the files
+    alone decide, as on a laptop: stopped, pending.)"""
+    manifest = unaccounted_sweep(tmp_path, held)
+    bin_dir = tmp_path / "bin"
+    fake_slurm(bin_dir, monkeypatch, squeue="65|RUNNING|None\n")
+    (bin_dir / "sacct").unlink()
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "cat").symlink_to(shutil.which("cat") or "/bin/cat")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{tools}")
+    view = status.look(manifest)
+    assert view.unaccounted == "sacct not found"
+    assert view.statuses[1] == Status("ended", "epoch 1 of 3 (no accounting: how unknown)")
+    (bin_dir / "squeue").unlink()
+    view = status.look(manifest)
+    assert view.unaccounted is None and view.statuses[1] == Status("stopped", "epoch 1 of 3")
+    assert view.statuses[2] == Status("pending")

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO, cast
@@ -161,11 +161,8 @@ def submit(launcher: Any, manifest: Manifest, planned: list[tuple[list[int], Uni
     chunk = max_array_size() if slurm else len(planned)
     try:
         limit = feed.limit(launcher.params, manifest.submit_limit) if slurm else None
-    except Silent as exc:
-        raise UserError(
-            f"SLURM does not answer ({exc}): nothing was submitted; fmsweep resume "
-            f"{manifest.sweep_dir} submits the sweep's jobs"
-        ) from None
+    except Silent:  # how many jobs are queued is unknown: sbatch's refusal, should the limit be reached, says it
+        limit = None
     room = limit.room(manifest.leave_free) - reserve if limit else len(planned)
     jobs: list[Any] = []
     first = 0
@@ -204,7 +201,8 @@ def submit(launcher: Any, manifest: Manifest, planned: list[tuple[list[int], Uni
                         record.save()
                         continue
                     if limit is None or limit.source.startswith("learned"):  # the cluster did not state its limit
-                        manifest.submit_limit = record.submit_limit = feed.queued(launcher.params)
+                        with suppress(Silent):
+                            manifest.submit_limit = record.submit_limit = feed.queued(launcher.params)
                     wait_for_room(
                         launcher,
                         manifest,

@@ -207,8 +207,9 @@ def slurm_look(job_ids: list[str], accounting: bool = True) -> tuple[dict[str, S
         return view, None
     try:
         found = sacct(ended)
-    except Silent as exc:
-        return view, str(exc) if listed is not None else None
+    except Silent as exc:  # sacct's own error starts `sacct: error: ...`: once is enough
+        said = str(exc).removeprefix("sacct: ") if str(exc).startswith("sacct: sacct:") else str(exc)
+        return view, said if listed is not None else None
     if found is None:
         return view, "sacct not found" if listed is not None else None
     view.update(found)
@@ -702,11 +703,13 @@ def table(manifest: Manifest, view: View) -> tuple[list[str], list[Line], list[s
     unfinished = sum(job.status.state in ("stopped", "ended", "cancelled", "failed", "not submitted") for job in jobs)
     unfinished += manifest.not_asked()
     unknown = sum(job.status.state == "unknown" for job in jobs)
-    ended = sum(job.status.state == "ended" for job in jobs)
-    if view.unaccounted and (ended or (view.finish or "").startswith("ended")):
+    ended = [f"{n} {noun}{'s' * (n != 1)}" for n in [sum(job.status.state == "ended" for job in jobs)] if n]
+    if manifest.detach and manifest.finish_job and (view.finish or "").startswith("ended"):
+        ended.append("the finish job")
+    if view.unaccounted and ended:
         tail.append(
-            f"accounting does not answer ({view.unaccounted}): how {ended} {noun}{'s' * (ended != 1)} ended once "
-            "they left SLURM's queue is unknown (shown ended); squeue and the files tell the rest"
+            f"accounting does not answer ({view.unaccounted}): how {' and '.join(ended)} ended once out of SLURM's "
+            "queue is unknown (shown ended); squeue and the files tell the rest"
         )
     if view.silent:
         tail.append(

@@ -107,14 +107,23 @@ def refused_for_limit(said: str) -> str | None:
 
 def park(sweep_dir: Path, launcher: Any, waiting: list[tuple[list[int], Any]]) -> None:
     """Keep what a job of the sweep needs to submit the `waiting` launcher jobs (numbers and unit) later: the
-    launcher and each unit, pickled in the sweep dir."""
+    launcher and each unit, pickled in the sweep dir; those kept already are kept as they are (`forget` drops them
+    before a launch makes them anew)."""
     import cloudpickle
 
     folder = sweep_dir / WAITING
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(folder / LAUNCHER, cloudpickle.dumps(launcher))
+    if not (folder / LAUNCHER).exists():
+        atomic_write(folder / LAUNCHER, cloudpickle.dumps(launcher))
     for nums, unit in waiting:
-        atomic_write(folder / f"{nums[0]}.pkl", cloudpickle.dumps((nums, unit)))
+        if not (folder / f"{nums[0]}.pkl").exists():
+            atomic_write(folder / f"{nums[0]}.pkl", cloudpickle.dumps((nums, unit)))
+
+
+def forget(sweep_dir: Path, nums: list[int]) -> None:
+    """Drop the kept launcher and the kept launcher jobs of the jobs `nums`: a launch is making them anew."""
+    for name in [LAUNCHER, *(f"{num}.pkl" for num in nums)]:
+        (sweep_dir / WAITING / name).unlink(missing_ok=True)
 
 
 def parked(sweep_dir: Path, record: Manifest) -> tuple[Any, list[tuple[list[int], Any]]]:

@@ -89,6 +89,7 @@ def units(launcher: Any, manifest: Manifest, configs: dict[int, DictConfig]) -> 
     nums = sorted(configs)
     packs = packing.plan([configs[n] for n in nums])
     sweep_dir = manifest.sweep_dir
+    feed.forget(sweep_dir, nums)
     state = Singleton.get_state()  # Hydra's singletons, for the jobs run in other processes: once, not per job
     out = []
     for members in packs:
@@ -253,7 +254,7 @@ def wait_for_room(
     submitted = sum(bool(job.launcher_job) for job in record.jobs)
     left = feed.waiting(record)
     view = status.look(record, accounting=False)
-    if not view.alive and not view.finish_alive:
+    if not (view.alive or view.finish_alive or view.silent):
         raise UserError(
             f"{why}; nothing of the sweep is queued, and the cluster takes no more of your jobs now: {left} job(s) not "
             f"submitted; fmsweep resume {manifest.sweep_dir} submits them once your other jobs left room"

@@ -484,7 +484,8 @@ def look(manifest: Manifest, stale: Collection[int] = (), accounting: bool = Tru
             statuses[job.num] = Status("unknown", silent)  # SLURM may queue or run it: no guess
         elif statuses[job.num] == Status("pending") and manifest.launcher != "basic" and not job.launcher_job:
             # a launch that submits it now holds the launch lock; else nothing will, until a resume
-            statuses[job.num] = Status("pending", "being submitted") if launching else Status("not submitted")
+            being = launching and not job.waiting  # a job that waits for room is not what a launch submits now
+            statuses[job.num] = Status("pending", "being submitted") if being else Status("not submitted")
     # requeued by SLURM before the run's SIGTERM: preempted or `scontrol requeue`, which only accounting tells
     unsure = [job for job in manifest.jobs if statuses[job.num] == Status("requeued", BY_SLURM) and job.launcher_job]
     causes = requeue_causes(sorted({str(job.launcher_job) for job in unsure})) if accounting and unsure else {}

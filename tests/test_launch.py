@@ -18,7 +18,7 @@ from conftest import wait_for
 from omegaconf import OmegaConf
 from submitit.core.core import InfoWatcher, Job
 
-from fmsweep.sweep import cancel, launch, manifest, status
+from fmsweep.sweep import cancel, feed, launch, manifest, status
 from fmsweep.sweep.manifest import JobRecord, Manifest
 
 # a SLURM launcher as launch.submit reads it: its executor kind, settings and Hydra's job name
@@ -72,6 +72,38 @@ def slurm_sweep(sweep_dir: Path, jobs: int) -> Manifest:
     )
     record.save()
     return record
+
+
+@pytest.fixture(autouse=True)
+def no_submit_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests here submit to a fake executor: the cluster's own limit (tests/slurm/start.sh) is not theirs."""
+    monkeypatch.setattr(feed, "limit", lambda params, learned: None)
+
+
+def test_a_grid_beyond_the_submit_limit_submits_what_fits_and_the_rest_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = FakeExecutor(tmp_path)
+    monkeypatch.setattr(launch, "executor", lambda launcher, name: fake)
+    monkeypatch.setattr(launch, "max_array_size", lambda: 2)
+    monkeypatch.setattr(feed, "limit", lambda params, learned: feed.Limit(8, "QOS q's MaxSubmitJobsPerUser", 3))
+    monkeypatch.setattr(
+        status, "look", lambda record, **kw: SimpleNamespace(alive={0}, finish_alive=False, silent=None)
+    )
+    manifest = slurm_sweep(tmp_path, 7)
+    manifest.leave_free = 1
+    planned = [([n], cast(launch.Unit, f"unit {n}")) for n in range(7)]
+    submitted = launch.submit(SLURM_LAUNCHER, manifest, planned, reserve=1)
+    # room: 8 of the limit, less 3 queued, 1 left free and 1 for the results job = 3, in arrays of at most 2
+    assert fake.sizes == [2, 1] and len(submitted) == 3
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    assert [job["waiting"] for job in saved["jobs"]] == [False] * 3 + [True] * 4
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "fmsweep: the cluster's submit limit (8 jobs: QOS q's MaxSubmitJobsPerUser; 3 of yours queued, 1 left free "
+        "(hydra.sweeper.leave_free)); 3 submitted, 4 not yet; they will be submitted as room frees up"
+    )
+    _, kept = feed.parked(tmp_path, manifest)
+    assert kept == [([n], f"unit {n}") for n in range(3, 7)]  # what a job of the sweep submits as it ends
 
 
 @pytest.mark.parametrize(("jobs", "sizes"), [(7, [3, 3, 1]), (6, [3, 3]), (1, [1])])

@@ -24,7 +24,7 @@ from typing import Any
 from fmsweep.errors import UserError
 from fmsweep.files import atomic_write
 from fmsweep.sweep.manifest import Manifest, launching, load
-from fmsweep.sweep.slurm import Silent, slurm_output
+from fmsweep.sweep.slurm import slurm_output
 
 WAITING = ".waiting"  # in the sweep dir: <first job number>.pkl for each waiting launcher job, and the launcher's
 LAUNCHER = "launcher.pkl"
@@ -208,8 +208,8 @@ def feed_after_job(sweep_dir: Path) -> None:
     failure is a line there, never the job's."""
     try:
         top_up(sweep_dir)
-    except (UserError, Silent, OSError) as exc:
-        print(f"fmsweep: the sweep's waiting jobs were not submitted from this job: {exc}")
+    except Exception as exc:  # noqa: BLE001 (the job trained: whatever went wrong here is said, and the next job tries)
+        print(f"fmsweep: the sweep's waiting jobs were not submitted from this job: {type(exc).__name__}: {exc}")
 
 
 def finish(sweep_dir: str) -> None:

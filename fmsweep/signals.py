@@ -118,8 +118,9 @@ def job_fields() -> dict[str, str] | None:
     out = _slurm("scontrol", "-o", "show", "job", job_id) if job_id else None
     if not out:
         return None
-    # `Key=value` pairs; a value with spaces (Command, Comment) is cut at them: the keys read here hold none
-    return dict(re.findall(r"(?:^|\s)(\w+)=(\S*)", out))
+    # `Key=value` pairs, the first of each key (a Comment may hold more); a value with spaces (Command, Comment) is
+    # cut at them: the keys read here hold none
+    return dict(reversed(re.findall(r"(?:^|\s)(\w+)=(\S*)", out)))
 
 
 def requeue_reason() -> str | None:
@@ -133,8 +134,9 @@ def requeue_reason() -> str | None:
         return decided[signal.SIGTERM]
     job_id, fields, why = os.environ.get("SLURM_JOB_ID"), job_fields(), None
     if job_id and fields is not None:
-        attempt = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
-        if fields.get("Restarts", "0").isdigit() and int(fields["Restarts"]) > attempt:
+        attempt = os.environ.get("SLURM_RESTART_COUNT", "0")
+        restarts = fields.get("Restarts", "")
+        if restarts.isdigit() and attempt.isdigit() and int(restarts) > int(attempt):
             why = BY_SLURM
         elif fields.get("JobState") == "RUNNING" and fields.get("PreemptTime", "None") not in ("None", ""):
             if _slurm("scontrol", "requeue", job_id) is not None:

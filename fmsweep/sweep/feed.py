@@ -120,9 +120,10 @@ def park(sweep_dir: Path, launcher: Any, waiting: list[tuple[list[int], Any]]) -
             atomic_write(folder / f"{nums[0]}.pkl", cloudpickle.dumps((nums, unit)))
 
 
-def forget(sweep_dir: Path, nums: list[int]) -> None:
-    """Drop the kept launcher and the kept launcher jobs of the jobs `nums`: a launch is making them anew."""
-    for name in [LAUNCHER, *(f"{num}.pkl" for num in nums)]:
+def forget(sweep_dir: Path, nums: list[int], launcher: bool = False) -> None:
+    """Drop the kept launcher jobs of the jobs `nums` (submitted, or made anew by a launch, which drops the kept
+    launcher too)."""
+    for name in [*([LAUNCHER] if launcher else []), *(f"{num}.pkl" for num in nums)]:
         (sweep_dir / WAITING / name).unlink(missing_ok=True)
 
 

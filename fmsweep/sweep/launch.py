@@ -89,7 +89,7 @@ def units(launcher: Any, manifest: Manifest, configs: dict[int, DictConfig]) -> 
     nums = sorted(configs)
     packs = packing.plan([configs[n] for n in nums])
     sweep_dir = manifest.sweep_dir
-    feed.forget(sweep_dir, nums)
+    feed.forget(sweep_dir, nums, launcher=True)
     state = Singleton.get_state()  # Hydra's singletons, for the jobs run in other processes: once, not per job
     out = []
     for members in packs:
@@ -222,6 +222,7 @@ def submit(launcher: Any, manifest: Manifest, planned: list[tuple[list[int], Uni
                     mine.waiting = False
             manifest.submissions = record.submissions
             record.save()
+            feed.forget(manifest.sweep_dir, [num for nums, _ in part for num in nums])
         jobs += submitted
         first += len(part)
         room -= len(part)

@@ -774,10 +774,10 @@ def main(argv: list[str] | None = None) -> None:
     """`fmsweep status DIR [--watch] [--interval SECONDS]`; a bad DIR or command line is one line, exit code 2."""
     parser = ArgumentParser(
         prog="fmsweep status",
-        description="What each job of a sweep is doing: pending, running "
+        description="What each job of a sweep is doing: pending, requeued (by SLURM: preempted, ...), running "
         "(its epoch), completed (its best epoch's valid loss and accuracy), pruned, failed (its "
-        "error), cancelled or stopped (resumable with fmsweep resume DIR), each named by its own "
-        "overrides, and the sweep's results once written.",
+        "error), cancelled, stopped or ended (how, unknown without accounting): these resumable with fmsweep "
+        "resume DIR; each named by its own overrides, and the sweep's results once written.",
     )
     parser.add_argument("sweep_dir", type=Path, metavar="DIR", help="the sweep dir (hydra.sweep.dir)")
     parser.add_argument(

@@ -164,3 +164,21 @@ def test_no_room_at_all_is_one_line_and_nothing_is_submitted(data_root: Path, tm
     ], proc.stderr
     record = json.loads((tmp_path / "sweep.json").read_text())
     assert not record["submissions"] and all(job["waiting"] for job in record["jobs"])
+
+
+def test_an_attached_grid_beyond_the_submit_limit_submits_the_rest_itself_and_ends_with_all_of_them(
+    data_root: Path, tmp_path: Path
+) -> None:
+    assert capped_queue() == 0, "another test left jobs in QOS capped"
+    attached = [arg for arg in CAPPED if arg != "hydra.sweeper.detach=true"]
+    proc = sweep(*attached, *fast_overrides(data_root), "seed=range(10)", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = [line for line in proc.stdout.splitlines() if "submit limit" in line]
+    assert said == [
+        "fmsweep: the cluster's submit limit (8 jobs: QOS capped's MaxSubmitJobsPerUser; 0 of yours queued); 8 "
+        "submitted, 2 not yet; they will be submitted as room frees up"
+    ], proc.stdout
+    assert f"fmsweep: all jobs of {tmp_path} completed" in proc.stdout
+    record = manifest.require(tmp_path)
+    assert all(job.launcher_job and not job.waiting for job in record.jobs) and record.finish_job is None
+    assert len(list(tmp_path.glob("*/metrics.json"))) == 10

@@ -23,7 +23,7 @@ from typing import Any
 
 from fmsweep.errors import UserError
 from fmsweep.files import atomic_write
-from fmsweep.sweep.manifest import Manifest, launching, load
+from fmsweep.sweep.manifest import Manifest, ids_text, launching, load
 from fmsweep.sweep.slurm import slurm_output
 
 WAITING = ".waiting"  # in the sweep dir: <first job number>.pkl for each waiting launcher job, and the launcher's
@@ -193,6 +193,9 @@ def top_up(sweep_dir: Path, successor: bool = False) -> str:
             launcher, planned = parked(sweep_dir, record)
             reserve = int(record.detach and record.finish_job is None)
             submitted = launch.submit(launcher, record, planned, reserve) if planned else []
+            if submitted:
+                ids = ids_text([str(job.job_id) for job in submitted])
+                print(f"fmsweep: submitted {len(submitted)} of the waiting jobs ({ids}); {waiting(record)} still wait")
             if not (submitted or successor or no_finish):
                 return "none waiting" if not waiting(record) else "no room"
             if record.detach and status.look(record, accounting=False).alive:  # attached: the command writes them

@@ -243,6 +243,7 @@ def wait_for_room(
     them to submit later), and say so; a UserError when nothing of the sweep is queued to submit them. The caller
     holds the record's lock."""
     feed.park(manifest.sweep_dir, launcher, waiting)
+    new = any(not (job := record.job(nums[0])) or not job.waiting for nums, _ in waiting)
     for nums, _ in waiting:
         for num in nums:
             for each in (manifest, record):
@@ -260,7 +261,8 @@ def wait_for_room(
             f"{why}; nothing of the sweep is queued, and the cluster takes no more of your jobs now: {left} job(s) not "
             f"submitted; fmsweep resume {manifest.sweep_dir} submits them once your other jobs left room"
         )
-    print(f"fmsweep: {why}; {submitted} submitted, {left} not yet; they will be submitted as room frees up")
+    if new:  # (those that waited before were said when they began to)
+        print(f"fmsweep: {why}; {submitted} submitted, {left} not yet; they will be submitted as room frees up")
 
 
 def submit_units(ex: Any, units: list[Unit]) -> list[Any]:
@@ -340,13 +342,32 @@ def launch(launcher: Any, manifest: Manifest, configs: dict[int, DictConfig], de
         list(configs),
         lambda: run_here(launcher, planned),
         lambda: submit(launcher, manifest, planned),
-        # what an earlier launch left alive, and what the sweep's jobs submitted as room under the submit limit freed up
-        lambda: bool((earlier | set(configs)) & status.alive(load(sweep_dir) or manifest)),
+        lambda: bool(earlier & status.alive(manifest)),
         # the record has the ids of what was submitted, also when the Ctrl-C came amid the submission
         lambda: list(
             dict.fromkeys(job.launcher_job for job in manifest.jobs if job.num in configs and job.launcher_job)
         ),
+        lambda jobs: fed(launcher, manifest, planned, jobs),
     )
+
+
+def fed(launcher: Any, manifest: Manifest, planned: list[tuple[list[int], Unit]], submitted: list[Any]) -> list[Any]:
+    """An attached launch's jobs: those `submitted`, and, while jobs of `planned` wait for room under the cluster's
+    submit limit, those submitted as the earlier ones end (the launch holds the launch lock: it feeds the queue,
+    not its jobs); every submitit job, once none waits."""
+    jobs = list(submitted)
+    while True:
+        record = load(manifest.sweep_dir) or manifest
+        waiting = [
+            (nums, unit)
+            for nums, unit in planned
+            if (job := record.job(nums[0])) is not None and job.waiting and not job.cancelled
+        ]
+        if not waiting:
+            return jobs
+        if not all(job.done() for job in jobs):
+            time.sleep(ALIVE_POLL_S)
+        jobs += submit(launcher, manifest, waiting)
 
 
 def attend(
@@ -357,9 +378,11 @@ def attend(
     submit_all: Callable[[], list[Any]],
     earlier_alive: Callable[[], bool],
     submitted_ids: Callable[[], list[str]],
+    feed_more: Callable[[list[Any]], list[Any]] = list,
 ) -> Exception | None:
     """An attached launch: with the live status shown, run the launch `here` (basic launcher) or `submit_all` its
-    submitit jobs and wait for them, then for what an earlier launch left alive; the first failed job's error. A
+    submitit jobs and wait for them and those `feed_more` submits as they end (a grid's jobs waiting for room under
+    the submit limit), then for what an earlier launch left alive; the first failed job's error. A
     Ctrl-C is one line naming what keeps running (`submitted_ids`) and how to resume, exit code 130."""
     from fmsweep.sweep.live_status import LiveStatus
 
@@ -380,7 +403,7 @@ def attend(
                         f"fmsweep: submitted {len(ids)} SLURM job(s): {ids_text(ids)}; watch from any shell: "
                         f"fmsweep status {sweep_dir}; cancel: fmsweep cancel {sweep_dir}"
                     )
-                error = wait(submitted)
+                error = wait(feed_more(submitted))
             while earlier_alive():
                 time.sleep(ALIVE_POLL_S)
         except KeyboardInterrupt:

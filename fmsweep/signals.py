@@ -47,6 +47,7 @@ pending: list[int] = []  # stop signals that came while no StopRequest was there
 outer: dict[int, Any] = {}  # the handlers `listen` found (submitit's), which a StopRequest hands signals over to
 REQUEUED = ".fmsweep.requeued"  # in a run dir: the SLURM job that stopped to be requeued, why, when (JSON)
 SLURM_TIMEOUT_S = 10
+SLURM_TRIES = 5
 # why, where SLURM requeued the job before its SIGTERM: nothing the job can ask tells the two apart (accounting
 # records the attempt PREEMPTED or REQUEUED only once its processes ended); fmsweep.sweep.status asks sacct later
 BY_SLURM = "preempted or scontrol requeue"
@@ -98,13 +99,18 @@ def job_name() -> str | None:
     return os.environ.get("SLURM_JOB_ID")
 
 
-def _slurm(*args: str) -> str | None:
-    """What a SLURM command printed; None where it is missing or fails (no answer is no evidence)."""
-    try:
-        done = subprocess.run(args, capture_output=True, text=True, timeout=SLURM_TIMEOUT_S)
-    except (OSError, subprocess.SubprocessError) as exc:
-        log.info("%s: %s", args[0], exc)
-        return None
+def _slurm(*args: str, tries: int = SLURM_TRIES) -> str | None:
+    """What a SLURM command printed; None where it is missing or fails (no answer is no evidence). A command that a
+    signal killed is run again (up to `tries` times): SLURM signals every process of the job's step, this one too,
+    and sends the SIGTERM of a preemption twice, milliseconds apart (measured), the second while the job asks."""
+    for _ in range(tries):
+        try:
+            done = subprocess.run(args, capture_output=True, text=True, timeout=SLURM_TIMEOUT_S)
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.info("%s: %s", args[0], exc)
+            return None
+        if done.returncode >= 0:
+            break
     if done.returncode != 0:
         log.info("%s: %s", " ".join(args), done.stderr.strip() or f"exit code {done.returncode}")
         return None
@@ -123,6 +129,13 @@ def job_fields() -> dict[str, str] | None:
     return dict(reversed(re.findall(r"(?:^|\s)(\w+)=(\S*)", out)))
 
 
+def requeued_since(attempt: str, fields: dict[str, str] | None = None) -> bool:
+    """Whether SLURM requeued this job since its attempt `attempt` (SLURM_RESTART_COUNT) began: its Restarts above
+    it (`fields` of `job_fields`, asked where None)."""
+    restarts = (fields if fields is not None else job_fields() or {}).get("Restarts", "")
+    return restarts.isdigit() and attempt.isdigit() and int(restarts) > int(attempt)
+
+
 def requeue_reason() -> str | None:
     """Why SLURM requeues this job, which got a SIGTERM without a SIGUSR2 before it; None for a cancel (or outside
     SLURM, or where SLURM does not answer). Asked once the run saved, once per process (`decided`):
@@ -135,11 +148,13 @@ def requeue_reason() -> str | None:
     job_id, fields, why = os.environ.get("SLURM_JOB_ID"), job_fields(), None
     if job_id and fields is not None:
         attempt = os.environ.get("SLURM_RESTART_COUNT", "0")
-        restarts = fields.get("Restarts", "")
-        if restarts.isdigit() and attempt.isdigit() and int(restarts) > int(attempt):
+        if requeued_since(attempt, fields):
             why = BY_SLURM
         elif fields.get("JobState") == "RUNNING" and fields.get("PreemptTime", "None") not in ("None", ""):
-            if _slurm("scontrol", "requeue", job_id) is not None:
+            # once: a second requeue would fail (the job pends), and the requeue's own SIGTERM may kill this one as
+            # it ends: whether it took is what SLURM says after it
+            _slurm("scontrol", "requeue", job_id, tries=1)
+            if requeued_since(attempt):
                 why = "preempted"
             else:
                 log.warning("SLURM job %s preempted, but `scontrol requeue` failed: it ends as a cancel", job_id)

@@ -173,7 +173,7 @@ def test_an_attached_grid_beyond_the_submit_limit_submits_the_rest_itself_and_en
     attached = [arg for arg in CAPPED if arg != "hydra.sweeper.detach=true"]
     proc = sweep(*attached, *fast_overrides(data_root), "seed=range(10)", f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    said = [line for line in proc.stdout.splitlines() if "submit limit" in line]
+    said = [line for line in proc.stdout.splitlines() if line.startswith("fmsweep: the cluster's submit limit")]
     assert said == [
         "fmsweep: the cluster's submit limit (8 jobs: QOS capped's MaxSubmitJobsPerUser; 0 of yours queued); 8 "
         "submitted, 2 not yet; they will be submitted as room frees up"

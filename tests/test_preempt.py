@@ -150,18 +150,27 @@ def test_a_preempted_job_is_requeued_shown_requeued_and_resumes_to_its_end(
     print("\n".join(["job log:", *job_log, "live status:", *live]))
 
 
-def fake_scontrol(bin_dir: Path, monkeypatch: pytest.MonkeyPatch, show: str | None, job: str = "41") -> Path:
-    """This process as SLURM job `job` (its first attempt), with an `scontrol` first on PATH whose `show job` prints
-    `show` (fails where None: SLURM does not answer) and whose `requeue` succeeds; the log of its calls."""
+def fake_scontrol(
+    bin_dir: Path, monkeypatch: pytest.MonkeyPatch, show: str | None, requeued: str = "", killed: int = 0
+) -> Path:
+    """This process as SLURM job 41 (its first attempt), with an `scontrol` first on PATH whose `show job` prints
+    `show` (fails where None: SLURM does not answer), after a `requeue` `requeued`; the first `killed` calls die of a
+    SIGTERM, as SLURM's second SIGTERM of a preemption kills them. The log of its calls."""
     bin_dir.mkdir(parents=True, exist_ok=True)
-    log = bin_dir / "calls.log"
+    log, done = bin_dir / "calls.log", bin_dir / "requeued"
+    done.unlink(missing_ok=True)
     answer = f'echo "{show}"' if show is not None else 'echo "slurm_load_jobs error: Unable to contact" >&2; exit 1'
     script = bin_dir / "scontrol"
-    script.write_text(f'#!/bin/sh\necho "scontrol $*" >> {log}\ncase "$*" in *show*) {answer};; esac\n')
+    script.write_text(
+        f'#!/bin/sh\necho "scontrol $*" >> {log}\n'
+        f'[ "$(wc -l < {log})" -le {killed} ] && kill -TERM $$\n'
+        f'case "$*" in *requeue*) touch {done};; *show*) if [ -e {done} ]; then echo "{requeued}"; else {answer}; fi;; '
+        "esac\n"
+    )
     script.chmod(0o755)
-    log.touch()
+    log.write_text("")
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("SLURM_JOB_ID", job)
+    monkeypatch.setenv("SLURM_JOB_ID", "41")
     for name in ("SLURM_RESTART_COUNT", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(signals, "decided", {})  # each test's job asks SLURM afresh
@@ -181,23 +190,33 @@ def scontrol_says(state: str, restarts: int, preempt_time: str = "None", end: st
 SAVED = "last.pt saved: resume to finish it"
 
 
+SHOW = "scontrol -o show job 41"
+
+
 @pytest.mark.parametrize(
-    ("said", "why", "requeues"),
+    ("said", "killed", "why", "asked"),
     [
-        (scontrol_says("COMPLETING", 1), BY_SLURM, False),  # preempted without GraceTime, or scontrol requeue
-        (scontrol_says("RUNNING", 0, preempt_time="2026-12-06T14:42:54"), "preempted", True),  # in its GraceTime
+        # preempted without GraceTime, or scontrol requeue; SLURM's second SIGTERM killed the first scontrol
+        (scontrol_says("COMPLETING", 1), 1, BY_SLURM, [SHOW, SHOW]),
+        # in its GraceTime: the job requeues itself, and SLURM says it took
+        (
+            scontrol_says("RUNNING", 0, preempt_time="2026-12-06T14:42:54"),
+            0,
+            "preempted",
+            [SHOW, "scontrol requeue 41", SHOW],
+        ),
     ],
     ids=["requeued by SLURM", "in its grace time"],
 )
 def test_a_sigterm_by_which_slurm_requeues_the_job_saves_and_stops_with_no_end_recorded(
-    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, said: str, why: str, requeues: bool
+    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, said: str, killed: int, why: str, asked: list[str]
 ) -> None:
     """A SIGTERM in epoch 2 of a sweep job that SLURM requeues: last.pt saved at that batch, the job exits 143
     without a metrics.json (neither cancelled nor failed: SLURM runs it again), its run dir marked requeued with
     why; in a preemption's grace time the job requeues itself (else it would end for good). The next attempt
     resumes and completes."""
     run_dir = sweep_job(monkeypatch, tmp_path)
-    calls = fake_scontrol(tmp_path / "bin", monkeypatch, said)
+    calls = fake_scontrol(tmp_path / "bin", monkeypatch, said, requeued=scontrol_says("COMPLETING", 1), killed=killed)
     cfg = make_cfg("model=fc", "epochs=3", "batch_size=16")
     steps = SignalledSteps(monkeypatch, {PER_EPOCH + 5: signal.SIGTERM})
     run_task(cfg, 128 + signal.SIGTERM)
@@ -210,7 +229,7 @@ def test_a_sigterm_by_which_slurm_requeues_the_job_saves_and_stops_with_no_end_r
         "why": why,
         "where": f"in epoch 2 of 3; {SAVED}",
     }
-    assert ("scontrol requeue 41" in calls.read_text().splitlines()) == requeues
+    assert calls.read_text().splitlines() == asked
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # the next attempt
     assert entry.task(cfg) == metrics(run_dir)["valid_loss"]
     assert metrics(run_dir)["status"] == "completed" and steps.done == 3 * PER_EPOCH
@@ -235,7 +254,21 @@ def test_a_sigterm_that_slurm_does_not_requeue_stays_a_cancel(
         "error": f"cancelled by SIGTERM (scancel) in epoch 2 of 3; {SAVED}",
     }
     assert not (run_dir / REQUEUED).exists()
-    assert calls.read_text().splitlines() == ["scontrol -o show job 41"]
+    assert calls.read_text().splitlines() == [SHOW]
+
+
+def test_a_preemption_whose_requeue_slurm_refuses_ends_as_a_cancel(
+    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In its grace time, a job whose `scontrol requeue` did not take (a job submitted --no-requeue): SLURM ends it
+    for good when the grace time ends, so it is recorded cancelled, resumable."""
+    run_dir = sweep_job(monkeypatch, tmp_path)
+    said = scontrol_says("RUNNING", 0, preempt_time="2026-12-06T14:42:54")
+    calls = fake_scontrol(tmp_path / "bin", monkeypatch, said, requeued=said)
+    SignalledSteps(monkeypatch, {PER_EPOCH + 5: signal.SIGTERM})
+    run_task(make_cfg("model=fc", "epochs=3", "batch_size=16"), 128 + signal.SIGTERM)
+    assert metrics(run_dir)["status"] == "cancelled" and not (run_dir / REQUEUED).exists()
+    assert calls.read_text().splitlines() == [SHOW, "scontrol requeue 41", SHOW]
 
 
 def test_a_later_attempt_cancelled_is_a_cancel_whatever_its_restarts(

@@ -39,7 +39,8 @@ class Sampler(threading.Thread):
 
     def __init__(self, sweep_dir: Path) -> None:
         super().__init__(daemon=True)
-        self.sweep_dir, self.samples, self.stop = sweep_dir, [], threading.Event()
+        self.sweep_dir, self.stop = sweep_dir, threading.Event()
+        self.samples: list[tuple[int, int]] = []
 
     def run(self) -> None:
         while not self.stop.is_set():

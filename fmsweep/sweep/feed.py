@@ -1,8 +1,8 @@
 """A grid larger than the cluster lets one user queue runs to its end with nobody coming back: a launch submits what
 the cluster's submit limit leaves room for and records the rest as waiting (`JobRecord.waiting`), each waiting
-launcher job pickled in the sweep dir; the sweep's own jobs submit more as they end (`top_up`, called by
-`launch.Unit`), and the job that writes the results submits what still waits before it writes them (`finish`).
-Nothing of the sweep stays alive on the login node.
+launcher job kept (pickled) in the sweep dir by `park`; the sweep's own jobs submit more as they end, and the job
+that writes the results submits what still waits before it writes them (`launch.top_up`, `launch.finish`). Nothing
+of the sweep stays alive on the login node.
 
 The limit is read from the cluster (the jobs' QOS's MaxSubmitJobsPerUser and the user's association's
 MaxSubmitJobs, against the user's jobs that count for each), or learned from an sbatch refused for it (the number
@@ -15,7 +15,6 @@ import contextlib
 import getpass
 import os
 import re
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,15 +22,13 @@ from typing import Any
 
 from fmsweep.errors import UserError
 from fmsweep.files import atomic_write
-from fmsweep.sweep.manifest import Manifest, ids_text, launching, load
+from fmsweep.sweep.manifest import Manifest
 from fmsweep.sweep.slurm import slurm_output
 
 WAITING = ".waiting"  # in the sweep dir: <first job number>.pkl for each waiting launcher job, and the launcher's
 LAUNCHER = "launcher.pkl"
 # the SLURM words for a refusal because the user queues as many jobs as the cluster lets them
 SUBMIT_LIMIT = re.compile(r"\b(\w*MaxSubmitJob\w*|\w*GrpSubmitJob\w*)|job submit limit", re.IGNORECASE)
-FINISH_RETRY_S = 60  # how often the results job looks for room when nothing of the sweep is left to make it
-FINISH_PATIENCE_S = 20 * 60  # how long it looks (its time limit is 30 min)
 
 
 class NoRoom(UserError):
@@ -163,82 +160,3 @@ def outside_job() -> Iterator[None]:
         yield
     finally:
         os.environ.update(saved)
-
-
-def top_up(sweep_dir: Path, successor: bool = False) -> str:
-    """Submit the sweep's waiting jobs that the submit limit has room for now, and make the job that writes the
-    results of a detached sweep wait for them too (or submit it, where the limit had no room for it before: room is
-    kept for it first). Skipped while a launch of the sweep runs (it submits them). With `successor` (called by that
-    job itself, which is ending), a new one is made to wait for what is alive. What came of it: `none waiting`,
-    `launching`, `submitted` (a job that writes the results waits), or `no room` (jobs wait, and nothing of the sweep
-    is alive to submit them)."""
-    from fmsweep.sweep import launch, status
-
-    record = load(sweep_dir)
-    if record is None or not (sweep_dir / WAITING / LAUNCHER).exists():
-        return "none waiting"  # a sweep that never waited for room: its results job waits for all of it
-    no_finish = record.detach and record.finish_job is None  # sbatch refused it for the limit
-    if not (waiting(record) or successor or no_finish):
-        return "none waiting"
-    with contextlib.ExitStack() as held:
-        try:
-            held.enter_context(launching(sweep_dir))
-        except UserError:
-            return "launching"
-        record = load(sweep_dir)
-        assert record is not None
-        if successor:
-            record.finish_job = None  # this job, which is ending: neither replaced nor waited for
-        with outside_job():
-            launcher, planned = parked(sweep_dir, record)
-            reserve = int(record.detach and record.finish_job is None)
-            submitted = launch.submit(launcher, record, planned, reserve) if planned else []
-            if submitted:
-                ids = ids_text([str(job.job_id) for job in submitted])
-                print(f"fmsweep: submitted {len(submitted)} of the waiting jobs ({ids}); {waiting(record)} still wait")
-            if not (submitted or successor or no_finish):
-                return "none waiting" if not waiting(record) else "no room"
-            if record.detach and status.look(record, accounting=False).alive:  # attached: the command writes them
-                try:
-                    launch.submit_finish(launcher, record)
-                except NoRoom:
-                    return "no room"  # the next of the sweep's jobs to end (or this one, again) submits it
-                return "submitted"
-        return "no room" if waiting(record) else "none waiting"
-
-
-def feed_after_job(sweep_dir: Path) -> None:
-    """The end of one of the sweep's SLURM jobs: submit what waits for room (`top_up`), saying so in its log; a
-    failure is a line there, never the job's."""
-    try:
-        top_up(sweep_dir)
-    except Exception as exc:  # noqa: BLE001 (the job trained: whatever went wrong here is said, and the next job tries)
-        print(f"fmsweep: the sweep's waiting jobs were not submitted from this job: {type(exc).__name__}: {exc}")
-
-
-def finish(sweep_dir: str) -> None:
-    """The job that ends a detached grid: submit what still waits for room first (and a successor of this job, which
-    waits for it); once nothing waits, write the results (fmsweep.results.finish)."""
-    from fmsweep.results import finish as results
-
-    folder = Path(sweep_dir)
-    deadline = time.monotonic() + FINISH_PATIENCE_S
-    while True:
-        outcome = top_up(folder, successor=True)
-        if outcome == "submitted":
-            print("fmsweep: jobs of the sweep still wait or run: a new job writes the results once they end")
-            return
-        if outcome == "launching":
-            print("fmsweep: a launch of the sweep runs: it makes the job that writes the results")
-            return
-        if outcome == "none waiting":
-            break
-        if time.monotonic() > deadline:
-            record = load(folder)
-            print(
-                f"fmsweep: {waiting(record) if record else '?'} job(s) still wait for room under the cluster's submit "
-                f"limit, and nothing of the sweep is queued to submit them: fmsweep resume {sweep_dir} submits them"
-            )
-            return
-        time.sleep(FINISH_RETRY_S)
-    results.finish(sweep_dir)

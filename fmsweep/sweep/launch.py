@@ -3,7 +3,9 @@ launching process (no launcher composes it again), through the sweep's launcher:
 or as submitit jobs (submitit_local; SLURM, in arrays of at most MaxArraySize, named after the sweep), each one's
 id written into the sweep's record as soon as it is known. Attached, the live status runs until every job of the
 sweep ended; detached (SLURM), the command returns once the jobs and the job that writes the results are
-submitted."""
+submitted. On SLURM, no more than the cluster's submit limit has room for: the rest waits (fmsweep.sweep.feed),
+and is submitted as room frees up by the sweep's jobs as they end (`top_up`), by its results job before it writes
+them (`finish`), or by the attached command itself (`fed`)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO, cast
@@ -27,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from fmsweep import signals
 from fmsweep.errors import UserError
 from fmsweep.sweep import feed, packing, prelaunch, submission
-from fmsweep.sweep.manifest import Manifest, ids_text, load, locked
+from fmsweep.sweep.manifest import Manifest, ids_text, launching, load, locked
 from fmsweep.sweep.slurm import Silent
 
 # how long a Ctrl-C'd sweep of submitit_local waits for its jobs, which got the Ctrl-C too, to save and stop:
@@ -40,6 +42,8 @@ JOB_POLL_S = 0.2
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's default MaxArraySize
 # how long a replaced results job gets to leave the queue (SLURM's KillWait is 30 s): never two at once
 CANCEL_WAIT_S = 60
+FINISH_RETRY_S = 60  # how often the results job looks for room when nothing of the sweep is left to make it
+FINISH_PATIENCE_S = 20 * 60  # how long it looks (its time limit is 30 min)
 
 
 class Unit:
@@ -74,7 +78,7 @@ class Unit:
             job_subdir_key="hydra.sweep.subdir",
         )
         if "SLURM_JOB_ID" in os.environ:
-            feed.feed_after_job(Path(str(self.config.hydra.sweep.dir)))
+            feed_after_job(Path(str(self.config.hydra.sweep.dir)))
         return result
 
     def checkpoint(self, *args: Any) -> Any:
@@ -560,7 +564,7 @@ def submit_results(launcher: Any, manifest: Manifest, waits: list[str]) -> str:
         record = load(manifest.sweep_dir) or manifest
         entry = submission.begin(record, "results", 1, f"{job_name(launcher, manifest.sweep_dir)}:results")
         try:
-            submission.sbatch(record, entry, ex, lambda: [ex.submit(feed.finish, str(manifest.sweep_dir))])
+            submission.sbatch(record, entry, ex, lambda: [ex.submit(finish, str(manifest.sweep_dir))])
         except submission.Refused as exc:
             cause = feed.refused_for_limit(exc.said)
             if cause:
@@ -674,3 +678,84 @@ class _Lines:
 
     def isatty(self) -> bool:
         return False
+
+
+def top_up(sweep_dir: Path, successor: bool = False) -> str:
+    """Submit the sweep's waiting jobs that the submit limit has room for now, and make the job that writes the
+    results of a detached sweep wait for them too (or submit it, where the limit had no room for it before: room is
+    kept for it first). Skipped while a launch of the sweep runs (it submits them). With `successor` (called by that
+    job itself, which is ending), a new one is made to wait for what is alive. What came of it: `none waiting`,
+    `launching`, `submitted` (a job that writes the results waits), or `no room` (jobs wait, and nothing of the sweep
+    is alive to submit them)."""
+    from fmsweep.sweep import status
+
+    record = load(sweep_dir)
+    if record is None or not (sweep_dir / feed.WAITING / feed.LAUNCHER).exists():
+        return "none waiting"  # a sweep that never waited for room: its results job waits for all of it
+    no_finish = record.detach and record.finish_job is None  # sbatch refused it for the limit
+    if not (feed.waiting(record) or successor or no_finish):
+        return "none waiting"
+    with ExitStack() as held:
+        try:
+            held.enter_context(launching(sweep_dir))
+        except UserError:
+            return "launching"
+        record = load(sweep_dir)
+        assert record is not None
+        if successor:
+            record.finish_job = None  # this job, which is ending: neither replaced nor waited for
+        with feed.outside_job():
+            launcher, planned = feed.parked(sweep_dir, record)
+            reserve = int(record.detach and record.finish_job is None)
+            submitted = submit(launcher, record, planned, reserve) if planned else []
+            if submitted:
+                ids = ids_text([str(job.job_id) for job in submitted])
+                left = feed.waiting(record)
+                print(f"fmsweep: submitted {len(submitted)} of the waiting jobs ({ids}); {left} still wait")
+            if not (submitted or successor or no_finish):
+                return "none waiting" if not feed.waiting(record) else "no room"
+            if record.detach and status.look(record, accounting=False).alive:  # attached: the command writes them
+                try:
+                    submit_finish(launcher, record)
+                except feed.NoRoom:
+                    return "no room"  # the next of the sweep's jobs to end (or this one, again) submits it
+                return "submitted"
+        return "no room" if feed.waiting(record) else "none waiting"
+
+
+def feed_after_job(sweep_dir: Path) -> None:
+    """The end of one of the sweep's SLURM jobs: submit what waits for room (`top_up`), saying so in its log; a
+    failure is a line there, never the job's."""
+    try:
+        top_up(sweep_dir)
+    except Exception as exc:  # noqa: BLE001 (the job trained: whatever went wrong here is said, and the next job tries)
+        print(f"fmsweep: the sweep's waiting jobs were not submitted from this job: {type(exc).__name__}: {exc}")
+
+
+def finish(sweep_dir: str) -> None:
+    """The job that ends a detached grid: submit what still waits for room first (and a successor of this job, which
+    waits for it); once nothing waits, write the results (fmsweep.results.finish)."""
+    from fmsweep.results import finish as results
+
+    folder = Path(sweep_dir)
+    deadline = time.monotonic() + FINISH_PATIENCE_S
+    while True:
+        outcome = top_up(folder, successor=True)
+        if outcome == "submitted":
+            print("fmsweep: jobs of the sweep still wait or run: a new job writes the results once they end")
+            return
+        if outcome == "launching":
+            print("fmsweep: a launch of the sweep runs: it makes the job that writes the results")
+            return
+        if outcome == "none waiting":
+            break
+        if time.monotonic() > deadline:
+            record = load(folder)
+            print(
+                f"fmsweep: {feed.waiting(record) if record else '?'} job(s) still wait for room under the cluster's "
+                "submit limit, and nothing of the sweep is queued to submit them: "
+                f"fmsweep resume {sweep_dir} submits them"
+            )
+            return
+        time.sleep(FINISH_RETRY_S)
+    results.finish(sweep_dir)

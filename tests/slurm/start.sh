@@ -97,7 +97,9 @@ MpiDefault=none
 ReturnToService=2
 SchedulerType=sched/backfill
 # requeued jobs start again within seconds instead of minutes
-SchedulerParameters=sched_interval=5,bf_interval=5,preempt_send_user_signal
+SchedulerParameters=sched_interval=5,bf_interval=5
+# a preempted job with --signal (submitit's USR2) and GraceTime gets its signal at preemption (QOS low)
+SlurmctldParameters=preempt_send_user_signal
 AuthInfo=cred_expire=10
 MailProg=/bin/true
 SelectType=select/cons_tres

@@ -4,7 +4,7 @@
 # SLURM's own test suite does), MaxArraySize=100, enforced associations and QOS limits (the QOS `normal`:
 # MaxSubmitJobsPerUser=20; `capped`: 8), a `short` partition (MaxTime=30), a `gresonly` partition whose job
 # submit filter (job_submit.lua) takes GPUs only as --gres, and preemption by QOS (`high` requeues `low`, which
-# gets a signal and 60 s of GraceTime, and `lowterm`, which gets SIGTERM only). Writes slurm.conf, gres.conf and
+# gets SIGTERM and 60 s of GraceTime, and `lowterm`, requeued at once). Writes slurm.conf, gres.conf and
 # slurmdbd.conf for this host (name, CPUs and memory from `slurmd -C`).
 # Install first: apt-get install -y slurmctld slurmd slurm-client munge slurmdbd mariadb-server
 # Pids of what it started go to $SLURM_STATE_DIR (default /tmp/fmsweep-slurm) for stop.sh.
@@ -98,8 +98,6 @@ ReturnToService=2
 SchedulerType=sched/backfill
 # requeued jobs start again within seconds instead of minutes
 SchedulerParameters=sched_interval=5,bf_interval=5
-# a preempted job with --signal (submitit's USR2) and GraceTime gets its signal at preemption (QOS low)
-SlurmctldParameters=preempt_send_user_signal
 AuthInfo=cred_expire=10
 MailProg=/bin/true
 SelectType=select/cons_tres

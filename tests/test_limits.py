@@ -50,15 +50,16 @@ class Sampler(threading.Thread):
             self.stop.wait(0.2)
 
 
+def fmsweep(*args: str) -> subprocess.CompletedProcess:
+    """The `fmsweep` command (status, cancel, resume) as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "fmsweep.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
+
+
 def watch(sweep_dir: Path) -> subprocess.CompletedProcess:
     """`fmsweep status DIR --watch` until the sweep is over: the only command after the launch."""
-    return subprocess.run(
-        [sys.executable, "-m", "fmsweep.cli", "status", str(sweep_dir), "--watch", "--interval", "1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    return fmsweep("status", str(sweep_dir), "--watch", "--interval", "1")
 
 
 def test_a_grid_twice_the_submit_limit_runs_to_its_end_with_no_command_after_the_first(
@@ -126,26 +127,14 @@ def test_a_limit_only_sbatch_tells_is_learned_and_cancel_and_resume_go_on_from_i
     record = manifest.require(sweep_dir)
     assert record.submit_limit == LIMIT and record.finish_job is None  # no room for it: a job submits it as it ends
     assert sum(job.waiting for job in record.jobs) == 4
-    done = subprocess.run(
-        [sys.executable, "-m", "fmsweep.cli", "cancel", str(sweep_dir)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = fmsweep("cancel", str(sweep_dir))
     assert done.returncode == 0, done.stderr
     record = manifest.require(sweep_dir)
     view = status.look(record)
     waited = [job for job in record.jobs if job.waiting]
     assert waited and all(view.statuses[job.num].state == "cancelled" for job in waited), status.render(record, view)
     assert not view.alive and capped_queue() == 0  # nothing more was submitted, by a job or anything else
-    again = subprocess.run(
-        [sys.executable, "-m", "fmsweep.cli", "resume", str(sweep_dir)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    again = fmsweep("resume", str(sweep_dir))
     assert again.returncode == 0, again.stderr[-3000:]
     watched = watch(sweep_dir)
     assert watched.returncode == 0, watched.stdout[-3000:]

@@ -172,3 +172,24 @@ def test_an_attached_grid_beyond_the_submit_limit_submits_the_rest_itself_and_en
     record = manifest.require(tmp_path)
     assert all(job.launcher_job and not job.waiting for job in record.jobs) and record.finish_job is None
     assert len(list(tmp_path.glob("*/metrics.json"))) == 10
+
+
+def test_jobs_killed_amid_their_feeding_submit_nothing_twice(data_root: Path, tmp_path: Path) -> None:
+    assert capped_queue() == 0, "another test left jobs in QOS capped"
+    # the launch and every job that feeds the queue are killed right after their first sbatch answered, before
+    # they record its id (the jobs inherit the variable): the next one adopts what SLURM holds under its name
+    env = {**os.environ, "FMSWEEP_TEST_CRASH": "after-sbatch:1"}
+    args = [*CAPPED, *fast_overrides(data_root), "seed=range(10)", f"hydra.sweep.dir={tmp_path}"]
+    killed = subprocess.run(
+        [sys.executable, "-m", "fmsweep", "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env
+    )
+    assert killed.returncode != 0
+    assert fmsweep("resume", str(tmp_path)).returncode == 0
+    watched = watch(tmp_path)
+    assert watched.returncode == 0, watched.stdout[-3000:]
+    record = manifest.require(tmp_path)
+    assert all(entry.id for entry in record.submissions)
+    assert sum(entry.count for entry in record.submissions if entry.kind == "jobs") == 10  # none submitted twice
+    logs = "".join(p.read_text() for p in tmp_path.glob(".submitit/*/*_log.out"))
+    assert "which the record had not: adopted, not submitted again" in logs
+    assert len(list(tmp_path.glob("*/metrics.json"))) == 10 and (tmp_path / "report.md").is_file()

@@ -700,7 +700,9 @@ def top_up(sweep_dir: Path, successor: bool = False) -> str:
             held.enter_context(launching(sweep_dir))
         except UserError:
             return "launching"
-        record = load(sweep_dir)
+        # what an earlier job submitted without recording it (killed amid its submission) is adopted, not submitted
+        # again; where SLURM does not answer, a UserError: nothing is submitted
+        record = submission.settle_record(sweep_dir, "nothing was submitted")
         assert record is not None
         if successor:
             record.finish_job = None  # this job, which is ending: neither replaced nor waited for
@@ -740,7 +742,11 @@ def finish(sweep_dir: str) -> None:
     folder = Path(sweep_dir)
     deadline = time.monotonic() + FINISH_PATIENCE_S
     while True:
-        outcome = top_up(folder, successor=True)
+        try:
+            outcome = top_up(folder, successor=True)
+        except UserError as exc:  # SLURM does not answer: looked at again in a while
+            print(f"fmsweep: {exc}")
+            outcome = "no room"
         if outcome == "submitted":
             print("fmsweep: jobs of the sweep still wait or run: a new job writes the results once they end")
             return
